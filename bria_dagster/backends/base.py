@@ -1,0 +1,59 @@
+"""The contract every backend keeps: a validated request in, verified images out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ..endpoints import BriaRequest, BriaResponse
+
+__all__ = ["Backend", "BackendResult", "OutputImage"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputImage:
+    """One output image, downloaded (or rendered) and verified to decode."""
+
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+    url: str | None = None
+    """Where the backend published it (fal CDN URL); ``None`` for inline/local outputs."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendResult:
+    """What a backend returns for one request: fal's response plus the verified bytes."""
+
+    endpoint_id: str
+    backend: str
+    request_id: str
+    response: BriaResponse
+    images: list[OutputImage]
+    seed: int | None
+    cost_usd: float
+    duration_s: float
+    attempts: int = 1
+    retries: list[str] = field(default_factory=list)
+    """One short reason per retry that happened (e.g. ``"submit: HTTP 429"``)."""
+    reattached: bool = False
+    """True when the result came from a request submitted by an earlier process."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A way to run Bria requests. ``FalBackend`` and ``LocalBackend`` implement it."""
+
+    name: str
+
+    async def run(self, request: BriaRequest) -> BackendResult:
+        """Run one validated request to completion and return verified outputs.
+
+        Raises a :class:`~bria_dagster.errors.BriaError` subclass on failure.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and other resources."""
+        ...

@@ -1,0 +1,114 @@
+"""Exception classes raised by bria-dagster.
+
+Every error says what was wrong, with which input, and what to do. None of them
+ever carries the fal key: messages are built from request fields and server
+replies only, and :func:`redact` scrubs anything that slips through.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+__all__ = [
+    "BriaError",
+    "BudgetExceededError",
+    "CatalogError",
+    "EngineError",
+    "FalRequestError",
+    "FalServiceError",
+    "FetchRefusedError",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "OutputVerificationError",
+    "RequestValidationError",
+    "RetriesExhaustedError",
+    "redact",
+]
+
+
+class BriaError(Exception):
+    """Base class of every error bria-dagster raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class RequestValidationError(BriaError, ValueError):
+    """A request failed validation before anything was sent (nothing was paid)."""
+
+
+class ImageDecodeError(BriaError, ValueError):
+    """Bytes that should be an image could not be decoded."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image exceeds the configured pixel limit (decompression-bomb guard)."""
+
+
+class FetchRefusedError(BriaError):
+    """An input URL was refused by the fetch policy (scheme, host, size or time)."""
+
+
+class FalRequestError(BriaError):
+    """fal rejected a request (4xx such as 422); retrying will not help.
+
+    ``detail`` holds fal's own explanation.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, detail: object = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class FalServiceError(BriaError):
+    """fal failed to process a request (the job ended in error, or 5xx)."""
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, request_id: str | None = None
+    ):
+        super().__init__(message)
+        self.status_code = status_code
+        self.request_id = request_id
+
+
+class RetriesExhaustedError(BriaError):
+    """A transient fault persisted through every allowed attempt."""
+
+
+class OutputVerificationError(BriaError):
+    """A result file did not decode, or did not match what the response announced."""
+
+
+class EngineError(BriaError):
+    """The embedded local engine could not process an image."""
+
+
+class BudgetExceededError(BriaError):
+    """Running the batch would spend more than the configured budget."""
+
+
+class CatalogError(BriaError, ValueError):
+    """A catalog batch file is unreadable or has the wrong shape."""
+
+
+_KEY_PATTERN = re.compile(r"(Key\s+)[A-Za-z0-9_\-:.]+", re.IGNORECASE)
+
+
+def redact(text: str, secrets: list[str] | None = None) -> str:
+    """Remove the fal key (and any extra ``secrets``) from ``text``."""
+    candidates = list(secrets or [])
+    env_key = os.environ.get("FAL_KEY")
+    if env_key:
+        candidates.append(env_key)
+        # fal keys are "<key_id>:<key_secret>": never leak either half.
+        candidates.extend(part for part in env_key.split(":") if len(part) >= 8)
+    for secret in candidates:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _KEY_PATTERN.sub(r"\1***", text)
