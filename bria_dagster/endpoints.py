@@ -372,9 +372,7 @@ EXPAND = EndpointSpec(
     price_unit="call",
 )
 
-ENDPOINTS: dict[str, EndpointSpec] = {
-    spec.endpoint_id: spec for spec in (REMOVE, REPLACE, EXPAND)
-}
+ENDPOINTS: dict[str, EndpointSpec] = {spec.endpoint_id: spec for spec in (REMOVE, REPLACE, EXPAND)}
 
 
 def endpoint_for(request_or_id: BriaRequest | str) -> EndpointSpec:
