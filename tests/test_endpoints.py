@@ -63,7 +63,11 @@ def test_fal_defaults():
     [
         ("replace", {"prompt": "x", "seed": -1}, "seed: -1 is out of range; allowed 0..2147483647"),
         ("replace", {"prompt": "x", "seed": 2**31}, "allowed 0..2147483647"),
-        ("replace", {"prompt": "x", "num_images": 0}, "num_images: 0 is out of range; allowed 1..4"),  # noqa: E501
+        (
+            "replace",
+            {"prompt": "x", "num_images": 0},
+            "num_images: 0 is out of range; allowed 1..4",
+        ),
         ("replace", {"prompt": "x", "num_images": 5}, "allowed 1..4"),
         ("replace", {}, "exactly one of ref_image_url or prompt (got neither)"),
         ("replace", {"prompt": "x", "ref_image_url": URL}, "(got both)"),
