@@ -1,0 +1,110 @@
+"""Content-addressed image storage: every image stored once, by sha256 of its bytes.
+
+The base is a local folder by default or any fsspec URL (``s3://``, ``gs://``,
+``memory://``, ``file://``). Writes are atomic: a local write goes to a temporary
+name in the same folder and is renamed into place; an object-store write is a
+single PUT. No partial file is ever visible under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = ["ImageStore", "StoredImage"]
+
+_EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/avif": "avif",
+    "image/tiff": "tiff",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    uri: str
+    sha256: str
+    size: int
+    content_type: str
+
+
+class ImageStore:
+    """Stores image bytes under ``<base>/sha256/<ab>/<sha256>.<ext>``."""
+
+    def __init__(self, base: str | os.PathLike[str] = "bria_data/images") -> None:
+        base_str = os.fspath(base)
+        self.fs, root = fsspec.core.url_to_fs(base_str)
+        self._local = isinstance(self.fs, LocalFileSystem)
+        self.root = root.rstrip("/")
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self._prefix = "" if self._local else f"{protocol}://"
+        if self._local:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ImageStore({self.base_uri!r})"
+
+    @property
+    def base_uri(self) -> str:
+        return self._prefix + self.root if not self._local else self.root
+
+    def _path(self, sha256: str, content_type: str) -> str:
+        ext = _EXTENSIONS.get(content_type, "bin")
+        return f"{self.root}/sha256/{sha256[:2]}/{sha256}.{ext}"
+
+    def uri_for(self, sha256: str, content_type: str) -> str:
+        path = self._path(sha256, content_type)
+        return path if self._local else self._prefix + path.lstrip("/")
+
+    def put(self, data: bytes, content_type: str) -> StoredImage:
+        """Store ``data`` (once) and return where it lives."""
+        sha = hashlib.sha256(data).hexdigest()
+        path = self._path(sha, content_type)
+        if not self.fs.exists(path):
+            if self._local:
+                folder = os.path.dirname(path)
+                os.makedirs(folder, exist_ok=True)
+                tmp = os.path.join(folder, f".{sha}.{uuid.uuid4().hex}.tmp")
+                try:
+                    with open(tmp, "wb") as fh:
+                        fh.write(data)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    os.replace(tmp, path)  # atomic; identical content if raced
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            else:
+                self.fs.pipe_file(path, data)
+        return StoredImage(self.uri_for(sha, content_type), sha, len(data), content_type)
+
+    def _find(self, sha256: str) -> str:
+        for content_type in (*_EXTENSIONS, "application/octet-stream"):
+            path = self._path(sha256, content_type)
+            if self.fs.exists(path):
+                return path
+        raise FileNotFoundError(
+            f"no image with sha256 {sha256} in {self.base_uri}; it was never stored here "
+            "or the store was cleaned"
+        )
+
+    def exists(self, sha256: str) -> bool:
+        try:
+            self._find(sha256)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def get(self, sha256_or_uri: str) -> bytes:
+        """The bytes of an image, by sha256 or by the uri :meth:`put` returned."""
+        if len(sha256_or_uri) == 64 and all(c in "0123456789abcdef" for c in sha256_or_uri):
+            return self.fs.cat_file(self._find(sha256_or_uri))
+        return self.fs.cat_file(sha256_or_uri)
