@@ -1,0 +1,96 @@
+"""The ImageRecord table: one row per output image (or failed item), every step.
+
+The step tables *are* the lineage: a row names its parent image, the endpoint,
+the exact parameters, the backend, the request id, the cost, the Dagster run
+and partition. One pyarrow schema serves every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+__all__ = [
+    "FAILED",
+    "IMAGE_RECORD_SCHEMA",
+    "OK",
+    "REUSED",
+    "STEPS",
+    "canonical_json",
+    "frame_to_table",
+    "make_record_id",
+    "records_to_frame",
+]
+
+OK, FAILED, REUSED = "ok", "failed", "reused"
+STEPS = ("source", "remove", "replace", "expand")
+
+IMAGE_RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("partition", pa.string(), nullable=False),
+        pa.field("sku", pa.string(), nullable=False),
+        pa.field("step", pa.string(), nullable=False),
+        pa.field("variant", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_class", pa.string()),
+        pa.field("error_message", pa.string()),
+        pa.field("image_uri", pa.string()),
+        pa.field("image_sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("content_type", pa.string()),
+        pa.field("parent_sha256", pa.string()),
+        pa.field("root_source_uri", pa.string(), nullable=False),
+        pa.field("root_source_sha256", pa.string()),
+        pa.field("endpoint_id", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("parameters", pa.string(), nullable=False),
+        pa.field("request_fingerprint", pa.string()),
+        pa.field("seed", pa.int64()),
+        pa.field("request_id", pa.string()),
+        pa.field("cost_usd", pa.float64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("asset_key", pa.string(), nullable=False),
+        pa.field("code_version", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("catalog_row", pa.string(), nullable=False),
+    ]
+)
+COLUMNS = tuple(IMAGE_RECORD_SCHEMA.names)
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted-key, compact JSON: equal parameters always give equal text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def make_record_id(partition: str, step: str, sku: str, variant: str, fingerprint: str) -> str:
+    blob = "\x1f".join((partition, step, sku, variant, fingerprint))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def records_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A DataFrame with every ImageRecord column and its type, even when empty."""
+    return frame_to_table(pd.DataFrame(rows, columns=list(COLUMNS))).to_pandas()
+
+
+def frame_to_table(frame: pd.DataFrame) -> pa.Table:
+    """Validate ``frame`` against :data:`IMAGE_RECORD_SCHEMA` and convert it."""
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in COLUMNS]
+    if missing or extra:
+        raise ValueError(
+            "ImageRecord frame does not match the schema: "
+            f"missing columns {missing or 'none'}, unexpected columns {extra or 'none'}"
+        )
+    frame = frame[list(COLUMNS)]
+    if len(frame) and frame["created_at"].dtype == object:
+        frame = frame.assign(created_at=pd.to_datetime(frame["created_at"], utc=True))
+    return pa.Table.from_pandas(frame, schema=IMAGE_RECORD_SCHEMA, preserve_index=False)

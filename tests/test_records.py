@@ -1,0 +1,69 @@
+"""The ImageRecord schema round-trips, empty or full, and rejects wrong shapes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+
+from bria_dagster.records import (
+    IMAGE_RECORD_SCHEMA,
+    OK,
+    canonical_json,
+    frame_to_table,
+    make_record_id,
+    records_to_frame,
+)
+
+
+def _row(sku: str, **over) -> dict:
+    row = {name: None for name in IMAGE_RECORD_SCHEMA.names}
+    row.update(
+        record_id=make_record_id("b1", "remove", sku, "", "fp"),
+        partition="b1",
+        sku=sku,
+        step="remove",
+        variant="",
+        status=OK,
+        root_source_uri=f"https://cdn.example/{sku}.jpg",
+        parameters=canonical_json({"sync_mode": False}),
+        cost_usd=0.018,
+        duration_s=1.5,
+        attempts=1,
+        run_id="run-1",
+        asset_key="product_cutouts",
+        code_version="1",
+        created_at=datetime(2026, 11, 24, tzinfo=UTC),
+        catalog_row=canonical_json({"sku": sku}),
+        width=640,
+        height=480,
+        seed=None,
+    )
+    row.update(over)
+    return row
+
+
+def test_empty_frame_has_every_column():
+    frame = records_to_frame([])
+    assert list(frame.columns) == IMAGE_RECORD_SCHEMA.names
+    assert frame_to_table(frame).schema.equals(IMAGE_RECORD_SCHEMA)
+
+
+def test_rows_round_trip():
+    table = frame_to_table(records_to_frame([_row("a"), _row("b", seed=7)]))
+    assert table.num_rows == 2
+    assert table.schema.field("width").type == pa.int32()
+    assert table.column("seed").to_pylist() == [None, 7]
+
+
+def test_wrong_shape_is_named():
+    frame = records_to_frame([_row("a")]).drop(columns=["sku"]).assign(bogus=1)
+    with pytest.raises(ValueError, match=r"missing columns \['sku'\].*\['bogus'\]"):
+        frame_to_table(frame)
+
+
+def test_canonical_json_and_record_ids_are_stable():
+    assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
+    assert make_record_id("p", "s", "k", "", "f") == make_record_id("p", "s", "k", "", "f")
+    assert make_record_id("p", "s", "k", "0", "f") != make_record_id("p", "s", "k", "1", "f")
