@@ -1,0 +1,132 @@
+"""Classical background removal for product photography.
+
+Method: the background colour is modelled from the image border as a smooth
+surface (a low-order polynomial fitted per Lab channel, so gradients and
+vignettes are background too); each pixel's distance to that surface, with
+chroma weighted above lightness so that soft contact shadows (darker, same
+hue) stay background, gives a foreground score. The score is thresholded with
+hysteresis at reduced resolution, cleaned morphologically, border-touching
+background regions are kept (true holes such as a mug handle stay transparent),
+and the hard mask is turned into a soft, anti-aliased alpha by a guided filter
+at full resolution.
+
+Limits: it assumes the subject does not touch most of the border and that the
+background is smooth (studio sweeps, gradients, plain colours). A white product
+on white, or a busy texture, is best effort only. Use the ONNX option for
+general photographs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["MatteConfig", "guided_filter", "remove_background", "to_rgba"]
+
+
+@dataclass(frozen=True)
+class MatteConfig:
+    work_size: int = 512
+    """Longest side at which the mask is computed (speed); alpha is refined at full size."""
+    border: float = 0.04
+    """Fraction of each side sampled as background."""
+    low: float = 6.0
+    high: float = 14.0
+    """Hysteresis thresholds on the Lab distance to the background model."""
+    lightness_weight: float = 0.35
+    """Weight of lightness vs chroma: low, so shadows count as background."""
+    guided_radius: int = 4
+    guided_eps: float = 1e-3
+
+
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter with a grey guide (float32 in [0, 1])."""
+    size = (2 * radius + 1, 2 * radius + 1)
+
+    def box(x: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(x, -1, size, borderType=cv2.BORDER_REFLECT)
+
+    mean_i, mean_p = box(guide), box(src)
+    cov_ip = box(guide * src) - mean_i * mean_p
+    var_i = box(guide * guide) - mean_i * mean_i
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return box(a) * guide + box(b)
+
+
+def _background_surface(lab: np.ndarray, border: int) -> np.ndarray:
+    h, w = lab.shape[:2]
+    mask = np.zeros((h, w), bool)
+    mask[:border], mask[-border:], mask[:, :border], mask[:, -border:] = True, True, True, True
+    ys, xs = np.nonzero(mask)
+    yn, xn = ys / h - 0.5, xs / w - 0.5
+    design = np.stack([np.ones_like(xn), xn, yn, xn * yn, xn**2, yn**2], axis=1)
+    gy, gx = np.mgrid[0:h, 0:w]
+    gyn, gxn = gy / h - 0.5, gx / w - 0.5
+    full = np.stack([np.ones_like(gxn), gxn, gyn, gxn * gyn, gxn**2, gyn**2], axis=-1)
+    surface = np.empty_like(lab)
+    for c in range(3):
+        values = lab[ys, xs, c]
+        coef, *_ = np.linalg.lstsq(design, values, rcond=None)
+        # One refit without the worst border pixels (a subject touching the edge).
+        resid = np.abs(design @ coef - values)
+        keep = resid <= np.percentile(resid, 85)
+        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
+        surface[..., c] = full @ coef
+    return surface
+
+
+def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.ndarray:
+    """Alpha matte (float32 HxW in [0, 1]) of the subject of an RGB uint8 image."""
+    cfg = config or MatteConfig()
+    h, w = rgb.shape[:2]
+    scale = min(1.0, cfg.work_size / max(h, w))
+    small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1 else rgb  # fmt: skip
+    small = cv2.GaussianBlur(small, (3, 3), 0)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab[..., 0] *= 100.0 / 255.0
+    lab[..., 1:] -= 128.0
+    sh, sw = lab.shape[:2]
+    border = max(2, round(min(sh, sw) * cfg.border))
+    diff = lab - _background_surface(lab, border)
+    # Shadows are darker, not differently coloured: count only part of a darkening.
+    dl = np.where(diff[..., 0] < 0, cfg.lightness_weight, 1.0) * diff[..., 0]
+    dist = np.sqrt(dl**2 + diff[..., 1] ** 2 + diff[..., 2] ** 2)
+
+    strong = (dist > cfg.high).astype(np.uint8)
+    weak = (dist > cfg.low).astype(np.uint8)
+    count, labels = cv2.connectedComponents(weak, connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[np.unique(labels[strong > 0])] = True
+    keep[0] = False
+    mask = keep[labels].astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
+    # Fill holes that do not look like background (speckles inside the product).
+    inverse = (1 - mask).astype(np.uint8)
+    count, labels = cv2.connectedComponents(inverse, connectivity=4)
+    for label in range(1, count):
+        region = labels == label
+        if dist[region].mean() > cfg.low and region.sum() < 0.01 * sh * sw:
+            mask[region] = 1
+    # Drop specks: keep components larger than 0.2% of the image.
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    big = np.zeros(count, bool)
+    big[1:] = stats[1:, cv2.CC_STAT_AREA] >= 0.002 * sh * sw
+    mask = big[labels].astype(np.float32)
+
+    hard = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    radius = max(1, round(cfg.guided_radius / max(scale, 1e-6) * 0.5))
+    alpha = guided_filter(grey, hard, radius, cfg.guided_eps)
+    return np.clip(alpha, 0.0, 1.0).astype(np.float32)
+
+
+def to_rgba(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGBA uint8 from an RGB image and a float alpha."""
+    a = np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8)
+    return np.dstack([rgb, a])
