@@ -17,6 +17,7 @@ __all__ = [
     "EngineError",
     "FalRequestError",
     "FalServiceError",
+    "FetchFailedError",
     "FetchRefusedError",
     "ImageDecodeError",
     "ImageTooLargeError",
@@ -52,6 +53,19 @@ class ImageTooLargeError(ImageDecodeError):
 
 class FetchRefusedError(BriaError):
     """An input URL was refused by the fetch policy (scheme, host, size or time)."""
+
+
+class FetchFailedError(BriaError):
+    """An allowed input URL could not be fetched (404, timeout, too large, connection error).
+
+    ``url`` is the sanitised URL (no userinfo, no query string); ``status_code``
+    is the HTTP status when the server answered.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None, status_code: int | None = None):
+        super().__init__(message)
+        self.url = url
+        self.status_code = status_code
 
 
 class FalRequestError(BriaError):
