@@ -37,6 +37,14 @@ class MatteConfig:
     """Hysteresis thresholds on the Lab distance to the background model."""
     lightness_weight: float = 0.35
     """Weight of lightness vs chroma: low, so shadows count as background."""
+    shadow_depth: float = 0.3
+    """Darkening (fraction of the background lightness) that may still be a cast shadow."""
+    shadow_weight: float = 0.15
+    """Weight of a darkening within ``shadow_depth`` (deeper darkening counts fully)."""
+    band: float = 2.0
+    """Half-width, in work-size pixels, of the edge band where alpha is solved for."""
+    min_contrast: float = 18.0
+    """Least RGB distance between local product and backdrop colours to trust the solve."""
     guided_radius: int = 4
     guided_eps: float = 1e-3
 
@@ -92,8 +100,15 @@ def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.
     sh, sw = lab.shape[:2]
     border = max(2, round(min(sh, sw) * cfg.border))
     diff = lab - _background_surface(lab, border)
-    # Shadows are darker, not differently coloured: count only part of a darkening.
-    dl = np.where(diff[..., 0] < 0, cfg.lightness_weight, 1.0) * diff[..., 0]
+    # Shadows are darker, not differently coloured: a darkening up to shadow_depth of the
+    # background lightness counts little, deeper darkening and any brightening count fully.
+    dark = np.maximum(-diff[..., 0], 0.0)
+    allowance = cfg.shadow_depth * np.maximum(lab[..., 0] - diff[..., 0], 1.0)
+    dl = np.where(
+        diff[..., 0] < 0,
+        cfg.shadow_weight * np.minimum(dark, allowance) + np.maximum(dark - allowance, 0.0),
+        diff[..., 0],
+    )
     dist = np.sqrt(dl**2 + diff[..., 1] ** 2 + diff[..., 2] ** 2)
 
     strong = (dist > cfg.high).astype(np.uint8)
@@ -119,11 +134,54 @@ def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.
     big[1:] = stats[1:, cv2.CC_STAT_AREA] >= 0.002 * sh * sw
     mask = big[labels].astype(np.float32)
 
+    return _refine(rgb, mask, scale, cfg)
+
+
+def _refine(rgb: np.ndarray, mask: np.ndarray, scale: float, cfg: MatteConfig) -> np.ndarray:
+    """Soft alpha at full size from a work-size hard mask.
+
+    In a band around the mask edge, the local product colour F and backdrop
+    colour B (including any shadow) are averaged from the sure pixels nearby,
+    and alpha is the projection of ``I - B`` on ``F - B`` (compositing model
+    ``I = alpha F + (1 - alpha) B``). Where F and B are too alike to trust that,
+    the guided-filtered hard mask is used instead.
+    """
+    h, w = rgb.shape[:2]
     hard = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     radius = max(1, round(cfg.guided_radius / max(scale, 1e-6) * 0.5))
-    alpha = guided_filter(grey, hard, radius, cfg.guided_eps)
-    return np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    smooth = np.clip(guided_filter(grey, hard, radius, cfg.guided_eps), 0.0, 1.0)
+    band = max(2, round(cfg.band / max(scale, 1e-6)))
+    binary = (hard >= 0.5).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    sure_fg = cv2.erode(binary, kernel).astype(np.float32)
+    sure_bg = 1.0 - cv2.dilate(binary, kernel).astype(np.float32)
+    unknown = (sure_fg == 0) & (sure_bg == 0)
+    if not unknown.any():
+        return smooth.astype(np.float32)
+    ys, xs = np.nonzero(unknown)
+    pad = 3 * band + 1
+    y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(w, xs.max() + pad + 1)
+    img = rgb[y0:y1, x0:x1].astype(np.float32)
+    size = (2 * pad + 1, 2 * pad + 1)
+
+    def local_mean(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        wsum = cv2.boxFilter(weight, -1, size, normalize=False, borderType=cv2.BORDER_REFLECT)
+        total = cv2.boxFilter(img * weight[..., None], -1, size, normalize=False,
+                              borderType=cv2.BORDER_REFLECT)  # fmt: skip
+        return total / np.maximum(wsum, 1e-6)[..., None], wsum
+
+    fg_col, fg_n = local_mean(sure_fg[y0:y1, x0:x1])
+    bg_col, bg_n = local_mean(sure_bg[y0:y1, x0:x1])
+    fb = fg_col - bg_col
+    norm2 = (fb * fb).sum(axis=-1)
+    solved = np.clip(((img - bg_col) * fb).sum(axis=-1) / np.maximum(norm2, 1e-6), 0.0, 1.0)
+    trusted = (norm2 >= cfg.min_contrast**2) & (fg_n > 0.5) & (bg_n > 0.5)
+    alpha = np.where(sure_fg > 0, 1.0, 0.0).astype(np.float32)
+    win = unknown[y0:y1, x0:x1]
+    alpha[y0:y1, x0:x1][win] = np.where(trusted, solved, smooth[y0:y1, x0:x1])[win]
+    return alpha
 
 
 def to_rgba(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
