@@ -65,15 +65,17 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
 
 
 def _background_surface(lab: np.ndarray, border: int) -> np.ndarray:
+    """Quadratic surface per Lab channel fitted to the border (robust to a subject there)."""
     h, w = lab.shape[:2]
     mask = np.zeros((h, w), bool)
     mask[:border], mask[-border:], mask[:, :border], mask[:, -border:] = True, True, True, True
+    mask[1::2] = False  # every other row and column is plenty for six coefficients
+    mask[:, 1::2] = False
     ys, xs = np.nonzero(mask)
     yn, xn = ys / h - 0.5, xs / w - 0.5
     design = np.stack([np.ones_like(xn), xn, yn, xn * yn, xn**2, yn**2], axis=1)
-    gy, gx = np.mgrid[0:h, 0:w]
-    gyn, gxn = gy / h - 0.5, gx / w - 0.5
-    full = np.stack([np.ones_like(gxn), gxn, gyn, gxn * gyn, gxn**2, gyn**2], axis=-1)
+    gy = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
+    gx = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
     surface = np.empty_like(lab)
     for c in range(3):
         values = lab[ys, xs, c]
@@ -81,8 +83,8 @@ def _background_surface(lab: np.ndarray, border: int) -> np.ndarray:
         # One refit without the worst border pixels (a subject touching the edge).
         resid = np.abs(design @ coef - values)
         keep = resid <= np.percentile(resid, 85)
-        coef, *_ = np.linalg.lstsq(design[keep], values[keep], rcond=None)
-        surface[..., c] = full @ coef
+        c0, c1, c2, c3, c4, c5 = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
+        surface[..., c] = (c0 + c2 * gy + c5 * gy**2) + (c1 * gx + c4 * gx**2) + c3 * gy * gx
     return surface
 
 
@@ -148,9 +150,6 @@ def _refine(rgb: np.ndarray, mask: np.ndarray, scale: float, cfg: MatteConfig) -
     """
     h, w = rgb.shape[:2]
     hard = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    radius = max(1, round(cfg.guided_radius / max(scale, 1e-6) * 0.5))
-    smooth = np.clip(guided_filter(grey, hard, radius, cfg.guided_eps), 0.0, 1.0)
     band = max(2, round(cfg.band / max(scale, 1e-6)))
     binary = (hard >= 0.5).astype(np.uint8)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
@@ -158,7 +157,7 @@ def _refine(rgb: np.ndarray, mask: np.ndarray, scale: float, cfg: MatteConfig) -
     sure_bg = 1.0 - cv2.dilate(binary, kernel).astype(np.float32)
     unknown = (sure_fg == 0) & (sure_bg == 0)
     if not unknown.any():
-        return smooth.astype(np.float32)
+        return sure_fg
     ys, xs = np.nonzero(unknown)
     pad = 3 * band + 1
     y0, y1 = max(0, ys.min() - pad), min(h, ys.max() + pad + 1)
@@ -177,10 +176,13 @@ def _refine(rgb: np.ndarray, mask: np.ndarray, scale: float, cfg: MatteConfig) -
     fb = fg_col - bg_col
     norm2 = (fb * fb).sum(axis=-1)
     solved = np.clip(((img - bg_col) * fb).sum(axis=-1) / np.maximum(norm2, 1e-6), 0.0, 1.0)
+    grey = cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    radius = max(1, round(cfg.guided_radius / max(scale, 1e-6) * 0.5))
+    smooth = np.clip(guided_filter(grey, hard[y0:y1, x0:x1], radius, cfg.guided_eps), 0.0, 1.0)
     trusted = (norm2 >= cfg.min_contrast**2) & (fg_n > 0.5) & (bg_n > 0.5)
-    alpha = np.where(sure_fg > 0, 1.0, 0.0).astype(np.float32)
+    alpha = sure_fg
     win = unknown[y0:y1, x0:x1]
-    alpha[y0:y1, x0:x1][win] = np.where(trusted, solved, smooth[y0:y1, x0:x1])[win]
+    alpha[y0:y1, x0:x1][win] = np.where(trusted, solved, smooth)[win]
     return alpha
 
 
