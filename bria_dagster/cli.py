@@ -1,0 +1,206 @@
+"""The ``bria-dagster`` command: lineage queries over the record tables, and the demo.
+
+    bria-dagster lineage trace <image path | sha256> [--base DIR] [--format table|json|csv]
+    bria-dagster lineage derived <sku | source sha256 | uri> [--base DIR] [--format ...]
+    bria-dagster demo [--base DIR]
+
+User errors (unknown image, unreadable store) print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from .errors import BriaError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+DEMO_MODULE = "bria_dagster.demo"
+FORMATS = ("table", "json", "csv")
+
+# Columns shown by the table format, with their headings: the rest are in json/csv.
+TRACE_TABLE = (
+    ("hop", "hop"),
+    ("step", "step"),
+    ("sku", "sku"),
+    ("image_sha256", "image"),
+    ("endpoint_id", "endpoint"),
+    ("backend", "backend"),
+    ("parameters", "parameters"),
+    ("seed", "seed"),
+    ("run_id", "run"),
+    ("partition", "partition"),
+    ("cost_usd", "cost_usd"),
+)
+DERIVED_TABLE = (
+    ("step", "step"),
+    ("sku", "sku"),
+    ("variant", "variant"),
+    ("status", "status"),
+    ("image_sha256", "image"),
+    ("parent_sha256", "parent"),
+    ("endpoint_id", "endpoint"),
+    ("parameters", "parameters"),
+    ("run_id", "run"),
+    ("cost_usd", "cost_usd"),
+    ("error_message", "error"),
+)
+SHA_WIDTH = 12
+PARAM_VALUE_WIDTH = 24
+PARAMS_WIDTH = 60
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bria-dagster",
+        description="Bria image pipeline on Dagster: lineage queries and the offline demo.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lineage = commands.add_parser("lineage", help="where an image came from, what a source became")
+    queries = lineage.add_subparsers(dest="query", required=True, metavar="QUERY")
+    trace = queries.add_parser(
+        "trace", help="the chain from an output image back to its catalog source"
+    )
+    trace.add_argument("image", help="a stored image path or URI, a sha256, or a sha256 prefix")
+    trace.add_argument(
+        "--all-records",
+        action="store_true",
+        help="list every run's row for each hop, not only the most recent",
+    )
+    derived = queries.add_parser("derived", help="every image made from a sku or source image")
+    derived.add_argument("source", help="a sku, a source or image sha256, or a source URI")
+    derived.add_argument(
+        "--include-failed", action="store_true", help="also list failed rows (flagged)"
+    )
+    for sub in (trace, derived):
+        _add_base(sub)
+        sub.add_argument(
+            "--format", choices=FORMATS, default="table", help="output format (default: table)"
+        )
+
+    demo = commands.add_parser("demo", help="run the offline demo pipeline end to end")
+    _add_base(demo)
+    return parser
+
+
+def _add_base(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base",
+        default="bria_data",
+        help="store location: a folder or fsspec URL holding images/ and tables/ "
+        "(default: ./bria_data)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already explained
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if args.command == "demo":
+            return _demo(args.base)
+        return _lineage(args, sys.stdout)
+    except BriaError as exc:
+        print(f"bria-dagster: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error worth a traceback
+        return 0
+
+
+def _demo(base: str) -> int:
+    try:
+        from . import demo
+    except ImportError as exc:
+        missing = "module bria_dagster.demo is missing" if exc.name == DEMO_MODULE else exc
+        print(
+            f"bria-dagster: error: the demo cannot start ({missing}); "
+            "reinstall bria-dagster with its dependencies",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    result = demo.main(base=base)
+    return result if isinstance(result, int) else 0
+
+
+def _lineage(args: argparse.Namespace, out: TextIO) -> int:
+    from . import lineage  # pandas/pyarrow load only when a query runs
+
+    index = lineage.LineageIndex.load(args.base)
+    if args.query == "trace":
+        rows = index.trace(args.image, all_records=args.all_records)
+        table, title = TRACE_TABLE, f"lineage of {rows['image_sha256'].iloc[0]}"
+    else:
+        rows = index.derived(args.source, include_failed=args.include_failed)
+        table, title = DERIVED_TABLE, f"images derived from {args.source}"
+    cost = lineage.total_cost(rows)
+    if args.format == "json":
+        json.dump(lineage.plain_rows(rows), out, indent=2)
+        out.write("\n")
+    elif args.format == "csv":
+        rows.to_csv(out, index=False)
+    else:
+        out.write(f"{title} ({len(rows)} rows)\n")
+        out.write(_render_table(lineage.plain_rows(rows), table))
+        if args.query == "trace":
+            out.write(f"source: {rows['image_uri'].iloc[-1]}\n")
+        out.write(f"total cost: {cost:.4f} USD\n")
+    if args.format != "table":
+        print(f"total cost: {cost:.4f} USD", file=sys.stderr)
+    return 0
+
+
+def _render_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Aligned plain-text columns; shas shortened, parameters shown as key=value."""
+    shown = [[_cell(name, row.get(name)) for name, _ in columns] for row in rows]
+    headings = [heading for _, heading in columns]
+    widths = [max([len(h), *(len(r[i]) for r in shown)]) for i, h in enumerate(headings)]
+    lines = [headings, ["-" * w for w in widths], *shown]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n"
+        for line in lines
+    )
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if name.endswith("sha256"):
+        return str(value)[:SHA_WIDTH]
+    if name == "cost_usd":
+        return f"{float(value):.4f}"
+    if name == "parameters":
+        return _compact_parameters(str(value))
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= PARAMS_WIDTH else text[: PARAMS_WIDTH - 3] + "..."
+
+
+def _compact_parameters(text: str) -> str:
+    """``{"prompt": "a long prompt", "seed": 3}`` -> ``prompt='a long pr...' seed=3``."""
+    try:
+        params = json.loads(text)
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        return text[:PARAMS_WIDTH]
+    parts = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        if len(shown) > PARAM_VALUE_WIDTH:
+            shown = shown[: PARAM_VALUE_WIDTH - 3] + "..."
+        parts.append(f"{key}={shown}")
+    joined = " ".join(parts) or "-"
+    return joined if len(joined) <= PARAMS_WIDTH else joined[: PARAMS_WIDTH - 3] + "..."
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
