@@ -35,12 +35,10 @@ class MatteConfig:
     low: float = 6.0
     high: float = 14.0
     """Hysteresis thresholds on the Lab distance to the background model."""
-    lightness_weight: float = 0.35
-    """Weight of lightness vs chroma: low, so shadows count as background."""
     shadow_depth: float = 0.3
-    """Darkening (fraction of the background lightness) that may still be a cast shadow."""
+    """Largest darkening (fraction of the backdrop colour) that may be a cast shadow."""
     shadow_weight: float = 0.15
-    """Weight of a darkening within ``shadow_depth`` (deeper darkening counts fully)."""
+    """Cost, in Lab units per percent of darkening, of explaining a pixel as shadow."""
     band: float = 2.0
     """Half-width, in work-size pixels, of the edge band where alpha is solved for."""
     min_contrast: float = 18.0
@@ -64,9 +62,9 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     return box(a) * guide + box(b)
 
 
-def _background_surface(lab: np.ndarray, border: int) -> np.ndarray:
-    """Quadratic surface per Lab channel fitted to the border (robust to a subject there)."""
-    h, w = lab.shape[:2]
+def _background_surface(img: np.ndarray, border: int) -> np.ndarray:
+    """Quadratic surface per channel fitted to the border (robust to a subject there)."""
+    h, w = img.shape[:2]
     mask = np.zeros((h, w), bool)
     mask[:border], mask[-border:], mask[:, :border], mask[:, -border:] = True, True, True, True
     mask[1::2] = False  # every other row and column is plenty for six coefficients
@@ -76,9 +74,9 @@ def _background_surface(lab: np.ndarray, border: int) -> np.ndarray:
     design = np.stack([np.ones_like(xn), xn, yn, xn * yn, xn**2, yn**2], axis=1)
     gy = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
     gx = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
-    surface = np.empty_like(lab)
+    surface = np.empty_like(img)
     for c in range(3):
-        values = lab[ys, xs, c]
+        values = img[ys, xs, c]
         coef, *_ = np.linalg.lstsq(design, values, rcond=None)
         # One refit without the worst border pixels (a subject touching the edge).
         resid = np.abs(design @ coef - values)
@@ -86,6 +84,26 @@ def _background_surface(lab: np.ndarray, border: int) -> np.ndarray:
         c0, c1, c2, c3, c4, c5 = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
         surface[..., c] = (c0 + c2 * gy + c5 * gy**2) + (c1 * gx + c4 * gx**2) + c3 * gy * gx
     return surface
+
+
+def _foreground_distance(small: np.ndarray, border: int, cfg: MatteConfig) -> np.ndarray:
+    """Lab distance of each pixel to the backdrop, allowing for cast shadows.
+
+    A shadow scales the backdrop colour by a gain k < 1 in every channel (on
+    white and on coloured paper alike). Each pixel is compared with the shadowed
+    backdrop ``k * B`` for the best gain within ``shadow_depth``; the darkening
+    used costs ``shadow_weight`` per lightness unit, so deep or coloured changes
+    stay foreground.
+    """
+    img = small.astype(np.float32) / 255.0
+    bg = np.clip(_background_surface(img, border), 1e-3, 1.0)
+    gain = (img * bg).sum(axis=-1) / (bg * bg).sum(axis=-1)
+    gain = np.clip(gain, 1.0 - cfg.shadow_depth, 1.0)
+    shadowed = bg * gain[..., None]
+    lab_img = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+    lab_bg = cv2.cvtColor(shadowed, cv2.COLOR_RGB2LAB)
+    dist = np.sqrt(((lab_img - lab_bg) ** 2).sum(axis=-1))
+    return dist + cfg.shadow_weight * 100.0 * (1.0 - gain)
 
 
 def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.ndarray:
@@ -96,22 +114,9 @@ def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.
     small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
                        interpolation=cv2.INTER_AREA) if scale < 1 else rgb  # fmt: skip
     small = cv2.GaussianBlur(small, (3, 3), 0)
-    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
-    lab[..., 0] *= 100.0 / 255.0
-    lab[..., 1:] -= 128.0
-    sh, sw = lab.shape[:2]
+    sh, sw = small.shape[:2]
     border = max(2, round(min(sh, sw) * cfg.border))
-    diff = lab - _background_surface(lab, border)
-    # Shadows are darker, not differently coloured: a darkening up to shadow_depth of the
-    # background lightness counts little, deeper darkening and any brightening count fully.
-    dark = np.maximum(-diff[..., 0], 0.0)
-    allowance = cfg.shadow_depth * np.maximum(lab[..., 0] - diff[..., 0], 1.0)
-    dl = np.where(
-        diff[..., 0] < 0,
-        cfg.shadow_weight * np.minimum(dark, allowance) + np.maximum(dark - allowance, 0.0),
-        diff[..., 0],
-    )
-    dist = np.sqrt(dl**2 + diff[..., 1] ** 2 + diff[..., 2] ** 2)
+    dist = _foreground_distance(small, border, cfg)
 
     strong = (dist > cfg.high).astype(np.uint8)
     weak = (dist > cfg.low).astype(np.uint8)

@@ -3,7 +3,8 @@
 Used by tests, benchmarks and the example catalog, so the project never needs
 downloaded images. A product (bottle, box, mug with a handle hole, or lamp) is
 drawn with shading and anti-aliased edges and composited onto a studio
-background of one of the categories below.
+background of one of the categories below. Every backdrop except the textured
+one gets a soft contact shadow under the product (coloured paper too).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def make_product_photo(
     shape = shape or SHAPES[int(rng.integers(len(SHAPES)))]
     alpha = _shape_mask(shape, w, h, rng)
     bg = _background(category, w, h, rng)
-    if category in ("white_studio", "gray_gradient", "low_contrast"):
+    if category != "textured":  # a soft contact shadow on every seamless backdrop
         ys, xs = np.nonzero(alpha > 0.5)
         if len(ys):
             shadow = np.zeros((h, w), np.float32)
