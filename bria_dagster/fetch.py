@@ -473,7 +473,11 @@ async def _fetch_file(path: str, original: str, shown: str, policy: FetchPolicy)
 
 
 def _read_regular_file(real: str, shown: str, max_bytes: int) -> bytes:
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    # O_NOFOLLOW: the resolved path must not have become a symlink since the
+    # check; O_NONBLOCK: a FIFO must not block the open (it is refused below).
+    flags = os.O_RDONLY
+    for extra in ("O_NOFOLLOW", "O_NONBLOCK", "O_BINARY"):
+        flags |= getattr(os, extra, 0)
     try:
         fd = os.open(real, flags)
     except FileNotFoundError:
@@ -484,8 +488,8 @@ def _read_regular_file(real: str, shown: str, max_bytes: int) -> bytes:
         raise FetchFailedError(
             f"local file {shown} could not be opened: {exc.strerror or exc}", url=shown
         ) from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FetchFailedError(
                 f"local file {shown} is not a regular file; give the path of an image file",
@@ -497,6 +501,11 @@ def _read_regular_file(real: str, shown: str, max_bytes: int) -> bytes:
                 f"{_mib(max_bytes)}; raise max_bytes or give a smaller image",
                 url=shown,
             )
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
         data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise FetchFailedError(
@@ -686,6 +695,13 @@ async def _send_checked(
             return await client.send(request, stream=True, follow_redirects=False)
         except httpx.ConnectError as exc:
             last_error = exc  # try the next checked address
+        except httpx.InvalidURL as exc:
+            # httpx parses a redirect's Location even when not following it, and
+            # gives up on targets such as data: URIs before we can read them.
+            raise FetchRefusedError(
+                f"{shown} redirected to a URL that is not a valid http(s) URL ({exc}); "
+                "redirects may only lead to http or https URLs: give the final image URL"
+            ) from None
         except httpx.TimeoutException as exc:
             raise FetchFailedError(
                 f"{shown} timed out ({type(exc).__name__}); the server is slow or unreachable: "
