@@ -1,0 +1,248 @@
+"""Classical outpainting for the local ``expand`` endpoint.
+
+:func:`plan_expand` turns fal's expand parameters into a :class:`Placement`
+(canvas size, size and position of the original on it), following fal's rules.
+:func:`expand_image` pastes the original and fills the new area by edge
+extension that is blurred more and more with distance from the seam (a Gaussian
+pyramid sampled only over the new strips), plus seeded grain at the border's
+own noise level, so plain and gradient backgrounds continue without a seam.
+The original pixels are kept exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from bria_dagster.errors import EngineError
+
+__all__ = ["MAX_CANVAS_PIXELS", "Placement", "expand_image", "plan_expand"]
+
+MAX_CANVAS_PIXELS = 5000 * 5000
+"""fal's expand limit: the canvas area must stay under 5000x5000 (25 MP)."""
+
+_SPREAD = 2.0  # blur radius grows as distance / _SPREAD from the seam
+_MAX_LEVELS = 7
+_NOISE_STRIP = 16
+_MIN_GRAIN = 0.5  # width, in pixels, of the border strip whose noise is measured
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the original goes on the expanded canvas.
+
+    ``location`` is the top-left corner of the (resized) original in canvas
+    pixels; it may be negative, and the original may stick out of the canvas.
+    """
+
+    canvas: tuple[int, int]
+    size: tuple[int, int]
+    location: tuple[int, int]
+
+    @property
+    def visible_box(self) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)``: the part of the canvas covered by the original."""
+        (cw, ch), (pw, ph), (x, y) = self.canvas, self.size, self.location
+        return max(x, 0), max(y, 0), min(x + pw, cw), min(y + ph, ch)
+
+
+def _positive_pair(name: str, value: tuple[int, int]) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise EngineError(
+            f"{name} must be a pair of integers [width, height], got {value!r}"
+        ) from None
+    if w <= 0 or h <= 0:
+        raise EngineError(f"{name} must be positive, got {w}x{h}")
+    return w, h
+
+
+def _parse_ratio(aspect_ratio: str) -> tuple[int, int]:
+    parts = str(aspect_ratio).split(":")
+    try:
+        a, b = (int(p) for p in parts)
+    except ValueError:
+        a = b = 0
+    if len(parts) != 2 or a <= 0 or b <= 0:
+        raise EngineError(f"aspect_ratio must look like '4:5', got {aspect_ratio!r}")
+    return a, b
+
+
+def plan_expand(
+    input_size: tuple[int, int],
+    *,
+    canvas_size: tuple[int, int] | None,
+    original_image_size: tuple[int, int] | None = None,
+    original_image_location: tuple[int, int] | None = None,
+    aspect_ratio: str | None = None,
+) -> Placement:
+    """Decide the canvas and the original's size and position, as fal does.
+
+    ``aspect_ratio`` wins over everything else: the canvas is the smallest one
+    of that ratio containing the original at full resolution, centred.
+    Otherwise ``canvas_size`` is required; the original is resized to
+    ``original_image_size`` (default: its own size) and placed at
+    ``original_image_location`` (default: centred).
+    """
+    w, h = _positive_pair("input image size", input_size)
+    if aspect_ratio is not None:
+        a, b = _parse_ratio(aspect_ratio)
+        if w * b >= h * a:  # wider than the ratio: keep the width
+            cw, ch = w, math.ceil(w * b / a)
+        else:
+            cw, ch = math.ceil(h * a / b), h
+        pw, ph = w, h
+        x, y = (cw - w) // 2, (ch - h) // 2
+    else:
+        if canvas_size is None:
+            raise EngineError("expand needs canvas_size (or aspect_ratio); neither was given")
+        cw, ch = _positive_pair("canvas_size", canvas_size)
+        pw, ph = (
+            (w, h)
+            if original_image_size is None
+            else _positive_pair("original_image_size", original_image_size)
+        )
+        if original_image_location is None:
+            x, y = (cw - pw) // 2, (ch - ph) // 2
+        else:
+            x, y = (int(v) for v in original_image_location)
+    if cw * ch >= MAX_CANVAS_PIXELS:
+        raise EngineError(
+            f"expand canvas {cw}x{ch} has {cw * ch} pixels; it must be under 5000x5000 "
+            f"({MAX_CANVAS_PIXELS}): choose a smaller canvas_size or a smaller original"
+        )
+    placement = Placement(canvas=(cw, ch), size=(pw, ph), location=(x, y))
+    x0, y0, x1, y1 = placement.visible_box
+    if x1 <= x0 or y1 <= y0:
+        raise EngineError(
+            f"the original ({pw}x{ph} at {x},{y}) does not overlap the {cw}x{ch} canvas: "
+            "move original_image_location inside the canvas"
+        )
+    return placement
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = image.shape[:2]
+    if (w, h) == size:
+        return image
+    shrink = size[0] <= w and size[1] <= h
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+    if image.shape[2] == 3:
+        return cv2.resize(image, size, interpolation=interp)
+    # RGBA: resize premultiplied so transparent pixels do not bleed their colour.
+    f = image.astype(np.float32)
+    a = f[..., 3:4] / 255.0
+    f[..., :3] *= a
+    r = cv2.resize(f, size, interpolation=interp)
+    ra = np.clip(r[..., 3:4], 0, 255)
+    rgb = r[..., :3] * (255.0 / np.maximum(ra, 1e-3))
+    out = np.concatenate([rgb, ra], axis=2)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _noise_sigma(strip: np.ndarray) -> np.ndarray:
+    """Per-channel noise level of a border strip (robust to gradients and edges)."""
+    f = strip.astype(np.float32)
+    diffs = []
+    if f.shape[1] > 1:
+        diffs.append(np.abs(np.diff(f, axis=1)).reshape(-1, 3))
+    if f.shape[0] > 1:
+        diffs.append(np.abs(np.diff(f, axis=0)).reshape(-1, 3))
+    if not diffs:
+        return np.zeros(3, np.float32)
+    # median |difference of two samples| = 0.6745 * sqrt(2) * sigma for Gaussian noise
+    return (np.median(np.concatenate(diffs), axis=0) / (0.6745 * math.sqrt(2))).astype(np.float32)
+
+
+def _fill_rgb(rgb: np.ndarray, canvas: tuple[int, int], box: tuple, seed: int) -> np.ndarray:
+    cw, ch = canvas
+    x0, y0, x1, y1 = box
+    extended = cv2.copyMakeBorder(rgb, y0, ch - y1, x0, cw - x1, cv2.BORDER_REPLICATE).astype(
+        np.float32
+    )
+    reach = max(x0, y0, cw - x1, ch - y1)
+    levels_count = int(np.clip(math.ceil(math.log2(max(reach, 2) / _SPREAD)), 1, _MAX_LEVELS))
+    pyramid = [extended]
+    for _ in range(levels_count):
+        pyramid.append(cv2.pyrDown(pyramid[-1]))
+
+    out = extended.copy()
+    rng = np.random.default_rng(seed)
+    sides = {  # new-area strips: (sx0, sy0, sx1, sy1) and the border strip they continue
+        "top": ((0, 0, cw, y0), rgb[:_NOISE_STRIP]),
+        "bottom": ((0, y1, cw, ch), rgb[-_NOISE_STRIP:]),
+        "left": ((0, y0, x0, y1), rgb[:, :_NOISE_STRIP]),
+        "right": ((x1, y0, cw, y1), rgb[:, -_NOISE_STRIP:]),
+    }
+    for (sx0, sy0, sx1, sy1), border in sides.values():
+        sw, sh = sx1 - sx0, sy1 - sy0
+        if sw <= 0 or sh <= 0:
+            continue
+        xs = np.arange(sx0, sx1, dtype=np.float32)
+        ys = np.arange(sy0, sy1, dtype=np.float32)
+        dx = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)), 0)
+        dy = np.maximum(np.maximum(y0 - ys, ys - (y1 - 1)), 0)
+        dist = np.sqrt(dx[None, :] ** 2 + dy[:, None] ** 2)[..., None]
+        # Nested blend from the coarsest level down: at distance d the blur radius is ~d/_SPREAD.
+        region = None
+        for k in range(levels_count, -1, -1):
+            if k == 0:
+                level = extended[sy0:sy1, sx0:sx1]
+            else:
+                # pyrDown puts level-k pixel i at full-resolution coordinate i * 2**k.
+                inv = 1.0 / 2**k
+                m = np.array([[inv, 0, sx0 * inv], [0, inv, sy0 * inv]], np.float32)
+                level = cv2.warpAffine(
+                    pyramid[k],
+                    m,
+                    (sw, sh),
+                    flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                    borderMode=cv2.BORDER_REPLICATE,
+                )
+            if region is None:
+                region = level
+            else:
+                weight = np.minimum(dist / (_SPREAD * 2 ** (k + 1)), 1.0)
+                region = level + weight * (region - level)
+        # Grain at the border's noise level, fading in from the seam (where the
+        # edge extension still carries the border's own noise).
+        # The floor is a dither against banding in smooth fills of 8-bit images.
+        sigma = np.maximum(_noise_sigma(border), _MIN_GRAIN)
+        grain = rng.standard_normal((sh, sw, 3), dtype=np.float32)
+        region = region + grain * sigma * np.minimum(dist / 4.0, 1.0)
+        out[sy0:sy1, sx0:sx1] = region
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def expand_image(image: np.ndarray, placement: Placement, *, seed: int = 0) -> np.ndarray:
+    """The expanded canvas: the original (resized and placed) plus a classical fill.
+
+    ``image`` is uint8 HxWx3 (RGB) or HxWx4 (RGBA). The result has the canvas
+    size and the same channels; for RGBA the original's alpha is kept and the
+    new area is fully transparent.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise EngineError(
+            f"expand_image needs a uint8 HxWx3 or HxWx4 array, got {image.dtype} {image.shape}"
+        )
+    (cw, ch), (x, y) = placement.canvas, placement.location
+    x0, y0, x1, y1 = box = placement.visible_box
+    if x1 <= x0 or y1 <= y0:
+        raise EngineError(f"placement {placement} leaves no part of the original on the canvas")
+    resized = _resize(image, placement.size)
+    crop = resized[y0 - y : y1 - y, x0 - x : x1 - x]
+    rgb = np.ascontiguousarray(crop[..., :3])
+    if box == (0, 0, cw, ch):
+        filled = rgb.copy()
+    else:
+        filled = _fill_rgb(rgb, (cw, ch), box, seed)
+        filled[y0:y1, x0:x1] = rgb
+    if image.shape[2] == 3:
+        return filled
+    alpha = np.zeros((ch, cw, 1), np.uint8)
+    alpha[y0:y1, x0:x1, 0] = crop[..., 3]
+    return np.concatenate([filled, alpha], axis=2)
