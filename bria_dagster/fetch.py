@@ -167,6 +167,8 @@ def sanitize_url(url: str, *, limit: int = 200) -> str:
 
 
 def _mib(n: int) -> str:
+    if n < 1024 * 1024:
+        return f"{n} bytes"
     return f"{n} bytes ({n / (1024 * 1024):.1f} MiB)"
 
 
@@ -206,7 +208,7 @@ def classify_address(address: str | IPAddress) -> str | None:
             inner = classify_address(embedded)
             return f"{inner} (IPv4 {embedded} embedded in IPv6)" if inner else None
     if ip in METADATA_ADDRESSES:
-        return "cloud instance-metadata endpoint"
+        return "a cloud instance-metadata endpoint"
     if ip.is_unspecified:
         return "unspecified"
     if ip.is_loopback:
@@ -330,11 +332,15 @@ async def resolve_and_check(host: str, port: int, policy: FetchPolicy, *, shown:
             continue
         via = "" if literal is not None else f" (host {name!r} resolves to it)"
         if is_metadata:
-            hint = f"refused even with allow_private_networks; list {addr!r} in allowed_hosts"
-        else:
             hint = (
-                "set FetchPolicy.allow_private_networks=True or list the host "
-                f"({name!r}) or address in allowed_hosts"
+                "refused even with allow_private_networks; list "
+                f"{addr!r} in FetchPolicy.allowed_hosts to allow it"
+            )
+        else:
+            listed = f"{addr!r}" if literal is not None else f"{name!r} or {addr!r}"
+            hint = (
+                "set FetchPolicy.allow_private_networks=True or list "
+                f"{listed} in FetchPolicy.allowed_hosts"
             )
         raise FetchRefusedError(f"{shown}: address {addr} is {reason}{via}; {hint}")
     return addresses
@@ -671,7 +677,7 @@ async def _send_checked(
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as exc:
         raise FetchRefusedError(f"{shown} is not a valid URL ({exc}); fix the catalog") from None
-    host = parsed.host
+    host = parsed.raw_host.decode("ascii")  # IDNA-encoded: what DNS, Host and SNI need
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     addresses = await resolve_and_check(host, port, policy, shown=shown)
 

@@ -386,6 +386,12 @@ async def test_name_is_resolved_once_and_connection_pinned(server: Server, resol
     assert got.data == photo
 
 
+async def test_international_name_is_resolved_and_sent_in_idna_form(server: Server, resolver):
+    resolver["xn--bcher-kva.test"] = ["127.0.0.1"]
+    got = await fetch_bytes(f"http://bücher.test:{server.port}/host", LOCAL)
+    assert got.data.decode() == f"xn--bcher-kva.test:{server.port}"
+
+
 async def test_any_private_resolved_address_refuses_the_name(resolver):
     resolver["mixed.vendor.test"] = ["93.184.216.34", "192.168.0.10"]
     with pytest.raises(FetchRefusedError) as info:
