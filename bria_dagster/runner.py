@@ -1,0 +1,188 @@
+"""Batch execution shared by every step: bounded concurrency, dedup, budget, progress.
+
+``run_batch`` takes ``(key, request)`` pairs lazily (a 10,000-row catalog is never
+materialised as 10,000 tasks), keeps at most ``max_concurrency`` requests in
+flight, sends identical requests once, and yields one :class:`ItemOutcome` per
+key as results complete. A failing item ends as an outcome carrying its error;
+it never cancels the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
+from dataclasses import dataclass
+
+from .backends.base import Backend, BackendResult
+from .endpoints import BriaRequest, request_fingerprint
+from .errors import BriaError, BudgetExceededError, redact
+
+__all__ = ["BatchProgress", "ItemOutcome", "run_batch"]
+
+logger = logging.getLogger("bria_dagster.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """A snapshot handed to the progress callback after every completed item."""
+
+    total: int | None
+    done: int
+    failed: int
+    in_flight: int
+    deduplicated: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOutcome:
+    """The end of one item: a result, or an error class and message."""
+
+    key: Hashable
+    request: BriaRequest
+    fingerprint: str
+    result: BackendResult | None = None
+    error: BriaError | None = None
+    shared: bool = False
+    """True when this item reused the result of an identical request in the same batch."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def error_class(self) -> str | None:
+        return None if self.error is None else type(self.error).__name__
+
+    @property
+    def error_message(self) -> str | None:
+        return None if self.error is None else str(self.error)
+
+
+def _as_bria_error(exc: Exception) -> BriaError:
+    if isinstance(exc, BriaError):
+        return exc
+    error = BriaError(f"unexpected {type(exc).__name__}: {redact(str(exc))}")
+    error.__cause__ = exc
+    return error
+
+
+async def run_batch(
+    backend: Backend,
+    items: Iterable[tuple[Hashable, BriaRequest]],
+    *,
+    max_concurrency: int = 8,
+    budget_usd: float | None = None,
+    total: int | None = None,
+    on_progress: Callable[[BatchProgress], None] | None = None,
+) -> AsyncIterator[ItemOutcome]:
+    """Run ``items`` on ``backend``; yield an :class:`ItemOutcome` per key as each completes.
+
+    ``budget_usd`` caps the list-price cost of the requests *sent*: an item that
+    would exceed it fails with :class:`BudgetExceededError` and is not sent.
+    """
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+    queue: asyncio.Queue[ItemOutcome | None] = asyncio.Queue()
+    waiting: dict[str, list[tuple[Hashable, BriaRequest]]] = {}  # fingerprint -> followers
+    slots = asyncio.Semaphore(max_concurrency)
+    state = {"done": 0, "failed": 0, "in_flight": 0, "dedup": 0, "cost": 0.0, "committed": 0.0}
+    tasks: set[asyncio.Task[None]] = set()
+
+    def report() -> None:
+        if on_progress is not None:
+            on_progress(
+                BatchProgress(
+                    total=total,
+                    done=state["done"],
+                    failed=state["failed"],
+                    in_flight=state["in_flight"],
+                    deduplicated=state["dedup"],
+                    cost_usd=round(state["cost"], 6),
+                )
+            )
+
+    def finish(outcome: ItemOutcome) -> None:
+        state["done" if outcome.ok else "failed"] += 1
+        queue.put_nowait(outcome)
+
+    async def work(key: Hashable, request: BriaRequest, fingerprint: str) -> None:
+        result: BackendResult | None = None
+        error: BriaError | None = None
+        try:
+            result = await backend.run(request)
+        except Exception as exc:
+            error = _as_bria_error(exc)
+            logger.warning("%s for %s failed: %s", request.endpoint_id, key, error)
+        finally:
+            state["in_flight"] -= 1
+            slots.release()
+        if result is not None:
+            state["cost"] += result.cost_usd
+        else:
+            state["committed"] -= request.estimated_cost_usd()
+        finish(ItemOutcome(key, request, fingerprint, result=result, error=error))
+        for follower_key, follower_request in waiting.pop(fingerprint, []):
+            finish(
+                ItemOutcome(
+                    follower_key,
+                    follower_request,
+                    fingerprint,
+                    result=result,
+                    error=error,
+                    shared=True,
+                )
+            )
+        report()
+
+    async def feed() -> None:
+        try:
+            for key, request in items:
+                fingerprint = request_fingerprint(request)
+                if fingerprint in waiting:
+                    waiting[fingerprint].append((key, request))
+                    state["dedup"] += 1
+                    continue
+                estimate = request.estimated_cost_usd()
+                if budget_usd is not None and state["committed"] + estimate > budget_usd + 1e-9:
+                    finish(
+                        ItemOutcome(
+                            key,
+                            request,
+                            fingerprint,
+                            error=BudgetExceededError(
+                                f"{request.endpoint_id} for {key} would bring the batch to "
+                                f"${state['committed'] + estimate:.3f}, over the budget of "
+                                f"${budget_usd:.3f}; not sent. Raise budget_usd to continue"
+                            ),
+                        )
+                    )
+                    report()
+                    continue
+                await slots.acquire()
+                state["committed"] += estimate
+                state["in_flight"] += 1
+                waiting[fingerprint] = []
+                task = asyncio.create_task(work(key, request, fingerprint))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*list(tasks))
+        finally:
+            queue.put_nowait(None)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        while True:
+            outcome = await queue.get()
+            if outcome is None:
+                break
+            yield outcome
+        await feeder
+    finally:
+        if not feeder.done():
+            feeder.cancel()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(feeder, *list(tasks), return_exceptions=True)
