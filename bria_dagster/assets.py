@@ -1,0 +1,426 @@
+"""The asset factory: catalog batch -> cutouts -> scenes -> expansions, partitioned by batch.
+
+``build_product_image_assets`` returns the software-defined assets (and their
+checks) for one pipeline. Every asset's value is an ImageRecord table, one row
+per output image or failure, stored by :class:`ImageRecordIOManager`.
+"""
+
+import asyncio
+import base64
+import io
+import string
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster import AssetExecutionContext
+from PIL import Image as PILImage
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._version import __version__
+from .catalog import FORMATS, load_catalog, row_json
+from .endpoints import AspectRatio
+from .engine.outpaint import plan_expand
+from .errors import BriaError, CatalogError
+from .fetch import fetch_bytes
+from .images import decode_image
+from .io_manager import table_path
+from .records import FAILED, OK, REUSED, records_to_frame
+from .resource import BriaResource
+from .steps import Job, StepContext, StepReport, plan_request, run_step, source_row
+
+__all__ = [
+    "CATALOG_PARTITIONS",
+    "PipelineSettings",
+    "build_product_image_assets",
+    "find_catalog_file",
+]
+
+CATALOG_PARTITIONS = dg.DynamicPartitionsDefinition(name="catalog_batches")
+"""One partition per catalog batch file (its file name without extension)."""
+
+STEP_ASSETS = {
+    "remove": "product_cutouts",
+    "replace": "product_scenes",
+    "expand": "product_expansions",
+}
+
+
+class PipelineSettings(BaseModel):
+    """What the pipeline does; per-row catalog columns override the defaults."""
+
+    model_config = ConfigDict(frozen=True)
+
+    catalog_dir: str = Field(
+        default="catalogs",
+        description="Folder (or fsspec URL) holding one <batch>.csv|.parquet|.jsonl per batch.",
+    )
+    steps: tuple[str, ...] = Field(
+        default=("remove", "replace", "expand"),
+        description="Which steps run, in order; each needs the ones before it.",
+    )
+    prompt_template: str = Field(
+        default="professional studio product photo, soft light, clean seamless backdrop",
+        description="Default replace prompt; may use {sku} and any catalog column.",
+    )
+    ref_image_url: str | None = Field(
+        default=None, description="Default reference background (instead of a prompt)."
+    )
+    negative_prompt: str = ""
+    num_images: int = Field(default=1, ge=1, le=4, description="Scenes per cutout.")
+    seed: int | None = Field(default=None, description="Default seed (catalog 'seed' wins).")
+    aspect_ratios: tuple[str, ...] = Field(
+        default=("1:1", "4:5"), description="Expansions per scene (catalog 'aspect_ratios' wins)."
+    )
+    fetch_concurrency: int = Field(default=16, ge=1, description="Source images fetched at once.")
+
+
+def find_catalog_file(catalog_dir: str, batch: str) -> str:
+    """The catalog file of ``batch`` in ``catalog_dir`` (any supported extension)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(catalog_dir)
+    prefix = "" if "://" not in catalog_dir else catalog_dir.split("://", 1)[0] + "://"
+    for ext in FORMATS:
+        path = f"{root.rstrip('/')}/{batch}{ext}"
+        if fs.exists(path):
+            return prefix + path if prefix else path
+    raise CatalogError(
+        f"no catalog file for batch {batch!r} in {catalog_dir} "
+        f"(looked for {batch}{{{','.join(FORMATS)}}}); add the file or remove the partition"
+    )
+
+
+def _thumbnail(data: bytes, size: int = 96) -> str:
+    img = PILImage.open(io.BytesIO(data))
+    img.thumbnail((size, size))
+    if img.mode == "RGBA":  # show cutouts on a checkerless light background
+        canvas = PILImage.new("RGB", img.size, (235, 235, 235))
+        canvas.paste(img, mask=img.getchannel("A"))
+        img = canvas
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _metadata(
+    frame: pd.DataFrame, report: StepReport, bria: BriaResource, limit: int = 6
+) -> dict[str, Any]:
+    store = bria.image_store()
+    lines = ["| sku | variant | status | image |", "|---|---|---|---|"]
+    for row in frame.head(limit * 3).to_dict("records"):
+        if len(lines) - 2 >= limit:
+            break
+        if row["status"] in (OK, REUSED) and row["image_sha256"]:
+            try:
+                thumb = f"![{row['sku']}]({_thumbnail(store.get(row['image_sha256']))})"
+            except (OSError, BriaError):
+                thumb = "(missing)"
+        else:
+            thumb = str(row["error_message"] or "")[:80].replace("|", "/")
+        lines.append(f"| {row['sku']} | {row['variant']} | {row['status']} | {thumb} |")
+    failures = frame[frame["status"] == FAILED]
+    meta = {
+        **report.metadata(),
+        "rows": len(frame),
+        "backend": bria.selected_backend(),
+        "preview": dg.MetadataValue.md("\n".join(lines)),
+        "image_store": dg.MetadataValue.path(store.base_uri),
+    }
+    if len(failures):
+        counts = failures["error_class"].value_counts().to_dict()
+        meta["failures_by_class"] = dg.MetadataValue.json(
+            {str(k): int(v) for k, v in counts.items()}
+        )
+    return meta
+
+
+def _catalog_dict(row: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(row.get("catalog_row") or "{}")
+
+
+def _prompt_for(settings: PipelineSettings, catalog: dict[str, Any]) -> str:
+    if catalog.get("prompt"):
+        return str(catalog["prompt"])
+    fields = {name for _, name, _, _ in string.Formatter().parse(settings.prompt_template) if name}
+    missing = [f for f in fields if f not in catalog or catalog[f] is None]
+    if missing:
+        raise BriaError(
+            f"prompt_template needs catalog column(s) {', '.join(sorted(missing))}, "
+            "which this row lacks; add them or change the template"
+        )
+    return settings.prompt_template.format(**catalog)
+
+
+def build_product_image_assets(
+    settings: PipelineSettings | None = None,
+    *,
+    key_prefix: str | Sequence[str] | None = None,
+    partitions_def: dg.PartitionsDefinition = CATALOG_PARTITIONS,
+    group_name: str = "product_images",
+    pool: str | None = "bria",
+    io_manager_key: str = "io_manager",
+    resource_key: str = "bria",
+) -> list[dg.AssetsDefinition]:
+    """Build ``catalog_batch`` and the step assets chosen in ``settings.steps``.
+
+    Args:
+        settings: what to run and with which parameters.
+        key_prefix: prefix for every asset key (several pipelines in one project).
+        partitions_def: the catalog batches (a ``DynamicPartitionsDefinition``).
+        pool: Dagster concurrency pool of the steps that call the backend; cap it in
+            ``dagster.yaml`` so that concurrent runs share the fal request limit.
+    """
+    settings = settings or PipelineSettings()
+    unknown = [s for s in settings.steps if s not in STEP_ASSETS]
+    if unknown:
+        raise ValueError(f"unknown step(s) {unknown}; choose from {list(STEP_ASSETS)}")
+    order = list(STEP_ASSETS)
+    if list(settings.steps) != order[: len(settings.steps)]:
+        raise ValueError(
+            f"steps must be a prefix of {order} (each step consumes the one before), "
+            f"got {list(settings.steps)}"
+        )
+    for ratio in settings.aspect_ratios:
+        AspectRatio(ratio)
+    prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
+
+    def key(name: str) -> dg.AssetKey:
+        return dg.AssetKey([*prefix, name])
+
+    def step_context(context: AssetExecutionContext, bria: BriaResource, step: str):
+        asset_key = context.asset_key
+        import fsspec
+
+        base = bria.storage.rstrip("/")
+        name = "__".join(asset_key.path)
+        fs, root = fsspec.core.url_to_fs(f"{base}/tables/{name}")
+        proto = "" if "://" not in base else base.split("://", 1)[0] + "://"
+        own = table_path(base, asset_key, context.partition_key)
+        others = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []
+        tables = [own, *sorted(proto + p for p in others if not own.endswith(p))]
+        return StepContext(
+            partition=context.partition_key,
+            run_id=context.run.run_id,
+            asset_key=asset_key.to_user_string(),
+            code_version=__version__,
+            step=step,
+            tables=tables,
+        )
+
+    common: dict[str, Any] = dict(
+        partitions_def=partitions_def,
+        group_name=group_name,
+        io_manager_key=io_manager_key,
+        code_version=__version__,
+        kinds={"python", "parquet"},
+    )
+
+    @dg.asset(
+        key=key("catalog_batch"),
+        description="The catalog batch: one source record per row (fetched, hashed, stored) "
+        "and a failed record for every rejected row.",
+        **common,
+    )
+    def catalog_batch(context: AssetExecutionContext, bria: BriaResource) -> pd.DataFrame:
+        ctx = step_context(context, bria, "source")
+        path = find_catalog_file(settings.catalog_dir, context.partition_key)
+        batch = load_catalog(path, batch=context.partition_key)
+        store = bria.image_store()
+        policy = bria.fetch_policy()
+        rows: list[dict[str, Any]] = []
+        for rej in batch.rejected.to_dict("records"):
+            rows.append(
+                source_row(
+                    ctx,
+                    sku=rej["sku"] or f"<row {rej['row_number']}>",
+                    image_url="",
+                    catalog_row=row_json(rej),
+                    error_class="CatalogRowError",
+                    error_message=f"{Path(path).name} row {rej['row_number']}, column "
+                    f"{rej['column']}: {rej['reason']}",
+                )
+            )
+        previous = _previous_sources(ctx.tables[:1])
+        entries = batch.valid.to_dict("records")
+
+        async def ingest(entry: dict[str, Any], slots: asyncio.Semaphore) -> dict[str, Any]:
+            sku, url, crow = entry["sku"], entry["image_url"], row_json(entry)
+            earlier = previous.get((sku, url))
+            if earlier is not None and store.exists(earlier["image_sha256"]):
+                row = dict(earlier)
+                row.update(
+                    status=REUSED, run_id=ctx.run_id, catalog_row=crow, partition=ctx.partition
+                )
+                return row
+            try:
+                async with slots:
+                    fetched = await fetch_bytes(url, policy)
+                image = decode_image(fetched.data, max_pixels=bria.max_pixels, source=url)
+            except BriaError as exc:
+                return source_row(
+                    ctx,
+                    sku=sku,
+                    image_url=url,
+                    catalog_row=crow,
+                    error_class=type(exc).__name__,
+                    error_message=str(exc),
+                )
+            content_type = f"image/{(image.format or '').lower()}" if image.format else None
+            stored = store.put(fetched.data, content_type or fetched.content_type or "image/jpeg")
+            return source_row(
+                ctx,
+                sku=sku,
+                image_url=url,
+                catalog_row=crow,
+                data=fetched.data,
+                content_type=stored.content_type,
+                width=image.width,
+                height=image.height,
+                uri=stored.uri,
+            )
+
+        async def ingest_all() -> list[dict[str, Any]]:
+            slots = asyncio.Semaphore(settings.fetch_concurrency)
+            return list(await asyncio.gather(*(ingest(e, slots) for e in entries)))
+
+        import time
+
+        started = time.perf_counter()
+        rows.extend(asyncio.run(ingest_all()))
+        frame = records_to_frame(sorted(rows, key=lambda r: r["sku"]))
+        report = StepReport(
+            ok=int((frame["status"] == OK).sum()),
+            failed=int((frame["status"] == FAILED).sum()),
+            reused=int((frame["status"] == REUSED).sum()),
+            duration_s=time.perf_counter() - started,
+        )
+        report.images_written = report.ok
+        meta = _metadata(frame, report, bria)
+        meta.update(
+            catalog_file=dg.MetadataValue.path(path),
+            catalog_sha256=batch.content_sha256,
+            catalog_rows=len(batch.valid) + len(batch.rejected),
+            catalog_rows_rejected=len(batch.rejected),
+        )
+        context.add_output_metadata(meta)
+        return frame
+
+    assets: list[dg.AssetsDefinition] = [catalog_batch]
+
+    def make_step(step: str, upstream: dg.AssetKey, plan) -> dg.AssetsDefinition:
+        @dg.asset(
+            key=key(STEP_ASSETS[step]),
+            ins={"parents": dg.AssetIn(key=upstream)},
+            pool=pool,
+            description=_STEP_DESCRIPTIONS[step],
+            **common,
+        )
+        def step_asset(
+            context: AssetExecutionContext, bria: BriaResource, parents: pd.DataFrame
+        ) -> pd.DataFrame:
+            ctx = step_context(context, bria, step)
+            jobs = list(_jobs(parents, plan))
+            frame, report = run_step(ctx, bria, bria.image_store(), jobs, log=context.log.info)
+            context.add_output_metadata(_metadata(frame, report, bria))
+            return frame
+
+        return step_asset
+
+    def plan_remove(parent: dict[str, Any], catalog: dict[str, Any]) -> list[Job]:
+        return [plan_request(parent["sku"], "cutout", parent, "remove", {})]
+
+    def plan_replace(parent: dict[str, Any], catalog: dict[str, Any]) -> list[Job]:
+        seed = catalog.get("seed") if catalog.get("seed") is not None else settings.seed
+        ref = catalog.get("ref_image_url") or (
+            None if catalog.get("prompt") else settings.ref_image_url
+        )
+        arguments: dict[str, Any] = {
+            "num_images": settings.num_images,
+            "negative_prompt": catalog.get("negative_prompt") or settings.negative_prompt,
+        }
+        if seed is not None:
+            arguments["seed"] = int(seed)
+        if ref:
+            arguments["ref_image_url"] = ref
+        else:
+            try:
+                arguments["prompt"] = _prompt_for(settings, catalog)
+            except BriaError as exc:
+                return [Job(parent["sku"], "scene", parent, error=exc)]
+        return [plan_request(parent["sku"], "scene", parent, "replace", arguments)]
+
+    def plan_expand_jobs(parent: dict[str, Any], catalog: dict[str, Any]) -> list[Job]:
+        ratios = catalog.get("aspect_ratios") or list(settings.aspect_ratios)
+        seed = catalog.get("seed") if catalog.get("seed") is not None else settings.seed
+        jobs = []
+        for ratio in ratios:
+            variant = f"{parent['variant']}@{ratio}"
+            try:
+                canvas = plan_expand(
+                    (int(parent["width"]), int(parent["height"])),
+                    canvas_size=None,
+                    aspect_ratio=ratio,
+                ).canvas
+            except BriaError as exc:
+                jobs.append(Job(parent["sku"], variant, parent, error=exc))
+                continue
+            arguments: dict[str, Any] = {"aspect_ratio": ratio, "canvas_size": list(canvas)}
+            if seed is not None:
+                arguments["seed"] = int(seed)
+            jobs.append(plan_request(parent["sku"], variant, parent, "expand", arguments))
+        return jobs
+
+    plans = {"remove": plan_remove, "replace": plan_replace, "expand": plan_expand_jobs}
+    upstream = key("catalog_batch")
+    for step in settings.steps:
+        assets.append(make_step(step, upstream, plans[step]))
+        upstream = key(STEP_ASSETS[step])
+    return assets
+
+
+_STEP_DESCRIPTIONS = {
+    "remove": "Background removed: one RGBA PNG cutout per source image.",
+    "replace": "New backgrounds: num_images scenes per cutout, from a prompt or reference image.",
+    "expand": "Expanded formats: one image per scene and aspect ratio.",
+}
+
+
+def _jobs(parents: pd.DataFrame, plan) -> list[Job]:
+    jobs: list[Job] = []
+    for parent in parents.to_dict("records"):
+        if parent["status"] == FAILED:
+            jobs.append(
+                Job(
+                    parent["sku"],
+                    parent["variant"],
+                    parent,
+                    error=BriaError(
+                        parent["error_message"]
+                        if parent["error_class"] == "UpstreamFailed"
+                        else f"upstream {parent['step']} failed for this sku: "
+                        f"{parent['error_class']}: {parent['error_message']}"
+                    ),
+                    error_class="UpstreamFailed",
+                )
+            )
+            continue
+        jobs.extend(plan(parent, _catalog_dict(parent)))
+    return jobs
+
+
+def _previous_sources(tables: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    from .io_manager import read_table
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in tables:
+        frame = read_table(path)
+        if frame is None:
+            continue
+        for row in frame[frame["status"].isin([OK, REUSED])].to_dict("records"):
+            out[(row["sku"], row["root_source_uri"])] = row
+    return out

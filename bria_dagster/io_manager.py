@@ -1,0 +1,84 @@
+"""Parquet IO manager for the ImageRecord step tables.
+
+Each asset partition is one Parquet file at
+``<base>/tables/<asset name>/<partition>.parquet`` (asset key path joined by
+``__``), written with :data:`~bria_dagster.records.IMAGE_RECORD_SCHEMA`. The
+base is a local folder by default or any fsspec URL. Local writes are atomic.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+
+import dagster as dg
+import fsspec
+import pandas as pd
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from .records import IMAGE_RECORD_SCHEMA, frame_to_table, records_to_frame
+
+__all__ = ["ImageRecordIOManager", "read_table", "table_path"]
+
+UNPARTITIONED = "__all__"
+
+
+def table_path(base: str, asset_key: dg.AssetKey | str, partition: str | None) -> str:
+    """Where the records of one asset partition live."""
+    name = asset_key if isinstance(asset_key, str) else "__".join(asset_key.path)
+    return f"{base.rstrip('/')}/tables/{name}/{partition or UNPARTITIONED}.parquet"
+
+
+def read_table(path: str) -> pd.DataFrame | None:
+    """The records at ``path``, or ``None`` when no such table was written yet."""
+    fs, root = fsspec.core.url_to_fs(path)
+    if not fs.exists(root):
+        return None
+    with fs.open(root, "rb") as fh:
+        table = pq.read_table(fh, schema=IMAGE_RECORD_SCHEMA)
+    return table.to_pandas()
+
+
+def write_table(path: str, frame: pd.DataFrame) -> None:
+    table = frame_to_table(frame)
+    fs, root = fsspec.core.url_to_fs(path)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        os.makedirs(os.path.dirname(root), exist_ok=True)
+        tmp = f"{root}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, root)
+    else:
+        fs.makedirs(os.path.dirname(root), exist_ok=True)
+        fs.pipe_file(root, buf.getvalue())
+
+
+class ImageRecordIOManager(dg.ConfigurableIOManager):
+    """Stores each step's ImageRecord table as Parquet, one file per partition."""
+
+    base_dir: str = Field(
+        default="bria_data", description="Folder or fsspec URL; tables go under <base>/tables."
+    )
+
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
+        partition = context.partition_key if context.has_partition_key else None
+        path = table_path(self.base_dir, context.asset_key, partition)
+        write_table(path, obj)
+        context.add_output_metadata({"table": dg.MetadataValue.path(path)})
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        partition = context.partition_key if context.has_partition_key else None
+        path = table_path(self.base_dir, context.asset_key, partition)
+        frame = read_table(path)
+        if frame is None:
+            raise FileNotFoundError(
+                f"no records at {path}: materialize {context.asset_key.to_user_string()} "
+                f"for partition {partition!r} first"
+            )
+        return frame if len(frame) else records_to_frame([])

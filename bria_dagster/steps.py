@@ -1,0 +1,360 @@
+"""One pipeline step over a partition: plan requests, reuse earlier records, run the rest.
+
+Every step (remove, replace, expand) works the same way:
+
+1. *plan*: each parent row becomes zero or more :class:`Job` s, each a validated
+   request (with a stand-in for the input image, so no bytes are read yet) and
+   its fingerprint, or a failure (invalid parameters, failed parent);
+2. *reuse*: a job whose fingerprint matches an ok record of an earlier run whose
+   image is still in the store is answered from that record (no call);
+3. *run*: the rest go to the backend through :meth:`BriaResource.run_batch`,
+   each input read from the store only when its request is sent; every output
+   image goes into the store as it arrives and becomes one record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from .endpoints import BriaRequest, build_request, input_fingerprint
+from .errors import BriaError
+from .images import sha256_hex
+from .io_manager import read_table
+from .records import FAILED, OK, REUSED, canonical_json, make_record_id, records_to_frame
+from .resource import BriaResource, Usage
+from .runner import ItemOutcome
+from .store import ImageStore
+
+__all__ = ["Job", "StepContext", "StepReport", "plan_request", "run_step"]
+
+logger = logging.getLogger("bria_dagster.steps")
+
+# A stand-in image for validating parameters before any bytes are read.
+_PLACEHOLDER = b"\x00"
+
+
+@dataclass
+class StepContext:
+    """Who is running: what lands in every record's Dagster columns."""
+
+    partition: str
+    run_id: str
+    asset_key: str
+    code_version: str
+    step: str
+    tables: list[str] = field(default_factory=list)
+    """Paths of this asset's earlier tables (any partition): the reuse index."""
+
+
+@dataclass
+class Job:
+    """One planned request (or a failure decided before any call)."""
+
+    sku: str
+    variant: str
+    parent: dict[str, Any]
+    request: BriaRequest | None = None
+    fingerprint: str | None = None
+    error: BriaError | None = None
+    error_class: str | None = None
+
+
+@dataclass
+class StepReport:
+    """What one step run did: for materialization metadata."""
+
+    ok: int = 0
+    failed: int = 0
+    reused: int = 0
+    calls: int = 0
+    estimated_cost_usd: float = 0.0
+    cost_usd: float = 0.0
+    duration_s: float = 0.0
+    images_written: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+    def metadata(self) -> dict[str, Any]:
+        seconds = max(self.duration_s, 1e-9)
+        return {
+            "rows_ok": self.ok,
+            "rows_failed": self.failed,
+            "rows_reused": self.reused,
+            "backend_calls": self.calls,
+            "estimated_cost_usd": round(self.estimated_cost_usd, 6),
+            "cost_usd": round(self.cost_usd, 6),
+            "duration_s": round(self.duration_s, 3),
+            "images_per_s": round(self.images_written / seconds, 3),
+            **self.usage.metadata(),
+        }
+
+
+def fingerprint_for(request: BriaRequest, input_ids: dict[str, str]) -> str:
+    """The request fingerprint, with input identities given instead of read.
+
+    Equal to :func:`~bria_dagster.endpoints.request_fingerprint` of the real
+    request: an input passed as bytes is identified as ``sha256:<hex>``.
+    """
+    ids = {
+        name: input_ids.get(name) or input_fingerprint(value)
+        for name, value in request.inputs().items()
+    }
+    canonical = {"endpoint": request.endpoint_id, "inputs": ids, "parameters": request.parameters()}
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def plan_request(
+    sku: str, variant: str, parent: dict[str, Any], endpoint: str, arguments: dict[str, Any]
+) -> Job:
+    """Validate ``arguments`` for ``endpoint`` against a stand-in for the parent image."""
+    try:
+        request = build_request(endpoint, image_url=_PLACEHOLDER, **arguments)
+    except BriaError as exc:
+        return Job(sku, variant, parent, error=exc)
+    fingerprint = fingerprint_for(request, {"image_url": f"sha256:{parent['image_sha256']}"})
+    return Job(sku, variant, parent, request=request, fingerprint=fingerprint)
+
+
+def _output_index(variant: str) -> str:
+    """``scene#1`` -> ``1``: which of a request's several outputs a row holds."""
+    return variant.rpartition("#")[2] if "#" in variant else ""
+
+
+def _reuse_index(tables: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """fingerprint -> the output rows of one earlier request with that fingerprint."""
+    index: dict[str, list[dict[str, Any]]] = {}
+    for path in tables:
+        frame = read_table(path)
+        if frame is None or not len(frame):
+            continue
+        good = frame[frame["status"].isin([OK, REUSED]) & frame["request_fingerprint"].notna()]
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in good.to_dict("records"):
+            found.setdefault(row["request_fingerprint"], {}).setdefault(
+                _output_index(row["variant"]), row
+            )
+        for fingerprint, outputs in found.items():
+            if fingerprint not in index:
+                index[fingerprint] = [outputs[k] for k in sorted(outputs)]
+    return index
+
+
+def _base_row(ctx: StepContext, job: Job) -> dict[str, Any]:
+    parent = job.parent
+    return {
+        "partition": ctx.partition,
+        "sku": job.sku,
+        "step": ctx.step,
+        "parent_sha256": parent.get("image_sha256"),
+        "root_source_uri": parent.get("root_source_uri") or "",
+        "root_source_sha256": parent.get("root_source_sha256"),
+        "endpoint_id": None if job.request is None else job.request.endpoint_id,
+        "parameters": canonical_json({} if job.request is None else job.request.parameters()),
+        "request_fingerprint": job.fingerprint,
+        "run_id": ctx.run_id,
+        "asset_key": ctx.asset_key,
+        "code_version": ctx.code_version,
+        "catalog_row": parent.get("catalog_row") or "{}",
+        "attempts": 0,
+        "cost_usd": 0.0,
+        "duration_s": 0.0,
+        "created_at": datetime.now(UTC),
+    }
+
+
+def failed_row(
+    ctx: StepContext, job: Job, error_class: str, message: str, *, attempts: int = 0
+) -> dict[str, Any]:
+    row = _base_row(ctx, job)
+    variant = job.variant
+    row.update(
+        record_id=make_record_id(ctx.partition, ctx.step, job.sku, variant, job.fingerprint or ""),
+        variant=variant,
+        status=FAILED,
+        error_class=error_class,
+        error_message=message,
+        attempts=attempts,
+    )
+    return row
+
+
+def run_step(
+    ctx: StepContext,
+    bria: BriaResource,
+    store: ImageStore,
+    jobs: list[Job],
+    *,
+    log: Callable[[str], None] = logger.info,
+) -> tuple[pd.DataFrame, StepReport]:
+    """Run planned ``jobs``; return the step's record table and a report."""
+    started = time.perf_counter()
+    report = StepReport()
+    rows: list[dict[str, Any]] = []
+    reuse = _reuse_index(ctx.tables)
+    to_run: list[Job] = []
+
+    for job in jobs:
+        if job.request is None:
+            error = job.error
+            rows.append(
+                failed_row(
+                    ctx,
+                    job,
+                    job.error_class or (type(error).__name__ if error else "BriaError"),
+                    str(error) if error else "no request could be built",
+                )
+            )
+            continue
+        earlier = reuse.get(job.fingerprint or "", [])
+        if earlier and all(store.exists(r["image_sha256"]) for r in earlier):
+            for i, previous in enumerate(earlier):
+                row = dict(previous)
+                variant = job.variant if len(earlier) == 1 else f"{job.variant}#{i}"
+                row.update(
+                    record_id=make_record_id(
+                        ctx.partition, ctx.step, job.sku, variant, job.fingerprint or ""
+                    ),
+                    partition=ctx.partition,
+                    sku=job.sku,
+                    variant=variant,
+                    status=REUSED,
+                    run_id=ctx.run_id,
+                    asset_key=ctx.asset_key,
+                    code_version=ctx.code_version,
+                    catalog_row=job.parent.get("catalog_row") or "{}",
+                    root_source_uri=job.parent.get("root_source_uri") or "",
+                    root_source_sha256=job.parent.get("root_source_sha256"),
+                )
+                rows.append(row)
+            continue
+        to_run.append(job)
+
+    def requests() -> Iterator[tuple[int, BriaRequest]]:
+        for index, job in enumerate(to_run):
+            assert job.request is not None
+            data = store.get(job.parent["image_sha256"])
+            yield index, job.request.model_copy(update={"image_url": data})
+
+    def on_outcome(outcome: ItemOutcome) -> None:
+        job = to_run[int(outcome.key)]  # type: ignore[call-overload]
+        result = outcome.result
+        if result is None:
+            rows.append(
+                failed_row(
+                    ctx, job, outcome.error_class or "BriaError", outcome.error_message or ""
+                )
+            )
+            return
+        share = result.cost_usd / max(1, len(result.images))
+        for i, image in enumerate(result.images):
+            stored = store.put(image.data, image.content_type)
+            variant = job.variant if len(result.images) == 1 else f"{job.variant}#{i}"
+            row = _base_row(ctx, job)
+            row.update(
+                record_id=make_record_id(
+                    ctx.partition, ctx.step, job.sku, variant, job.fingerprint or ""
+                ),
+                variant=variant,
+                status=OK,
+                image_uri=stored.uri,
+                image_sha256=stored.sha256,
+                width=image.width,
+                height=image.height,
+                content_type=image.content_type,
+                backend=result.backend,
+                seed=result.seed,
+                request_id=result.request_id,
+                cost_usd=0.0 if outcome.shared else share,
+                duration_s=result.duration_s,
+                attempts=result.attempts,
+            )
+            rows.append(row)
+            report.images_written += 1
+
+    if to_run:
+        log(f"{ctx.step}: {len(to_run)} request(s) to run, {len(jobs) - len(to_run)} settled")
+        report.estimated_cost_usd = sum(
+            j.request.estimated_cost_usd() for j in to_run if j.request is not None
+        )
+        last = [0.0]
+
+        def progress(p: Any) -> None:
+            now = time.monotonic()
+            if now - last[0] > 5 or p.done + p.failed == len(to_run):
+                last[0] = now
+                log(
+                    f"{ctx.step}: {p.done} done, {p.failed} failed, {p.in_flight} in flight, "
+                    f"${p.cost_usd:.3f} so far"
+                )
+
+        report.usage = bria.run_batch(
+            requests(), on_outcome, total=len(to_run), on_progress=progress
+        )
+        report.calls = sum(report.usage.calls.values())
+        report.cost_usd = sum(report.usage.cost_usd.values())
+
+    frame = records_to_frame(sorted(rows, key=lambda r: (r["sku"], r["variant"])))
+    report.ok = int((frame["status"] == OK).sum())
+    report.failed = int((frame["status"] == FAILED).sum())
+    report.reused = int((frame["status"] == REUSED).sum())
+    report.duration_s = time.perf_counter() - started
+    return frame, report
+
+
+def source_row(
+    ctx: StepContext,
+    *,
+    sku: str,
+    image_url: str,
+    catalog_row: str,
+    data: bytes | None = None,
+    content_type: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    uri: str | None = None,
+    error_class: str | None = None,
+    error_message: str | None = None,
+) -> dict[str, Any]:
+    """A ``source`` record: the catalog image as fetched (or why it could not be)."""
+    sha = sha256_hex(data) if data is not None else None
+    return {
+        "record_id": make_record_id(ctx.partition, "source", sku, "source", image_url),
+        "partition": ctx.partition,
+        "sku": sku,
+        "step": "source",
+        "variant": "source",
+        "status": OK if error_class is None else FAILED,
+        "error_class": error_class,
+        "error_message": error_message,
+        "image_uri": uri,
+        "image_sha256": sha,
+        "width": width,
+        "height": height,
+        "content_type": content_type,
+        "parent_sha256": None,
+        "root_source_uri": image_url,
+        "root_source_sha256": sha,
+        "endpoint_id": None,
+        "backend": None,
+        "parameters": "{}",
+        "request_fingerprint": None,
+        "seed": None,
+        "request_id": None,
+        "cost_usd": 0.0,
+        "duration_s": 0.0,
+        "attempts": 1 if data is not None else 0,
+        "run_id": ctx.run_id,
+        "asset_key": ctx.asset_key,
+        "code_version": ctx.code_version,
+        "created_at": datetime.now(UTC),
+        "catalog_row": catalog_row,
+    }

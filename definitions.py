@@ -1,0 +1,15 @@
+"""The example pipeline: `dagster dev -f definitions.py` shows the asset graph.
+
+Runs offline on the embedded engine by default; with FAL_KEY set, the same
+assets call Bria on fal.ai. Sample catalogs live in examples/catalogs (one file
+per batch = one partition); outputs and lineage tables go to ./bria_data.
+"""
+
+from pathlib import Path
+
+from bria_dagster import PipelineSettings, build_definitions
+
+HERE = Path(__file__).resolve().parent
+
+settings = PipelineSettings(catalog_dir=str(HERE / "examples" / "catalogs"))
+defs = build_definitions(settings, storage=str(HERE / "bria_data"))
