@@ -18,13 +18,13 @@ import os
 import posixpath
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .errors import BriaError
@@ -32,6 +32,7 @@ from .records import COLUMNS, FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, records_t
 
 __all__ = [
     "DERIVED_COLUMNS",
+    "KEY_COLUMNS",
     "LINEAGE_COLUMNS",
     "TRACE_COLUMNS",
     "LineageIndex",
@@ -40,6 +41,8 @@ __all__ = [
     "derived",
     "derived_images",
     "load_records",
+    "plain_rows",
+    "table_files",
     "total_cost",
     "trace",
     "trace_image",
@@ -97,6 +100,18 @@ LINEAGE_COLUMNS = tuple(
     if c in {*TRACE_COLUMNS, *DERIVED_COLUMNS, "root_source_uri"} and c not in {"hop", "failed"}
 )
 
+# Read for every row by LineageIndex.load; the other columns only for result rows.
+KEY_COLUMNS = (
+    "sku",
+    "step",
+    "variant",
+    "status",
+    "image_sha256",
+    "parent_sha256",
+    "root_source_sha256",
+    "created_at",
+)
+
 _HEX = re.compile(r"[0-9a-f]+")
 _SHA = re.compile(r"[0-9a-f]{64}")
 
@@ -112,19 +127,63 @@ class RecordTableError(BriaError):
 # --------------------------------------------------------------------------- loading
 
 
-def _tables_root(base: str | os.PathLike[str]) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, root = fsspec.core.url_to_fs(os.fspath(base))
-    return fs, f"{root.rstrip('/')}/tables"
+class _RecordTables:
+    """The record tables of one base, read file by file in a fixed order.
+
+    Reading whole files in a known order lets a row be fetched back later by its
+    position, so a query reads its few result rows' details instead of every
+    column of a million rows.
+    """
+
+    def __init__(self, base: str | os.PathLike[str]) -> None:
+        self.fs, root = fsspec.core.url_to_fs(os.fspath(base))
+        self.location = f"{os.fspath(base).rstrip('/')}/tables"
+        tables = f"{root.rstrip('/')}/tables"
+        found = self.fs.glob(f"{tables}/*/*.parquet")
+        # Hidden or underscore names are temporaries and caches, never step tables.
+        self.paths = sorted(p for p in found if not posixpath.basename(p).startswith((".", "_")))
+        self.offsets = np.zeros(len(self.paths) + 1, dtype=np.int64)
+
+    def _read(self, path: str, columns: Sequence[str]) -> pa.Table:
+        try:
+            dataset = ds.dataset(
+                path, schema=IMAGE_RECORD_SCHEMA, format="parquet", filesystem=self.fs
+            )
+            return dataset.to_table(columns=list(columns))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            raise RecordTableError(
+                f"cannot read record table {path} with the ImageRecord schema: {exc}. "
+                "Remove or rewrite it (only pipeline-written Parquet belongs under tables/)."
+            ) from exc
+
+    def read(self, columns: Sequence[str]) -> pd.DataFrame:
+        """``columns`` of every row, file after file; remembers where each file starts."""
+        if not self.paths:
+            return records_to_frame([])[list(columns)]
+        with ThreadPoolExecutor(max_workers=min(8, len(self.paths))) as pool:
+            parts = list(pool.map(lambda path: self._read(path, columns), self.paths))
+        self.offsets[1:] = np.cumsum([part.num_rows for part in parts])
+        return pa.concat_tables(parts).to_pandas()
+
+    def rows(self, positions: np.ndarray, columns: Sequence[str]) -> pd.DataFrame:
+        """``columns`` of the rows at ``positions`` (as numbered by :meth:`read`), in order."""
+        files = np.searchsorted(self.offsets, positions, side="right") - 1
+        parts, order = [], []
+        for file in np.unique(files):
+            here = np.flatnonzero(files == file)
+            table = self._read(self.paths[file], columns)
+            parts.append(table.take(positions[here] - self.offsets[file]))
+            order.append(here)
+        if not parts:
+            return records_to_frame([])[list(columns)]
+        frame = pa.concat_tables(parts).to_pandas()
+        frame.index = np.concatenate(order)
+        return frame.sort_index()
 
 
 def table_files(base: str | os.PathLike[str] = DEFAULT_BASE) -> list[str]:
     """The record tables under ``<base>/tables/<asset_name>/<partition>.parquet``, sorted."""
-    fs, tables = _tables_root(base)
-    found = fs.glob(f"{tables}/*/*.parquet")
-    # Hidden or underscore names are temporaries and caches, never step tables.
-    return sorted(
-        p for p in found if not posixpath.basename(p).startswith((".", "_")) and fs.isfile(p)
-    )
+    return _RecordTables(base).paths
 
 
 def load_records(
@@ -135,85 +194,101 @@ def load_records(
     ``columns`` limits what is read (the queries need only :data:`LINEAGE_COLUMNS`).
     An empty or missing store gives an empty frame with the requested columns.
     """
-    wanted = list(columns) if columns is not None else list(COLUMNS)
-    unknown = [c for c in wanted if c not in COLUMNS]
+    wanted = _check_columns(columns if columns is not None else COLUMNS)
+    return _RecordTables(base).read(wanted)
+
+
+def _check_columns(columns: Sequence[str]) -> list[str]:
+    unknown = [c for c in columns if c not in COLUMNS]
     if unknown:
         raise ValueError(f"unknown ImageRecord columns {unknown}; known: {list(COLUMNS)}")
-    fs, tables = _tables_root(base)
-    files = table_files(base)
-    if not files:
-        return records_to_frame([])[wanted]
-    try:
-        dataset = ds.dataset(files, schema=IMAGE_RECORD_SCHEMA, format="parquet", filesystem=fs)
-        table = dataset.to_table(columns=wanted)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        raise RecordTableError(
-            f"cannot read the record tables under {tables} with the ImageRecord schema: {exc}. "
-            "Remove or rewrite the offending file (only pipeline-written Parquet belongs there)."
-        ) from exc
-    return table.to_pandas()
+    return list(columns)
 
 
 # --------------------------------------------------------------------------- the index
 
 
 class LineageIndex:
-    """Record rows indexed by image sha256, parent link, source and sku.
+    """Record rows, queried with vectorised masks over the sha, parent, source and sku columns.
 
-    Built once (vectorised), then :meth:`trace` and :meth:`derived` answer in
-    milliseconds even over millions of rows. A sha can appear in several rows
-    (the same image made or reused by several runs); a hop uses the most recent
-    ok/reused row.
+    Nothing slow is built up front: each lookup is one pass of an Arrow-backed
+    comparison (milliseconds over a million rows). A sha can appear in several
+    rows (the same image made or reused by several runs); a hop uses the most
+    recent ok/reused row. :meth:`load` reads only :data:`KEY_COLUMNS` and fetches
+    the other columns of result rows (or a URI column) from the tables on demand.
     """
 
-    def __init__(self, records: pd.DataFrame, *, source: str = "the given records") -> None:
-        missing = [c for c in LINEAGE_COLUMNS if c not in records.columns]
+    def __init__(
+        self,
+        records: pd.DataFrame,
+        *,
+        source: str = "the given records",
+        tables: _RecordTables | None = None,
+    ) -> None:
+        needed = KEY_COLUMNS if tables is not None else LINEAGE_COLUMNS
+        missing = [c for c in needed if c not in records.columns]
         if missing:
             raise ValueError(f"records lack the lineage columns {missing}")
         self.source = source
         self.frame = records.reset_index(drop=True)
+        self._tables = tables
         frame = self.frame
         good = frame["status"].isin([OK, REUSED]) & frame["image_sha256"].notna()
-        good_pos = np.flatnonzero(good.to_numpy(dtype=bool))
+        self._good = good.to_numpy(dtype=bool)
         # Epoch integers (one unit per frame), for newest-first ordering.
         self._created = pd.to_datetime(frame["created_at"], utc=True).astype("int64").to_numpy()
-        created = self._created[good_pos]
-        # Most recent first, so the first occurrence of each sha is its hop row.
-        ordered = good_pos[np.argsort(-created, kind="stable")]
-        shas = frame["image_sha256"].to_numpy()[ordered]
-        codes, uniques = pd.factorize(shas)
-        _, first = np.unique(codes, return_index=True)  # first occurrence = most recent row
-        self._best: dict[str, int] = dict(
-            zip(uniques.tolist(), ordered[first].tolist(), strict=True)
-        )
-        roots = frame["root_source_sha256"].dropna().unique()
-        self._roots: set[str] = set(pd.Series(roots, dtype=object).tolist())
-        self._skus: pd.Index | None = None
-        self._sha_list: pa.Array | None = None
 
     @classmethod
     def load(cls, base: str | os.PathLike[str] = DEFAULT_BASE) -> LineageIndex:
-        """Read the lineage columns of every record table under ``base`` and index them."""
-        return cls(load_records(base, columns=LINEAGE_COLUMNS), source=f"{os.fspath(base)}/tables")
+        """Read the key columns of every record table under ``base`` (details come on demand)."""
+        tables = _RecordTables(base)
+        return cls(tables.read(KEY_COLUMNS), source=tables.location, tables=tables)
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def __repr__(self) -> str:
-        return f"LineageIndex({len(self)} rows, {len(self._best)} images from {self.source})"
+        return f"LineageIndex({len(self)} rows from {self.source})"
+
+    def _column(self, name: str) -> pd.Series:
+        if name not in self.frame.columns:
+            assert self._tables is not None  # __init__ checked the columns otherwise
+            self.frame[name] = self._tables.read([name])[name].to_numpy()
+        return self.frame[name]
+
+    def _rows(self, positions: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
+        """The rows at ``positions`` with ``columns``, fetching absent columns from the tables."""
+        positions = np.asarray(positions, dtype=np.int64)
+        here = [c for c in columns if c in self.frame.columns]
+        rows = self.frame.iloc[positions][here].reset_index(drop=True)
+        absent = [c for c in columns if c not in self.frame.columns]
+        if absent and self._tables is not None:
+            fetched = self._tables.rows(positions, absent).reset_index(drop=True)
+            rows = pd.concat([rows, fetched], axis=1)
+        return rows[list(columns)]
+
+    def _image_rows(self, sha: str) -> np.ndarray:
+        """Positions of the ok/reused rows that made image ``sha``, newest first."""
+        hits = np.flatnonzero((self.frame["image_sha256"] == sha).to_numpy(dtype=bool) & self._good)
+        return hits[np.argsort(-self._created[hits], kind="stable")]
+
+    def _is_root(self, sha: str) -> bool:
+        return bool((self.frame["root_source_sha256"] == sha).any())
+
+    def _is_known(self, sha: str) -> bool:
+        return len(self._image_rows(sha)) > 0 or self._is_root(sha)
 
     # ----------------------------------------------------------------- resolving names
 
-    def _known_shas(self) -> pa.Array:
-        if self._sha_list is None:
-            self._sha_list = pa.array(sorted({*self._best, *self._roots}), type=pa.string())
-        return self._sha_list
-
     def _by_prefix(self, prefix: str) -> str | None:
         if len(prefix) == 64:
-            return prefix if prefix in self._best or prefix in self._roots else None
-        known = self._known_shas()
-        matches = known.filter(pc.starts_with(known, prefix)).to_pylist()
+            return prefix if self._is_known(prefix) else None
+        found: set[str] = set()
+        for column, mask in (("image_sha256", self._good), ("root_source_sha256", None)):
+            values = self.frame[column]
+            hit = values.str.startswith(prefix, na=False).to_numpy(dtype=bool)
+            found.update(values[hit if mask is None else hit & mask].tolist())
+        matches = sorted(found)
         if len(matches) > 1:
             shown = ", ".join(m[:16] for m in matches[:5])
             raise LineageNotFoundError(
@@ -242,18 +317,20 @@ class LineageIndex:
         raise self._not_found(text, "as an image path or URI (file name, image_uri, file bytes)")
 
     def _sha_from_location(self, text: str) -> str | None:
+        # Stored images are named <sha256>.<ext>: the name alone identifies them.
         stem = posixpath.basename(text.replace("\\", "/").rstrip("/")).split(".")[0].lower()
-        if _SHA.fullmatch(stem) and (stem in self._best or stem in self._roots):
+        if _SHA.fullmatch(stem) and self._is_known(stem):
             return stem
         for column, sha_column in (
             ("image_uri", "image_sha256"),
             ("root_source_uri", "root_source_sha256"),
         ):
-            hit = self.frame[sha_column][self.frame[column] == text].dropna()
+            hit = self.frame[sha_column][(self._column(column) == text).to_numpy(dtype=bool)]
+            hit = hit.dropna()
             if len(hit):
                 return str(hit.iloc[0])
         digest = _hash_file(text)
-        if digest and (digest in self._best or digest in self._roots):
+        if digest and self._is_known(digest):
             return digest
         return None
 
@@ -274,45 +351,37 @@ class LineageIndex:
         """
         sha = self.resolve_image(image)
         frame = self.frame
-        positions: list[tuple[int, int]] = []
+        hops: list[int] = []
+        positions: list[int] = []
         seen: set[str] = set()
         current: str | None = sha
-        while current and current in self._best and current not in seen:
+        while current and current not in seen:
+            rows = self._image_rows(current)
+            if not len(rows):
+                break
             seen.add(current)
-            best = self._best[current]
-            hop = len(seen) - 1
-            if all_records:
-                rows = np.flatnonzero((frame["image_sha256"] == current).to_numpy(dtype=bool))
-                newest = np.argsort(-self._created[rows], kind="stable")
-                rows = rows[newest]
-                positions.extend((hop, int(r)) for r in rows)
-            else:
-                positions.append((hop, best))
-            parent = frame["parent_sha256"].iat[best]
+            chosen = rows if all_records else rows[:1]
+            hops.extend([len(seen) - 1] * len(chosen))
+            positions.extend(chosen.tolist())
+            parent = frame["parent_sha256"].iat[rows[0]]
             current = None if pd.isna(parent) else str(parent)
 
-        hops = [h for h, _ in positions]
-        chain = frame.iloc[[p for _, p in positions]].reset_index(drop=True)
         if positions:
-            last = frame.iloc[positions[-1][1]]
-            source_sha, source_uri, sku = (
-                last["root_source_sha256"],
-                last["root_source_uri"],
-                last["sku"],
-            )
+            origin = positions[-1]
         else:  # the image is itself a catalog source
-            hit = frame[frame["root_source_sha256"] == sha].iloc[0]
-            source_sha, source_uri, sku = sha, hit["root_source_uri"], hit["sku"]
-        source_row = {
+            origin = int(np.flatnonzero((frame["root_source_sha256"] == sha).to_numpy(bool))[0])
+        last = self._rows([origin], ["sku", "root_source_sha256", "root_source_uri"]).iloc[0]
+        source = {
+            "hop": (hops[-1] + 1) if hops else 0,
             "step": "source",
-            "sku": sku,
-            "image_sha256": source_sha,
-            "image_uri": source_uri,
+            "sku": last["sku"],
+            "image_sha256": last["root_source_sha256"],
+            "image_uri": last["root_source_uri"],
             "cost_usd": 0.0,
         }
-        chain = chain.assign(hop=hops)
-        source = pd.DataFrame([{**source_row, "hop": (hops[-1] + 1) if hops else 0}])
-        out = pd.concat([chain[list(TRACE_COLUMNS)], source], ignore_index=True)
+        columns = [c for c in TRACE_COLUMNS if c != "hop"]
+        chain = self._rows(positions, columns).assign(hop=hops)
+        out = pd.concat([chain, pd.DataFrame([source])], ignore_index=True)
         out = out.reindex(columns=list(TRACE_COLUMNS))
         out["cost_usd"] = out["cost_usd"].fillna(0.0).astype(float)
         out["seed"] = out["seed"].astype("Int64")
@@ -326,9 +395,9 @@ class LineageIndex:
         sorted remove < replace < expand, then sku and variant; ``failed`` flags
         failed rows, which are left out unless ``include_failed``.
         """
-        mask = self._derived_mask(str(source).strip())
-        frame = self.frame
-        rows = frame[mask]
+        positions = np.flatnonzero(self._derived_mask(str(source).strip()))
+        columns = [c for c in DERIVED_COLUMNS if c != "failed"]
+        rows = self._rows(positions, columns)
         failed = (rows["status"] == FAILED).to_numpy(dtype=bool)
         rows = rows.assign(failed=failed)
         if not include_failed:
@@ -355,7 +424,7 @@ class LineageIndex:
                 )
             sha = self._by_prefix(low)
         else:
-            uri_mask = (frame["root_source_uri"] == source).to_numpy(dtype=bool)
+            uri_mask = (self._column("root_source_uri") == source).to_numpy(dtype=bool)
             if uri_mask.any():
                 return uri_mask
             sha = self._sha_from_location(source)
@@ -364,7 +433,7 @@ class LineageIndex:
                 f"no sku, source sha256, image sha256 or source URI matches {source!r} in "
                 f"{len(self)} record rows from {self.source}; check the spelling or --base"
             )
-        if sha in self._roots:
+        if self._is_root(sha):
             return (frame["root_source_sha256"] == sha).to_numpy(dtype=bool)
         return self._descendants(sha)
 
@@ -433,17 +502,18 @@ def derived(
 
 def trace_image(image: str, base: str | os.PathLike[str] = DEFAULT_BASE) -> list[dict[str, Any]]:
     """For Dagster code: the lineage of ``image`` under ``base`` as plain dicts, output first."""
-    return _plain_rows(trace(image, base))
+    return plain_rows(trace(image, base))
 
 
 def derived_images(
     source: str, base: str | os.PathLike[str] = DEFAULT_BASE, *, include_failed: bool = False
 ) -> list[dict[str, Any]]:
     """For Dagster code: every image made from ``source`` under ``base``, as plain dicts."""
-    return _plain_rows(derived(source, base, include_failed=include_failed))
+    return plain_rows(derived(source, base, include_failed=include_failed))
 
 
-def _plain_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def plain_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a query result as JSON-friendly dicts (None, ISO times, Python numbers)."""
     return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 

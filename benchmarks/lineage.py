@@ -1,0 +1,252 @@
+"""Lineage queries over a million ImageRecord rows: load, index, trace, derived, CLI end to end.
+
+    .venv/bin/python benchmarks/lineage.py [--records 1000000] [--batches 50] [--base DIR]
+
+Synthetic but realistic records: per sku one remove, one replace and two expand
+rows (random sha256 values, consistent parent links, about 1% failed expansions,
+some cutouts reused by a second run), written as Parquet partitions in the
+storage layout ``<base>/tables/<asset_name>/<partition>.parquet``. The issue's
+target is under one second per answer over 1M records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bria_dagster.lineage import KEY_COLUMNS, LINEAGE_COLUMNS, LineageIndex, load_records  # noqa: E402
+from bria_dagster.records import IMAGE_RECORD_SCHEMA  # noqa: E402
+
+TARGET_S = 1.0
+STEPS = (  # step, asset, endpoint, price, rows per sku
+    ("remove", "product_cutouts", "fal-ai/bria/background/remove", 0.018),
+    ("replace", "product_scenes", "fal-ai/bria/background/replace", 0.023),
+    ("expand", "product_expansions", "fal-ai/bria/expand", 0.04),
+    ("expand", "product_expansions", "fal-ai/bria/expand", 0.04),
+)
+RATIOS = ("1:1", "16:9")
+
+
+def random_shas(rng: np.random.Generator, n: int) -> np.ndarray:
+    raw = rng.integers(0, 256, size=(n, 32), dtype=np.uint8).tobytes().hex()
+    return np.array([raw[i : i + 64] for i in range(0, 64 * n, 64)], dtype=object)
+
+
+def generate(base: Path, n_records: int, n_batches: int, seed: int = 7) -> dict[str, str]:
+    """Write the synthetic store; return sample names to query."""
+    rng = np.random.default_rng(seed)
+    n_skus = n_records // len(STEPS)
+    skus = np.array([f"SKU-{i:07d}" for i in range(n_skus)], dtype=object)
+    batch_of_sku = np.arange(n_skus) * n_batches // n_skus
+    source = random_shas(rng, n_skus)
+    cutout = random_shas(rng, n_skus)
+    scene = random_shas(rng, n_skus)
+    expands = [random_shas(rng, n_skus) for _ in RATIOS]
+    failed = [rng.random(n_skus) < 0.01 for _ in RATIOS]
+    t0 = np.datetime64(datetime(2026, 11, 1, tzinfo=UTC).replace(tzinfo=None), "us")
+    minutes = np.timedelta64(60_000_000, "us")
+
+    images = (cutout, scene, *expands)
+    parents = (source, cutout, scene, scene)
+    variants = ("", "0", "0-1:1", "0-16:9")
+    params = (
+        '{"sync_mode":false}',
+        '{"num_images":1,"prompt":"on a marble kitchen counter, morning light","sync_mode":false}',
+        '{"aspect_ratio":"1:1","sync_mode":false}',
+        '{"aspect_ratio":"16:9","sync_mode":false}',
+    )
+    for batch in range(n_batches):
+        in_batch = np.flatnonzero(batch_of_sku == batch)
+        n = len(in_batch)
+        partition = f"batch-{batch:04d}"
+        run_id = f"run-{batch:04d}"
+        created = t0 + batch * 30 * minutes
+        for k, (step, asset, endpoint, price) in enumerate(STEPS):
+            sha = images[k][in_batch]
+            status = np.full(n, "ok", dtype=object)
+            if step == "expand":
+                bad = failed[k - 2][in_batch]
+                status[bad] = "failed"
+                sha = np.where(bad, None, sha)
+            ok = status == "ok"
+            uri = [
+                f"s3://shop-media/bria/images/sha256/{s[:2]}/{s}.png" if s else None for s in sha
+            ]
+            columns = {
+                "record_id": random_shas(rng, n),
+                "partition": np.full(n, partition, dtype=object),
+                "sku": skus[in_batch],
+                "step": np.full(n, step, dtype=object),
+                "variant": np.full(n, variants[k], dtype=object),
+                "status": status,
+                "error_class": np.where(ok, None, "FalRequestError"),
+                "error_message": np.where(ok, None, "fal rejected the request (422): bad canvas"),
+                "image_uri": uri,
+                "image_sha256": sha,
+                "width": np.where(ok, 1024, 0).astype(np.int32),
+                "height": np.where(ok, 1024, 0).astype(np.int32),
+                "content_type": np.where(ok, "image/png", None),
+                "parent_sha256": parents[k][in_batch],
+                "root_source_uri": [f"https://cdn.shop.example/p/{s}.jpg" for s in skus[in_batch]],
+                "root_source_sha256": source[in_batch],
+                "endpoint_id": np.full(n, endpoint, dtype=object),
+                "backend": np.full(n, "fal", dtype=object),
+                "parameters": np.full(n, params[k], dtype=object),
+                "request_fingerprint": random_shas(rng, n),
+                "seed": rng.integers(0, 2**31, n) if step == "replace" else np.full(n, None),
+                "request_id": [f"{r[:8]}-{r[8:12]}-{r[12:16]}" for r in random_shas(rng, n)],
+                "cost_usd": np.where(ok, price, 0.0),
+                "duration_s": rng.gamma(2.0, 2.0, n),
+                "attempts": np.ones(n, dtype=np.int32),
+                "run_id": np.full(n, run_id, dtype=object),
+                "asset_key": np.full(n, asset, dtype=object),
+                "code_version": np.full(n, "1", dtype=object),
+                "created_at": np.full(n, created + k * minutes),
+                "catalog_row": [f'{{"sku":"{s}"}}' for s in skus[in_batch]],
+            }
+            table = pa.Table.from_pydict(
+                {
+                    name: pa.array(columns[name], type=IMAGE_RECORD_SCHEMA.field(name).type)
+                    for name in IMAGE_RECORD_SCHEMA.names
+                },
+                schema=IMAGE_RECORD_SCHEMA,
+            )
+            folder = base / "tables" / asset
+            folder.mkdir(parents=True, exist_ok=True)
+            name = partition if variants[k] != "0-16:9" else f"{partition}-wide"
+            pq.write_table(table, folder / f"{name}.parquet")
+    middle = n_skus // 2
+    ok_expand = next(i for i in range(middle, n_skus) if not failed[1][i])
+    return {
+        "expand_output": expands[1][ok_expand],
+        "sku": skus[middle],
+        "source_sha": source[middle],
+        "scene_sha": scene[middle],
+    }
+
+
+def timed(label: str, func, results: list[tuple[str, float]]):
+    start = time.perf_counter()
+    value = func()
+    elapsed = time.perf_counter() - start
+    results.append((label, elapsed))
+    print(f"  {label:<52} {elapsed * 1000:9.1f} ms", flush=True)
+    return value
+
+
+def cli(args: list[str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "bria_dagster.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"CLI failed ({done.returncode}): {done.stderr}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--batches", type=int, default=50)
+    parser.add_argument("--base", help="reuse/keep the store here (default: a temp folder)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bria-lineage-") as tmp:
+        base = Path(args.base or tmp)
+        results: list[tuple[str, float]] = []
+        print(f"records: {args.records:,} in {args.batches} batches under {base}")
+        saved = base / "benchmark_names.json"
+        if args.base and saved.exists():  # reuse the store an earlier run left in --base
+            names = json.loads(saved.read_text())
+        else:
+            names = timed(
+                "generate + write Parquet",
+                lambda: generate(base, args.records, args.batches),
+                results,
+            )
+            saved.write_text(json.dumps(names))
+        size = sum(f.stat().st_size for f in (base / "tables").rglob("*.parquet"))
+        print(f"  store size: {size / 1e6:.0f} MB in {len(list(base.rglob('*.parquet')))} files")
+
+        timed("load_records (all 30 columns)", lambda: load_records(base), results)
+        frame = timed(
+            f"load_records (lineage columns, {len(LINEAGE_COLUMNS)})",
+            lambda: load_records(base, columns=LINEAGE_COLUMNS),
+            results,
+        )
+        print(f"  rows loaded: {len(frame):,}")
+        timed("LineageIndex build from the frame", lambda: LineageIndex(frame), results)
+        index = timed(
+            f"LineageIndex.load (key columns only, {len(KEY_COLUMNS)})",
+            lambda: LineageIndex.load(base),
+            results,
+        )
+
+        answers = [
+            ("trace expand output (full sha)", lambda: index.trace(names["expand_output"])),
+            (
+                "trace expand output (12-char prefix)",
+                lambda: index.trace(names["expand_output"][:12]),
+            ),
+            (
+                "trace expand output (stored path)",
+                lambda: index.trace(f"/anywhere/{names['expand_output']}.png"),
+            ),
+            ("derived of a sku", lambda: index.derived(names["sku"])),
+            ("derived of a source sha", lambda: index.derived(names["source_sha"])),
+            ("derived of an intermediate (scene) sha", lambda: index.derived(names["scene_sha"])),
+        ]
+        query_times = []
+        for label, func in answers:
+            out = timed(label, func, results)
+            query_times.append(results[-1][1])
+            print(f"    -> {len(out)} rows, steps {out['step'].tolist()}")
+
+        cli_trace = cli(["lineage", "trace", names["expand_output"], "--base", str(base)])
+        print(f"  {'CLI end to end: lineage trace (subprocess)':<52} {cli_trace * 1000:9.1f} ms")
+        cli_derived = cli(["lineage", "derived", names["sku"], "--base", str(base)])
+        print(
+            f"  {'CLI end to end: lineage derived (subprocess)':<52} {cli_derived * 1000:9.1f} ms"
+        )
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import bria_dagster.lineage"], check=True, cwd=ROOT)
+        print(
+            f"  {'  of which python + imports':<52} {(time.perf_counter() - start) * 1000:9.1f} ms"
+        )
+
+        worst = max(query_times)
+        print()
+        print(
+            f"queries after loading: worst {worst * 1000:.1f} ms -> "
+            f"{'meets' if worst < TARGET_S else 'MISSES'} the < {TARGET_S:.0f} s target"
+        )
+        worst_cli = max(cli_trace, cli_derived)
+        print(
+            f"CLI end to end incl. loading {args.records:,} records: worst {worst_cli:.2f} s -> "
+            f"{'meets' if worst_cli < TARGET_S else 'MISSES'} the < {TARGET_S:.0f} s target"
+        )
+        if args.base:
+            os.sync()
+
+
+if __name__ == "__main__":
+    main()
