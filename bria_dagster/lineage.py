@@ -366,11 +366,15 @@ class LineageIndex:
             parent = frame["parent_sha256"].iat[rows[0]]
             current = None if pd.isna(parent) else str(parent)
 
+        columns = [c for c in TRACE_COLUMNS if c != "hop"]
+        origin_columns = ["root_source_sha256", "root_source_uri"]
         if positions:
-            origin = positions[-1]
+            chain = self._rows(positions, [*columns, *origin_columns]).assign(hop=hops)
+            last = chain.iloc[-1]
         else:  # the image is itself a catalog source
-            origin = int(np.flatnonzero((frame["root_source_sha256"] == sha).to_numpy(bool))[0])
-        last = self._rows([origin], ["sku", "root_source_sha256", "root_source_uri"]).iloc[0]
+            first = np.flatnonzero((frame["root_source_sha256"] == sha).to_numpy(dtype=bool))[0]
+            chain = pd.DataFrame(columns=[*columns, *origin_columns, "hop"])
+            last = self._rows([first], ["sku", *origin_columns]).iloc[0]
         source = {
             "hop": (hops[-1] + 1) if hops else 0,
             "step": "source",
@@ -379,9 +383,8 @@ class LineageIndex:
             "image_uri": last["root_source_uri"],
             "cost_usd": 0.0,
         }
-        columns = [c for c in TRACE_COLUMNS if c != "hop"]
-        chain = self._rows(positions, columns).assign(hop=hops)
-        out = pd.concat([chain, pd.DataFrame([source])], ignore_index=True)
+        parts = [chain.drop(columns=origin_columns), pd.DataFrame([source])]
+        out = pd.concat([p for p in parts if len(p)], ignore_index=True)
         out = out.reindex(columns=list(TRACE_COLUMNS))
         out["cost_usd"] = out["cost_usd"].fillna(0.0).astype(float)
         out["seed"] = out["seed"].astype("Int64")

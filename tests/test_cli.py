@@ -163,3 +163,13 @@ def test_python_dash_m_runs_the_cli(base):
     )
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr
+
+
+def test_unreadable_table_exits_2_naming_the_file(base, capsys):
+    broken = f"{base}/tables/product_cutouts/broken.parquet"
+    with open(broken, "wb") as fh:
+        fh.write(b"PAR1 truncated")
+    assert main(["lineage", "derived", "sku-a", "--base", base]) == 2
+    err = capsys.readouterr().err
+    assert "broken.parquet" in err
+    assert len(err.strip().splitlines()) == 1

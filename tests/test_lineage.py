@@ -17,6 +17,7 @@ from bria_dagster.lineage import (
     TRACE_COLUMNS,
     LineageIndex,
     LineageNotFoundError,
+    RecordTableError,
     derived,
     derived_images,
     load_records,
@@ -376,3 +377,30 @@ def test_index_is_reusable_and_wrappers_give_plain_rows(tmp_path, frame):
 def test_paths_are_accepted_as_base(tmp_path, frame):
     write_store(str(tmp_path), frame)
     assert len(derived("sku-a", Path(tmp_path))) == len(derived("sku-a", frame))
+
+
+def test_index_loaded_from_a_base_fetches_other_columns_on_demand(tmp_path, rows):
+    # An image stored under a name that is not its sha: found through the image_uri column.
+    custom = record("replace", "sku-a", sha("custom"), sha("cutout-sku-a"), variant="9")
+    custom["image_uri"] = "s3://shop-media/exports/sku-a-hero.png"
+    frame = records_to_frame([*rows, custom])
+    write_store(str(tmp_path), frame)
+    index = LineageIndex.load(tmp_path)
+    assert "parameters" not in index.frame.columns  # details are read for result rows only
+    chain = index.trace("s3://shop-media/exports/sku-a-hero.png")
+    assert chain["image_sha256"].tolist()[:2] == [sha("custom"), sha("cutout-sku-a")]
+    assert chain["parameters"].iloc[0] == custom["parameters"]
+    assert chain["request_id"].iloc[0] == custom["request_id"]
+    assert chain["request_id"].iloc[1] == "req-remove-sku-a--run-2"  # the newest (reused) row
+    assert pd.isna(chain["request_id"].iloc[-1])
+    by_uri = index.derived("https://cdn.example/sku-a.jpg")
+    assert by_uri["image_sha256"].tolist() == derived("sku-a", frame)["image_sha256"].tolist()
+    assert by_uri["endpoint_id"].tolist() == derived("sku-a", frame)["endpoint_id"].tolist()
+
+
+def test_unreadable_table_is_named(tmp_path, frame):
+    write_store(str(tmp_path), frame)
+    bad = tmp_path / "tables" / "product_scenes" / "broken.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(RecordTableError, match=r"broken\.parquet"):
+        load_records(tmp_path)
