@@ -376,6 +376,7 @@ class FalTestServer:
         self._runner: web.AppRunner | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tmpdir: str | None = None
+        self._closing = False
         self.port: int = 0
         self.ca_path: str = ""
 
@@ -395,6 +396,7 @@ class FalTestServer:
     def start(self) -> FalTestServer:
         if self._thread is not None:
             raise RuntimeError("FalTestServer is already running; stop() it first")
+        self._closing = False
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         if self._requested_ca is None:
@@ -457,6 +459,7 @@ class FalTestServer:
         await site.start()
 
     async def _shutdown(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -476,6 +479,10 @@ class FalTestServer:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """An SSL context trusting this server's CA (for plain httpx/aiohttp clients)."""
+        return ssl.create_default_context(cafile=self.ca_path)
 
     def env(self, key: str = "test-key-0") -> dict[str, str]:
         """Environment for a process that imports fal_client after it is set."""
@@ -545,29 +552,28 @@ class FalTestServer:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.path.split("/") if p]
         method = request.method
-        if True:
-            if parts[:1] == ["_test"]:
-                return await self._admin(request, parts[1:])
-            if parts[:1] == ["files"] and len(parts) == 2:
-                if method in ("GET", "HEAD"):
-                    return await self._get_file(request, parts[1])
-                if method == "POST" and parts[1] == "upload":
-                    return await self._cdn_upload(request)
-            if parts[:1] == ["storage"]:
-                return await self._storage(request, parts[1:])
-            if parts[:1] == ["_upload"] and len(parts) == 2 and method == "PUT":
-                return await self._storage_put(request, parts[1])
-            if "requests" in parts:
-                i = parts.index("requests")
-                rest = parts[i + 1 :]
-                if len(rest) == 1 and method == "GET":
-                    return await self._result(request, parts[:i], rest[0])
-                if len(rest) == 2 and rest[1] == "status" and method == "GET":
-                    return await self._status(request, parts[:i], rest[0])
-                if len(rest) == 2 and rest[1] == "cancel" and method == "PUT":
-                    return await self._cancel(request, parts[:i], rest[0])
-            elif method == "POST" and len(parts) >= 2:
-                return await self._submit(request, "/".join(parts))
+        if parts[:1] == ["_test"]:
+            return await self._admin(request, parts[1:])
+        if parts[:1] == ["files"] and len(parts) == 2:
+            if method in ("GET", "HEAD"):
+                return await self._get_file(request, parts[1])
+            if method == "POST" and parts[1] == "upload":
+                return await self._cdn_upload(request)
+        if parts[:1] == ["storage"]:
+            return await self._storage(request, parts[1:])
+        if parts[:1] == ["_upload"] and len(parts) == 2 and method == "PUT":
+            return await self._storage_put(request, parts[1])
+        if "requests" in parts:
+            i = parts.index("requests")
+            rest = parts[i + 1 :]
+            if len(rest) == 1 and method == "GET":
+                return await self._result(request, parts[:i], rest[0])
+            if len(rest) == 2 and rest[1] == "status" and method == "GET":
+                return await self._status(request, parts[:i], rest[0])
+            if len(rest) == 2 and rest[1] == "cancel" and method == "PUT":
+                return await self._cancel(request, parts[:i], rest[0])
+        elif method == "POST" and len(parts) >= 2:
+            return await self._submit(request, "/".join(parts))
         return _json({"detail": f"Not found: {method} {request.path}"}, 404)
 
     def _auth_key(self, request: web.Request) -> str | None:
@@ -806,6 +812,8 @@ class FalTestServer:
             self._pump(key)
 
     def _pump(self, key: str) -> None:
+        if self._closing:
+            return
         queue = self._queues.get(key)
         with self._lock:
             limit = self._knobs.max_in_progress
