@@ -15,7 +15,14 @@ faults: 429 with ``Retry-After``, 5xx (half carry ``x-fal-request-id`` so fal-cl
 does not retry them, half look like nginx ingress errors so it does), dropped
 connections, and result files that 404 once. Faults are decided before any state
 changes, so a faulted submit never creates a job: a correct client can reach zero
-duplicate submissions, which :meth:`FalTestServer.stats` counts.
+duplicate submissions, which :meth:`FalTestServer.stats` counts. The one exception is
+opt-in: ``rate_drop_after_submit`` creates the job and then drops the reply (the lost
+response that makes a blind re-submit a duplicate, paid job).
+
+Cancelling a queued job removes it (never run, never billed); cancelling a running job
+answers 202 but the job still finishes and is billed, as a real app may do. Only the
+newest ``max_files`` result files are kept (``files_evicted`` counts the rest); a finished
+job drops its arguments, so long soak runs stay small.
 
 Pointing fal-client at it
 -------------------------
@@ -96,7 +103,7 @@ MAX_SEED = 2_147_483_647
 MAX_CANVAS_AREA = 5000 * 5000
 MAX_INPUT_PIXELS = 5000 * 5000
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9")
-FAULT_KINDS = ("429", "5xx", "drop", "missing_once")
+FAULT_KINDS = ("429", "5xx", "drop", "missing_once", "drop_after_submit")
 
 
 def reserve_port() -> int:
@@ -116,9 +123,11 @@ class Knobs:
     rate_5xx: float = 0.0
     rate_drop: float = 0.0
     rate_missing_once: float = 0.0  # per result file: first GET is a 404
+    rate_drop_after_submit: float = 0.0  # job created, then the connection drops (lost reply)
     retry_after: float = 0.2  # Retry-After seconds on 429
     seed: int | None = None  # for the fault dice and default seeds
     validate_at_submit: bool = True  # schema errors: 422 at submit, else a failed job
+    max_files: int = 20_000  # files kept (oldest evicted first); 0 = unlimited
 
     def update(self, **changes: Any) -> None:
         fields = {f.name: f for f in dataclasses.fields(self)}
@@ -129,8 +138,8 @@ class Knobs:
                 raise ValueError(f"{name} must be a probability in 0..1, got {value!r}")
             if name in ("latency", "retry_after") and float(value) < 0:
                 raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
-            if name == "max_in_progress" and int(value) < 0:
-                raise ValueError(f"max_in_progress must be >= 0 (0 = unlimited), got {value!r}")
+            if name in ("max_in_progress", "max_files") and int(value) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = unlimited), got {value!r}")
         rates = {n: float(changes.get(n, getattr(self, n))) for n in ("rate_429", "rate_5xx")}
         rates["rate_drop"] = float(changes.get("rate_drop", self.rate_drop))
         if sum(rates.values()) > 1.0:
@@ -141,7 +150,7 @@ class Knobs:
                 setattr(self, name, None if value is None else int(value))
             elif isinstance(current, bool):
                 setattr(self, name, bool(value))
-            elif name == "max_in_progress":
+            elif name in ("max_in_progress", "max_files"):
                 setattr(self, name, int(value))
             else:
                 setattr(self, name, float(value))
@@ -163,6 +172,7 @@ class _Stats:
         self.cancel_calls = 0
         self.file_gets = 0
         self.uploads = 0
+        self.files_evicted = 0
         self.unauthorized = 0
         self.faults: collections.Counter[str] = collections.Counter()
         self.faults_by_op: collections.Counter[str] = collections.Counter()
@@ -180,7 +190,8 @@ class _Job:
     request_id: str
     endpoint: str
     key: str
-    arguments: dict[str, Any]
+    arguments: dict[str, Any]  # dropped once the job is done (inputs can be large)
+    units: int = 1  # billed units: num_images for replace, else 1
     state: str = "IN_QUEUE"  # IN_QUEUE | IN_PROGRESS | COMPLETED
     result: dict[str, Any] | None = None
     error: str | None = None
@@ -369,7 +380,7 @@ class FalTestServer:
         self._queues: dict[str, collections.deque[str]] = {}
         self._running: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._files: dict[str, _File] = {}
+        self._files: collections.OrderedDict[str, _File] = collections.OrderedDict()
         self._cdn_tokens: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -542,6 +553,7 @@ class FalTestServer:
                 "cancel_calls": s.cancel_calls,
                 "file_gets": s.file_gets,
                 "uploads": s.uploads,
+                "files_evicted": s.files_evicted,
                 "unauthorized": s.unauthorized,
                 "faults": {kind: s.faults.get(kind, 0) for kind in FAULT_KINDS},
                 "faults_by_op": dict(s.faults_by_op),
@@ -686,6 +698,8 @@ class FalTestServer:
             return _json({"detail": errors}, 422)
         request_id = str(uuid.uuid4())
         job = _Job(request_id, endpoint, key, arguments)
+        if endpoint.endswith("/replace") and not errors:
+            job.units = int(arguments.get("num_images") or 1)
         if errors:
             job.state = "COMPLETED"
             self._fail(job, _JobFailed(422, errors, "validation_error", _summary(errors)))
@@ -702,6 +716,15 @@ class FalTestServer:
             queue.append(request_id)
             self._pump(key)
             position = queue.index(request_id) if request_id in queue else 0
+        with self._lock:
+            lose_reply = self._rng.random() < self._knobs.rate_drop_after_submit
+            if lose_reply:
+                self._stats.faults["drop_after_submit"] += 1
+                self._stats.faults_by_op["submit:drop_after_submit"] += 1
+        if lose_reply:  # the job exists, the client never hears of it
+            if request.transport is not None:
+                request.transport.abort()
+            raise _Dropped
         base = f"{self.base_url}/{_app_prefix(endpoint)}/requests/{request_id}"
         return _json(
             {
@@ -843,6 +866,7 @@ class FalTestServer:
             except Exception as exc:  # an app crash: 500 with the request id
                 self._fail(job, _JobFailed(500, f"Internal error: {exc}", "internal_error", ""))
             job.inference_time = round(time.monotonic() - job.started, 4)
+            job.arguments = {}
             job.state = "COMPLETED"
             with self._lock:
                 self._stats.completed += 1
@@ -864,8 +888,21 @@ class FalTestServer:
         if faulty:
             with self._lock:
                 missing = self._rng.random() < self._knobs.rate_missing_once
-        self._files[name] = _File(data, content_type, missing)
+        self._put_file(name, _File(data, content_type, missing))
         return f"{self.base_url}/files/{name}"
+
+    def _file(self, name: str) -> _File | None:
+        with self._lock:
+            return self._files.get(name)
+
+    def _put_file(self, name: str, entry: _File) -> None:
+        """Keep ``entry`` (from any thread); evict the oldest files beyond ``max_files``."""
+        with self._lock:
+            self._files[name] = entry
+            limit = self._knobs.max_files
+            while limit and len(self._files) > limit:
+                self._files.popitem(last=False)
+                self._stats.files_evicted += 1
 
     async def _get_file(self, request: web.Request, name: str) -> web.StreamResponse:
         with self._lock:
@@ -873,7 +910,7 @@ class FalTestServer:
         fault = self._fault(request, "file")
         if fault is not None:
             return fault
-        entry = self._files.get(name)
+        entry = self._file(name)
         if entry is None:
             return _json({"detail": f"File {name!r} not found"}, 404)
         if entry.missing_once:
@@ -903,7 +940,7 @@ class FalTestServer:
         if parts == ["upload", "initiate"] and request.method == "POST":
             body = await request.json()
             name = uuid.uuid4().hex + "-" + Path(str(body.get("file_name") or "upload.bin")).name
-            self._files.setdefault(name, _File(b"", str(body.get("content_type") or "")))
+            self._put_file(name, _File(b"", str(body.get("content_type") or "")))
             return _json(
                 {
                     "upload_url": f"{self.base_url}/_upload/{name}",
@@ -913,11 +950,12 @@ class FalTestServer:
         return _json({"detail": f"Not found: {request.method} {request.path}"}, 404)
 
     async def _storage_put(self, request: web.Request, name: str) -> web.StreamResponse:
-        if name not in self._files:
+        initiated = self._file(name)
+        if initiated is None:
             return _json({"detail": f"No upload initiated for {name!r}"}, 404)
         data = await request.read()
-        content_type = request.headers.get("Content-Type") or self._files[name].content_type
-        self._files[name] = _File(data, content_type or "application/octet-stream")
+        content_type = request.headers.get("Content-Type") or initiated.content_type
+        self._put_file(name, _File(data, content_type or "application/octet-stream"))
         with self._lock:
             self._stats.uploads += 1
         return web.Response(status=200)
@@ -957,7 +995,7 @@ class FalTestServer:
             parsed = urlsplit(url)
             local = parsed.hostname in ("127.0.0.1", "localhost") and parsed.port == self.port
             parts = [p for p in parsed.path.split("/") if p]
-            entry = self._files.get(parts[1]) if local and len(parts) == 2 else None
+            entry = self._file(parts[1]) if local and len(parts) == 2 else None
             if entry is None or parts[0] != "files":
                 raise _invalid(
                     field,
@@ -1116,9 +1154,7 @@ def _invalid(field: str, msg: str, kind: str) -> _JobFailed:
 
 
 def _cost_micro_usd(job: _Job) -> int:
-    price = ENDPOINT_PRICES[job.endpoint]
-    units = int(job.arguments.get("num_images") or 1) if job.endpoint.endswith("/replace") else 1
-    return round(price * 1e6) * units
+    return round(ENDPOINT_PRICES[job.endpoint] * 1e6) * job.units
 
 
 def point_fal_client_at(server: FalTestServer) -> Callable[[], None]:
@@ -1168,7 +1204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-5xx", type=float, default=0.0)
     parser.add_argument("--rate-drop", type=float, default=0.0)
     parser.add_argument("--rate-missing-once", type=float, default=0.0)
+    parser.add_argument("--rate-drop-after-submit", type=float, default=0.0)
     parser.add_argument("--retry-after", type=float, default=0.2)
+    parser.add_argument("--max-files", type=int, default=20_000, help="0 = keep every file")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--key", default="test-key-0", help="FAL_KEY printed in the env")
     parser.add_argument("--ca-out", default=None, help="where to write the CA PEM")
@@ -1182,7 +1220,9 @@ def main(argv: list[str] | None = None) -> int:
         rate_5xx=args.rate_5xx,
         rate_drop=args.rate_drop,
         rate_missing_once=args.rate_missing_once,
+        rate_drop_after_submit=args.rate_drop_after_submit,
         retry_after=args.retry_after,
+        max_files=args.max_files,
         seed=args.seed,
     )
     server.start()

@@ -262,6 +262,36 @@ async def test_retried_faults_never_duplicate_a_submission(fal: FalTestServer) -
     assert stats["billed_cost_usd"] == pytest.approx(8 * 0.018)
 
 
+async def test_a_lost_submit_reply_still_creates_and_bills_the_job(fal: FalTestServer) -> None:
+    fal.configure(rate_drop_after_submit=1.0)
+    async with httpx.AsyncClient(verify=fal.client_ssl_context()) as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post(
+                f"{fal.base_url}/{REMOVE}",
+                json={"image_url": _data_uri()},
+                headers={"Authorization": "Key key-a"},
+            )
+    fal.configure(rate_drop_after_submit=0.0)
+    stats = fal.stats()
+    assert stats["submissions"] == 1 and stats["faults"]["drop_after_submit"] == 1
+    for _ in range(200):  # the job runs although nobody holds its id
+        if fal.stats()["billed_jobs"] == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert fal.stats()["billed_cost_usd"] == pytest.approx(0.018)
+
+
+async def test_only_the_newest_files_are_kept(fal: FalTestServer) -> None:
+    fal.configure(max_files=1)
+    client = fal_client.AsyncClient(key="key-a")
+    first = (await (await client.submit(REMOVE, {"image_url": _data_uri(1)})).get())["image"]
+    second = (await (await client.submit(REMOVE, {"image_url": _data_uri(2)})).get())["image"]
+    async with httpx.AsyncClient(verify=fal.client_ssl_context()) as http:
+        assert (await http.get(first["url"])).status_code == 404
+        assert (await http.get(second["url"])).status_code == 200
+    assert fal.stats()["files_evicted"] >= 1
+
+
 async def test_result_file_missing_once_then_served(fal: FalTestServer) -> None:
     fal.configure(rate_missing_once=1.0)
     client = fal_client.AsyncClient(key="key-a")
