@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -195,8 +194,9 @@ def main() -> None:
         )
         print(f"  rows loaded: {len(frame):,}")
         timed("LineageIndex build from the frame", lambda: LineageIndex(frame), results)
+        load_label = f"LineageIndex.load (key columns only, {len(KEY_COLUMNS)})"
         index = timed(
-            f"LineageIndex.load (key columns only, {len(KEY_COLUMNS)})",
+            load_label,
             lambda: LineageIndex.load(base),
             results,
         )
@@ -227,10 +227,16 @@ def main() -> None:
         print(
             f"  {'CLI end to end: lineage derived (subprocess)':<52} {cli_derived * 1000:9.1f} ms"
         )
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import bria_dagster.lineage"], check=True, cwd=ROOT)
+        for label, code in (
+            ("  of which: python + pandas/pyarrow imports", "import pandas, pyarrow.dataset"),
+            ("  of which: python + import bria_dagster.lineage", "import bria_dagster.lineage"),
+        ):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+            print(f"  {label:<52} {(time.perf_counter() - start) * 1000:9.1f} ms")
         print(
-            f"  {'  of which python + imports':<52} {(time.perf_counter() - start) * 1000:9.1f} ms"
+            f"  {'  of which: LineageIndex.load (measured above)':<52} "
+            f"{results[[r[0] for r in results].index(load_label)][1] * 1000:9.1f} ms"
         )
 
         worst = max(query_times)
@@ -244,8 +250,6 @@ def main() -> None:
             f"CLI end to end incl. loading {args.records:,} records: worst {worst_cli:.2f} s -> "
             f"{'meets' if worst_cli < TARGET_S else 'MISSES'} the < {TARGET_S:.0f} s target"
         )
-        if args.base:
-            os.sync()
 
 
 if __name__ == "__main__":

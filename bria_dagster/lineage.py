@@ -458,15 +458,22 @@ class LineageIndex:
 
 
 def _hash_file(location: str) -> str | None:
-    """sha256 of the bytes at a local path or fsspec URL, or None when it cannot be read."""
+    """sha256 of a local file's bytes, or None when ``location`` is not a readable local file.
+
+    Only local files are hashed: a query never downloads anything (stored images
+    elsewhere are recognised by their ``<sha256>.<ext>`` name or their image_uri).
+    """
+    path = location.removeprefix("file://")
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
     try:
-        with fsspec.open(location, "rb") as fh:
-            digest = hashlib.sha256()
+        with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
-            return digest.hexdigest()
-    except (OSError, ValueError, ImportError):
+    except OSError:
         return None
+    return digest.hexdigest()
 
 
 def total_cost(rows: pd.DataFrame) -> float:
