@@ -27,7 +27,8 @@ MAX_CANVAS_PIXELS = 5000 * 5000
 _SPREAD = 2.0  # blur radius grows as distance / _SPREAD from the seam
 _MAX_LEVELS = 7
 _NOISE_STRIP = 16
-_MIN_GRAIN = 0.5  # width, in pixels, of the border strip whose noise is measured
+_MIN_GRAIN = 0.5
+_TILE = 256  # width, in pixels, of the border strip whose noise is measured
 
 
 @dataclass(frozen=True)
@@ -158,64 +159,78 @@ def _noise_sigma(strip: np.ndarray) -> np.ndarray:
     return (np.median(np.concatenate(diffs), axis=0) / (0.6745 * math.sqrt(2))).astype(np.float32)
 
 
+def _fill_block(
+    pyramid: list[np.ndarray], box: tuple[int, int, int, int], block: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blurred edge extension over ``block`` (x0, y0, x1, y1 of the canvas), float32,
+    and the weight of grain there."""
+    x0, y0, x1, y1 = box
+    bx0, by0, bx1, by1 = block
+    bw, bh = bx1 - bx0, by1 - by0
+    xs = np.arange(bx0, bx1, dtype=np.float32)
+    ys = np.arange(by0, by1, dtype=np.float32)
+    dx = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)), 0)
+    dy = np.maximum(np.maximum(y0 - ys, ys - (y1 - 1)), 0)
+    dist = np.sqrt(dx[None, :] ** 2 + dy[:, None] ** 2)[..., None]
+    # Nested blend from the coarsest level down: at distance d the blur radius is ~d/_SPREAD.
+    # Level k only matters closer than _SPREAD * 2**(k+1): far blocks skip the fine levels.
+    nearest = float(dist.min())
+    region: np.ndarray | None = None
+    for k in range(len(pyramid) - 1, -1, -1):
+        reach = _SPREAD * 2 ** (k + 1)
+        if region is not None and nearest >= reach:
+            continue
+        if k == 0:
+            level = pyramid[0][by0:by1, bx0:bx1].astype(np.float32)
+        else:
+            # pyrDown puts level-k pixel i at full-resolution coordinate i * 2**k.
+            inv = 1.0 / 2**k
+            m = np.array([[inv, 0, bx0 * inv], [0, inv, by0 * inv]], np.float32)
+            level = cv2.warpAffine(
+                pyramid[k],
+                m,
+                (bw, bh),
+                flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+        region = (
+            level if region is None else level + np.minimum(dist / reach, 1.0) * (region - level)
+        )
+    # Grain fades in from the seam, where the extension still carries the border's own noise.
+    return region, np.minimum(dist / 4.0, 1.0)  # type: ignore[return-value]
+
+
 def _fill_rgb(rgb: np.ndarray, canvas: tuple[int, int], box: tuple, seed: int) -> np.ndarray:
     cw, ch = canvas
     x0, y0, x1, y1 = box
-    extended = cv2.copyMakeBorder(rgb, y0, ch - y1, x0, cw - x1, cv2.BORDER_REPLICATE).astype(
-        np.float32
-    )
+    # Edge extension of the original over the whole canvas (the original stays exact).
+    out = cv2.copyMakeBorder(rgb, y0, ch - y1, x0, cw - x1, cv2.BORDER_REPLICATE)
     reach = max(x0, y0, cw - x1, ch - y1)
     levels_count = int(np.clip(math.ceil(math.log2(max(reach, 2) / _SPREAD)), 1, _MAX_LEVELS))
-    pyramid = [extended]
-    for _ in range(levels_count):
+    pyramid = [out, cv2.pyrDown(out).astype(np.float32)]
+    for _ in range(levels_count - 1):
         pyramid.append(cv2.pyrDown(pyramid[-1]))
-
-    out = extended.copy()
     rng = np.random.default_rng(seed)
-    sides = {  # new-area strips: (sx0, sy0, sx1, sy1) and the border strip they continue
-        "top": ((0, 0, cw, y0), rgb[:_NOISE_STRIP]),
-        "bottom": ((0, y1, cw, ch), rgb[-_NOISE_STRIP:]),
-        "left": ((0, y0, x0, y1), rgb[:, :_NOISE_STRIP]),
-        "right": ((x1, y0, cw, y1), rgb[:, -_NOISE_STRIP:]),
-    }
-    for (sx0, sy0, sx1, sy1), border in sides.values():
-        sw, sh = sx1 - sx0, sy1 - sy0
-        if sw <= 0 or sh <= 0:
+    sides = (  # new-area strips (x0, y0, x1, y1) and the border strip each continues
+        ((0, 0, cw, y0), rgb[:_NOISE_STRIP]),
+        ((0, y1, cw, ch), rgb[-_NOISE_STRIP:]),
+        ((0, y0, x0, y1), rgb[:, :_NOISE_STRIP]),
+        ((x1, y0, cw, y1), rgb[:, -_NOISE_STRIP:]),
+    )
+    for (sx0, sy0, sx1, sy1), border in sides:
+        if sx1 <= sx0 or sy1 <= sy0:
             continue
-        xs = np.arange(sx0, sx1, dtype=np.float32)
-        ys = np.arange(sy0, sy1, dtype=np.float32)
-        dx = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)), 0)
-        dy = np.maximum(np.maximum(y0 - ys, ys - (y1 - 1)), 0)
-        dist = np.sqrt(dx[None, :] ** 2 + dy[:, None] ** 2)[..., None]
-        # Nested blend from the coarsest level down: at distance d the blur radius is ~d/_SPREAD.
-        region = None
-        for k in range(levels_count, -1, -1):
-            if k == 0:
-                level = extended[sy0:sy1, sx0:sx1]
-            else:
-                # pyrDown puts level-k pixel i at full-resolution coordinate i * 2**k.
-                inv = 1.0 / 2**k
-                m = np.array([[inv, 0, sx0 * inv], [0, inv, sy0 * inv]], np.float32)
-                level = cv2.warpAffine(
-                    pyramid[k],
-                    m,
-                    (sw, sh),
-                    flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                    borderMode=cv2.BORDER_REPLICATE,
-                )
-            if region is None:
-                region = level
-            else:
-                weight = np.minimum(dist / (_SPREAD * 2 ** (k + 1)), 1.0)
-                region = level + weight * (region - level)
-        # Grain at the border's noise level, fading in from the seam (where the
-        # edge extension still carries the border's own noise).
         # The floor is a dither against banding in smooth fills of 8-bit images.
         sigma = np.maximum(_noise_sigma(border), _MIN_GRAIN)
-        grain = rng.standard_normal((sh, sw, 3), dtype=np.float32)
-        region = region + grain * sigma * np.minimum(dist / 4.0, 1.0)
-        out[sy0:sy1, sx0:sx1] = region
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        # Tiles bound the memory on huge canvases and let far tiles skip fine levels.
+        for by0 in range(sy0, sy1, _TILE):
+            for bx0 in range(sx0, sx1, _TILE):
+                by1, bx1 = min(by0 + _TILE, sy1), min(bx0 + _TILE, sx1)
+                region, grain_weight = _fill_block(pyramid, box, (bx0, by0, bx1, by1))
+                grain = rng.standard_normal(region.shape, dtype=np.float32)
+                region += grain * sigma * grain_weight
+                out[by0:by1, bx0:bx1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def expand_image(image: np.ndarray, placement: Placement, *, seed: int = 0) -> np.ndarray:
@@ -236,11 +251,7 @@ def expand_image(image: np.ndarray, placement: Placement, *, seed: int = 0) -> n
     resized = _resize(image, placement.size)
     crop = resized[y0 - y : y1 - y, x0 - x : x1 - x]
     rgb = np.ascontiguousarray(crop[..., :3])
-    if box == (0, 0, cw, ch):
-        filled = rgb.copy()
-    else:
-        filled = _fill_rgb(rgb, (cw, ch), box, seed)
-        filled[y0:y1, x0:x1] = rgb
+    filled = rgb.copy() if box == (0, 0, cw, ch) else _fill_rgb(rgb, (cw, ch), box, seed)
     if image.shape[2] == 3:
         return filled
     alpha = np.zeros((ch, cw, 1), np.uint8)
