@@ -162,20 +162,20 @@ def _noise_sigma(strip: np.ndarray) -> np.ndarray:
 def _fill_block(
     pyramid: list[np.ndarray], box: tuple[int, int, int, int], block: tuple[int, int, int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Blurred edge extension over ``block`` (x0, y0, x1, y1 of the canvas), float32,
-    and the weight of grain there."""
+    """Blurred edge extension over ``block`` (x0, y0, x1, y1 of the canvas) and the weight
+    of grain there, both float32 with the channels folded into rows (h, w*3) for speed."""
     x0, y0, x1, y1 = box
     bx0, by0, bx1, by1 = block
     bw, bh = bx1 - bx0, by1 - by0
-    xs = np.arange(bx0, bx1, dtype=np.float32)
+    xs = np.repeat(np.arange(bx0, bx1, dtype=np.float32), 3)
     ys = np.arange(by0, by1, dtype=np.float32)
     dx = np.maximum(np.maximum(x0 - xs, xs - (x1 - 1)), 0)
     dy = np.maximum(np.maximum(y0 - ys, ys - (y1 - 1)), 0)
-    dist = np.sqrt(dx[None, :] ** 2 + dy[:, None] ** 2)[..., None]
+    dist = np.sqrt(dx[None, :] ** 2 + dy[:, None] ** 2)
     # Nested blend from the coarsest level down: at distance d the blur radius is ~d/_SPREAD.
     # Level k only matters closer than _SPREAD * 2**(k+1): far blocks skip the fine levels.
     nearest = float(dist.min())
-    region: np.ndarray | None = None
+    region = None
     for k in range(len(pyramid) - 1, -1, -1):
         reach = _SPREAD * 2 ** (k + 1)
         if region is not None and nearest >= reach:
@@ -193,11 +193,16 @@ def _fill_block(
                 flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                 borderMode=cv2.BORDER_REPLICATE,
             )
-        region = (
-            level if region is None else level + np.minimum(dist / reach, 1.0) * (region - level)
-        )
+        level = level.reshape(bh, bw * 3)
+        if region is None:
+            region = level
+        else:
+            region -= level
+            region *= np.minimum(dist * np.float32(1 / reach), 1.0)
+            region += level
+    assert region is not None  # the coarsest level is always used
     # Grain fades in from the seam, where the extension still carries the border's own noise.
-    return region, np.minimum(dist / 4.0, 1.0)  # type: ignore[return-value]
+    return region, np.minimum(dist * np.float32(1 / 4), 1.0)
 
 
 def _fill_rgb(rgb: np.ndarray, canvas: tuple[int, int], box: tuple, seed: int) -> np.ndarray:
@@ -228,8 +233,12 @@ def _fill_rgb(rgb: np.ndarray, canvas: tuple[int, int], box: tuple, seed: int) -
                 by1, bx1 = min(by0 + _TILE, sy1), min(bx0 + _TILE, sx1)
                 region, grain_weight = _fill_block(pyramid, box, (bx0, by0, bx1, by1))
                 grain = rng.standard_normal(region.shape, dtype=np.float32)
-                region += grain * sigma * grain_weight
-                out[by0:by1, bx0:bx1] = np.clip(region + 0.5, 0, 255).astype(np.uint8)
+                grain *= np.tile(sigma, bx1 - bx0)
+                grain *= grain_weight
+                region += grain
+                region += 0.5
+                np.clip(region, 0, 255, out=region)
+                out[by0:by1, bx0:bx1] = region.astype(np.uint8).reshape(by1 - by0, bx1 - bx0, 3)
     return out
 
 
