@@ -239,6 +239,21 @@ def test_no_fill_needed_returns_the_original():
     np.testing.assert_array_equal(expand_image(img, p), img)
 
 
-def test_bad_array_is_refused():
+def test_bad_array_or_seed_is_refused():
+    placement = Placement((20, 20), (10, 10), (5, 5))
     with pytest.raises(EngineError, match="uint8"):
-        expand_image(np.zeros((10, 10), np.uint8), Placement((20, 20), (10, 10), (5, 5)))
+        expand_image(np.zeros((10, 10), np.uint8), placement)
+    with pytest.raises(EngineError, match="seed"):
+        expand_image(np.zeros((10, 10, 3), np.uint8), placement, seed=-1)
+
+
+def test_large_canvas_is_filled_smoothly_across_tiles():
+    img = _plain(120, 100)
+    p = plan_expand((100, 120), canvas_size=(2100, 1900), original_image_location=(1500, 40))
+    out = expand_image(img, p, seed=8)
+    assert out.shape == (1900, 2100, 3)
+    x0, y0, x1, y1 = p.visible_box
+    np.testing.assert_array_equal(out[y0:y1, x0:x1], img)
+    assert np.abs(out.reshape(-1, 3).mean(0) - img.reshape(-1, 3).mean(0)).max() <= 2
+    assert _max_step(out, 1) <= _max_step(img, 1) + 6
+    assert _max_step(out, 0) <= _max_step(img, 0) + 6

@@ -96,12 +96,14 @@ def test_exactly_one_of_prompt_and_reference():
         (np.zeros((50, 50, 4), np.uint8), {"prompt": "red"}, "transparent"),
         (None, {"reference": np.zeros((20, 20), np.uint8)}, "reference"),
         (None, {"prompt": "red", "num_images": 0}, "num_images"),
+        (None, {"prompt": "red", "seed": -1}, "seed"),
     ],
 )
 def test_bad_inputs_are_refused(cutout, kwargs, match):
     cutout = _cutout() if cutout is None else cutout
+    kwargs = {"seed": 0, **kwargs}
     with pytest.raises(EngineError, match=match):
-        replace_background(cutout, seed=0, **kwargs)
+        replace_background(cutout, **kwargs)
 
 
 # --- placement and compositing -------------------------------------------------------------------

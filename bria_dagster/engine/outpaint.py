@@ -253,6 +253,8 @@ def expand_image(image: np.ndarray, placement: Placement, *, seed: int = 0) -> n
         raise EngineError(
             f"expand_image needs a uint8 HxWx3 or HxWx4 array, got {image.dtype} {image.shape}"
         )
+    if seed < 0:
+        raise EngineError(f"seed must be a non-negative integer, got {seed}")
     (cw, ch), (x, y) = placement.canvas, placement.location
     x0, y0, x1, y1 = box = placement.visible_box
     if x1 <= x0 or y1 <= y0:

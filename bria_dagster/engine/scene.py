@@ -367,6 +367,8 @@ def replace_background(
             "background replacement needs exactly one of a prompt or a reference image "
             f"(got {'both' if has_prompt else 'neither'})"
         )
+    if seed < 0:
+        raise EngineError(f"seed must be a non-negative integer, got {seed}")
     if num_images < 1:
         raise EngineError(f"num_images must be at least 1, got {num_images}")
     h, w = cutout.shape[:2]
