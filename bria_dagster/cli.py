@@ -150,7 +150,7 @@ def _lineage(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{title} ({len(rows)} rows)\n")
         out.write(_render_table(lineage.plain_rows(rows), table))
         if args.query == "trace":
-            out.write(f"source: {rows['image_uri'].iloc[-1]}\n")
+            out.write(f"source: {rows.attrs['source_uri']}\n")
         out.write(f"total cost: {cost:.4f} USD\n")
     if args.format != "table":
         print(f"total cost: {cost:.4f} USD", file=sys.stderr)
@@ -192,7 +192,7 @@ def _compact_parameters(text: str) -> str:
         return text[:PARAMS_WIDTH]
     parts = []
     for key, value in params.items():
-        if value is None:
+        if value is None or value == "":
             continue
         shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         if len(shown) > PARAM_VALUE_WIDTH:

@@ -375,20 +375,25 @@ class LineageIndex:
             first = np.flatnonzero((frame["root_source_sha256"] == sha).to_numpy(dtype=bool))[0]
             chain = pd.DataFrame(columns=[*columns, *origin_columns, "hop"])
             last = self._rows([first], ["sku", *origin_columns]).iloc[0]
-        source = {
-            "hop": (hops[-1] + 1) if hops else 0,
-            "step": "source",
-            "sku": last["sku"],
-            "image_sha256": last["root_source_sha256"],
-            "image_uri": last["root_source_uri"],
-            "cost_usd": 0.0,
-        }
-        parts = [chain.drop(columns=origin_columns), pd.DataFrame([source])]
+        parts = [chain.drop(columns=origin_columns)]
+        # The catalog step may have recorded the source itself (step "source"); otherwise
+        # the chain ends with a synthetic row made from the root_source_* columns.
+        if not (len(chain) and chain["step"].iloc[-1] == "source"):
+            source = {
+                "hop": (hops[-1] + 1) if hops else 0,
+                "step": "source",
+                "sku": last["sku"],
+                "image_sha256": last["root_source_sha256"],
+                "image_uri": last["root_source_uri"],
+                "cost_usd": 0.0,
+            }
+            parts.append(pd.DataFrame([source]))
         out = pd.concat([p for p in parts if len(p)], ignore_index=True)
         out = out.reindex(columns=list(TRACE_COLUMNS))
         out["cost_usd"] = out["cost_usd"].fillna(0.0).astype(float)
         out["seed"] = out["seed"].astype("Int64")
         out.attrs["total_cost_usd"] = total_cost(out)
+        out.attrs["source_uri"] = last["root_source_uri"]
         return out
 
     def derived(self, source: str, *, include_failed: bool = False) -> pd.DataFrame:
@@ -396,9 +401,14 @@ class LineageIndex:
 
         For an intermediate image, its descendants through parent links. Rows are
         sorted remove < replace < expand, then sku and variant; ``failed`` flags
-        failed rows, which are left out unless ``include_failed``.
+        failed rows, which are left out unless ``include_failed``. Rows of the
+        catalog step itself (step ``source``) are not descendants and are left out.
         """
-        positions = np.flatnonzero(self._derived_mask(str(source).strip()))
+        # A recorded catalog source is where lineage starts, not something derived from it.
+        mask = self._derived_mask(str(source).strip()) & (self.frame["step"] != "source").to_numpy(
+            dtype=bool
+        )
+        positions = np.flatnonzero(mask)
         columns = [c for c in DERIVED_COLUMNS if c != "failed"]
         rows = self._rows(positions, columns)
         failed = (rows["status"] == FAILED).to_numpy(dtype=bool)

@@ -36,6 +36,7 @@ from bria_dagster.records import (
 )
 
 ENDPOINTS = {
+    "source": (None, "catalog_batch", 0.0),
     "remove": ("fal-ai/bria/background/remove", "product_cutouts", 0.018),
     "replace": ("fal-ai/bria/background/replace", "product_scenes", 0.023),
     "expand": ("fal-ai/bria/expand", "product_expansions", 0.04),
@@ -404,3 +405,15 @@ def test_unreadable_table_is_named(tmp_path, frame):
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(RecordTableError, match=r"broken\.parquet"):
         load_records(tmp_path)
+
+
+def test_a_recorded_catalog_source_ends_the_chain_once(rows):
+    # The catalog step records the source image itself: step "source", no parent.
+    catalog = record("source", "sku-a", sha("source-sku-a"), None, variant="source")
+    frame = records_to_frame([*rows, catalog])
+    chain = trace(sha("expand-sku-a-1:1"), frame)
+    assert chain["step"].tolist() == ["expand", "replace", "remove", "source"]
+    assert chain["run_id"].iloc[-1] == "run-1"  # the recorded row, not a synthetic one
+    assert chain.attrs["source_uri"] == "https://cdn.example/sku-a.jpg"
+    assert "source" not in derived("sku-a", frame)["step"].tolist()
+    assert "source" not in derived(sha("source-sku-a"), frame)["step"].tolist()
