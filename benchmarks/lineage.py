@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,7 @@ def generate(base: Path, n_records: int, n_batches: int, seed: int = 7) -> dict[
     scene = random_shas(rng, n_skus)
     expands = [random_shas(rng, n_skus) for _ in RATIOS]
     failed = [rng.random(n_skus) < 0.01 for _ in RATIOS]
-    t0 = np.datetime64(datetime(2026, 11, 1, tzinfo=UTC).replace(tzinfo=None), "us")
+    t0 = np.datetime64("2026-11-01T00:00:00", "us")  # naive values are read as UTC
     minutes = np.timedelta64(60_000_000, "us")
 
     images = (cutout, scene, *expands)
