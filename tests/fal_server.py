@@ -525,11 +525,20 @@ class FalTestServer:
     def reset_stats(self) -> None:
         with self._lock:
             self._stats = _Stats()
-            for key, running in self._running.items():
+            for key, running in list(self._running.items()):
                 self._stats.max_in_progress_by_key[key] = running
 
     def stats(self) -> dict[str, Any]:
-        """A JSON-able snapshot of the counters."""
+        """A JSON-able snapshot of the counters.
+
+        ``submissions`` counts accepted jobs; ``submissions_per_request`` keys are the
+        endpoint plus a sha256 prefix of the canonical JSON arguments, and
+        ``duplicate_submissions`` is the sum of (count - 1) over them. ``billed_cost_usd``
+        adds list prices of successfully completed jobs (remove 0.018, replace 0.023 per
+        image, expand 0.04). ``max_in_progress_by_key`` is the peak of concurrently
+        running jobs per API key, ``max_in_progress_seen`` the largest of those.
+        ``faults`` counts injected faults by kind (``faults_by_op`` by ``op:kind``).
+        """
         with self._lock:
             s = self._stats
             per_key = dict(s.max_in_progress_by_key)
@@ -546,8 +555,8 @@ class FalTestServer:
                 "billed_cost_usd": round(s.billed_micro_usd / 1e6, 6),
                 "max_in_progress_seen": max(per_key.values(), default=0),
                 "max_in_progress_by_key": per_key,
-                "in_progress": sum(self._running.values()),
-                "in_queue": sum(len(q) for q in self._queues.values()),
+                "in_progress": sum(list(self._running.values())),
+                "in_queue": sum(len(q) for q in list(self._queues.values())),
                 "status_calls": s.status_calls,
                 "result_calls": s.result_calls,
                 "cancel_calls": s.cancel_calls,
