@@ -229,3 +229,20 @@ def test_material_words_add_a_subtle_texture(material):
         # Structure beyond pixel grain (which a small blur removes), but subtle.
         assert cv2.GaussianBlur(texture, (0, 0), 2).std() > 1.0
         assert texture.std() < 8 and np.abs(texture).max() <= 30
+
+
+def test_soft_edges_do_not_carry_the_old_background_as_a_halo():
+    h, w = 240, 240
+    disk = np.zeros((h, w), np.float32)
+    cv2.circle(disk, (120, 130), 60, 1.0, -1)
+    alpha = cv2.GaussianBlur(disk, (0, 0), 3)  # a wide soft edge
+    subject = np.array([200, 80, 20], np.float32)
+    photo = subject * alpha[..., None] + 255 * (1 - alpha[..., None])  # shot on white
+    cut = to_rgba(np.clip(photo + 0.5, 0, 255).astype(np.uint8), alpha)
+    out = replace_background(cut, reference=_solid((0, 0, 0)), seed=1)[0].astype(float)
+    _, warped = _subject_mask(cut, 1)
+    ring = (warped[..., 3] > 25) & (warped[..., 3] < 230)
+    assert ring.sum() > 100
+    coverage = warped[..., 3][ring] / 255.0
+    # Blue is 20 in the subject and 255 in the old background: no white fringe on black.
+    assert (out[..., 2][ring] <= 20 * coverage + 8).all()

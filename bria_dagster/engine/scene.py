@@ -106,6 +106,7 @@ MATERIAL_WORDS: dict[str, tuple[str, tuple[int, int, int]]] = {
 
 _NEUTRAL_WALL = (214, 212, 208)
 _CUTOUT_ALPHA_MIN = 0.02  # alpha below this does not count as subject when measuring it
+_DECONTAMINATE_RADII = (3, 12, 48)  # searched, in turn, for solid subject colour near an edge
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,33 @@ def _harmonise(rgb: np.ndarray, alpha8: np.ndarray, scene: np.ndarray) -> np.nda
     return cv2.add(rgb, (*shift.tolist(), 0.0))  # rounds and saturates
 
 
+def _decontaminate(rgb: np.ndarray, alpha8: np.ndarray) -> np.ndarray:
+    """Edge pixels (0 < alpha < 1) take the colour of the solid subject next to them (in place).
+
+    A matte keeps the old background mixed into its soft edge; without this a
+    light halo from the old backdrop would outline the subject on the new one.
+    """
+    x0, y0, x1, y1 = _subject_box(alpha8.astype(np.float32) / 255.0)
+    a = alpha8[y0:y1, x0:x1]
+    solid = cv2.compare(a, 250, cv2.CMP_GE)
+    edge = cv2.bitwise_and(cv2.compare(a, 0, cv2.CMP_GT), cv2.bitwise_not(solid))
+    if not cv2.countNonZero(solid) or not cv2.countNonZero(edge):
+        return rgb
+    roi = rgb[y0:y1, x0:x1]
+    solid_colour = cv2.bitwise_and(roi, roi, mask=solid).astype(np.float32)
+    solid_weight = solid.astype(np.float32) / 255.0
+    for radius in _DECONTAMINATE_RADII:  # nearest solid colour first, wider if none is near
+        k = (2 * radius + 1, 2 * radius + 1)
+        weight = cv2.blur(solid_weight, k)
+        mean = cv2.divide(cv2.blur(solid_colour, k), cv2.merge([weight] * 3) + np.float32(1e-6))
+        replace = cv2.bitwise_and(edge, cv2.compare(weight, 1e-3, cv2.CMP_GT))
+        np.copyto(roi, np.clip(mean + 0.5, 0, 255).astype(np.uint8), where=(replace > 0)[..., None])
+        edge = cv2.bitwise_and(edge, cv2.bitwise_not(replace))
+        if not cv2.countNonZero(edge):
+            break
+    return rgb
+
+
 def _compose(
     cutout: np.ndarray,
     background: np.ndarray,
@@ -331,7 +359,8 @@ def _compose(
 ) -> np.ndarray:
     h, w = background.shape[:2]
     a8 = np.ascontiguousarray(cutout[..., 3])
-    rgb = _harmonise(cv2.cvtColor(cutout, cv2.COLOR_RGBA2RGB), a8, background)
+    rgb = _decontaminate(cv2.cvtColor(cutout, cv2.COLOR_RGBA2RGB), a8)  # a fresh copy
+    rgb = _harmonise(rgb, a8, background)
     # Premultiplied colour, so transparent pixels do not bleed into the edges when resampled.
     premultiplied = cv2.multiply(rgb, cv2.merge([a8, a8, a8]), scale=1 / 255)
     m = place.matrix()
