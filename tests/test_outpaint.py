@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bria_dagster.endpoints import AspectRatio
 from bria_dagster.engine.matte import to_rgba
 from bria_dagster.engine.outpaint import Placement, expand_image, plan_expand
 from bria_dagster.engine.synthetic import make_product_photo
@@ -85,6 +86,34 @@ def test_negative_location_partly_outside_is_cropped():
     assert out.shape == (300, 300, 3)
     # The visible part is the original's columns 50..199, rows 0..49.
     np.testing.assert_array_equal(out[250:300, 0:150], img[0:50, 50:200])
+
+
+def test_accepts_the_request_models_types():
+    p = plan_expand(
+        (1024, 1280), canvas_size=[1, 1], aspect_ratio=AspectRatio.R1_1
+    )  # JSON lists, enum
+    assert p.canvas == (1280, 1280)
+    p = plan_expand(
+        (10, 10),
+        canvas_size=[40, 30],
+        original_image_size=[20, 20],
+        original_image_location=[-5, 3],
+    )
+    assert p == Placement(canvas=(40, 30), size=(20, 20), location=(-5, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"canvas_size": (0, 10)},
+        {"canvas_size": (10, 10), "original_image_size": (5, -1)},
+        {"canvas_size": (10, 10), "original_image_location": ("a", 1)},
+        {"canvas_size": (10,)},
+    ],
+)
+def test_malformed_geometry_is_refused(kwargs):
+    with pytest.raises(EngineError, match=r"canvas_size|original_image"):
+        plan_expand((10, 10), **kwargs)
 
 
 def test_canvas_size_required_without_aspect_ratio():

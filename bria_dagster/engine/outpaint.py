@@ -50,13 +50,16 @@ class Placement:
         return max(x, 0), max(y, 0), min(x + pw, cw), min(y + ph, ch)
 
 
-def _positive_pair(name: str, value: tuple[int, int]) -> tuple[int, int]:
+def _pair(name: str, value: tuple[int, int]) -> tuple[int, int]:
     try:
-        w, h = (int(v) for v in value)
+        a, b = (int(v) for v in value)
     except (TypeError, ValueError):
-        raise EngineError(
-            f"{name} must be a pair of integers [width, height], got {value!r}"
-        ) from None
+        raise EngineError(f"{name} must be a pair of integers, got {value!r}") from None
+    return a, b
+
+
+def _positive_pair(name: str, value: tuple[int, int]) -> tuple[int, int]:
+    w, h = _pair(name, value)
     if w <= 0 or h <= 0:
         raise EngineError(f"{name} must be positive, got {w}x{h}")
     return w, h
@@ -110,7 +113,7 @@ def plan_expand(
         if original_image_location is None:
             x, y = (cw - pw) // 2, (ch - ph) // 2
         else:
-            x, y = (int(v) for v in original_image_location)
+            x, y = _pair("original_image_location", original_image_location)
     if cw * ch >= MAX_CANVAS_PIXELS:
         raise EngineError(
             f"expand canvas {cw}x{ch} has {cw * ch} pixels; it must be under 5000x5000 "
