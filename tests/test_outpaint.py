@@ -89,9 +89,8 @@ def test_negative_location_partly_outside_is_cropped():
 
 
 def test_accepts_the_request_models_types():
-    p = plan_expand(
-        (1024, 1280), canvas_size=[1, 1], aspect_ratio=AspectRatio.R1_1
-    )  # JSON lists, enum
+    # JSON gives lists; the request model gives an AspectRatio enum.
+    p = plan_expand((1024, 1280), canvas_size=[1, 1], aspect_ratio=AspectRatio.R1_1)
     assert p.canvas == (1280, 1280)
     p = plan_expand(
         (10, 10),

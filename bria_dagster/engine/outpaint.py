@@ -25,10 +25,10 @@ MAX_CANVAS_PIXELS = 5000 * 5000
 """fal's expand limit: the canvas area must stay under 5000x5000 (25 MP)."""
 
 _SPREAD = 2.0  # blur radius grows as distance / _SPREAD from the seam
-_MAX_LEVELS = 7
-_NOISE_STRIP = 16
-_MIN_GRAIN = 0.5
-_TILE = 256  # width, in pixels, of the border strip whose noise is measured
+_MAX_LEVELS = 7  # coarsest pyramid level used (blur of ~128 px)
+_NOISE_STRIP = 16  # width, in pixels, of the border strip whose noise is measured
+_MIN_GRAIN = 0.5  # grey levels of dither, even when the border is noiseless
+_TILE = 256  # the new area is filled in tiles of this many pixels square
 
 
 @dataclass(frozen=True)
