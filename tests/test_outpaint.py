@@ -285,3 +285,13 @@ def test_large_canvas_is_filled_smoothly_across_tiles():
     assert np.abs(out.reshape(-1, 3).mean(0) - img.reshape(-1, 3).mean(0)).max() <= 2
     assert _max_step(out, 1) <= _max_step(img, 1) + 6
     assert _max_step(out, 0) <= _max_step(img, 0) + 6
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 50), (50, 1)])
+@pytest.mark.parametrize("ratio", ["16:9", "9:16", "1:1"])
+def test_tiny_and_thin_originals(size, ratio):
+    img = np.full((size[1], size[0], 4), 90, np.uint8)
+    p = plan_expand(size, canvas_size=None, aspect_ratio=ratio)
+    out = expand_image(img, p, seed=0)
+    assert out.shape == (p.canvas[1], p.canvas[0], 4)
+    assert np.abs(out[..., :3].astype(int) - 90).max() <= 3  # grain at most

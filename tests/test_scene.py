@@ -246,3 +246,12 @@ def test_soft_edges_do_not_carry_the_old_background_as_a_halo():
     coverage = warped[..., 3][ring] / 255.0
     # Blue is 20 in the subject and 255 in the old background: no white fringe on black.
     assert (out[..., 2][ring] <= 20 * coverage + 8).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 500), (500, 3), (7, 9)])
+@pytest.mark.parametrize("prompt", ["red marble", "wood", "linen", "sand", "concrete", None])
+def test_tiny_and_thin_cutouts(shape, prompt):
+    cut = np.full((*shape, 4), 200, np.uint8)
+    kwargs = {"prompt": prompt} if prompt else {"reference": _solid((5, 5, 5), (5, 5))}
+    images = replace_background(cut, seed=1, num_images=2, **kwargs)
+    assert [i.shape for i in images] == [(*shape, 3)] * 2

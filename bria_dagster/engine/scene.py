@@ -313,11 +313,16 @@ def _contact_shadow(
     return shadow * np.float32(rng.uniform(0.35, 0.5))
 
 
+def _mask(condition: np.ndarray) -> np.ndarray:
+    """A boolean array as an OpenCV mask (uint8, 0 or 255)."""
+    return condition.astype(np.uint8) * np.uint8(255)
+
+
 def _harmonise(rgb: np.ndarray, alpha8: np.ndarray, scene: np.ndarray) -> np.ndarray:
     """The subject's colours shifted 12% of the way toward the scene's mean (at most 12 levels)."""
-    solid = cv2.compare(alpha8, 127, cv2.CMP_GT)
-    if not cv2.countNonZero(solid):
-        solid = cv2.compare(alpha8, 0, cv2.CMP_GT)
+    solid = _mask(alpha8 > 127)
+    if not solid.any():
+        solid = _mask(alpha8 > 0)
     subject_mean = np.array(cv2.mean(rgb, mask=solid)[:3])
     scene_mean = np.array(cv2.mean(scene)[:3])
     shift = np.clip(0.12 * (scene_mean - subject_mean), -12, 12)
@@ -332,21 +337,21 @@ def _decontaminate(rgb: np.ndarray, alpha8: np.ndarray) -> np.ndarray:
     """
     x0, y0, x1, y1 = _subject_box(alpha8.astype(np.float32) / 255.0)
     a = alpha8[y0:y1, x0:x1]
-    solid = cv2.compare(a, 250, cv2.CMP_GE)
-    edge = cv2.bitwise_and(cv2.compare(a, 0, cv2.CMP_GT), cv2.bitwise_not(solid))
-    if not cv2.countNonZero(solid) or not cv2.countNonZero(edge):
+    solid = a >= 250
+    edge = (a > 0) & ~solid
+    if not solid.any() or not edge.any():
         return rgb
     roi = rgb[y0:y1, x0:x1]
-    solid_colour = cv2.bitwise_and(roi, roi, mask=solid).astype(np.float32)
-    solid_weight = solid.astype(np.float32) / 255.0
+    solid_weight = solid.astype(np.float32)
+    solid_colour = roi * solid_weight[..., None]
     for radius in _DECONTAMINATE_RADII:  # nearest solid colour first, wider if none is near
         k = (2 * radius + 1, 2 * radius + 1)
         weight = cv2.blur(solid_weight, k)
         mean = cv2.divide(cv2.blur(solid_colour, k), cv2.merge([weight] * 3) + np.float32(1e-6))
-        replace = cv2.bitwise_and(edge, cv2.compare(weight, 1e-3, cv2.CMP_GT))
-        np.copyto(roi, np.clip(mean + 0.5, 0, 255).astype(np.uint8), where=(replace > 0)[..., None])
-        edge = cv2.bitwise_and(edge, cv2.bitwise_not(replace))
-        if not cv2.countNonZero(edge):
+        replace = edge & (weight > 1e-3)
+        np.copyto(roi, np.clip(mean + 0.5, 0, 255).astype(np.uint8), where=replace[..., None])
+        edge &= ~replace
+        if not edge.any():
             break
     return rgb
 
