@@ -239,13 +239,27 @@ class FalBackend:
                 logger.info("re-attached to journaled request %s", entry.request_id)
                 return handle, True
         arguments = await self._arguments(request, log)
-        handle = await with_retries(
-            "submit",
-            lambda: self._client.submit(request.endpoint_id, arguments),
-            self.retry,
-            log,
-            secrets=self._secrets,
+        submit = asyncio.ensure_future(
+            with_retries(
+                "submit",
+                lambda: self._client.submit(request.endpoint_id, arguments),
+                self.retry,
+                log,
+                secrets=self._secrets,
+            )
         )
+        try:
+            handle = await asyncio.shield(submit)
+        except asyncio.CancelledError:
+            # Cancelled mid-submit: let the submit land, then cancel what fal accepted,
+            # so no job runs (and bills) unobserved.
+            try:
+                accepted = await asyncio.wait_for(submit, timeout=30)
+            except Exception:
+                submit.cancel()
+            else:
+                await self._cancel(accepted)
+            raise
         # Durable before we await anything else: a crash from here on re-attaches.
         self.journal.accepted(fingerprint, request.endpoint_id, handle.request_id)
         return handle, False

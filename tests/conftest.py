@@ -1,0 +1,45 @@
+"""Shared fixtures. The fal protocol server's address goes into the environment HERE,
+before anything imports fal_client, because fal-client reads FAL_RUN_HOST and
+FAL_QUEUE_RUN_HOST at import time and httpx reads SSL_CERT_FILE per client."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fal_server import FalTestServer, reserve_port
+
+FAL_PORT = reserve_port()
+FAL_CA = os.path.join(tempfile.mkdtemp(prefix="bria-fal-ca-"), "ca.pem")
+os.environ.update(
+    {
+        "FAL_RUN_HOST": f"127.0.0.1:{FAL_PORT}",
+        "FAL_QUEUE_RUN_HOST": f"127.0.0.1:{FAL_PORT}",
+        "SSL_CERT_FILE": FAL_CA,
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+)
+os.environ.pop("FAL_KEY", None)  # tests choose their backend explicitly
+
+DEFAULT_KNOBS = dict(
+    latency=0.0, max_in_progress=0, rate_429=0.0, rate_5xx=0.0, rate_drop=0.0,
+    rate_missing_once=0.0, retry_after=0.05, seed=1234,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def fal_server_session() -> Iterator[FalTestServer]:
+    with FalTestServer(FAL_PORT, ca_path=FAL_CA, **DEFAULT_KNOBS) as server:
+        yield server
+
+
+@pytest.fixture
+def fal_server(fal_server_session: FalTestServer) -> Iterator[FalTestServer]:
+    """The session's fal server with default knobs and fresh counters."""
+    fal_server_session.configure(**DEFAULT_KNOBS)
+    fal_server_session.reset_stats()
+    yield fal_server_session
+    fal_server_session.configure(**DEFAULT_KNOBS)
