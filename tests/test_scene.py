@@ -13,6 +13,7 @@ from bria_dagster.engine.matte import to_rgba
 from bria_dagster.engine.scene import (
     COLOR_WORDS,
     MATERIAL_WORDS,
+    PROMPT_WORDS,
     parse_prompt_palette,
     plan_subject,
     replace_background,
@@ -208,6 +209,12 @@ def test_palette_words_tones_and_floor():
     assert np.mean(dark.wall) < np.mean(COLOR_WORDS["gray"])
     wood = parse_prompt_palette("wooden table")
     assert wood.texture == "wood" and wood.wall == MATERIAL_WORDS["wood"][1]
+
+
+@pytest.mark.parametrize("kind", ["colours", "tones", "materials"])
+def test_every_documented_word_is_understood(kind):
+    for word in PROMPT_WORDS[kind]:
+        assert parse_prompt_palette(f"a {word.upper()} backdrop").words == (word,)
 
 
 def test_floor_band_and_second_colour():

@@ -20,6 +20,7 @@ from bria_dagster.errors import EngineError
 __all__ = [
     "COLOR_WORDS",
     "MATERIAL_WORDS",
+    "PROMPT_WORDS",
     "TONE_WORDS",
     "BackdropPalette",
     "SubjectPlacement",
@@ -103,6 +104,13 @@ MATERIAL_WORDS: dict[str, tuple[str, tuple[int, int, int]]] = {
     "paper": ("linen", (240, 238, 232)),
 }
 """Material words: a subtle procedural texture, and a default colour."""
+
+PROMPT_WORDS: dict[str, tuple[str, ...]] = {
+    "colours": tuple(COLOR_WORDS),
+    "tones": tuple(TONE_WORDS),
+    "materials": tuple(MATERIAL_WORDS),
+}
+"""Every prompt word the local backdrop understands, by kind (for documentation)."""
 
 _NEUTRAL_WALL = (214, 212, 208)
 _CUTOUT_ALPHA_MIN = 0.02  # alpha below this does not count as subject when measuring it
