@@ -1,0 +1,256 @@
+"""End-to-end materializations of a catalog batch partition (local engine and fal server)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import dagster as dg
+import fsspec
+import pandas as pd
+import pytest
+
+from bria_dagster import (
+    CATALOG_PARTITIONS,
+    BriaResource,
+    ImageRecordIOManager,
+    LocalBackend,
+    PipelineSettings,
+    build_product_image_assets,
+    derived,
+    load_records,
+    trace,
+)
+from bria_dagster.engine.synthetic import make_product_photo
+from bria_dagster.records import COLUMNS
+
+BATCH = "b1"
+
+
+def write_catalog(folder: Path, rows: list[dict[str, str]], batch: str = BATCH) -> Path:
+    (folder / "catalogs").mkdir(parents=True, exist_ok=True)
+    path = folder / "catalogs" / f"{batch}.csv"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def product(folder: Path, sku: str, seed: int, category: str = "white_studio") -> str:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    image = folder / "images" / f"{sku}.jpg"
+    image.write_bytes(make_product_photo(category, seed, (128, 112))[0])
+    return f"../images/{sku}.jpg"
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    rows = [
+        {"sku": "A1", "image_url": product(tmp_path, "A1", 1), "prompt": "", "color": "red"},
+        {"sku": "A2", "image_url": product(tmp_path, "A2", 2, "colored"), "prompt": "on oak wood"},
+        {"sku": "A3", "image_url": product(tmp_path, "A3", 3, "gray_gradient"), "prompt": ""},
+        {"sku": "A3", "image_url": product(tmp_path, "A3b", 4), "prompt": ""},  # duplicate sku
+        {"sku": "A4", "image_url": "../images/missing.jpg", "prompt": ""},  # 404-like
+    ]
+    write_catalog(tmp_path, rows)
+    return tmp_path
+
+
+class CountingBackends:
+    """Counts backend calls by wrapping LocalBackend.run."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        original = LocalBackend.run
+
+        async def run(backend, request):
+            self.calls.append(request.endpoint_id)
+            return await original(backend, request)
+
+        monkeypatch.setattr(LocalBackend, "run", run)
+
+
+def materialize(
+    folder: Path, *, storage: str | None = None, settings=None, bria=None, instance=None
+):
+    storage = storage or str(folder / "data")
+    settings = settings or PipelineSettings(
+        catalog_dir=str(folder / "catalogs"), aspect_ratios=("1:1", "4:5")
+    )
+    bria = bria or BriaResource(backend="local", storage=storage, file_roots=[str(folder)])
+    instance = instance or dg.DagsterInstance.ephemeral()
+    if BATCH not in instance.get_dynamic_partitions(CATALOG_PARTITIONS.name):
+        instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, [BATCH])
+    result = dg.materialize(
+        build_product_image_assets(settings),
+        partition_key=BATCH,
+        instance=instance,
+        resources={"bria": bria, "io_manager": ImageRecordIOManager(base_dir=storage)},
+    )
+    assert result.success
+    return result, instance
+
+
+def table(storage: str, asset: str) -> pd.DataFrame:
+    with fsspec.open(f"{storage}/tables/{asset}/{BATCH}.parquet", "rb") as fh:
+        return pd.read_parquet(fh)
+
+
+def meta(result, asset: str) -> dict:
+    mats = result.asset_materializations_for_node(asset)
+    return {k: getattr(v, "value", v) for k, v in mats[-1].metadata.items()}
+
+
+def test_local_materialization_records_every_row_with_lineage(catalog, monkeypatch):
+    counter = CountingBackends(monkeypatch)
+    result, _ = materialize(catalog)
+    storage = str(catalog / "data")
+    sources = table(storage, "catalog_batch")
+    assert list(sources.columns) == list(COLUMNS)
+    by_sku = sources.groupby("sku")["status"].apply(list).to_dict()
+    assert by_sku["A1"] == ["ok"] and by_sku["A2"] == ["ok"]
+    assert by_sku["A4"] == ["failed"]  # missing file: a failed record, not a lost row
+    assert "A3" in by_sku and "failed" in by_sku["A3"]  # the duplicate row is recorded
+    dup = sources[(sources.sku == "A3") & (sources.status == "failed")].iloc[0]
+    assert "duplicate sku" in dup.error_message and "row 4" in dup.error_message
+
+    cutouts = table(storage, "product_cutouts")
+    scenes = table(storage, "product_scenes")
+    expansions = table(storage, "product_expansions")
+    assert (cutouts[cutouts.sku == "A1"].status == "ok").all()
+    assert set(expansions[expansions.status == "ok"].variant) == {"scene@1:1", "scene@4:5"}
+    assert (expansions[expansions.sku == "A4"].error_class == "UpstreamFailed").all()
+    assert counter.calls.count("fal-ai/bria/background/remove") == 3
+    assert counter.calls.count("fal-ai/bria/background/replace") == 3
+    assert counter.calls.count("fal-ai/bria/expand") == 6
+
+    row = expansions[(expansions.sku == "A2") & (expansions.variant == "scene@4:5")].iloc[0]
+    scene = scenes[scenes.sku == "A2"].iloc[0]
+    cut = cutouts[cutouts.sku == "A2"].iloc[0]
+    source = sources[sources.sku == "A2"].iloc[0]
+    assert row.parent_sha256 == scene.image_sha256
+    assert scene.parent_sha256 == cut.image_sha256 and cut.parent_sha256 == source.image_sha256
+    assert row.root_source_sha256 == source.image_sha256
+    assert row.root_source_uri.endswith("images/A2.jpg")
+    assert json.loads(row.parameters)["aspect_ratio"] == "4:5"
+    assert json.loads(scene.parameters)["prompt"] == "on oak wood"
+    assert row.backend == "local" and row.run_id == result.run_id
+    assert row.asset_key == "product_expansions" and row.partition == BATCH
+    assert (row.width, row.height) == (256, 320) or row.width * 5 == row.height * 4
+    assert Path(row.image_uri).exists()
+
+    m = meta(result, "product_scenes")
+    assert m["rows_ok"] == 3 and m["rows_failed"] == 2 and m["backend_calls"] == 3
+    assert m["bria.replace.calls"] == 3 and "preview" in m and "images_per_s" in m
+    assert "table" in meta(result, "product_expansions")
+
+    chain = trace(row.image_sha256, storage)
+    assert list(chain["step"]) == ["expand", "replace", "remove", "source"]
+    family = derived("A2", storage)
+    assert set(family["step"]) == {"remove", "replace", "expand"} and len(family) == 4
+
+
+def test_unchanged_rerun_makes_zero_calls_and_a_changed_prompt_reruns_one_sku(catalog, monkeypatch):
+    counter = CountingBackends(monkeypatch)
+    _, instance = materialize(catalog)
+    first_calls = len(counter.calls)
+    counter.calls.clear()
+
+    result, _ = materialize(catalog, instance=instance)
+    assert counter.calls == []
+    storage = str(catalog / "data")
+    for asset in ("product_cutouts", "product_scenes", "product_expansions"):
+        t = table(storage, asset)
+        assert set(t[t.sku == "A1"].status) == {"reused"}
+        assert meta(result, asset)["backend_calls"] == 0
+    assert first_calls == 12
+
+    # Change A1's prompt only: its scene and expansions re-run, nothing else.
+    path = catalog / "catalogs" / f"{BATCH}.csv"
+    text = path.read_text().replace("A1,../images/A1.jpg,,red", "A1,../images/A1.jpg,on slate,red")
+    path.write_text(text)
+    materialize(catalog, instance=instance)
+    assert sorted(counter.calls) == sorted(
+        ["fal-ai/bria/background/replace"] + ["fal-ai/bria/expand"] * 2
+    )
+    scenes = table(storage, "product_scenes")
+    assert scenes[scenes.sku == "A1"].status.tolist() == ["ok"]
+    assert set(scenes[scenes.sku == "A2"].status) == {"reused"}
+
+
+def test_failed_rows_are_retried_on_the_next_run(catalog, monkeypatch):
+    counter = CountingBackends(monkeypatch)
+    _, instance = materialize(catalog)
+    (catalog / "images" / "missing.jpg").write_bytes(make_product_photo("white_studio", 9)[0])
+    counter.calls.clear()
+    materialize(catalog, instance=instance)
+    assert counter.calls.count("fal-ai/bria/background/remove") == 1  # only A4, now present
+    cutouts = table(str(catalog / "data"), "product_cutouts")
+    assert cutouts[cutouts.sku == "A4"].status.tolist() == ["ok"]
+
+
+def test_fsspec_memory_storage(catalog):
+    storage = "memory://bria-pipeline-test"
+    materialize(catalog, storage=storage)
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/bria-pipeline-test/tables/product_expansions/b1.parquet")
+    expansions = table(storage, "product_expansions")
+    ok = expansions[expansions.status == "ok"]
+    assert len(ok) == 6 and all(uri.startswith("memory://") for uri in ok.image_uri)
+    assert fs.exists(ok.image_uri.iloc[0].removeprefix("memory://"))
+    records = load_records(storage)
+    assert set(records["step"]) >= {"source", "remove", "replace", "expand"}
+
+
+def test_same_partition_through_fal_gives_the_same_schema(catalog, fal_server, tmp_path):
+    storage = str(tmp_path / "fal-data")
+    bria = BriaResource(
+        backend="fal",
+        fal_key="test-key-0",
+        storage=storage,
+        file_roots=[str(catalog)],
+        poll_interval_s=0.02,
+        retry_base_delay_s=0.02,
+    )
+    materialize(catalog, storage=storage, bria=bria)
+    expansions = table(storage, "product_expansions")
+    assert list(expansions.columns) == list(COLUMNS)
+    ok = expansions[expansions.status == "ok"]
+    assert len(ok) == 6 and set(ok.backend) == {"fal"}
+    assert ok.request_id.notna().all() and (ok.cost_usd == 0.04).all()
+    stats = fal_server.stats()
+    assert stats["submissions"] == 12 and stats["duplicate_submissions"] == 0
+    assert "test-key-0" not in expansions.astype(str).to_csv()
+
+
+def test_budget_stops_paid_calls_before_they_are_sent(catalog, fal_server, tmp_path):
+    storage = str(tmp_path / "fal-budget")
+    bria = BriaResource(
+        backend="fal",
+        fal_key="test-key-0",
+        storage=storage,
+        file_roots=[str(catalog)],
+        poll_interval_s=0.02,
+        budget_usd=0.04,  # two removes (0.036) fit, a third does not
+    )
+    settings = PipelineSettings(catalog_dir=str(catalog / "catalogs"), steps=("remove",))
+    materialize(catalog, storage=storage, bria=bria, settings=settings)
+    cutouts = table(storage, "product_cutouts")
+    assert (cutouts.status == "ok").sum() == 2
+    assert "BudgetExceededError" in set(cutouts.error_class)
+    assert fal_server.stats()["submissions"] == 2
+
+
+def test_invalid_parameters_fail_before_any_call(catalog, monkeypatch):
+    counter = CountingBackends(monkeypatch)
+    settings = PipelineSettings(
+        catalog_dir=str(catalog / "catalogs"), prompt_template="{sku} in {material}"
+    )
+    materialize(catalog, settings=settings)
+    scenes = table(str(catalog / "data"), "product_scenes")
+    a1 = scenes[scenes.sku == "A1"].iloc[0]
+    assert a1.status == "failed" and "material" in a1.error_message
+    assert counter.calls.count("fal-ai/bria/background/replace") == 1  # only A2 (own prompt)
