@@ -1,0 +1,433 @@
+"""The Dagster pipeline end to end: offline batch and re-run, fal throughput, memory.
+
+    .venv/bin/python benchmarks/pipeline.py [--only a,b,c] [--products 200]
+        [--fal-products 2000] [--fal-steps all|remove] [--rss-rows 10000] [--keep DIR]
+
+Each figure is measured in its own subprocess (a fresh interpreter: its own
+environment, imports and peak RSS); this process only writes the catalogs,
+starts the fal protocol test server and prints the results.
+
+(a) Offline batch: ``--products`` products (256x256 JPEGs, every category, shape
+    and seed different) through the job ``product_images`` on the local engine:
+    remove -> replace (1 image) -> expand to 1:1 and 4:5. Wall time and output
+    images/s of the first materialization, then the same partition again,
+    unchanged: its wall time (target <= 5% of the first), its backend calls (from
+    the materialization metadata ``backend_calls``, target 0) and the status
+    column of the written record tables (target: every row ``reused``).
+(b) fal throughput: ``--fal-products`` products against ``tests/fal_server.py``
+    run standalone (0.5 s latency, 32 jobs in progress per key, no faults). The
+    ideal is (fal requests) x 0.5 s / 32; target wall <= 1.3 x ideal. Measured on
+    the three fal step assets together (their ``duration_s``; the catalog ingest
+    reads local files and sends nothing to fal) and, for reference, on the whole
+    job. ``--fal-steps remove`` runs only the remove step.
+(c) Memory: a ``--rss-rows``-row catalog of 64x64 images through catalog_batch +
+    product_cutouts on the local engine; peak RSS (``ru_maxrss``) of the process
+    that materializes it, target < 1 GB.
+
+Timings are wall clock on whatever machine runs this (the reference one has 2
+cores and is noisy); PASS/FAIL lines compare with the issue's targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RATIOS = ("1:1", "4:5")
+STEP_ASSETS = ("product_cutouts", "product_scenes", "product_expansions")
+FAL_LATENCY_S = 0.5
+FAL_MAX_IN_PROGRESS = 32
+RERUN_TARGET = 0.05
+FAL_TARGET = 1.3
+RSS_TARGET_MB = 1024.0
+RESULT_PREFIX = "RESULT "
+
+
+# --------------------------------------------------------------------------- catalogs
+
+
+def write_catalog(folder: Path, batch: str, n: int, size: int, seed0: int) -> Path:
+    """``<folder>/catalogs/<batch>.csv`` with ``n`` distinct generated product photos."""
+    from bria_dagster.engine.synthetic import CATEGORIES, SHAPES, make_product_photo
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    (folder / "catalogs").mkdir(parents=True, exist_ok=True)
+    path = folder / "catalogs" / f"{batch}.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sku", "image_url", "category"])
+        for i in range(n):
+            category = CATEGORIES[i % len(CATEGORIES)]
+            shape = SHAPES[(i // len(CATEGORIES)) % len(SHAPES)]
+            jpeg, _alpha = make_product_photo(category, seed0 + i, (size, size), shape=shape)
+            image = images / f"{batch}-{i:06d}.jpg"
+            image.write_bytes(jpeg)
+            writer.writerow([f"{batch.upper()}-{i:06d}", str(image), category])
+    return path
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _value(entry: Any) -> Any:
+    return getattr(entry, "value", entry)
+
+
+def _materialize(job: Any, instance: Any, batch: str) -> tuple[float, dict[str, dict[str, Any]]]:
+    """Run ``job`` for ``batch``: (wall seconds, asset name -> plain metadata)."""
+    started = time.perf_counter()
+    result = job.execute_in_process(
+        partition_key=batch,
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    wall = time.perf_counter() - started
+    if not result.success:
+        raise RuntimeError(f"run {result.run_id} for batch {batch} failed")
+    meta: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        meta[mat.asset_key.path[-1]] = {
+            k: _value(v)
+            for k, v in mat.metadata.items()
+            if isinstance(_value(v), int | float | str) and k not in ("preview",)
+        }
+    return wall, meta
+
+
+def _statuses(storage: str, batch: str, assets: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    from bria_dagster.io_manager import read_table, table_path
+
+    out: dict[str, dict[str, int]] = {}
+    for name in assets:
+        frame = read_table(table_path(storage, name, batch))
+        counts = {} if frame is None else frame["status"].value_counts().to_dict()
+        out[name] = {str(k): int(v) for k, v in counts.items()}
+    return out
+
+
+def _setup(workdir: Path, steps: tuple[str, ...], bria_kwargs: dict[str, Any], batch: str):
+    import dagster as dg
+
+    from bria_dagster.assets import CATALOG_PARTITIONS, PipelineSettings
+    from bria_dagster.pipeline import MAIN_JOB_NAME, build_definitions
+    from bria_dagster.resource import BriaResource
+
+    storage = str(workdir / "bria_data")
+    settings = PipelineSettings(
+        catalog_dir=str(workdir / "catalogs"), steps=steps, aspect_ratios=RATIOS
+    )
+    bria = BriaResource(storage=storage, file_roots=[str(workdir)], **bria_kwargs)
+    defs = build_definitions(settings, storage=storage, bria=bria)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name or "", [batch])
+    return defs.resolve_job_def(MAIN_JOB_NAME), instance, storage
+
+
+def worker_offline(workdir: Path, batch: str) -> dict[str, Any]:
+    job, instance, storage = _setup(
+        workdir, ("remove", "replace", "expand"), {"backend": "local"}, batch
+    )
+    first_s, first_meta = _materialize(job, instance, batch)
+    first_status = _statuses(storage, batch, STEP_ASSETS)
+    rerun_s, rerun_meta = _materialize(job, instance, batch)
+    rerun_status = _statuses(storage, batch, ("catalog_batch", *STEP_ASSETS))
+    return {
+        "first_s": first_s,
+        "first_meta": first_meta,
+        "first_status": first_status,
+        "rerun_s": rerun_s,
+        "rerun_meta": rerun_meta,
+        "rerun_status": rerun_status,
+    }
+
+
+def worker_fal(workdir: Path, batch: str, steps: tuple[str, ...], concurrency: int) -> dict:
+    key = os.environ["FAL_KEY"]  # set by the parent before fal_client is imported
+    job, instance, storage = _setup(
+        workdir, steps, {"backend": "fal", "fal_key": key, "max_concurrency": concurrency}, batch
+    )
+    wall_s, meta = _materialize(job, instance, batch)
+    assets = tuple(STEP_ASSETS[: len(steps)])
+    return {"wall_s": wall_s, "meta": meta, "status": _statuses(storage, batch, assets)}
+
+
+def worker_rss(workdir: Path, batch: str) -> dict[str, Any]:
+    job, instance, storage = _setup(workdir, ("remove",), {"backend": "local"}, batch)
+    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    wall_s, meta = _materialize(job, instance, batch)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "wall_s": wall_s,
+        "meta": meta,
+        "status": _statuses(storage, batch, ("catalog_batch", "product_cutouts")),
+        "rss_after_setup_mb": before_kb / 1024,
+        "peak_rss_mb": peak_kb / 1024,
+    }
+
+
+def run_worker(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``worker ...`` in a fresh interpreter; its last RESULT line, parsed."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "worker", *argv]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-6000:])
+        raise RuntimeError(f"worker {argv[0]} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+# --------------------------------------------------------------------------- fal server
+
+
+class FalServerProcess:
+    """``tests/fal_server.py`` in standalone mode, as a separate process."""
+
+    def __init__(self, folder: Path, latency: float, max_in_progress: int) -> None:
+        self.ca = folder / "fal-ca.pem"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "fal_server.py"),
+                "--port",
+                "0",
+                "--latency",
+                str(latency),
+                "--max-in-progress",
+                str(max_in_progress),
+                "--ca-out",
+                str(self.ca),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("fal test server exited before printing its environment")
+        self.env: dict[str, str] = json.loads(line)
+
+    def stats(self) -> dict[str, Any]:
+        url = f"https://{self.env['FAL_RUN_HOST']}/_test/stats"
+        context = ssl.create_default_context(cafile=self.env["SSL_CERT_FILE"])
+        with urllib.request.urlopen(url, context=context, timeout=30) as reply:
+            return json.loads(reply.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def section_offline(work: Path, n: int) -> bool:
+    folder = work / "offline"
+    t0 = time.perf_counter()
+    write_catalog(folder, "offline", n, 256, seed0=1000)
+    print(f"(a) offline batch: {n} products, 256x256, local engine, remove -> replace (1 image)")
+    print(
+        f"    -> expand {' and '.join(RATIOS)}   [catalog written in "
+        f"{time.perf_counter() - t0:.1f}s]"
+    )
+    r = run_worker(["offline", str(folder), "offline"])
+    images = sum(r["first_meta"].get(a, {}).get("rows_ok", 0) for a in STEP_ASSETS)
+    print(
+        f"    first materialization: {r['first_s']:.1f}s wall, {images} output images, "
+        f"{images / r['first_s']:.2f} images/s ({n / r['first_s']:.2f} products/s)"
+    )
+    for name in ("catalog_batch", *STEP_ASSETS):
+        m = r["first_meta"].get(name, {})
+        print(
+            f"      {name:<19} {m.get('duration_s', 0):7.2f}s  ok={m.get('rows_ok')} "
+            f"failed={m.get('rows_failed')} calls={m.get('backend_calls', '-')}"
+        )
+    ratio = r["rerun_s"] / r["first_s"]
+    calls = {a: r["rerun_meta"].get(a, {}).get("backend_calls") for a in STEP_ASSETS}
+    reused_meta = {a: r["rerun_meta"].get(a, {}).get("rows_reused") for a in STEP_ASSETS}
+    print(f"    unchanged re-run: {r['rerun_s']:.2f}s wall = {ratio:.1%} of the first")
+    for name in ("catalog_batch", *STEP_ASSETS):
+        m = r["rerun_meta"].get(name, {})
+        print(
+            f"      {name:<19} {m.get('duration_s', 0):7.2f}s  backend_calls="
+            f"{m.get('backend_calls', '-')} rows_reused={m.get('rows_reused')}  "
+            f"table status: {r['rerun_status'].get(name)}"
+        )
+    total_calls = sum(int(c or 0) for c in calls.values())
+    all_reused = all(
+        set(r["rerun_status"][a]) == {"reused"}
+        and r["rerun_status"][a]["reused"] == sum(r["first_status"][a].values())
+        for a in STEP_ASSETS
+    )
+    meta_reused = all(reused_meta[a] == sum(r["first_status"][a].values()) for a in STEP_ASSETS)
+    ok1 = ratio <= RERUN_TARGET
+    ok2 = total_calls == 0 and all(c is not None for c in calls.values())
+    ok3 = all_reused and meta_reused
+    print(f"    {verdict(ok1)} re-run time {ratio:.1%} <= {RERUN_TARGET:.0%} of the first")
+    print(f"    {verdict(ok2)} re-run backend calls = {total_calls} (metadata backend_calls)")
+    print(
+        f"    {verdict(ok3)} every re-run step row has status 'reused' "
+        f"(tables and metadata rows_reused)"
+    )
+    return ok1 and ok2 and ok3
+
+
+def section_fal(work: Path, n: int, steps: tuple[str, ...], concurrency: int) -> bool:
+    folder = work / "fal"
+    write_catalog(folder, "falbatch", n, 128, seed0=50_000)
+    requests_per = {"remove": 1, "replace": 1, "expand": len(RATIOS)}
+    total_requests = n * sum(requests_per[s] for s in steps)
+    ideal = total_requests * FAL_LATENCY_S / FAL_MAX_IN_PROGRESS
+    print(
+        f"(b) fal protocol test server: {n} products (128x128), steps {'+'.join(steps)}, "
+        f"latency {FAL_LATENCY_S}s, {FAL_MAX_IN_PROGRESS} in progress per key, no faults;"
+    )
+    print(
+        f"    client BriaResource(max_concurrency={concurrency}); ideal = {total_requests} "
+        f"requests x {FAL_LATENCY_S}s / {FAL_MAX_IN_PROGRESS} = {ideal:.1f}s"
+    )
+    server = FalServerProcess(folder, FAL_LATENCY_S, FAL_MAX_IN_PROGRESS)
+    try:
+        env = {**os.environ, **server.env}
+        r = run_worker(["fal", str(folder), "falbatch", ",".join(steps), str(concurrency)], env)
+        stats = server.stats()
+    finally:
+        server.stop()
+    assets = STEP_ASSETS[: len(steps)]
+    steps_s = sum(r["meta"].get(a, {}).get("duration_s", 0.0) for a in assets)
+    ingest = r["meta"].get("catalog_batch", {}).get("duration_s", 0.0)
+    calls = sum(int(r["meta"].get(a, {}).get("backend_calls", 0)) for a in assets)
+    for name in ("catalog_batch", *assets):
+        m = r["meta"].get(name, {})
+        print(
+            f"      {name:<19} {m.get('duration_s', 0):7.2f}s  ok={m.get('rows_ok')} "
+            f"failed={m.get('rows_failed')} calls={m.get('backend_calls', '-')} "
+            f"images/s={m.get('images_per_s')}"
+        )
+    print(
+        f"    server: {stats['submissions']} submissions, {stats['duplicate_submissions']} "
+        f"duplicates, {stats['completed']} completed, {stats['failed']} failed, "
+        f"peak in progress {stats['max_in_progress_seen']}, billed "
+        f"${stats['billed_cost_usd']:.2f}"
+    )
+    print(
+        f"    fal steps: {steps_s:.1f}s = {steps_s / ideal:.2f} x ideal   "
+        f"(whole job incl. {ingest:.1f}s catalog ingest and Dagster: {r['wall_s']:.1f}s = "
+        f"{r['wall_s'] / ideal:.2f} x ideal)"
+    )
+    ok_calls = calls == total_requests and stats["duplicate_submissions"] == 0
+    ok_steps = steps_s <= FAL_TARGET * ideal
+    ok_job = r["wall_s"] <= FAL_TARGET * ideal
+    print(
+        f"    {verdict(ok_calls)} {calls} backend calls for {total_requests} requests, "
+        f"{stats['duplicate_submissions']} duplicate submissions"
+    )
+    print(
+        f"    {verdict(ok_steps)} fal steps wall {steps_s:.1f}s <= {FAL_TARGET} x ideal "
+        f"({FAL_TARGET * ideal:.1f}s)"
+    )
+    print(
+        f"    {verdict(ok_job)} whole job wall {r['wall_s']:.1f}s <= {FAL_TARGET} x ideal "
+        f"(stricter: includes catalog ingest)"
+    )
+    return ok_calls and ok_steps
+
+
+def section_rss(work: Path, rows: int) -> bool:
+    folder = work / f"rss{rows}"
+    write_catalog(folder, "rss", rows, 64, seed0=200_000)
+    print(f"(c) memory: {rows} catalog rows (64x64), catalog_batch + product_cutouts, local engine")
+    r = run_worker(["rss", str(folder), "rss"])
+    status = r["status"]
+    print(f"    {r['wall_s']:.1f}s wall; records {status}")
+    print(
+        f"    peak RSS {r['peak_rss_mb']:.0f} MB (after imports and setup: "
+        f"{r['rss_after_setup_mb']:.0f} MB)"
+    )
+    ok = r["peak_rss_mb"] < RSS_TARGET_MB and status["product_cutouts"].get("ok") == rows
+    print(
+        f"    {verdict(ok)} peak RSS {r['peak_rss_mb']:.0f} MB < {RSS_TARGET_MB:.0f} MB with "
+        f"{status['product_cutouts'].get('ok', 0)}/{rows} cutouts ok"
+    )
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="a,b,c", help="sections to run: a, b, c")
+    parser.add_argument("--products", type=int, default=200)
+    parser.add_argument("--fal-products", type=int, default=2000)
+    parser.add_argument("--fal-steps", choices=("all", "remove"), default="all")
+    parser.add_argument("--fal-concurrency", type=int, default=64, help="BriaResource cap")
+    parser.add_argument("--rss-rows", type=int, default=10_000)
+    parser.add_argument("--keep", default=None, help="work in this folder and keep it")
+    args = parser.parse_args(argv)
+    work = Path(args.keep or tempfile.mkdtemp(prefix="bria-bench-pipeline-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    sections = {s.strip() for s in args.only.split(",")}
+    print(
+        f"bria-dagster pipeline benchmark   cpus={os.cpu_count()}   python "
+        f"{sys.version.split()[0]}   work={work}\n"
+    )
+    results: dict[str, bool] = {}
+    try:
+        if "a" in sections:
+            results["a"] = section_offline(work, args.products)
+            print()
+        if "b" in sections:
+            steps = ("remove",) if args.fal_steps == "remove" else ("remove", "replace", "expand")
+            results["b"] = section_fal(work, args.fal_products, steps, args.fal_concurrency)
+            print()
+        if "c" in sections:
+            results["c"] = section_rss(work, args.rss_rows)
+            print()
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print("summary: " + "  ".join(f"({k}) {verdict(v)}" for k, v in results.items()))
+    return 0 if all(results.values()) else 1
+
+
+def worker_main(argv: list[str]) -> int:
+    kind, folder, batch, *rest = argv
+    workdir = Path(folder)
+    if kind == "offline":
+        out = worker_offline(workdir, batch)
+    elif kind == "fal":
+        out = worker_fal(workdir, batch, tuple(rest[0].split(",")), int(rest[1]))
+    elif kind == "rss":
+        out = worker_rss(workdir, batch)
+    else:
+        raise SystemExit(f"unknown worker {kind!r}")
+    print(RESULT_PREFIX + json.dumps(out, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        raise SystemExit(worker_main(sys.argv[2:]))
+    raise SystemExit(main())
