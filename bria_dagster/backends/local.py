@@ -80,32 +80,32 @@ class LocalBackend:
     async def aclose(self) -> None:
         return None
 
-    async def _load(self, value: str | Path | bytes, what: str) -> PILImage.Image:
+    async def _fetch(self, value: str | Path | bytes, what: str) -> tuple[bytes, str]:
+        """Input bytes and a name for messages; paths obey ``fetch_policy.file_roots`` too."""
         if isinstance(value, bytes):
-            data, source = value, f"{what} (bytes)"
-        elif isinstance(value, Path):
-            data, source = await asyncio.to_thread(value.read_bytes), str(value)
-        else:
-            data, source = (await fetch_bytes(value, self.fetch_policy)).data, value[:200]
-        return decode_image(data, max_pixels=self.max_pixels, source=source)
+            return value, f"{what} (bytes)"
+        text = str(value)
+        return (await fetch_bytes(text, self.fetch_policy)).data, f"{what} {text[:200]}"
 
     async def run(self, request: BriaRequest) -> BackendResult:
         spec = endpoint_for(request)
         started = time.perf_counter()
-        image = await self._load(request.image_url, "image_url")
+        image = await self._fetch(request.image_url, "image_url")
         reference = None
         if isinstance(request, ReplaceBackgroundRequest) and request.ref_image_url is not None:
-            reference = await self._load(request.ref_image_url, "ref_image_url")
+            reference = await self._fetch(request.ref_image_url, "ref_image_url")
         seed = getattr(request, "seed", None)
         if seed is None and not isinstance(request, RemoveBackgroundRequest):
             seed = _derive_seed(request)
         async with self._slots:
             try:
-                outputs = await asyncio.to_thread(self._render, request, image, reference, seed)
+                outputs = await asyncio.to_thread(self._work, request, image, reference, seed)
             except BriaError:
                 raise
-            except (ValueError, MemoryError, OSError) as exc:
-                raise EngineError(f"local {spec.name} failed: {exc}") from exc
+            except Exception as exc:  # the engine's contract: a BriaError, never a crash
+                raise EngineError(
+                    f"local {spec.name} failed on {image[1]}: {type(exc).__name__}: {exc}"
+                ) from exc
         images = [
             self._publish(data, content_type, request.sync_mode) for data, content_type in outputs
         ]
@@ -137,6 +137,20 @@ class LocalBackend:
             duration_s=time.perf_counter() - started,
         )
 
+    def _work(
+        self,
+        request: BriaRequest,
+        image: tuple[bytes, str],
+        reference: tuple[bytes, str] | None,
+        seed: int | None,
+    ) -> list[tuple[bytes, str]]:
+        """Decode and render in a worker thread, under a slot (bounds memory and CPU)."""
+        decoded = decode_image(image[0], max_pixels=self.max_pixels, source=image[1])
+        ref = None
+        if reference is not None:
+            ref = decode_image(reference[0], max_pixels=self.max_pixels, source=reference[1])
+        return self._render(request, decoded, ref, seed)
+
     def _render(
         self,
         request: BriaRequest,
@@ -145,7 +159,7 @@ class LocalBackend:
         seed: int | None,
     ) -> list[tuple[bytes, str]]:
         if isinstance(request, RemoveBackgroundRequest):
-            return [(encode_png(PILImage.fromarray(self._cutout(image))), "image/png")]
+            return [(_encode_png(self._cutout(image)), "image/png")]
         if isinstance(request, ReplaceBackgroundRequest):
             rgba = self._as_cutout(image)
             scenes = scene.replace_background(
@@ -167,7 +181,7 @@ class LocalBackend:
             )
             out = outpaint.expand_image(arr, placement, seed=int(seed or 0))
             if out.shape[2] == 4:
-                return [(encode_png(PILImage.fromarray(out)), "image/png")]
+                return [(_encode_png(out), "image/png")]
             return [(_encode_jpeg(out), "image/jpeg")]
         raise EngineError(f"the local engine does not implement {request.endpoint_id}")
 
@@ -177,6 +191,10 @@ class LocalBackend:
             alpha = self.matte_model.predict(rgb)
         else:
             alpha = matte.remove_background(rgb)
+        if image.mode == "RGBA":
+            # What the input already hides (transparent PNG/GIF pixels) stays hidden.
+            given = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
+            alpha = np.minimum(alpha, given)
         return matte.to_rgba(rgb, alpha)
 
     def _as_cutout(self, image: PILImage.Image) -> np.ndarray:
@@ -209,6 +227,11 @@ class LocalBackend:
             width=width,
             height=height,
         )
+
+
+def _encode_png(rgba: np.ndarray) -> bytes:
+    # Level 1: about as small as 3 on photos and cutouts, and the fastest zlib setting.
+    return encode_png(PILImage.fromarray(rgba), compress_level=1)
 
 
 def _encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
