@@ -45,10 +45,16 @@ class MatteConfig:
     """Gaussian sigma (work pixels) removed before edge detection: only sharp steps remain."""
     edge_noise: float = 1.5
     """Edge threshold as a multiple of the border's 99th-percentile gradient (noise)."""
+    edge_weak: float = 0.4
+    """Fraction of the edge threshold down to which an edge connected to a clear one counts."""
     smooth_backdrop: float = 4.0
     """Median border gradient above which the backdrop is textured: outlines are not used."""
-    hole_dist: float = 1.2
-    """Mean backdrop distance above which a region enclosed by edges is product, not a hole."""
+    outline_gap: int = 5
+    """Diameter (work pixels) of the closing that bridges gaps in an outline."""
+    hole_dist: float = 0.8
+    hole_noise: float = 3.0
+    """An enclosed region is product, not a hole, when its mean residual to the backdrop
+    exceeds ``max(hole_dist, hole_noise * mean border residual)``."""
     band: float = 2.0
     """Half-width, in work-size pixels, of the edge band where alpha is solved for."""
     min_contrast: float = 18.0
@@ -96,14 +102,17 @@ def _background_surface(img: np.ndarray, border: int) -> np.ndarray:
     return surface
 
 
-def _foreground_distance(small: np.ndarray, border: int, cfg: MatteConfig) -> np.ndarray:
+def _foreground_distance(
+    small: np.ndarray, border: int, cfg: MatteConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Lab distance of each pixel to the backdrop, allowing for cast shadows.
 
     A shadow scales the backdrop colour by a gain k < 1 in every channel (on
     white and on coloured paper alike). Each pixel is compared with the shadowed
     backdrop ``k * B`` for the best gain within ``shadow_depth``; the darkening
     used costs ``shadow_weight`` per lightness unit, so deep or coloured changes
-    stay foreground.
+    stay foreground. Returns that score and the bare residual (no shadow cost),
+    which is near zero on the backdrop whether lit or shadowed.
     """
     img = small.astype(np.float32) / 255.0
     bg = np.clip(_background_surface(img, border), 1e-3, 1.0)
@@ -112,8 +121,8 @@ def _foreground_distance(small: np.ndarray, border: int, cfg: MatteConfig) -> np
     shadowed = bg * gain[..., None]
     lab_img = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
     lab_bg = cv2.cvtColor(shadowed, cv2.COLOR_RGB2LAB)
-    dist = np.sqrt(((lab_img - lab_bg) ** 2).sum(axis=-1))
-    return dist + cfg.shadow_weight * 100.0 * (1.0 - gain)
+    residual = np.sqrt(((lab_img - lab_bg) ** 2).sum(axis=-1))
+    return residual + cfg.shadow_weight * 100.0 * (1.0 - gain), residual
 
 
 def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.ndarray:
@@ -126,7 +135,7 @@ def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.
     small = cv2.GaussianBlur(small, (3, 3), 0)
     sh, sw = small.shape[:2]
     border = max(2, round(min(sh, sw) * cfg.border))
-    dist = _foreground_distance(small, border, cfg)
+    dist, residual = _foreground_distance(small, border, cfg)
 
     strong = (dist > cfg.high).astype(np.uint8)
     weak = (dist > cfg.low).astype(np.uint8)
@@ -145,7 +154,7 @@ def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.
         region = labels == label
         if dist[region].mean() > cfg.low and region.sum() < 0.01 * sh * sw:
             mask[region] = 1
-    mask = _close_outlines(small, dist, mask, border, cfg)
+    mask = _close_outlines(small, residual, mask, border, cfg)
     # Drop specks: keep components larger than 0.2% of the image.
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     big = np.zeros(count, bool)
@@ -156,15 +165,16 @@ def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.
 
 
 def _close_outlines(
-    small: np.ndarray, dist: np.ndarray, mask: np.ndarray, border: int, cfg: MatteConfig
+    small: np.ndarray, residual: np.ndarray, mask: np.ndarray, border: int, cfg: MatteConfig
 ) -> np.ndarray:
     """Add regions enclosed by sharp edges whose colour is not quite the backdrop's.
 
     A product close to the backdrop colour (white on white, blue on blue) gives
     a weak colour difference but still a sharp outline, while a cast shadow has
     soft edges. Sharp edges plus the colour mask are closed into outlines; an
-    enclosed region is product when its mean distance to the backdrop model is
-    above the noise (a true hole, such as a mug handle, matches the backdrop).
+    enclosed region is product when its mean residual to the (possibly shadowed)
+    backdrop is above the noise (a true hole, such as a mug handle, or a shadow
+    enclosed by the product's foot matches the backdrop).
     Skipped on textured backdrops, where edges are everywhere.
     """
     # Gradient of the high-pass image: steps stay, smooth shading and shadows vanish.
@@ -178,21 +188,31 @@ def _close_outlines(
     if np.median(mag[ring]) > cfg.smooth_backdrop:
         return mask
     threshold = max(cfg.edge_min, cfg.edge_noise * float(np.percentile(mag[ring], 99)))
-    outline = ((mag > threshold) | (mask > 0)).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    # Hysteresis: faint stretches of an outline count when connected to clear ones.
+    weak_level = max(cfg.edge_min, cfg.edge_weak * threshold)
+    weak = ((mag > weak_level) | (mask > 0)).astype(np.uint8)
+    count, labels = cv2.connectedComponents(weak, connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[np.unique(labels[(mag > threshold) | (mask > 0)])] = True
+    keep[0] = False
+    outline = keep[labels].astype(np.uint8)
+    gap = (cfg.outline_gap, cfg.outline_gap)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, gap)
     outline = cv2.morphologyEx(outline, cv2.MORPH_CLOSE, kernel)
     count, labels = cv2.connectedComponents(1 - outline, connectivity=4)
     touching = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     sizes = np.bincount(labels.ravel(), minlength=count)
-    means = np.bincount(labels.ravel(), weights=dist.ravel(), minlength=count) / np.maximum(
+    means = np.bincount(labels.ravel(), weights=residual.ravel(), minlength=count) / np.maximum(
         sizes, 1
     )
-    product = means > cfg.hole_dist
+    hole_level = max(cfg.hole_dist, cfg.hole_noise * float(residual[ring].mean()))
+    product = means > hole_level
     product[touching] = False
     product[0] = False  # label 0 is the outline itself
     # The enclosed interiors stop short of the edge by about the closing radius; grow
     # them back by that much (the edge band is solved exactly afterwards).
-    interior = cv2.dilate(product[labels].astype(np.uint8), kernel)
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    interior = cv2.dilate(product[labels].astype(np.uint8), grow)
     return np.maximum(mask, interior)
 
 
