@@ -2,14 +2,18 @@
 
 Runs offline on the embedded engine by default; with FAL_KEY set, the same
 assets call Bria on fal.ai. Sample catalogs live in examples/catalogs (one file
-per batch = one partition); outputs and lineage tables go to ./bria_data.
+per batch = one partition; the sensor picks up new files there); outputs and
+lineage tables go to ./bria_data.
 """
 
 from pathlib import Path
 
-from bria_dagster import PipelineSettings, build_definitions
+from bria_dagster import PipelineSettings, build_definitions, build_operations
 
 HERE = Path(__file__).resolve().parent
+STORAGE = str(HERE / "bria_data")
 
 settings = PipelineSettings(catalog_dir=str(HERE / "examples" / "catalogs"))
-defs = build_definitions(settings, storage=str(HERE / "bria_data"))
+defs = build_definitions(
+    settings, storage=STORAGE, extra=build_operations(settings, storage=STORAGE)
+)

@@ -12,6 +12,12 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
+    "REFRESH_TAG": "assets",
+    "CheckSettings": "checks",
+    "build_retry_schedule": "automation",
+    "build_refresh_schedule": "automation",
+    "build_operations": "automation",
+    "build_catalog_sensor": "automation",
     "AspectRatio": "endpoints",
     "Backend": "backends.base",
     "BackendResult": "backends.base",
@@ -68,6 +74,7 @@ __all__ = [
     "ENDPOINTS",
     "IMAGE_RECORD_SCHEMA",
     "MAIN_JOB_NAME",
+    "REFRESH_TAG",
     "AspectRatio",
     "Backend",
     "BackendResult",
@@ -77,6 +84,7 @@ __all__ = [
     "BriaResource",
     "BudgetExceededError",
     "CatalogError",
+    "CheckSettings",
     "EndpointSpec",
     "EngineError",
     "ExpandRequest",
@@ -105,9 +113,13 @@ __all__ = [
     "RetriesExhaustedError",
     "RetryPolicy",
     "__version__",
+    "build_catalog_sensor",
     "build_definitions",
+    "build_operations",
     "build_product_image_assets",
+    "build_refresh_schedule",
     "build_request",
+    "build_retry_schedule",
     "derived",
     "endpoint_for",
     "load_records",
@@ -131,10 +143,22 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .assets import CATALOG_PARTITIONS, PipelineSettings, build_product_image_assets
+    from .assets import (
+        CATALOG_PARTITIONS,
+        REFRESH_TAG,
+        PipelineSettings,
+        build_product_image_assets,
+    )
+    from .automation import (
+        build_catalog_sensor,
+        build_operations,
+        build_refresh_schedule,
+        build_retry_schedule,
+    )
     from .backends.base import Backend, BackendResult, OutputImage
     from .backends.fal import FalBackend
     from .backends.local import LocalBackend
+    from .checks import CheckSettings
     from .endpoints import (
         ENDPOINTS,
         AspectRatio,

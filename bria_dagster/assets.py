@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._version import __version__
 from .catalog import FORMATS, load_catalog, row_json
+from .checks import CheckSettings, check_specs_for, evaluate_checks
 from .endpoints import AspectRatio
 from .engine.outpaint import plan_expand
 from .errors import BriaError, CatalogError
@@ -33,6 +34,7 @@ from .steps import Job, StepContext, StepReport, plan_request, run_step, source_
 
 __all__ = [
     "CATALOG_PARTITIONS",
+    "REFRESH_TAG",
     "PipelineSettings",
     "build_product_image_assets",
     "find_catalog_file",
@@ -40,6 +42,9 @@ __all__ = [
 
 CATALOG_PARTITIONS = dg.DynamicPartitionsDefinition(name="catalog_batches")
 """One partition per catalog batch file (its file name without extension)."""
+
+REFRESH_TAG = "bria/refresh"
+"""Run tag: fetch source images again instead of reusing earlier source records."""
 
 STEP_ASSETS = {
     "remove": "product_cutouts",
@@ -75,6 +80,7 @@ class PipelineSettings(BaseModel):
         default=("1:1", "4:5"), description="Expansions per scene (catalog 'aspect_ratios' wins)."
     )
     fetch_concurrency: int = Field(default=16, ge=1, description="Source images fetched at once.")
+    checks: CheckSettings = Field(default_factory=CheckSettings, description="Check thresholds.")
 
 
 def find_catalog_file(catalog_dir: str, batch: str) -> str:
@@ -222,11 +228,12 @@ def build_product_image_assets(
 
     @dg.asset(
         key=key("catalog_batch"),
+        check_specs=check_specs_for(key("catalog_batch"), "source"),
         description="The catalog batch: one source record per row (fetched, hashed, stored) "
         "and a failed record for every rejected row.",
         **common,
     )
-    def catalog_batch(context: AssetExecutionContext, bria: BriaResource) -> pd.DataFrame:
+    def catalog_batch(context: AssetExecutionContext, bria: BriaResource):
         ctx = step_context(context, bria, "source")
         path = find_catalog_file(settings.catalog_dir, context.partition_key)
         batch = load_catalog(path, batch=context.partition_key)
@@ -245,7 +252,8 @@ def build_product_image_assets(
                     f"{rej['column']}: {rej['reason']}",
                 )
             )
-        previous = _previous_sources(ctx.tables[:1])
+        refresh = context.run.tags.get(REFRESH_TAG) == "1"
+        previous = {} if refresh else _previous_sources(ctx.tables[:1])
         entries = batch.valid.to_dict("records")
 
         async def ingest(entry: dict[str, Any], slots: asyncio.Semaphore) -> dict[str, Any]:
@@ -307,8 +315,11 @@ def build_product_image_assets(
             catalog_rows=len(batch.valid) + len(batch.rejected),
             catalog_rows_rejected=len(batch.rejected),
         )
-        context.add_output_metadata(meta)
-        return frame
+        yield dg.Output(frame, metadata=meta)
+        expected = list(batch.valid["sku"]) + [r["sku"] for r in rows if r["status"] == FAILED]
+        yield from evaluate_checks(
+            context.asset_key, "source", frame, expected, store, settings.checks
+        )
 
     assets: list[dg.AssetsDefinition] = [catalog_batch]
 
@@ -318,16 +329,18 @@ def build_product_image_assets(
             ins={"parents": dg.AssetIn(key=upstream)},
             pool=pool,
             description=_STEP_DESCRIPTIONS[step],
+            check_specs=check_specs_for(key(STEP_ASSETS[step]), step),
             **common,
         )
-        def step_asset(
-            context: AssetExecutionContext, bria: BriaResource, parents: pd.DataFrame
-        ) -> pd.DataFrame:
+        def step_asset(context: AssetExecutionContext, bria: BriaResource, parents: pd.DataFrame):
             ctx = step_context(context, bria, step)
             jobs = list(_jobs(parents, plan))
-            frame, report = run_step(ctx, bria, bria.image_store(), jobs, log=context.log.info)
-            context.add_output_metadata(_metadata(frame, report, bria))
-            return frame
+            store = bria.image_store()
+            frame, report = run_step(ctx, bria, store, jobs, log=context.log.info)
+            yield dg.Output(frame, metadata=_metadata(frame, report, bria))
+            yield from evaluate_checks(
+                context.asset_key, step, frame, parents["sku"], store, settings.checks
+            )
 
         return step_asset
 

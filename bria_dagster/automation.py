@@ -1,0 +1,226 @@
+"""Sensor and schedules: new catalog batches start themselves, failures retry daily.
+
+- :func:`build_catalog_sensor` watches the landing location (local folder or
+  fsspec URL). A new batch file adds its partition and requests one run. It is
+  idempotent without trusting its cursor: a batch whose partition already exists
+  is never re-added or re-run; a file whose content changed after its run is
+  *reported* (a warning and an ``AssetObservation`` on the batch's partition of
+  ``catalog_batch``), not silently re-run.
+- :func:`build_retry_schedule` (daily) requests runs for partitions with failed
+  or missing rows; earlier ok rows are reused, so only those rows are retried.
+- :func:`build_refresh_schedule` re-runs every batch (tag ``bria/refresh``: source
+  images are fetched again; outputs whose inputs did not change are still reused).
+"""
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+
+import dagster as dg
+import fsspec
+
+from .assets import CATALOG_PARTITIONS, REFRESH_TAG, STEP_ASSETS, PipelineSettings
+from .catalog import FORMATS
+from .io_manager import read_table, table_path
+from .pipeline import MAIN_JOB_NAME
+
+__all__ = [
+    "REFRESH_TAG",
+    "build_catalog_sensor",
+    "build_operations",
+    "build_refresh_schedule",
+    "build_retry_schedule",
+    "partitions_needing_retry",
+]
+
+
+def _landing_files(landing: str) -> dict[str, str]:
+    """batch name -> file path for every catalog file in ``landing``."""
+    fs, root = fsspec.core.url_to_fs(landing)
+    if not fs.exists(root):
+        return {}
+    prefix = landing.split("://", 1)[0] + "://" if "://" in landing else ""
+    files: dict[str, str] = {}
+    for path in sorted(fs.ls(root, detail=False)):
+        name = PurePosixPath(path)
+        if name.suffix.lower() in FORMATS and not name.name.startswith("."):
+            files.setdefault(name.stem, prefix + path if prefix else path)
+    return files
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with fsspec.open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_catalog_sensor(
+    settings: PipelineSettings,
+    *,
+    job_name: str = MAIN_JOB_NAME,
+    partitions_def: dg.DynamicPartitionsDefinition = CATALOG_PARTITIONS,
+    name: str = "catalog_batch_sensor",
+    minimum_interval_seconds: int = 60,
+    key_prefix: Sequence[str] = (),
+) -> dg.SensorDefinition:
+    """A sensor adding a partition and requesting a run for each new batch file."""
+    landing = settings.catalog_dir
+    source_key = dg.AssetKey([*key_prefix, "catalog_batch"])
+    partitions_name = partitions_def.name or ""
+
+    @dg.sensor(
+        name=name,
+        job_name=job_name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=f"Starts one run per new catalog batch file in {landing}.",
+    )
+    def catalog_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        known = set(context.instance.get_dynamic_partitions(partitions_name))
+        new_batches: list[str] = []
+        runs: list[dg.RunRequest] = []
+        changed: list[dg.AssetObservation] = []
+        for batch, path in _landing_files(landing).items():
+            sha = _sha256(path)
+            if batch not in known:
+                new_batches.append(batch)
+                runs.append(
+                    dg.RunRequest(
+                        partition_key=batch,
+                        run_key=f"{batch}:{sha}",
+                        tags={"bria/catalog_file": path, "bria/catalog_sha256": sha[:16]},
+                    )
+                )
+            else:
+                # The cursor may be gone (reset, renamed sensor): the last run's record decides.
+                before = seen.get(batch) or _materialized_sha(context.instance, source_key, batch)
+                if before and before != sha:
+                    changed.append(
+                        dg.AssetObservation(
+                            asset_key=source_key,
+                            partition=batch,
+                            description="catalog file changed after its run; not re-run",
+                            metadata={
+                                "catalog_file": dg.MetadataValue.path(path),
+                                "previous_sha256": before,
+                                "new_sha256": sha,
+                            },
+                        )
+                    )
+                    context.log.warning(
+                        f"catalog batch {batch!r} changed after its run ({path}: sha256 "
+                        f"{before[:12]} -> {sha[:12]}); not re-run automatically. "
+                        "Re-materialize the partition to process it (unchanged rows are reused)."
+                    )
+            seen[batch] = sha
+        return dg.SensorResult(
+            run_requests=runs,
+            dynamic_partitions_requests=(
+                [partitions_def.build_add_request(new_batches)] if new_batches else []
+            ),
+            cursor=json.dumps(seen, sort_keys=True),
+            asset_events=changed,
+            skip_reason=None if runs else f"no new catalog batch in {landing}",
+        )
+
+    return catalog_sensor
+
+
+def _materialized_sha(instance: dg.DagsterInstance, key: dg.AssetKey, batch: str) -> str | None:
+    """The catalog file sha256 recorded by the latest materialization of ``batch``."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[batch]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get("catalog_sha256")
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def partitions_needing_retry(
+    storage: str, partitions: Sequence[str], asset_names: Sequence[str]
+) -> list[str]:
+    """Partitions whose step tables are missing or hold failed rows."""
+    needing = []
+    for partition in partitions:
+        for asset in asset_names:
+            frame = read_table(table_path(storage, asset, partition))
+            if frame is None or (frame["status"] == "failed").any():
+                needing.append(partition)
+                break
+    return needing
+
+
+def build_retry_schedule(
+    settings: PipelineSettings,
+    *,
+    storage: str = "bria_data",
+    job_name: str = MAIN_JOB_NAME,
+    partitions_def: dg.DynamicPartitionsDefinition = CATALOG_PARTITIONS,
+    cron_schedule: str = "0 3 * * *",
+    key_prefix: Sequence[str] = (),
+    name: str = "retry_failed_rows_daily",
+) -> dg.ScheduleDefinition:
+    """Daily: a run for every partition with failed or missing rows (only those rows redo)."""
+    assets = ["__".join([*key_prefix, "catalog_batch"])] + [
+        "__".join([*key_prefix, STEP_ASSETS[s]]) for s in settings.steps
+    ]
+
+    @dg.schedule(
+        name=name,
+        job_name=job_name,
+        cron_schedule=cron_schedule,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Retries catalog batches that have failed or missing rows.",
+    )
+    def retry_schedule(context: dg.ScheduleEvaluationContext):
+        partitions = context.instance.get_dynamic_partitions(partitions_def.name or "")
+        needing = partitions_needing_retry(storage, partitions, assets)
+        if not needing:
+            return dg.SkipReason("every catalog batch is complete: nothing to retry")
+        stamp = context.scheduled_execution_time.strftime("%Y%m%d")
+        return [
+            dg.RunRequest(partition_key=p, run_key=f"retry:{p}:{stamp}", tags={"bria/retry": "1"})
+            for p in needing
+        ]
+
+    return retry_schedule
+
+
+def build_refresh_schedule(
+    *,
+    job_name: str = MAIN_JOB_NAME,
+    partitions_def: dg.DynamicPartitionsDefinition = CATALOG_PARTITIONS,
+    cron_schedule: str = "0 4 * * 0",
+    name: str = "refresh_whole_catalog_weekly",
+) -> dg.ScheduleDefinition:
+    """Re-runs every batch, re-fetching source images; unchanged outputs are reused."""
+
+    @dg.schedule(
+        name=name,
+        job_name=job_name,
+        cron_schedule=cron_schedule,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Whole-catalog refresh: sources re-fetched, only changed work re-run.",
+    )
+    def refresh_schedule(context: dg.ScheduleEvaluationContext):
+        stamp = context.scheduled_execution_time.strftime("%Y%m%d%H%M")
+        return [
+            dg.RunRequest(partition_key=p, run_key=f"refresh:{p}:{stamp}", tags={REFRESH_TAG: "1"})
+            for p in context.instance.get_dynamic_partitions(partitions_def.name or "")
+        ]
+
+    return refresh_schedule
+
+
+def build_operations(settings: PipelineSettings, *, storage: str = "bria_data") -> list:
+    """The sensor and both schedules, ready for ``build_definitions(extra=...)``."""
+    return [
+        build_catalog_sensor(settings),
+        build_retry_schedule(settings, storage=storage),
+        build_refresh_schedule(),
+    ]

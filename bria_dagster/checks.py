@@ -1,0 +1,140 @@
+"""Asset checks evaluated with every materialization of a step table.
+
+They run on the table just produced (no second read), so each partition's
+materialization carries its own verdict:
+
+- ``every_sku_accounted``: every catalog sku has an output or a recorded failure;
+- ``outputs_decode``: output images decode with the expected mode and size;
+- ``cutouts_have_alpha``: cutouts' foreground fraction is within a range;
+- ``failure_rate``: failed rows under a threshold (WARN or ERROR severity);
+- ``within_budget``: no request was held back by the budget.
+"""
+
+import io
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from .records import FAILED, OK
+from .store import ImageStore
+
+__all__ = ["CheckSettings", "check_specs_for", "evaluate_checks"]
+
+
+class CheckSettings(BaseModel):
+    """Thresholds of the asset checks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    min_foreground: float = Field(default=0.01, ge=0, le=1, description="Cutout alpha floor.")
+    max_foreground: float = Field(default=0.99, ge=0, le=1, description="Cutout alpha ceiling.")
+    max_failure_rate: float = Field(default=0.1, ge=0, le=1, description="Failed rows / rows.")
+    failure_severity: Literal["WARN", "ERROR"] = Field(
+        default="WARN", description="Severity when the failure rate is over the threshold."
+    )
+    decode_sample: int = Field(
+        default=50, ge=0, description="New output images decoded per materialization."
+    )
+
+
+def check_specs_for(asset_key: dg.AssetKey, step: str) -> list[dg.AssetCheckSpec]:
+    names = ["every_sku_accounted", "failure_rate"]
+    if step != "source":
+        names += ["outputs_decode", "within_budget"]
+    if step == "remove":
+        names.append("cutouts_have_alpha")
+    return [dg.AssetCheckSpec(name, asset=asset_key) for name in names]
+
+
+def _expected_mode(step: str) -> Sequence[str]:
+    return {"remove": ("RGBA",), "replace": ("RGB",), "expand": ("RGB", "RGBA")}.get(
+        step, ("RGB", "RGBA", "L", "P", "CMYK", "I;16")
+    )
+
+
+def evaluate_checks(
+    asset_key: dg.AssetKey,
+    step: str,
+    frame: pd.DataFrame,
+    expected_skus: Iterable[str],
+    store: ImageStore,
+    settings: CheckSettings,
+) -> list[dg.AssetCheckResult]:
+    """The check results for one freshly produced step table."""
+    results = []
+
+    def result(name: str, passed: bool, severity: str = "ERROR", **metadata) -> None:
+        results.append(
+            dg.AssetCheckResult(
+                asset_key=asset_key,
+                check_name=name,
+                passed=bool(passed),
+                severity=dg.AssetCheckSeverity(severity),
+                metadata=metadata,
+            )
+        )
+
+    missing = sorted(set(expected_skus) - set(frame["sku"]))
+    result(
+        "every_sku_accounted",
+        not missing,
+        missing_skus=len(missing),
+        examples=", ".join(missing[:10]) or "none",
+    )
+
+    rows = max(len(frame), 1)
+    failed = int((frame["status"] == FAILED).sum())
+    rate = failed / rows
+    result(
+        "failure_rate",
+        rate <= settings.max_failure_rate,
+        settings.failure_severity,
+        failure_rate=round(rate, 4),
+        threshold=settings.max_failure_rate,
+        failed_rows=failed,
+    )
+    if step == "source":
+        return results
+
+    fresh = frame[frame["status"] == OK].head(settings.decode_sample)
+    bad: list[str] = []
+    foreground: list[float] = []
+    for row in fresh.to_dict("records"):
+        try:
+            img = Image.open(io.BytesIO(store.get(row["image_sha256"])))
+            img.load()
+        except Exception as exc:
+            bad.append(f"{row['sku']}/{row['variant']}: {exc}")
+            continue
+        if img.mode not in _expected_mode(step) or img.size != (row["width"], row["height"]):
+            bad.append(f"{row['sku']}/{row['variant']}: {img.mode} {img.size[0]}x{img.size[1]}")
+            continue
+        if step == "remove":
+            alpha = np.asarray(img.getchannel("A"))
+            foreground.append(float((alpha >= 128).mean()))
+    result(
+        "outputs_decode",
+        not bad,
+        decoded=len(fresh) - len(bad),
+        problems="; ".join(bad[:5]) or "none",
+    )
+    if step == "remove":
+        out_of_range = [
+            f for f in foreground if not settings.min_foreground <= f <= settings.max_foreground
+        ]
+        result(
+            "cutouts_have_alpha",
+            not out_of_range,
+            checked=len(foreground),
+            out_of_range=len(out_of_range),
+            range=f"{settings.min_foreground:.2f}..{settings.max_foreground:.2f}",
+            median_foreground=round(float(np.median(foreground)), 4) if foreground else 0.0,
+        )
+    held_back = int((frame["error_class"] == "BudgetExceededError").sum())
+    result("within_budget", held_back == 0, "WARN", requests_held_back=held_back)
+    return results

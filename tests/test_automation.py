@@ -1,0 +1,155 @@
+"""Sensor idempotency, the retry schedule, and the asset checks on each materialization."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from bria_dagster import (
+    CATALOG_PARTITIONS,
+    BriaResource,
+    ImageRecordIOManager,
+    PipelineSettings,
+    build_catalog_sensor,
+    build_product_image_assets,
+    build_retry_schedule,
+)
+from bria_dagster.engine.synthetic import make_product_photo
+from tests.test_pipeline import materialize, product, write_catalog
+
+NOW = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
+
+
+def landing(tmp_path: Path) -> Path:
+    write_catalog(tmp_path, [{"sku": "S1", "image_url": product(tmp_path, "S1", 1)}], batch="b1")
+    write_catalog(tmp_path, [{"sku": "S2", "image_url": product(tmp_path, "S2", 2)}], batch="b2")
+    return tmp_path / "catalogs"
+
+
+def tick(sensor, instance, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    result = sensor(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def test_sensor_adds_each_batch_once_whatever_happens_to_its_cursor(tmp_path):
+    folder = landing(tmp_path)
+    settings = PipelineSettings(catalog_dir=str(folder))
+    sensor = build_catalog_sensor(settings)
+    instance = dg.DagsterInstance.ephemeral()
+
+    first = tick(sensor, instance)
+    assert sorted(r.partition_key for r in first.run_requests) == ["b1", "b2"]
+    assert sorted(instance.get_dynamic_partitions(CATALOG_PARTITIONS.name)) == ["b1", "b2"]
+
+    again = tick(sensor, instance, first.cursor)  # same files seen twice
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+    restarted = tick(sensor, instance, None)  # cursor lost / reset
+    assert restarted.run_requests == [] and restarted.dynamic_partitions_requests == []
+    renamed = build_catalog_sensor(settings, name="another_name")  # renamed sensor
+    assert tick(renamed, instance).run_requests == []
+
+    write_catalog(tmp_path, [{"sku": "S3", "image_url": product(tmp_path, "S3", 3)}], batch="b3")
+    third = tick(sensor, instance, restarted.cursor)
+    assert [r.partition_key for r in third.run_requests] == ["b3"]
+
+    # A changed file is reported, not re-run.
+    (folder / "b1.csv").write_text((folder / "b1.csv").read_text() + "S9,../images/S1.jpg\n")
+    changed = tick(sensor, instance, third.cursor)
+    assert changed.run_requests == []
+    [event] = changed.asset_events
+    assert event.partition == "b1" and "changed" in event.description
+    assert tick(sensor, instance, changed.cursor).asset_events == []  # reported once
+
+
+def test_sensor_reports_a_change_even_with_a_lost_cursor(tmp_path):
+    folder = landing(tmp_path)
+    (folder / "b2.csv").unlink()
+    settings = PipelineSettings(catalog_dir=str(folder), steps=("remove",))
+    _, instance = materialize(tmp_path, settings=settings)
+    (folder / "b1.csv").write_text((folder / "b1.csv").read_text() + "S9,../images/S1.jpg\n")
+    out = tick(build_catalog_sensor(settings), instance, None)
+    assert out.run_requests == []
+    assert [e.partition for e in out.asset_events] == ["b1"]
+
+
+def test_retry_schedule_requests_only_partitions_with_failed_rows(tmp_path):
+    rows = [
+        {"sku": "R1", "image_url": product(tmp_path, "R1", 1)},
+        {"sku": "R2", "image_url": "../images/not-yet.jpg"},
+    ]
+    write_catalog(tmp_path, rows)
+    storage = str(tmp_path / "data")
+    settings = PipelineSettings(catalog_dir=str(tmp_path / "catalogs"), steps=("remove",))
+    schedule = build_retry_schedule(settings, storage=storage)
+    (tmp_path / "dagster_home").mkdir()
+    with dg.DagsterInstance.local_temp(tempdir=str(tmp_path / "dagster_home")) as instance:
+        materialize(tmp_path, settings=settings, storage=storage, instance=instance)
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW)
+        requests = schedule(context)
+        assert [r.partition_key for r in requests] == ["b1"]
+
+        (tmp_path / "images" / "not-yet.jpg").write_bytes(make_product_photo("colored", 5)[0])
+        materialize(tmp_path, settings=settings, storage=storage, instance=instance)
+        tick_result = schedule.evaluate_tick(
+            dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW)
+        )
+        assert not tick_result.run_requests and "nothing to retry" in tick_result.skip_message
+
+
+def test_asset_checks_run_with_every_materialization(tmp_path):
+    rows = [
+        {"sku": "C1", "image_url": product(tmp_path, "C1", 1)},
+        {"sku": "C2", "image_url": product(tmp_path, "C2", 2, "colored")},
+        {"sku": "C3", "image_url": "../images/absent.jpg"},
+    ]
+    write_catalog(tmp_path, rows)
+    result, _ = materialize(tmp_path)
+    checks = {
+        (e.asset_key.to_user_string(), e.check_name): e
+        for e in result.get_asset_check_evaluations()
+    }
+    assert checks[("product_cutouts", "every_sku_accounted")].passed
+    assert checks[("product_cutouts", "outputs_decode")].passed
+    assert checks[("product_cutouts", "cutouts_have_alpha")].passed
+    assert checks[("product_expansions", "outputs_decode")].passed
+    rate = checks[("product_cutouts", "failure_rate")]
+    assert not rate.passed and rate.severity == dg.AssetCheckSeverity.WARN  # 1 of 3 failed
+    assert checks[("product_scenes", "within_budget")].passed
+
+
+def test_cutout_alpha_check_fails_for_an_empty_matte(tmp_path):
+    from bria_dagster.checks import CheckSettings
+
+    blank = tmp_path / "images" / "blank.png"
+    blank.parent.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(blank)  # nothing to cut out
+    write_catalog(tmp_path, [{"sku": "E1", "image_url": "../images/blank.png"}])
+    settings = PipelineSettings(
+        catalog_dir=str(tmp_path / "catalogs"), steps=("remove",), checks=CheckSettings()
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, ["b1"])
+    storage = str(tmp_path / "data")
+    result = dg.materialize(
+        build_product_image_assets(settings),
+        partition_key="b1",
+        instance=instance,
+        resources={
+            "bria": BriaResource(backend="local", storage=storage, file_roots=[str(tmp_path)]),
+            "io_manager": ImageRecordIOManager(base_dir=storage),
+        },
+    )
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    cutouts = pd.read_parquet(f"{storage}/tables/product_cutouts/b1.parquet")
+    if (cutouts.status == "ok").any():
+        assert not checks["cutouts_have_alpha"].passed
+    else:  # the engine itself refused a matte-less image: still a recorded failure
+        assert cutouts.error_message.notna().all()
