@@ -55,6 +55,14 @@ class MatteConfig:
     hole_noise: float = 3.0
     """An enclosed region is product, not a hole, when its mean residual to the backdrop
     exceeds ``max(hole_dist, hole_noise * mean border residual)``."""
+    texture_gradient: float = 4.0
+    """Median border gradient (grey levels, Sobel) above which the backdrop is textured."""
+    texture_blur: float = 2.0
+    """Gaussian sigma (work pixels) smoothing a textured backdrop before colour clustering."""
+    texture_shrink: float = 2.0
+    """Erosion of a textured-backdrop mask, in units of ``texture_blur``."""
+    texture_clusters: int = 8
+    """Backdrop colours clustered from the border of a textured backdrop."""
     band: float = 2.0
     """Half-width, in work-size pixels, of the edge band where alpha is solved for."""
     min_contrast: float = 18.0
@@ -125,6 +133,43 @@ def _foreground_distance(
     return residual + cfg.shadow_weight * 100.0 * (1.0 - gain), residual
 
 
+def _ring(shape: tuple[int, ...], border: int) -> np.ndarray:
+    ring = np.ones(shape[:2], bool)
+    ring[border:-border, border:-border] = False
+    return ring
+
+
+def _is_textured(small: np.ndarray, border: int, cfg: MatteConfig) -> bool:
+    """True when the border is busy (wood, fabric): no smooth surface fits it."""
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    mag = np.sqrt(gx * gx + gy * gy)
+    return float(np.median(mag[_ring(mag.shape, border)])) > cfg.texture_gradient
+
+
+def _texture_distance(small: np.ndarray, border: int, cfg: MatteConfig) -> np.ndarray:
+    """Distance to the nearest of a few backdrop colours clustered from the border.
+
+    Scaled so that the border's own spread (its 98th percentile) maps to the low
+    hysteresis threshold: only colours clearly outside the backdrop's palette
+    become foreground.
+    """
+    blur = cv2.GaussianBlur(small, (0, 0), cfg.texture_blur).astype(np.float32) / 255.0
+    lab = cv2.cvtColor(blur, cv2.COLOR_RGB2LAB)
+    ring = _ring(lab.shape, border)
+    samples = lab[ring][::3].astype(np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
+    cv2.setRNGSeed(0)  # deterministic clustering
+    k = min(cfg.texture_clusters, len(samples))
+    _, _, centres = cv2.kmeans(samples, k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    dist = np.full(lab.shape[:2], np.inf, np.float32)
+    for centre in centres:
+        dist = np.minimum(dist, np.sqrt(((lab - centre) ** 2).sum(axis=-1)))
+    spread = max(float(np.percentile(dist[ring], 98)), 1.0)
+    return dist * (cfg.low / spread)
+
+
 def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.ndarray:
     """Alpha matte (float32 HxW in [0, 1]) of the subject of an RGB uint8 image."""
     cfg = config or MatteConfig()
@@ -135,7 +180,11 @@ def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.
     small = cv2.GaussianBlur(small, (3, 3), 0)
     sh, sw = small.shape[:2]
     border = max(2, round(min(sh, sw) * cfg.border))
-    dist, residual = _foreground_distance(small, border, cfg)
+    textured = _is_textured(small, border, cfg)
+    if textured:
+        dist = residual = _texture_distance(small, border, cfg)
+    else:
+        dist, residual = _foreground_distance(small, border, cfg)
 
     strong = (dist > cfg.high).astype(np.uint8)
     weak = (dist > cfg.low).astype(np.uint8)
@@ -154,7 +203,12 @@ def remove_background(rgb: np.ndarray, config: MatteConfig | None = None) -> np.
         region = labels == label
         if dist[region].mean() > cfg.low and region.sum() < 0.01 * sh * sw:
             mask[region] = 1
-    mask = _close_outlines(small, residual, mask, border, cfg)
+    if textured:
+        # The colour blur spreads the product over its outline by about its sigma.
+        size = 2 * round(cfg.texture_blur * cfg.texture_shrink) + 1
+        mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
+    else:
+        mask = _close_outlines(small, residual, mask, border, cfg)
     # Drop specks: keep components larger than 0.2% of the image.
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     big = np.zeros(count, bool)
