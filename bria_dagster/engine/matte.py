@@ -1,19 +1,33 @@
 """Classical background removal for product photography.
 
-Method: the background colour is modelled from the image border as a smooth
-surface (a low-order polynomial fitted per Lab channel, so gradients and
-vignettes are background too); each pixel's distance to that surface, with
-chroma weighted above lightness so that soft contact shadows (darker, same
-hue) stay background, gives a foreground score. The score is thresholded with
-hysteresis at reduced resolution, cleaned morphologically, border-touching
-background regions are kept (true holes such as a mug handle stay transparent),
-and the hard mask is turned into a soft, anti-aliased alpha by a guided filter
-at full resolution.
+Method, at a reduced working size:
 
-Limits: it assumes the subject does not touch most of the border and that the
-background is smooth (studio sweeps, gradients, plain colours). A white product
-on white, or a busy texture, is best effort only. Use the ONNX option for
-general photographs.
+1. Backdrop model. A smooth backdrop (studio sweep, gradient, vignette,
+   coloured paper) is a quadratic surface per RGB channel fitted to the image
+   border (robust refit without the worst border pixels). Each pixel is
+   compared in Lab with that colour scaled by the best gain k in
+   [1 - shadow_depth, 1], so a cast shadow (the backdrop colour, darker) is
+   backdrop on white and on coloured paper alike; using the gain costs a little.
+   A textured backdrop (busy border) is instead a palette of border colours
+   (k-means in Lab) and a pixel's score is its distance to the nearest one,
+   scaled by the border's own spread.
+2. Mask. The score is thresholded with hysteresis, cleaned morphologically,
+   small non-backdrop holes are filled and specks dropped; true holes (a mug
+   handle) stay transparent.
+3. Outlines (smooth backdrops). A product close to the backdrop colour (white
+   on white, blue on blue) still has a sharp outline while shadows are soft:
+   edges of the high-pass image are closed into outlines and enclosed regions
+   whose residual is above the backdrop noise are added.
+4. Alpha, at full size. In a band around the mask edge the local product and
+   backdrop colours F and B (shadow included) are averaged from the sure pixels
+   nearby and alpha is solved from ``I = alpha F + (1 - alpha) B``; where F and
+   B are too alike, a guided filter of the mask is used instead.
+
+Limits: the subject should not cover most of the border. White on white and
+products that match the backdrop colour are best effort (parts of the product
+that equal the backdrop exactly cannot be told apart without a learned model);
+see benchmarks/local_quality.py for measured figures. Use the ONNX option
+(bria_dagster.engine.onnx_matte) for general photographs.
 """
 
 from __future__ import annotations
