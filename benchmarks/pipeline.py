@@ -1,7 +1,7 @@
 """The Dagster pipeline end to end: offline batch and re-run, fal throughput, memory.
 
     .venv/bin/python benchmarks/pipeline.py [--only a,b,c] [--products 200]
-        [--fal-products 2000] [--fal-steps all|remove] [--rss-rows 10000] [--keep DIR]
+        [--fal-products 2000] [--fal-steps all|remove] [--rss-rows 1000,10000] [--keep DIR]
 
 Each figure is measured in its own subprocess (a fresh interpreter: its own
 environment, imports and peak RSS); this process only writes the catalogs,
@@ -20,9 +20,10 @@ starts the fal protocol test server and prints the results.
     the three fal step assets together (their ``duration_s``; the catalog ingest
     reads local files and sends nothing to fal) and, for reference, on the whole
     job. ``--fal-steps remove`` runs only the remove step.
-(c) Memory: a ``--rss-rows``-row catalog of 64x64 images through catalog_batch +
+(c) Memory: a 10,000-row catalog of 64x64 images through catalog_batch +
     product_cutouts on the local engine; peak RSS (``ru_maxrss``) of the process
-    that materializes it, target < 1 GB.
+    that materializes it, target < 1 GB. A 1,000-row run first gives the growth
+    per row.
 
 Timings are wall clock on whatever machine runs this (the reference one has 2
 cores and is noisy); PASS/FAIL lines compare with the issue's targets.
@@ -357,23 +358,63 @@ def section_fal(work: Path, n: int, steps: tuple[str, ...], concurrency: int) ->
     return ok_calls and ok_steps
 
 
-def section_rss(work: Path, rows: int) -> bool:
-    folder = work / f"rss{rows}"
-    write_catalog(folder, "rss", rows, 64, seed0=200_000)
-    print(f"(c) memory: {rows} catalog rows (64x64), catalog_batch + product_cutouts, local engine")
-    r = run_worker(["rss", str(folder), "rss"])
-    status = r["status"]
-    print(f"    {r['wall_s']:.1f}s wall; records {status}")
+def section_rss(work: Path, row_counts: list[int]) -> bool:
+    """Peak RSS per catalog size; the target applies to the largest, the smaller ones
+    give the growth per row (images held would show as tens of KB per row)."""
     print(
-        f"    peak RSS {r['peak_rss_mb']:.0f} MB (after imports and setup: "
-        f"{r['rss_after_setup_mb']:.0f} MB)"
+        f"(c) memory: catalogs of {', '.join(map(str, row_counts))} rows (64x64), "
+        "catalog_batch + product_cutouts, local engine, one process each"
     )
-    ok = r["peak_rss_mb"] < RSS_TARGET_MB and status["product_cutouts"].get("ok") == rows
+    peaks: dict[int, float] = {}
+    ok = True
+    for rows in row_counts:
+        folder = work / f"rss{rows}"
+        write_catalog(folder, "rss", rows, 64, seed0=200_000)
+        r = run_worker(["rss", str(folder), "rss"])
+        status = r["status"]
+        durations = ", ".join(
+            f"{name} {r['meta'].get(name, {}).get('duration_s', 0):.1f}s"
+            for name in ("catalog_batch", "product_cutouts")
+        )
+        peaks[rows] = r["peak_rss_mb"]
+        print(
+            f"    {rows:>6} rows: peak RSS {r['peak_rss_mb']:.0f} MB (after imports and setup "
+            f"{r['rss_after_setup_mb']:.0f} MB); {r['wall_s']:.1f}s wall ({durations}); "
+            f"records {status}"
+        )
+        ok = status["product_cutouts"].get("ok") == rows and ok
+    largest = max(row_counts)
+    if len(peaks) > 1:
+        smallest = min(row_counts)
+        slope = (peaks[largest] - peaks[smallest]) * 1024 / (largest - smallest)
+        print(f"    growth: {slope:.1f} KB per extra row between {smallest} and {largest} rows")
+    ok = peaks[largest] < RSS_TARGET_MB and ok
     print(
-        f"    {verdict(ok)} peak RSS {r['peak_rss_mb']:.0f} MB < {RSS_TARGET_MB:.0f} MB with "
-        f"{status['product_cutouts'].get('ok', 0)}/{rows} cutouts ok"
+        f"    {verdict(ok)} peak RSS {peaks[largest]:.0f} MB < {RSS_TARGET_MB:.0f} MB with "
+        f"{largest} rows (every cutout ok)"
     )
     return ok
+
+
+def source_description() -> str:
+    """Which code is measured: the checkout's commit and any uncommitted package changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "bria_dagster", "tests"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return f"{ROOT} (not a git checkout)"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"{ROOT} at {head}" + (f", uncommitted: {', '.join(changed)}" if changed else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fal-products", type=int, default=2000)
     parser.add_argument("--fal-steps", choices=("all", "remove"), default="all")
     parser.add_argument("--fal-concurrency", type=int, default=64, help="BriaResource cap")
-    parser.add_argument("--rss-rows", type=int, default=10_000)
+    parser.add_argument(
+        "--rss-rows", default="1000,10000", help="catalog sizes; target on the largest"
+    )
     parser.add_argument("--keep", default=None, help="work in this folder and keep it")
     args = parser.parse_args(argv)
     work = Path(args.keep or tempfile.mkdtemp(prefix="bria-bench-pipeline-")).resolve()
@@ -391,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = {s.strip() for s in args.only.split(",")}
     print(
         f"bria-dagster pipeline benchmark   cpus={os.cpu_count()}   python "
-        f"{sys.version.split()[0]}   work={work}\n"
+        f"{sys.version.split()[0]}\ncode: {source_description()}\nwork: {work}\n"
     )
     results: dict[str, bool] = {}
     try:
@@ -403,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             results["b"] = section_fal(work, args.fal_products, steps, args.fal_concurrency)
             print()
         if "c" in sections:
-            results["c"] = section_rss(work, args.rss_rows)
+            results["c"] = section_rss(work, [int(n) for n in args.rss_rows.split(",")])
             print()
     finally:
         if not args.keep:
