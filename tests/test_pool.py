@@ -1,0 +1,80 @@
+"""Cross-run limits: the fal steps share a Dagster pool, so concurrent runs queue for it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from bria_dagster import CATALOG_PARTITIONS
+from tests.test_pipeline import product, write_catalog
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_path, fal_server):
+    fal_server.configure(latency=0.4)
+    for offset, batch in enumerate(("p1", "p2")):
+        rows = [
+            {
+                "sku": f"{batch}-{i}",
+                "image_url": product(tmp_path, f"{batch}-{i}", 100 * offset + i),
+            }
+            for i in range(12)
+        ]
+        write_catalog(tmp_path, rows, batch=batch)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    granularity: op\n")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, ["p1", "p2"])
+        instance.event_log_storage.set_concurrency_slots("bria", 1)  # one fal step at a time
+
+    env = {
+        **os.environ,
+        **fal_server.env("test-key-pool"),
+        "DAGSTER_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+    }
+    storage = str(tmp_path / "data")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "pool_worker.py"),
+                str(tmp_path / "catalogs"),
+                storage,
+                batch,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for batch in ("p1", "p2")
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+    stats = fal_server.stats()
+    assert stats["submissions"] == 24
+    assert stats["duplicate_submissions"] == 0
+    # Each step keeps <= 4 requests in flight (max_concurrency); the pool keeps the two
+    # runs' steps apart, so the service never saw more than 4 at once from this key.
+    assert stats["max_in_progress_by_key"]["test-key-pool"] <= 4
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        spans = []
+        for run in instance.get_runs():
+            events = instance.all_logs(run.run_id)
+            times = {
+                e.dagster_event.event_type_value: e.timestamp
+                for e in events
+                if e.dagster_event and e.step_key == "product_cutouts"
+            }
+            spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start, f"the fal steps overlapped: {spans}"
