@@ -60,7 +60,10 @@ def client_batch(n: int, concurrency: int, offset: int) -> dict[str, Any]:
     items = [(i, RemoveBackgroundRequest(image_url=data)) for i, data in enumerate(photos)]
 
     async def go() -> dict[str, Any]:
-        backend = FalBackend()
+        extra = {}
+        if os.environ.get("BENCH_MAX_CONNECTIONS"):  # for tuning runs only
+            extra["max_connections"] = int(os.environ["BENCH_MAX_CONNECTIONS"])
+        backend = FalBackend(**extra)
         ok = failed = retries = attempts = 0
         errors: list[str] = []
         try:
@@ -155,6 +158,14 @@ class Server:
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/_test/stats")
 
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -213,10 +224,12 @@ def main() -> int:
                 server.configure(**NO_FAULTS)
                 server.reset()
                 key = f"bench-clean-{run}"
+                server_cpu0 = server.cpu_s()
                 res = run_client(
                     server, key, ["batch", str(n), str(args.concurrency), str(run * n)]
                 )
                 stats = server.stats()
+                res["server_cpu_s"] = server.cpu_s() - server_cpu0
                 res["calls"] = {k: stats[k] for k in ("status_calls", "result_calls", "file_gets")}
                 res["max_in_progress"] = stats["max_in_progress_by_key"].get(key, 0)
                 runs.append(res)
@@ -227,7 +240,8 @@ def main() -> int:
                     f"{res['calls']['status_calls'] / n:.2f} status, "
                     f"{res['calls']['result_calls'] / n:.2f} result, "
                     f"{res['calls']['file_gets'] / n:.2f} file GETs; "
-                    f"peak in progress {res['max_in_progress']}",
+                    f"peak in progress {res['max_in_progress']}; "
+                    f"server CPU {res['server_cpu_s']:.1f}s",
                     flush=True,
                 )
                 if res["ok"] != n:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib.util
 import logging
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +21,7 @@ from urllib.parse import urlsplit
 
 import fal_client
 import httpx
-from fal_client.client import Completed
+from fal_client.client import AsyncBackupDomainTransport, Completed, FalClientHTTPError
 
 from ..endpoints import BriaRequest, endpoint_for, request_fingerprint
 from ..errors import (
@@ -98,7 +100,10 @@ class FalBackend:
         inline_max_bytes: int = 2 * 1024 * 1024,
         max_output_bytes: int = 100 * 1024 * 1024,
         max_pixels: int = 50_000_000,
+        max_connections: int = 16,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._key = key
         self._client = fal_client.AsyncClient(key=key)
         self.journal = journal or RequestJournal(None)
@@ -109,8 +114,21 @@ class FalBackend:
         self.inline_max_bytes = inline_max_bytes
         self.max_output_bytes = max_output_bytes
         self.max_pixels = max_pixels
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+        # Every connection stays open for reuse: a pool whose keep-alive limit is below
+        # its connection limit closes the surplus after each burst and pays a new TLS
+        # handshake for it on the next one.
+        self._limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=30.0,
+        )
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=10.0), limits=self._limits
+        )
+        self._pooled: asyncio.Lock | None = None
+        self._latency = _LatencyModel()
         _install_retry_counter()
+        _remember_missing_sniffio()
 
     def __repr__(self) -> str:
         return f"FalBackend(key={'set' if self._key else 'from env'}, journal={self.journal!r})"
@@ -121,9 +139,18 @@ class FalBackend:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-        client = self._client.__dict__.get("_client")
-        if isinstance(client, httpx.AsyncClient):  # fal-client caches its httpx client here
+        client = _cached_fal_http(self._client)
+        if client is not None:
             await client.aclose()
+
+    async def _ensure_pooled(self) -> None:
+        """Once per backend: give fal-client's HTTP client a reusing connection pool."""
+        if self._pooled is None:
+            self._pooled = asyncio.Lock()
+        if _cached_fal_http(self._client) is not None:
+            return
+        async with self._pooled:
+            await _pool_fal_http(self._client, self._limits)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -178,11 +205,13 @@ class FalBackend:
         token = _current_log.set(log)
         started = time.perf_counter()
         try:
+            await self._ensure_pooled()
             fingerprint = request_fingerprint(request)
             handle, reattached = await self._attach_or_submit(request, fingerprint, log)
+            accepted = None if reattached else time.monotonic()
             try:
                 async with asyncio.timeout(self.request_timeout_s):
-                    payload = await self._await_result(handle, log)
+                    payload = await self._await_result(handle, log, accepted)
             except TimeoutError:
                 await self._cancel(handle)
                 self.journal.forget(fingerprint)
@@ -265,9 +294,24 @@ class FalBackend:
         return handle, False
 
     async def _await_result(
-        self, handle: fal_client.AsyncRequestHandle, log: RetryLog
+        self, handle: fal_client.AsyncRequestHandle, log: RetryLog, accepted: float | None
     ) -> dict[str, Any]:
-        delay = self.poll_interval_s
+        """Poll until COMPLETED, then fetch the result (one status call less than
+        ``handle.get()``, which polls status again before fetching).
+
+        The first poll waits for the typical time requests of this backend took to
+        complete (learned from earlier ones); later polls are short. Until there is
+        anything to learn from, and for re-attached requests, polling backs off from
+        ``poll_interval_s`` to ``max_poll_interval_s``.
+        """
+        expected = self._latency.expected() if accepted is not None else None
+        if expected is None:
+            delay = self.poll_interval_s
+            first = delay
+        else:
+            delay = min(max(self.poll_interval_s, 0.05 * expected), self.max_poll_interval_s)
+            first = max(delay, 0.85 * expected - (time.monotonic() - accepted))
+        await asyncio.sleep(first)
         while True:
             status = await with_retries(
                 "status", handle.status, self.retry, log, secrets=self._secrets
@@ -283,7 +327,11 @@ class FalBackend:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, self.max_poll_interval_s)
-        return await with_retries("result", handle.get, self.retry, log, secrets=self._secrets)
+        if accepted is not None:
+            self._latency.observe(time.monotonic() - accepted)
+        return await with_retries(
+            "result", lambda: _fetch_result(handle), self.retry, log, secrets=self._secrets
+        )
 
     async def _cancel(self, handle: fal_client.AsyncRequestHandle) -> None:
         try:
@@ -331,6 +379,119 @@ class FalBackend:
             )
             content_type = image.content_type or sniff_content_type(data)
         return verify_output(data, content_type, image, max_pixels=self.max_pixels)
+
+
+class _LatencyModel:
+    """How long requests took from acceptance to COMPLETED (an EWMA; queue wait included)."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.mean: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        self.mean = (
+            seconds if self.mean is None else self.mean + self.weight * (seconds - self.mean)
+        )
+
+    def expected(self) -> float | None:
+        return self.mean
+
+
+_RESULT_TIMEOUT = httpx.Timeout(120.0, connect=30.0)  # what fal-client uses for queue calls
+
+
+async def _fetch_result(handle: fal_client.AsyncRequestHandle) -> dict[str, Any]:
+    """GET a COMPLETED request's result with the handle's client; errors as fal-client raises
+    them (:class:`FalClientHTTPError` with fal's ``detail`` and ``error_type``)."""
+    response = await handle.client.get(handle.response_url, timeout=_RESULT_TIMEOUT)
+    if response.status_code >= 400:
+        message: Any = response.text
+        error_type = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            message = body.get("detail", response.text)
+            error_type = body.get("error_type")
+        raise FalClientHTTPError(
+            message,
+            response.status_code,
+            dict(response.headers),
+            response=response,
+            error_type=error_type or response.headers.get("x-fal-error-type"),
+        )
+    return response.json()
+
+
+# --- fal-client internals: the only place this module touches them ------------------------
+#
+# fal_client.AsyncClient builds its httpx client lazily in the cached async property
+# ``_client`` (an asyncstdlib cached_property that stores an awaitable in the instance
+# ``__dict__``), around an ``AsyncBackupDomainTransport`` whose inner httpx client has
+# httpx's default limits: 100 connections but only 20 kept alive. At 64 requests in
+# flight every burst opens connections that are then closed, and the next burst pays a
+# TLS handshake for each again (~400 handshakes for 640 jobs, the client's main CPU cost).
+# There is no public hook for the limits, so we let fal-client build its client (auth and
+# headers stay fal-client's own), then replace the cached value with an equivalent client
+# whose backup-domain transport wraps a pool that keeps every connection alive. When the
+# attribute layout is not what we expect (another fal-client version), we keep fal-client's
+# own client: correct, only slower.
+
+
+def _remember_missing_sniffio() -> None:
+    """Make httpcore's per-request ``import sniffio`` attempt cheap when sniffio is absent.
+
+    httpcore 1.0.x runs ``import sniffio`` (inside ``try/except ImportError``) every time
+    it sets up a lock or a cancellation shield: several times per HTTP request. Recent
+    anyio no longer installs sniffio, and Python does not cache a failed import, so each
+    attempt searches sys.path again (~0.1 ms; about 15% of the client's CPU per job).
+    Recording the absence in ``sys.modules`` (``None``, the standard "not importable"
+    marker) answers later attempts from the cache with the same ImportError and makes
+    ``importlib.util.find_spec`` return None as before. With sniffio installed this does
+    nothing.
+    """
+    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+
+class _Ready:
+    """An awaitable that yields ``value`` (what the cached property expects to find)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Any:
+        return self.value
+        yield  # pragma: no cover
+
+
+def _cached_fal_http(client: fal_client.AsyncClient) -> httpx.AsyncClient | None:
+    """fal-client's httpx client once it exists, else None (never creates it)."""
+    cached = client.__dict__.get("_client")
+    value = getattr(cached, "value", None)
+    return value if isinstance(value, httpx.AsyncClient) else None
+
+
+async def _pool_fal_http(client: fal_client.AsyncClient, limits: httpx.Limits) -> None:
+    if _cached_fal_http(client) is not None:
+        return
+    try:
+        original = await client._client
+    except AttributeError:  # pragma: no cover - a fal-client without the cached property
+        return
+    if _cached_fal_http(client) is not original:  # pragma: no cover - another layout
+        logger.debug("fal-client caches its HTTP client differently; keeping its own pool")
+        return
+    pooled = httpx.AsyncClient(
+        transport=AsyncBackupDomainTransport(transport=httpx.AsyncHTTPTransport(limits=limits)),
+        headers=original.headers,
+        timeout=original.timeout,
+    )
+    client.__dict__["_client"] = _Ready(pooled)
+    await original.aclose()  # never used: nothing was sent through it
 
 
 def verify_output(data: bytes, content_type: str, image: Any, *, max_pixels: int) -> OutputImage:
