@@ -372,6 +372,17 @@ async def test_expand_refuses_canvases_of_25_megapixels(local: LocalBackend):
         build_request("expand", image_url=wide, canvas_size=[5000, 5000])
 
 
+async def test_expand_refuses_a_huge_original_size_before_resizing(local: LocalBackend):
+    request = ExpandRequest(
+        image_url=photo(),
+        canvas_size=(200, 200),
+        original_image_size=(100_000, 100_000),
+        original_image_location=(0, 0),
+    )
+    with pytest.raises(EngineError, match=r"original_image_size 100000x100000.*max_pixels"):
+        await local.run(request)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -179,6 +179,13 @@ class LocalBackend:
                 original_image_location=request.original_image_location,
                 aspect_ratio=None if request.aspect_ratio is None else str(request.aspect_ratio),
             )
+            pw, ph = placement.size
+            if pw * ph > self.max_pixels:
+                # The original is resized to this size before cropping to the canvas.
+                raise EngineError(
+                    f"expand: original_image_size {pw}x{ph} is {pw * ph:,} pixels, over this "
+                    f"backend's max_pixels={self.max_pixels:,}; give a smaller original_image_size"
+                )
             out = outpaint.expand_image(arr, placement, seed=int(seed or 0))
             if out.shape[2] == 4:
                 return [(_encode_png(out), "image/png")]
