@@ -164,9 +164,17 @@ def worker_fal(workdir: Path, batch: str, steps: tuple[str, ...], concurrency: i
     job, instance, storage = _setup(
         workdir, steps, {"backend": "fal", "fal_key": key, "max_concurrency": concurrency}, batch
     )
+    cpu_before = _cpu_seconds()
     wall_s, meta = _materialize(job, instance, batch)
+    cpu_s = _cpu_seconds() - cpu_before
     assets = tuple(STEP_ASSETS[: len(steps)])
-    return {"wall_s": wall_s, "meta": meta, "status": _statuses(storage, batch, assets)}
+    status = _statuses(storage, batch, assets)
+    return {"wall_s": wall_s, "cpu_s": cpu_s, "meta": meta, "status": status}
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def worker_rss(workdir: Path, batch: str) -> dict[str, Any]:
@@ -229,6 +237,11 @@ class FalServerProcess:
         context = ssl.create_default_context(cafile=self.env["SSL_CERT_FILE"])
         with urllib.request.urlopen(url, context=context, timeout=30) as reply:
             return json.loads(reply.read())
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -314,7 +327,9 @@ def section_fal(work: Path, n: int, steps: tuple[str, ...], concurrency: int) ->
     server = FalServerProcess(folder, FAL_LATENCY_S, FAL_MAX_IN_PROGRESS)
     try:
         env = {**os.environ, **server.env}
+        server_cpu = server.cpu_seconds()
         r = run_worker(["fal", str(folder), "falbatch", ",".join(steps), str(concurrency)], env)
+        server_cpu = server.cpu_seconds() - server_cpu
         stats = server.stats()
     finally:
         server.stop()
@@ -334,6 +349,14 @@ def section_fal(work: Path, n: int, steps: tuple[str, ...], concurrency: int) ->
         f"duplicates, {stats['completed']} completed, {stats['failed']} failed, "
         f"peak in progress {stats['max_in_progress_seen']}, billed "
         f"${stats['billed_cost_usd']:.2f}"
+    )
+    print(
+        f"    CPU: client process {r['cpu_s']:.1f}s "
+        f"({r['cpu_s'] / total_requests * 1e3:.1f} ms per request, catalog ingest included), "
+        f"server process {server_cpu:.1f}s "
+        f"({server_cpu / total_requests * 1e3:.1f} ms per request); at the ideal rate of "
+        f"{total_requests / ideal:.0f} requests/s they would need "
+        f"{(r['cpu_s'] + server_cpu) / ideal:.1f} of {os.cpu_count()} cores"
     )
     print(
         f"    fal steps: {steps_s:.1f}s = {steps_s / ideal:.2f} x ideal   "
@@ -434,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = {s.strip() for s in args.only.split(",")}
     print(
         f"bria-dagster pipeline benchmark   cpus={os.cpu_count()}   python "
-        f"{sys.version.split()[0]}\ncode: {source_description()}\nwork: {work}\n"
+        f"{sys.version.split()[0]}   load average {os.getloadavg()[0]:.1f}\n"
+        f"code: {source_description()}\nwork: {work}\n"
     )
     results: dict[str, bool] = {}
     try:
