@@ -347,6 +347,8 @@ async def test_expand_by_canvas_size_and_placement(local: LocalBackend):
     small = np.asarray(pixels(jpeg).resize((80, 60), Image.Resampling.LANCZOS)).astype(int)
     assert np.abs(out[150:210, 200:280] - small).mean() < 6
     assert isinstance(result.seed, int)  # chosen, and returned as fal does
+    again = await local.run(request)
+    assert again.seed == result.seed and again.images[0].data == result.images[0].data
 
 
 async def test_expand_keeps_alpha_of_rgba_input(local: LocalBackend):
