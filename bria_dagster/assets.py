@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pandas as pd
 from dagster import AssetExecutionContext
 from PIL import Image as PILImage
@@ -25,7 +26,7 @@ from .checks import CheckSettings, check_specs_for, evaluate_checks
 from .endpoints import AspectRatio
 from .engine.outpaint import plan_expand
 from .errors import BriaError, CatalogError
-from .fetch import fetch_bytes
+from .fetch import fetch_bytes, fetch_client
 from .images import decode_image
 from .io_manager import table_path
 from .records import FAILED, OK, REUSED, records_to_frame
@@ -256,7 +257,9 @@ def build_product_image_assets(
         previous = {} if refresh else _previous_sources(ctx.tables[:1])
         entries = batch.valid.to_dict("records")
 
-        async def ingest(entry: dict[str, Any], slots: asyncio.Semaphore) -> dict[str, Any]:
+        async def ingest(
+            entry: dict[str, Any], slots: asyncio.Semaphore, client: httpx.AsyncClient
+        ) -> dict[str, Any]:
             sku, url, crow = entry["sku"], entry["image_url"], row_json(entry)
             earlier = previous.get((sku, url))
             if earlier is not None and store.exists(earlier["image_sha256"]):
@@ -267,7 +270,7 @@ def build_product_image_assets(
                 return row
             try:
                 async with slots:
-                    fetched = await fetch_bytes(url, policy)
+                    fetched = await fetch_bytes(url, policy, client=client)
                 image = decode_image(fetched.data, max_pixels=bria.max_pixels, source=url)
             except BriaError as exc:
                 return source_row(
@@ -294,7 +297,8 @@ def build_product_image_assets(
 
         async def ingest_all() -> list[dict[str, Any]]:
             slots = asyncio.Semaphore(settings.fetch_concurrency)
-            return list(await asyncio.gather(*(ingest(e, slots) for e in entries)))
+            async with fetch_client(policy) as client:  # one SSL context for the batch
+                return list(await asyncio.gather(*(ingest(e, slots, client) for e in entries)))
 
         import time
 
