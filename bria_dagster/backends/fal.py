@@ -100,7 +100,7 @@ class FalBackend:
         inline_max_bytes: int = 2 * 1024 * 1024,
         max_output_bytes: int = 100 * 1024 * 1024,
         max_pixels: int = 50_000_000,
-        max_connections: int = 16,
+        max_connections: int = 64,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
@@ -117,13 +117,9 @@ class FalBackend:
         # Every connection stays open for reuse: a pool whose keep-alive limit is below
         # its connection limit closes the surplus after each burst and pays a new TLS
         # handshake for it on the next one.
-        self._limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-        )
+        self.max_connections = max_connections
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=10.0), limits=self._limits
+            timeout=httpx.Timeout(60.0, connect=10.0), transport=_ShardedPool(max_connections)
         )
         self._pooled: asyncio.Lock | None = None
         self._latency = _LatencyModel()
@@ -150,7 +146,7 @@ class FalBackend:
         if _cached_fal_http(self._client) is not None:
             return
         async with self._pooled:
-            await _pool_fal_http(self._client, self._limits)
+            await _pool_fal_http(self._client, self.max_connections)
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -397,6 +393,70 @@ class _LatencyModel:
         return self.mean
 
 
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that tells its shard when it is closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Any) -> None:
+        self._stream = stream
+        self._release = release
+
+    async def __aiter__(self) -> Any:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        release, self._release = self._release, None
+        try:
+            await self._stream.aclose()
+        finally:
+            if release is not None:
+                release()
+
+
+class _ShardedPool(httpx.AsyncBaseTransport):
+    """Connections spread over several small pools, each request to the least busy one.
+
+    httpcore's pool re-examines every connection it holds (keep-alive expiry, a socket
+    readability check, and a quadratic idle count) whenever a request starts or ends,
+    so one pool of N connections costs O(N^2) work per request. Several pools of a few
+    connections each keep every connection alive at a fraction of that cost.
+    """
+
+    def __init__(self, max_connections: int, per_shard: int = 4, **transport: Any) -> None:
+        shards = max(1, -(-max_connections // per_shard))
+        size = max(1, min(per_shard, max_connections))
+        limits = httpx.Limits(
+            max_connections=size, max_keepalive_connections=size, keepalive_expiry=30.0
+        )
+        self._shards = [httpx.AsyncHTTPTransport(limits=limits, **transport) for _ in range(shards)]
+        self._busy = [0] * shards
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        busy = self._busy
+        index = busy.index(min(busy))
+        busy[index] += 1
+
+        def release() -> None:
+            busy[index] -= 1
+
+        try:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_ReleasingStream(response.stream, release),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        for shard in self._shards:
+            await shard.aclose()
+
+
 _RESULT_TIMEOUT = httpx.Timeout(120.0, connect=30.0)  # what fal-client uses for queue calls
 
 
@@ -475,7 +535,7 @@ def _cached_fal_http(client: fal_client.AsyncClient) -> httpx.AsyncClient | None
     return value if isinstance(value, httpx.AsyncClient) else None
 
 
-async def _pool_fal_http(client: fal_client.AsyncClient, limits: httpx.Limits) -> None:
+async def _pool_fal_http(client: fal_client.AsyncClient, max_connections: int) -> None:
     if _cached_fal_http(client) is not None:
         return
     try:
@@ -486,7 +546,7 @@ async def _pool_fal_http(client: fal_client.AsyncClient, limits: httpx.Limits) -
         logger.debug("fal-client caches its HTTP client differently; keeping its own pool")
         return
     pooled = httpx.AsyncClient(
-        transport=AsyncBackupDomainTransport(transport=httpx.AsyncHTTPTransport(limits=limits)),
+        transport=AsyncBackupDomainTransport(transport=_ShardedPool(max_connections)),
         headers=original.headers,
         timeout=original.timeout,
     )
