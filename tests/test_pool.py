@@ -29,9 +29,11 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    granularity: op\n")
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, ["p1", "p2"])
-        instance.event_log_storage.set_concurrency_slots("bria", 1)  # one fal step at a time
+    # Not `with instance:` (it sets a process-wide context variable that outlives the test).
+    instance = dg.DagsterInstance.from_config(str(home))
+    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, ["p1", "p2"])
+    instance.event_log_storage.set_concurrency_slots("bria", 1)  # one fal step at a time
+    instance.dispose()
 
     env = {
         **os.environ,
@@ -66,7 +68,8 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
     # runs' steps apart, so the service never saw more than 4 at once from this key.
     assert stats["max_in_progress_by_key"]["test-key-pool"] <= 4
 
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
         spans = []
         for run in instance.get_runs():
             events = instance.all_logs(run.run_id)
@@ -76,5 +79,7 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
                 if e.dagster_event and e.step_key == "product_cutouts"
             }
             spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
+    finally:
+        instance.dispose()
     (_, first_end), (second_start, _) = sorted(spans)
     assert first_end <= second_start, f"the fal steps overlapped: {spans}"
