@@ -27,7 +27,7 @@ from .endpoints import AspectRatio
 from .engine.outpaint import plan_expand
 from .errors import BriaError, CatalogError
 from .fetch import fetch_bytes, fetch_client
-from .images import decode_image
+from .images import decode_image, sniff_content_type
 from .io_manager import table_path
 from .records import FAILED, OK, REUSED, records_to_frame
 from .resource import BriaResource
@@ -281,8 +281,7 @@ def build_product_image_assets(
                     error_class=type(exc).__name__,
                     error_message=str(exc),
                 )
-            content_type = f"image/{(image.format or '').lower()}" if image.format else None
-            stored = store.put(fetched.data, content_type or fetched.content_type or "image/jpeg")
+            stored = store.put(fetched.data, sniff_content_type(fetched.data))
             return source_row(
                 ctx,
                 sku=sku,

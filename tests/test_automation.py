@@ -151,6 +151,8 @@ def test_cutout_alpha_check_fails_for_an_empty_matte(tmp_path):
         },
     )
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    source = pd.read_parquet(f"{storage}/tables/catalog_batch/b1.parquet").iloc[0]
+    assert source.content_type == "image/png" and source.image_uri.endswith(".png")
     cutouts = pd.read_parquet(f"{storage}/tables/product_cutouts/b1.parquet")
     if (cutouts.status == "ok").any():
         assert not checks["cutouts_have_alpha"].passed
