@@ -215,6 +215,10 @@ def main() -> int:
     ideal = n * lat / slots
     print(f"fal throughput: {n} x {ENDPOINT}, latency {lat}s, {slots} in progress per key")
     print(f"ideal wall time N x latency / slots = {ideal:.2f}s (target <= {TARGET_RATIO}x)")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start "
+        "(other processes compete with the client and the server for the CPUs)"
+    )
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bria-fal-bench-") as tmp:
         server = Server(lat, slots, Path(tmp))
@@ -299,6 +303,7 @@ def main() -> int:
                     failures.append(f"faults: {dup} duplicate paid submissions")
         finally:
             server.stop()
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if failures:
         print("NOT ALL TARGETS MET: " + "; ".join(failures))
         return 1

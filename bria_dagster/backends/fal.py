@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import fal_client
 import httpx
-from fal_client.client import AsyncBackupDomainTransport, Completed, FalClientHTTPError
+from fal_client.client import AsyncBackupDomainTransport, Completed
 
 from ..endpoints import BriaRequest, endpoint_for, request_fingerprint
 from ..errors import (
@@ -457,33 +457,6 @@ class _ShardedPool(httpx.AsyncBaseTransport):
             await shard.aclose()
 
 
-_RESULT_TIMEOUT = httpx.Timeout(120.0, connect=30.0)  # what fal-client uses for queue calls
-
-
-async def _fetch_result(handle: fal_client.AsyncRequestHandle) -> dict[str, Any]:
-    """GET a COMPLETED request's result with the handle's client; errors as fal-client raises
-    them (:class:`FalClientHTTPError` with fal's ``detail`` and ``error_type``)."""
-    response = await handle.client.get(handle.response_url, timeout=_RESULT_TIMEOUT)
-    if response.status_code >= 400:
-        message: Any = response.text
-        error_type = None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            message = body.get("detail", response.text)
-            error_type = body.get("error_type")
-        raise FalClientHTTPError(
-            message,
-            response.status_code,
-            dict(response.headers),
-            response=response,
-            error_type=error_type or response.headers.get("x-fal-error-type"),
-        )
-    return response.json()
-
-
 # --- fal-client internals: the only place this module touches them ------------------------
 #
 # fal_client.AsyncClient builds its httpx client lazily in the cached async property
@@ -497,6 +470,24 @@ async def _fetch_result(handle: fal_client.AsyncRequestHandle) -> dict[str, Any]
 # whose backup-domain transport wraps a pool that keeps every connection alive. When the
 # attribute layout is not what we expect (another fal-client version), we keep fal-client's
 # own client: correct, only slower.
+
+
+_RESULT_TIMEOUT = httpx.Timeout(120.0, connect=30.0)  # fal-client's QUEUE_POLL_TIMEOUT
+
+
+async def _fetch_result(handle: fal_client.AsyncRequestHandle) -> dict[str, Any]:
+    """GET a COMPLETED request's result: ``handle.get()`` without its extra status call.
+
+    It uses fal-client's own retrying request helper, so transient failures are retried
+    (and logged, and counted) exactly as in ``handle.get()``, and errors are raised as
+    fal-client raises them (:class:`FalClientHTTPError` with fal's ``detail``). A
+    fal-client without that helper gets ``handle.get()`` itself.
+    """
+    request = getattr(fal_client.client, "_async_maybe_retry_request", None)
+    if request is None:  # pragma: no cover - another fal-client layout
+        return await handle.get()
+    response = await request(handle.client, "GET", handle.response_url, timeout=_RESULT_TIMEOUT)
+    return response.json()
 
 
 def _remember_missing_sniffio() -> None:
