@@ -196,7 +196,7 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=32, help="server: in progress per key")
     parser.add_argument("--concurrency", type=int, default=64, help="run_batch max_concurrency")
     parser.add_argument("--baseline-n", type=int, default=40)
-    parser.add_argument("--runs", type=int, default=1, help="clean runs (median reported)")
+    parser.add_argument("--runs", type=int, default=3, help="clean runs (median reported)")
     parser.add_argument("--skip-faults", action="store_true")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--client", nargs="+", help=argparse.SUPPRESS)

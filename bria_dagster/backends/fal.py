@@ -9,6 +9,7 @@ cancels the fal request so nothing keeps running (and billing) unobserved.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import importlib.util
 import logging
@@ -122,7 +123,9 @@ class FalBackend:
             timeout=httpx.Timeout(60.0, connect=10.0), transport=_ShardedPool(max_connections)
         )
         self._pooled: asyncio.Lock | None = None
-        self._latency = _LatencyModel()
+        self._latency: collections.defaultdict[str, _LatencyModel] = collections.defaultdict(
+            _LatencyModel
+        )
         _install_retry_counter()
         _remember_missing_sniffio()
 
@@ -207,7 +210,7 @@ class FalBackend:
             accepted = None if reattached else time.monotonic()
             try:
                 async with asyncio.timeout(self.request_timeout_s):
-                    payload = await self._await_result(handle, log, accepted)
+                    payload = await self._await_result(handle, log, request.endpoint_id, accepted)
             except TimeoutError:
                 await self._cancel(handle)
                 self.journal.forget(fingerprint)
@@ -290,24 +293,35 @@ class FalBackend:
         return handle, False
 
     async def _await_result(
-        self, handle: fal_client.AsyncRequestHandle, log: RetryLog, accepted: float | None
+        self,
+        handle: fal_client.AsyncRequestHandle,
+        log: RetryLog,
+        endpoint_id: str,
+        accepted: float | None,
     ) -> dict[str, Any]:
         """Poll until COMPLETED, then fetch the result (one status call less than
         ``handle.get()``, which polls status again before fetching).
 
-        The first poll waits for the typical time requests of this backend took to
-        complete (learned from earlier ones); later polls are short. Until there is
-        anything to learn from, and for re-attached requests, polling backs off from
-        ``poll_interval_s`` to ``max_poll_interval_s``.
+        Polls aim at the time this endpoint's requests typically took to complete
+        (learned from earlier ones, queue wait included), so most requests need a single
+        status call; between aims, polls are short. A wait is never longer than
+        ``4 x max_poll_interval_s``, so an estimate from a busier moment costs little.
+        Until there is anything to learn from, and for re-attached requests, polling
+        backs off from ``poll_interval_s`` to ``max_poll_interval_s`` as before.
         """
-        expected = self._latency.expected() if accepted is not None else None
-        if expected is None:
-            delay = self.poll_interval_s
-            first = delay
-        else:
-            delay = min(max(self.poll_interval_s, 0.05 * expected), self.max_poll_interval_s)
-            first = max(delay, 0.85 * expected - (time.monotonic() - accepted))
-        await asyncio.sleep(first)
+        expected = self._latency[endpoint_id].mean if accepted is not None else None
+        longest = 4 * self.max_poll_interval_s
+        delay = self.poll_interval_s
+        if expected is not None:
+            delay = min(max(delay, 0.05 * expected), self.max_poll_interval_s)
+
+        def next_wait() -> float:
+            if expected is None or accepted is None:
+                return delay
+            aim = 0.85 * expected - (time.monotonic() - accepted)
+            return max(delay, min(aim, longest))
+
+        await asyncio.sleep(next_wait())
         while True:
             status = await with_retries(
                 "status", handle.status, self.retry, log, secrets=self._secrets
@@ -321,10 +335,10 @@ class FalBackend:
                         request_id=handle.request_id,
                     )
                 break
-            await asyncio.sleep(delay)
+            await asyncio.sleep(next_wait())
             delay = min(delay * 1.5, self.max_poll_interval_s)
         if accepted is not None:
-            self._latency.observe(time.monotonic() - accepted)
+            self._latency[endpoint_id].observe(time.monotonic() - accepted)
         return await with_retries(
             "result", lambda: _fetch_result(handle), self.retry, log, secrets=self._secrets
         )
@@ -389,9 +403,6 @@ class _LatencyModel:
             seconds if self.mean is None else self.mean + self.weight * (seconds - self.mean)
         )
 
-    def expected(self) -> float | None:
-        return self.mean
-
 
 class _ReleasingStream(httpx.AsyncByteStream):
     """A response body that tells its shard when it is closed."""
@@ -444,7 +455,9 @@ class _ShardedPool(httpx.AsyncBaseTransport):
         except BaseException:
             release()
             raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
+        if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover
+            release()
+            return response
         return httpx.Response(
             response.status_code,
             headers=response.headers,
