@@ -11,9 +11,10 @@ starts the fal protocol test server and prints the results.
     and seed different) through the job ``product_images`` on the local engine:
     remove -> replace (1 image) -> expand to 1:1 and 4:5. Wall time and output
     images/s of the first materialization, then the same partition again,
-    unchanged: its wall time (target <= 5% of the first), its backend calls (from
-    the materialization metadata ``backend_calls``, target 0) and the status
-    column of the written record tables (target: every row ``reused``).
+    unchanged, three times: their median wall time (target <= 5% of the first),
+    their backend calls (from the materialization metadata ``backend_calls``,
+    target 0) and the status column of the written record tables (target: every
+    row ``reused``).
 (b) fal throughput: ``--fal-products`` products against ``tests/fal_server.py``
     run standalone (0.5 s latency, 32 jobs in progress per key, no faults). The
     ideal is (fal requests) x 0.5 s / 32; target wall <= 1.3 x ideal. Measured on
@@ -54,6 +55,7 @@ STEP_ASSETS = ("product_cutouts", "product_scenes", "product_expansions")
 FAL_LATENCY_S = 0.5
 FAL_MAX_IN_PROGRESS = 32
 RERUN_TARGET = 0.05
+RERUNS = 3  # unchanged re-runs are cheap; their median is judged (noisy machines)
 FAL_TARGET = 1.3
 RSS_TARGET_MB = 1024.0
 RESULT_PREFIX = "RESULT "
@@ -147,15 +149,16 @@ def worker_offline(workdir: Path, batch: str) -> dict[str, Any]:
     )
     first_s, first_meta = _materialize(job, instance, batch)
     first_status = _statuses(storage, batch, STEP_ASSETS)
-    rerun_s, rerun_meta = _materialize(job, instance, batch)
-    rerun_status = _statuses(storage, batch, ("catalog_batch", *STEP_ASSETS))
+    reruns = []
+    for _ in range(RERUNS):
+        rerun_s, rerun_meta = _materialize(job, instance, batch)
+        rerun_status = _statuses(storage, batch, ("catalog_batch", *STEP_ASSETS))
+        reruns.append({"s": rerun_s, "meta": rerun_meta, "status": rerun_status})
     return {
         "first_s": first_s,
         "first_meta": first_meta,
         "first_status": first_status,
-        "rerun_s": rerun_s,
-        "rerun_meta": rerun_meta,
-        "rerun_status": rerun_status,
+        "reruns": reruns,
     }
 
 
@@ -280,34 +283,45 @@ def section_offline(work: Path, n: int) -> bool:
             f"      {name:<19} {m.get('duration_s', 0):7.2f}s  ok={m.get('rows_ok')} "
             f"failed={m.get('rows_failed')} calls={m.get('backend_calls', '-')}"
         )
-    ratio = r["rerun_s"] / r["first_s"]
-    calls = {a: r["rerun_meta"].get(a, {}).get("backend_calls") for a in STEP_ASSETS}
-    reused_meta = {a: r["rerun_meta"].get(a, {}).get("rows_reused") for a in STEP_ASSETS}
-    print(f"    unchanged re-run: {r['rerun_s']:.2f}s wall = {ratio:.1%} of the first")
+    reruns = r["reruns"]
+    median = sorted(reruns, key=lambda x: x["s"])[len(reruns) // 2]
+    ratio = median["s"] / r["first_s"]
+    times = ", ".join(f"{x['s']:.2f}s" for x in reruns)
+    print(
+        f"    unchanged re-runs: {times} wall; "
+        f"median {median['s']:.2f}s = {ratio:.1%} of the first. The median one:"
+    )
     for name in ("catalog_batch", *STEP_ASSETS):
-        m = r["rerun_meta"].get(name, {})
+        m = median["meta"].get(name, {})
         print(
             f"      {name:<19} {m.get('duration_s', 0):7.2f}s  backend_calls="
             f"{m.get('backend_calls', '-')} rows_reused={m.get('rows_reused')}  "
-            f"table status: {r['rerun_status'].get(name)}"
+            f"table status: {median['status'].get(name)}"
         )
-    total_calls = sum(int(c or 0) for c in calls.values())
+    expected = {a: sum(r["first_status"][a].values()) for a in STEP_ASSETS}
+    calls = [x["meta"].get(a, {}).get("backend_calls") for x in reruns for a in STEP_ASSETS]
+    total_calls = sum(int(c or 0) for c in calls)
     all_reused = all(
-        set(r["rerun_status"][a]) == {"reused"}
-        and r["rerun_status"][a]["reused"] == sum(r["first_status"][a].values())
+        x["status"][a] == {"reused": expected[a]}
+        and x["meta"].get(a, {}).get("rows_reused") == expected[a]
+        for x in reruns
         for a in STEP_ASSETS
     )
-    meta_reused = all(reused_meta[a] == sum(r["first_status"][a].values()) for a in STEP_ASSETS)
     ok1 = ratio <= RERUN_TARGET
-    ok2 = total_calls == 0 and all(c is not None for c in calls.values())
-    ok3 = all_reused and meta_reused
-    print(f"    {verdict(ok1)} re-run time {ratio:.1%} <= {RERUN_TARGET:.0%} of the first")
-    print(f"    {verdict(ok2)} re-run backend calls = {total_calls} (metadata backend_calls)")
+    ok2 = total_calls == 0 and None not in calls
     print(
-        f"    {verdict(ok3)} every re-run step row has status 'reused' "
-        f"(tables and metadata rows_reused)"
+        f"    {verdict(ok1)} re-run time (median of {len(reruns)}) {ratio:.1%} <= "
+        f"{RERUN_TARGET:.0%} of the first"
     )
-    return ok1 and ok2 and ok3
+    print(
+        f"    {verdict(ok2)} backend calls over all {len(reruns)} re-runs = {total_calls} "
+        "(metadata backend_calls)"
+    )
+    print(
+        f"    {verdict(all_reused)} every step row of every re-run has status 'reused' "
+        f"(record tables' status column and metadata rows_reused)"
+    )
+    return ok1 and ok2 and all_reused
 
 
 def section_fal(work: Path, n: int, steps: tuple[str, ...], concurrency: int) -> bool:
