@@ -367,14 +367,21 @@ def resource(backend: str, folder: Path, storage: str, **overrides: Any) -> Bria
     return BriaResource(**config)
 
 
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """The test's Dagster instance; it must outlive the run result (which holds a weakref)."""
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
 def materialize(
+    instance: dg.DagsterInstance,
     folder: Path,
     bria: BriaResource,
     *,
     batch: str = BATCH,
     settings: PipelineSettings | None = None,
 ) -> dg.ExecuteInProcessResult:
-    instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, [batch])
     return dg.materialize(
         build_product_image_assets(settings or settings_for(folder)),
@@ -478,10 +485,10 @@ def test_corpus_is_broad(corpus):
     assert len(bad) >= 20 and len({k.error_class for k in bad}) >= 6
 
 
-def test_bad_input_corpus_through_the_fal_server(corpus, fal_server, tmp_path):
+def test_bad_input_corpus_through_the_fal_server(corpus, fal_server, tmp_path, instance):
     folder, kinds = corpus
     storage = str(tmp_path / "fal-data")
-    result = materialize(folder, resource("fal", folder, storage))
+    result = materialize(instance, folder, resource("fal", folder, storage))
     assert result.success, failure_text(result)
     tables = check_every_row_accounted(kinds, storage)
 
@@ -500,7 +507,7 @@ def test_bad_input_corpus_through_the_fal_server(corpus, fal_server, tmp_path):
     assert (rotated.width, rotated.height) == (SIZE[1], SIZE[0])
 
 
-def test_bad_input_corpus_on_the_local_engine(corpus, tmp_path, monkeypatch):
+def test_bad_input_corpus_on_the_local_engine(corpus, tmp_path, monkeypatch, instance):
     folder, kinds = corpus
     calls: Counter[str] = Counter()
     original = LocalBackend.run
@@ -511,7 +518,7 @@ def test_bad_input_corpus_on_the_local_engine(corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(LocalBackend, "run", counting_run)
     storage = str(tmp_path / "local-data")
-    result = materialize(folder, resource("local", folder, storage))
+    result = materialize(instance, folder, resource("local", folder, storage))
     assert result.success, failure_text(result)
     tables = check_every_row_accounted(kinds, storage)
     assert calls == expected_calls(kinds)
@@ -519,7 +526,7 @@ def test_bad_input_corpus_on_the_local_engine(corpus, tmp_path, monkeypatch):
     assert set(ok.backend) == {"local"}
 
 
-def test_loopback_url_is_refused_by_default(http_base, tmp_path, monkeypatch):
+def test_loopback_url_is_refused_by_default(http_base, tmp_path, monkeypatch, instance):
     kinds = [
         Kind(
             "loopback",
@@ -533,17 +540,17 @@ def test_loopback_url_is_refused_by_default(http_base, tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(LocalBackend, "run", lambda *a: calls.append("run"))
     storage = str(tmp_path / "data")
-    result = materialize(tmp_path, resource("local", tmp_path, storage, allowed_hosts=[]))
+    result = materialize(instance, tmp_path, resource("local", tmp_path, storage, allowed_hosts=[]))
     assert result.success, failure_text(result)
     check_every_row_accounted(kinds, storage)
     assert calls == []
 
 
-def test_missing_required_column_fails_the_batch_naming_file_and_column(tmp_path):
+def test_missing_required_column_fails_the_batch_naming_file_and_column(tmp_path, instance):
     path = tmp_path / "catalogs" / f"{BATCH}.csv"
     path.parent.mkdir()
     path.write_text("sku,prompt\nA1,on oak\n")
-    result = materialize(tmp_path, resource("local", tmp_path, str(tmp_path / "data")))
+    result = materialize(instance, tmp_path, resource("local", tmp_path, str(tmp_path / "data")))
     assert not result.success
     text = failure_text(result)
     assert "CatalogError" in text and str(path) in text and "image_url" in text
@@ -552,25 +559,25 @@ def test_missing_required_column_fails_the_batch_naming_file_and_column(tmp_path
     assert failed == ["catalog_batch"]
 
 
-def test_unknown_catalog_extension_is_a_clear_error(tmp_path):
+def test_unknown_catalog_extension_is_a_clear_error(tmp_path, instance):
     path = tmp_path / "catalogs" / f"{BATCH}.xlsx"
     path.parent.mkdir()
     path.write_bytes(b"PK\x03\x04 not really a workbook")
     with pytest.raises(CatalogError, match=r"unknown file type '\.xlsx'.*\.csv"):
         load_catalog(path)
-    result = materialize(tmp_path, resource("local", tmp_path, str(tmp_path / "data")))
+    result = materialize(instance, tmp_path, resource("local", tmp_path, str(tmp_path / "data")))
     assert not result.success
     text = failure_text(result)
     assert "CatalogError" in text and repr(BATCH) in text
     assert all(ext in text for ext in (".csv", ".parquet", ".jsonl"))
 
 
-def test_header_only_catalog_gives_empty_tables(tmp_path, monkeypatch):
+def test_header_only_catalog_gives_empty_tables(tmp_path, monkeypatch, instance):
     write_catalog(tmp_path, [])
     calls: list[str] = []
     monkeypatch.setattr(LocalBackend, "run", lambda *a: calls.append("run"))
     storage = str(tmp_path / "data")
-    result = materialize(tmp_path, resource("local", tmp_path, storage))
+    result = materialize(instance, tmp_path, resource("local", tmp_path, storage))
     assert result.success, failure_text(result)
     for asset in STEPS:
         assert len(read(storage, asset)) == 0, asset
@@ -578,7 +585,7 @@ def test_header_only_catalog_gives_empty_tables(tmp_path, monkeypatch):
 
 
 def test_http_rows_share_one_tls_setup_and_do_not_time_each_other_out(
-    http_base, tmp_path, monkeypatch
+    http_base, tmp_path, monkeypatch, instance
 ):
     """A batch of http rows loads the CA bundle once, not once per row.
 
@@ -603,7 +610,9 @@ def test_http_rows_share_one_tls_setup_and_do_not_time_each_other_out(
     write_catalog(tmp_path, kinds)
     storage = str(tmp_path / "data")
     settings = PipelineSettings(catalog_dir=str(tmp_path / "catalogs"), steps=())
-    result = materialize(tmp_path, resource("local", tmp_path, storage), settings=settings)
+    result = materialize(
+        instance, tmp_path, resource("local", tmp_path, storage), settings=settings
+    )
     assert result.success, failure_text(result)
     sources = read(storage, "catalog_batch")
     failed = sources[sources.status == "failed"]
