@@ -245,6 +245,7 @@ def main() -> int:
                     f"{res['calls']['result_calls'] / n:.2f} result, "
                     f"{res['calls']['file_gets'] / n:.2f} file GETs; "
                     f"peak in progress {res['max_in_progress']}; "
+                    f"client used {res['cpu_s'] / res['wall_s']:.2f} of a CPU, "
                     f"server CPU {res['server_cpu_s']:.1f}s",
                     flush=True,
                 )
@@ -258,6 +259,11 @@ def main() -> int:
                 f"clean: median wall {wall:.2f}s over {len(runs)} run(s) = {ratio:.3f}x ideal "
                 f"({verdict}, target <= {TARGET_RATIO}x); {n / wall:.1f} jobs/s; "
                 f"client CPU {cpu_ms:.2f} ms/request (median)"
+            )
+            print(
+                f"client capacity at {cpu_ms:.2f} ms CPU per request: "
+                f"{1000 / cpu_ms:.0f} jobs/s on one uncontended CPU "
+                f"({n / ideal:.0f} jobs/s needed for the ideal)"
             )
             if ratio > TARGET_RATIO:
                 failures.append(f"wall time {ratio:.3f}x ideal > {TARGET_RATIO}x")
