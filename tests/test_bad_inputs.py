@@ -370,8 +370,9 @@ def resource(backend: str, folder: Path, storage: str, **overrides: Any) -> Bria
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
     """The test's Dagster instance; it must outlive the run result (which holds a weakref)."""
-    with dg.instance_for_test() as test_instance:
-        yield test_instance
+    test_instance = dg.DagsterInstance.ephemeral()
+    yield test_instance
+    test_instance.dispose()
 
 
 def materialize(
