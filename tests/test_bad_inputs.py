@@ -503,7 +503,7 @@ def test_bad_input_corpus_through_the_fal_server(corpus, fal_server, tmp_path, i
     ok = tables["product_expansions"][tables["product_expansions"].status == "ok"]
     assert set(ok.backend) == {"fal"} and ok.request_id.notna().all()
     # the awkward-but-valid sources were normalised, not refused
-    sources = tables["catalog_batch"].set_index("sku", drop=False)
+    sources = tables["catalog_batch"]
     rotated = sources[(sources.sku == "exif_rotated") & (sources.status == "ok")].iloc[0]
     assert (rotated.width, rotated.height) == (SIZE[1], SIZE[0])
 
