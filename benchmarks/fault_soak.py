@@ -1,0 +1,586 @@
+"""Fault soak: concurrent Dagster runs on a faulty fal server, one of them SIGKILLed mid-batch.
+
+    .venv/bin/python benchmarks/fault_soak.py [--batches 4] [--rows 500] [--latency 0.3]
+        [--max-concurrency 16] [--pool-limit 1] [--kill-after 40] [--no-kill] [--workdir DIR]
+
+What runs (steps=("remove",): catalog_batch -> product_cutouts, one fal call per row):
+
+1. tests/fal_server.py in standalone mode, its own process, with faults: 10% 429, 5% 5xx,
+   2% dropped connections, 1% result files that 404 once; 32 jobs per key at once.
+2. ``--batches`` catalog batches of ``--rows`` rows (64x64 synthetic product photos, distinct
+   seeds), each materialized by its own subprocess (``job.execute_in_process(partition_key=...,
+   instance=DagsterInstance.get())``), all started at once on one shared DAGSTER_HOME whose
+   dagster.yaml sets op-granularity pools; the pool "bria" has ``--pool-limit`` slots. All runs
+   use one FAL_KEY; each partition has its own request journal (sqlite WAL).
+3. The kill: once the victim partition has ``--kill-after`` journaled requests, the victim is
+   SIGSTOPped, the server is given a moment to settle, and the victim is SIGKILLed only when
+   the server's accepted submissions equal the journaled rows of all partitions (no submit
+   round trip in flight; otherwise SIGCONT and try again). A kill *during* a submit round trip
+   is the one window the journal cannot cover without an idempotency key on fal's side
+   (README, "Going to production"); this soak times the kill outside it on purpose.
+   A SIGKILLed ``execute_in_process`` run keeps its pool slot and stays STARTED: the soak
+   waits until the server has no job in flight (the victim's accepted jobs still run on fal),
+   then frees the slot and marks the run failed, as an operator would, and re-runs the
+   partition with the same journal.
+
+Figures printed, each check PASS/FAIL with the true numbers: every row of every partition
+table ok; 0 duplicate paid submissions; accepted submissions == rows; peak in-flight requests
+for the key <= pool limit x max_concurrency; faults injected by kind; client retries; wall
+time; and for the kill: every request journaled by the victim re-attached (the re-run's
+records carry the journaled request ids) and only the rest paid again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sqlite3
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = "bria"
+ASSET = "product_cutouts"
+RESULT_PREFIX = "SOAK_RESULT "
+FAULT_RATES = {"rate_429": 0.1, "rate_5xx": 0.05, "rate_drop": 0.02, "rate_missing_once": 0.01}
+
+
+@dataclasses.dataclass(frozen=True)
+class SoakConfig:
+    batches: int = 4
+    rows: int = 500
+    latency: float = 0.3
+    max_concurrency: int = 16
+    pool_limit: int = 1
+    server_slots: int = 32
+    kill: bool = True
+    kill_partition: int = 1  # index of the victim batch
+    kill_after: int = 40  # journaled requests of the victim before it is killed
+    poll_interval_s: float = 0.05
+    retry_base_delay_s: float = 0.05
+    timeout_s: float = 900.0
+    seed: int = 11
+    faults: dict[str, float] = dataclasses.field(default_factory=lambda: dict(FAULT_RATES))
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def worker(catalog_dir: str, storage: str, partition: str, journal: str, config: str) -> int:
+    """One Dagster run of one partition (in its own process); prints one SOAK_RESULT line."""
+    import dagster as dg
+
+    from bria_dagster import BriaResource, PipelineSettings, build_definitions
+
+    knobs = json.loads(config)
+    settings = PipelineSettings(catalog_dir=catalog_dir, steps=("remove",))
+    bria = BriaResource(
+        backend="fal",
+        fal_key=dg.EnvVar("FAL_KEY"),
+        storage=storage,
+        file_roots=[str(Path(catalog_dir).parent)],
+        max_concurrency=knobs["max_concurrency"],
+        poll_interval_s=knobs["poll_interval_s"],
+        retry_base_delay_s=knobs["retry_base_delay_s"],
+        journal_path=journal,
+    )
+    defs = build_definitions(settings, storage=storage, bria=bria)
+    job = defs.resolve_job_def("product_images")
+    instance = dg.DagsterInstance.get()
+    started = time.monotonic()
+    try:
+        result = job.execute_in_process(
+            partition_key=partition, instance=instance, raise_on_error=False
+        )
+        metadata: dict[str, Any] = {}
+        for mat in result.asset_materializations_for_node(ASSET):
+            metadata.update({k: getattr(v, "value", v) for k, v in mat.metadata.items()})
+        summary = {
+            "partition": partition,
+            "run_id": result.run_id,
+            "success": result.success,
+            "wall_s": round(time.monotonic() - started, 3),
+            "retries": metadata.get("bria.retries"),
+            "calls": metadata.get("bria.remove.calls"),
+        }
+    finally:
+        instance.dispose()
+    print(RESULT_PREFIX + json.dumps(summary), flush=True)
+    return 0 if summary["success"] else 1
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+class Server:
+    """tests/fal_server.py in standalone mode, in its own process; admin calls over TLS."""
+
+    def __init__(self, config: SoakConfig, workdir: Path) -> None:
+        self.ca = workdir / "ca.pem"
+        cmd = [
+            sys.executable,
+            str(ROOT / "tests" / "fal_server.py"),
+            "--port",
+            "0",
+            "--latency",
+            str(config.latency),
+            "--max-in-progress",
+            str(config.server_slots),
+            "--rate-429",
+            str(config.faults["rate_429"]),
+            "--rate-5xx",
+            str(config.faults["rate_5xx"]),
+            "--rate-drop",
+            str(config.faults["rate_drop"]),
+            "--rate-missing-once",
+            str(config.faults["rate_missing_once"]),
+            "--retry-after",
+            "0.05",
+            "--seed",
+            str(config.seed),
+            "--key",
+            "soak-key",
+            "--ca-out",
+            str(self.ca),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.proc.kill()
+            raise RuntimeError("the fal test server did not start; run it by hand to see why")
+        self.env: dict[str, str] = json.loads(line)
+        self.key = self.env["FAL_KEY"]
+        self.base = "https://" + self.env["FAL_RUN_HOST"]
+        self._ssl = ssl.create_default_context(cafile=str(self.ca))
+
+    def stats(self) -> dict[str, Any]:
+        req = urllib.request.Request(self.base + "/_test/stats")
+        with urllib.request.urlopen(req, context=self._ssl, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def write_batches(workdir: Path, config: SoakConfig) -> list[str]:
+    """One CSV per batch; images are distinct 64x64 synthetic photos (relative paths)."""
+    import csv
+
+    from bria_dagster.engine.synthetic import CATEGORIES, make_product_photo
+
+    cats = sorted(CATEGORIES)
+    (workdir / "catalogs").mkdir(parents=True, exist_ok=True)
+    (workdir / "images").mkdir(parents=True, exist_ok=True)
+    names = []
+    for b in range(config.batches):
+        batch = f"soak{b}"
+        rows = []
+        for i in range(config.rows):
+            seed = b * 1_000_000 + i
+            sku = f"{batch}-{i:05d}"
+            path = workdir / "images" / f"{sku}.jpg"
+            path.write_bytes(make_product_photo(cats[i % len(cats)], seed, (64, 64))[0])
+            rows.append({"sku": sku, "image_url": f"../images/{sku}.jpg"})
+        with (workdir / "catalogs" / f"{batch}.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["sku", "image_url"])
+            writer.writeheader()
+            writer.writerows(rows)
+        names.append(batch)
+    return names
+
+
+def make_home(workdir: Path, partitions: list[str], pool_limit: int) -> Path:
+    import dagster as dg
+
+    from bria_dagster import CATALOG_PARTITIONS
+
+    home = workdir / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    granularity: op\n")
+    # Not `with instance:` (it leaves a process-wide context variable behind).
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, partitions)
+        instance.event_log_storage.set_concurrency_slots(POOL, pool_limit)
+    finally:
+        instance.dispose()
+    return home
+
+
+def journal_rows(path: Path) -> dict[str, str]:
+    """fingerprint -> request id of every journaled request (readable while others write)."""
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return dict(db.execute("SELECT fingerprint, request_id FROM requests").fetchall())
+    except sqlite3.OperationalError:  # table not created yet
+        return {}
+    finally:
+        db.close()
+
+
+class Runs:
+    """The worker subprocesses, one log file each."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], config: SoakConfig) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.knobs = json.dumps(
+            {
+                "max_concurrency": config.max_concurrency,
+                "poll_interval_s": config.poll_interval_s,
+                "retry_base_delay_s": config.retry_base_delay_s,
+            }
+        )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def journal(self, partition: str) -> Path:
+        return self.workdir / "journals" / f"{partition}.sqlite"
+
+    def start(self, partition: str, label: str) -> None:
+        log = self.workdir / "logs" / f"{label}.log"
+        log.parent.mkdir(exist_ok=True)
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "worker",
+            str(self.workdir / "catalogs"),
+            str(self.workdir / "data"),
+            partition,
+            str(self.journal(partition)),
+            self.knobs,
+        ]
+        with log.open("wb") as fh:
+            self.procs[label] = subprocess.Popen(
+                cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT
+            )
+        self.logs[label] = log
+
+    def result(self, label: str) -> dict[str, Any] | None:
+        for line in reversed(self.logs[label].read_text(errors="replace").splitlines()):
+            if line.startswith(RESULT_PREFIX):
+                return json.loads(line[len(RESULT_PREFIX) :])
+        return None
+
+    def tail(self, label: str, chars: int = 3000) -> str:
+        return self.logs[label].read_text(errors="replace")[-chars:]
+
+
+def kill_mid_batch(
+    runs: Runs, server: Server, victim: str, partitions: list[str], config: SoakConfig
+) -> dict[str, Any]:
+    """SIGKILL the victim once it has journaled requests and no submit is in flight."""
+    proc = runs.procs[victim]
+    deadline = time.monotonic() + config.timeout_s
+    tries = 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return {"killed": False, "reason": f"the victim finished first (rc {proc.returncode})"}
+        if len(journal_rows(runs.journal(victim))) < config.kill_after:
+            time.sleep(0.02)
+            continue
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(0.25)  # bytes already in the socket reach the server meanwhile
+        submissions = server.stats()["submissions"]
+        journaled = sum(len(journal_rows(runs.journal(p))) for p in partitions)
+        if submissions == journaled:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rows = journal_rows(runs.journal(victim))
+            return {
+                "killed": True,
+                "tries": tries + 1,
+                "server_submissions_at_kill": submissions,
+                "victim_journaled": rows,
+            }
+        tries += 1
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGCONT)
+    return {"killed": False, "reason": f"no quiet moment to kill in {tries} tries"}
+
+
+def release_killed_run(home: Path, victim: str, server: Server, timeout_s: float) -> list[str]:
+    """Free the dead run's pool slot and mark it failed, once its fal jobs have drained."""
+    import dagster as dg
+    from dagster import DagsterRunStatus, RunsFilter
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        s = server.stats()
+        if s["in_progress"] == 0 and s["in_queue"] == 0:
+            break
+        time.sleep(0.05)
+    instance = dg.DagsterInstance.from_config(str(home))
+    freed = []
+    try:
+        dead = instance.get_runs(
+            filters=RunsFilter(
+                tags={"dagster/partition": victim},
+                statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING],
+            )
+        )
+        for run in dead:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            instance.report_run_failed(run)
+            freed.append(run.run_id)
+    finally:
+        instance.dispose()
+    return freed
+
+
+def read_partition(storage: Path, partition: str) -> Any:
+    from bria_dagster.io_manager import read_table, table_path
+
+    return read_table(table_path(str(storage), ASSET, partition))
+
+
+def check(checks: list[dict[str, Any]], name: str, passed: bool, detail: str) -> None:
+    checks.append({"name": name, "passed": bool(passed), "detail": detail})
+
+
+def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
+    """Run the whole soak in ``workdir``; returns figures and PASS/FAIL checks."""
+    partitions = write_batches(workdir, config)
+    home = make_home(workdir, partitions, config.pool_limit)
+    server = Server(config, workdir)
+    checks: list[dict[str, Any]] = []
+    figures: dict[str, Any] = {
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "faults"},
+        "fault_rates": config.faults,
+        "steps": ["remove"],
+        "partitions": partitions,
+    }
+    try:
+        env = {
+            **os.environ,
+            **server.env,
+            "DAGSTER_HOME": str(home),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+        runs = Runs(workdir, env, config)
+        started = time.monotonic()
+        for p in partitions:
+            runs.start(p, p)
+        victim = partitions[config.kill_partition] if config.kill else None
+        kill: dict[str, Any] = {}
+        if victim is not None:
+            kill = kill_mid_batch(runs, server, victim, partitions, config)
+            if kill["killed"]:
+                kill["freed_runs"] = release_killed_run(home, victim, server, config.timeout_s)
+                runs.start(victim, victim + "-rerun")
+        for label, proc in runs.procs.items():
+            remaining = max(1.0, config.timeout_s - (time.monotonic() - started))
+            try:
+                proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                figures.setdefault("timed_out", []).append(label)
+        wall = time.monotonic() - started
+        stats = server.stats()
+    finally:
+        server.stop()
+
+    # ---- per-run results
+    results = {}
+    for label in runs.procs:
+        if victim is not None and label == victim and kill.get("killed"):
+            continue
+        res = runs.result(label)
+        results[label] = res
+        ok = res is not None and res["success"] and runs.procs[label].returncode == 0
+        check(checks, f"run {label} succeeded", ok, "" if ok else runs.tail(label))
+    figures["runs"] = results
+
+    # ---- tables
+    total_rows = ok_rows = 0
+    tables: dict[str, Any] = {}
+    for p in partitions:
+        frame = read_partition(workdir / "data", p)
+        if frame is None:
+            tables[p] = None
+            check(checks, f"table {p} written", False, "no Parquet table")
+            continue
+        statuses = frame["status"].value_counts().to_dict()
+        expected = {f"{p}-{i:05d}" for i in range(config.rows)}
+        tables[p] = {"rows": len(frame), "status": statuses}
+        total_rows += len(frame)
+        ok_rows += int((frame["status"] == "ok").sum())
+        bad = frame[frame["status"] != "ok"][["sku", "error_class", "error_message"]]
+        check(
+            checks,
+            f"table {p}: every catalog row ok",
+            set(frame["sku"]) == expected and len(frame) == config.rows and bad.empty,
+            f"{len(frame)} rows, status {statuses}"
+            + ("" if bad.empty else f"; first failures {bad.head(3).to_dict('records')}"),
+        )
+    figures["tables"] = tables
+    n = config.batches * config.rows
+    figures["rows_ok"] = f"{ok_rows}/{n}"
+
+    # ---- server counters
+    peak = stats["max_in_progress_by_key"].get(server.key, 0)
+    bound = config.pool_limit * config.max_concurrency
+    figures["server"] = {
+        k: stats[k]
+        for k in (
+            "submissions",
+            "distinct_requests",
+            "duplicate_submissions",
+            "completed",
+            "failed",
+            "cancelled",
+            "billed_jobs",
+            "billed_cost_usd",
+            "status_calls",
+            "result_calls",
+            "file_gets",
+            "unauthorized",
+        )
+    }
+    figures["peak_in_flight"] = {"key": server.key, "peak": peak, "bound": bound}
+    figures["faults_injected"] = stats["faults"]
+    figures["faults_by_op"] = stats["faults_by_op"]
+    retries = [r["retries"] for r in results.values() if r and r.get("retries") is not None]
+    figures["client_retries_completed_runs"] = sum(retries)
+    figures["wall_s"] = round(wall, 2)
+    figures["images_per_s"] = round(n / wall, 1) if wall else None
+    check(
+        checks,
+        "0 duplicate paid submissions",
+        stats["duplicate_submissions"] == 0,
+        f"duplicate_submissions={stats['duplicate_submissions']}",
+    )
+    check(
+        checks,
+        "accepted submissions == rows (each image paid once)",
+        stats["submissions"] == n and stats["distinct_requests"] == n,
+        f"submissions={stats['submissions']} distinct={stats['distinct_requests']} rows={n}",
+    )
+    check(
+        checks,
+        "peak in-flight <= pool limit x max_concurrency",
+        peak <= bound,
+        f"peak {peak} for key {server.key}, bound {config.pool_limit} x "
+        f"{config.max_concurrency} = {bound}",
+    )
+    injected = sum(stats["faults"].values())
+    check(checks, "faults were injected", injected > 0, f"{injected} faults {stats['faults']}")
+
+    # ---- the kill
+    if victim is not None:
+        journaled: dict[str, str] = kill.pop("victim_journaled", {}) or {}
+        figures["kill"] = {**kill, "victim": victim, "victim_journaled": len(journaled)}
+        check(
+            checks,
+            f"victim {victim} killed mid-batch",
+            kill.get("killed", False) and 0 < len(journaled) < config.rows,
+            json.dumps({k: v for k, v in kill.items() if k != "freed_runs"}),
+        )
+        frame = read_partition(workdir / "data", victim)
+        rerun = results.get(victim + "-rerun")
+        if kill.get("killed") and frame is not None:
+            by_fp = dict(zip(frame["request_fingerprint"], frame["request_id"], strict=True))
+            same = sum(1 for fp, rid in journaled.items() if by_fp.get(fp) == rid)
+            figures["kill"]["reattached"] = same
+            check(
+                checks,
+                "every journaled request re-attached (same request id in the re-run's records)",
+                same == len(journaled),
+                f"{same}/{len(journaled)} journaled ids found on the re-run's rows",
+            )
+            calls = rerun.get("calls") if rerun else None
+            figures["kill"]["rerun_paid_calls"] = calls
+            check(
+                checks,
+                "the re-run paid only for rows not journaled",
+                calls == config.rows - len(journaled),
+                f"re-run calls={calls}, rows - journaled = {config.rows - len(journaled)}",
+            )
+    figures["checks"] = checks
+    figures["passed"] = all(c["passed"] for c in checks)
+    return figures
+
+
+def print_report(figures: dict[str, Any]) -> None:
+    cfg = figures["config"]
+    print(
+        f"fault soak: {cfg['batches']} partitions x {cfg['rows']} rows, steps={figures['steps']}, "
+        f"latency {cfg['latency']}s, pool '{POOL}' limit {cfg['pool_limit']}, "
+        f"max_concurrency {cfg['max_concurrency']}, fault rates {figures['fault_rates']}"
+    )
+    print(f"wall time: {figures['wall_s']} s ({figures['images_per_s']} images/s)")
+    for label, res in figures["runs"].items():
+        print(f"  run {label}: {json.dumps(res)}")
+    print(f"rows ok: {figures['rows_ok']}   tables: {json.dumps(figures['tables'])}")
+    print(f"server: {json.dumps(figures['server'])}")
+    print(f"peak in-flight: {json.dumps(figures['peak_in_flight'])}")
+    print(f"faults injected by kind: {json.dumps(figures['faults_injected'])}")
+    print(f"faults by op: {json.dumps(figures['faults_by_op'])}")
+    print(
+        "client retries (bria.retries of the completed runs; the killed run's are lost): "
+        f"{figures['client_retries_completed_runs']}"
+    )
+    if "kill" in figures:
+        print(f"kill: {json.dumps(figures['kill'])}")
+    for c in figures["checks"]:
+        print(f"[{'PASS' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
+    print("RESULT: " + ("PASS" if figures["passed"] else "FAIL"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return worker(*argv[1:6])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=0.3)
+    parser.add_argument("--max-concurrency", type=int, default=16)
+    parser.add_argument("--pool-limit", type=int, default=1)
+    parser.add_argument("--kill-after", type=int, default=40)
+    parser.add_argument("--no-kill", action="store_true")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--workdir", default=None, help="kept afterwards (default: a temp dir)")
+    args = parser.parse_args(argv)
+    config = SoakConfig(
+        batches=args.batches,
+        rows=args.rows,
+        latency=args.latency,
+        max_concurrency=args.max_concurrency,
+        pool_limit=args.pool_limit,
+        kill=not args.no_kill,
+        kill_after=args.kill_after,
+        seed=args.seed,
+    )
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=False)
+        figures = run_soak(config, workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bria-soak-") as tmp:
+            figures = run_soak(config, Path(tmp))
+    print_report(figures)
+    return 0 if figures["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
