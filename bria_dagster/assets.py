@@ -9,7 +9,7 @@ import asyncio
 import base64
 import io
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from .catalog import FORMATS, load_catalog, row_json
 from .checks import CheckSettings, check_specs_for, evaluate_checks
 from .endpoints import AspectRatio
 from .engine.outpaint import plan_expand
-from .errors import BriaError, CatalogError
+from .errors import BriaError, CatalogError, RequestValidationError
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
 from .io_manager import table_path
@@ -94,6 +94,12 @@ def find_catalog_file(catalog_dir: str, batch: str) -> str:
         path = f"{root.rstrip('/')}/{batch}{ext}"
         if fs.exists(path):
             return prefix + path if prefix else path
+    others = [p for p in fs.glob(f"{root.rstrip('/')}/{batch}.*") if not p.endswith(".tmp")]
+    if others:
+        raise CatalogError(
+            f"catalog file {others[0]} for batch {batch!r} has an unsupported type; "
+            f"use {', '.join(FORMATS)}"
+        )
     raise CatalogError(
         f"no catalog file for batch {batch!r} in {catalog_dir} "
         f"(looked for {batch}{{{','.join(FORMATS)}}}); add the file or remove the partition"
@@ -156,7 +162,7 @@ def _prompt_for(settings: PipelineSettings, catalog: dict[str, Any]) -> str:
     fields = {name for _, name, _, _ in string.Formatter().parse(settings.prompt_template) if name}
     missing = [f for f in fields if f not in catalog or catalog[f] is None]
     if missing:
-        raise BriaError(
+        raise RequestValidationError(
             f"prompt_template needs catalog column(s) {', '.join(sorted(missing))}, "
             "which this row lacks; add them or change the template"
         )
@@ -247,6 +253,7 @@ def build_product_image_assets(
                     ctx,
                     sku=rej["sku"] or f"<row {rej['row_number']}>",
                     image_url="",
+                    identity=f"rejected row {rej['row_number']}",
                     catalog_row=row_json(rej),
                     error_class="CatalogRowError",
                     error_message=f"{Path(path).name} row {rej['row_number']}, column "
@@ -337,7 +344,7 @@ def build_product_image_assets(
         )
         def step_asset(context: AssetExecutionContext, bria: BriaResource, parents: pd.DataFrame):
             ctx = step_context(context, bria, step)
-            jobs = list(_jobs(parents, plan))
+            jobs = _jobs(parents, plan, lambda p, c: failed_variants(step, p, c))
             store = bria.image_store()
             frame, report = run_step(ctx, bria, store, jobs, log=context.log.info)
             yield dg.Output(frame, metadata=_metadata(frame, report, bria))
@@ -371,7 +378,7 @@ def build_product_image_assets(
         return [plan_request(parent["sku"], "scene", parent, "replace", arguments)]
 
     def plan_expand_jobs(parent: dict[str, Any], catalog: dict[str, Any]) -> list[Job]:
-        ratios = catalog.get("aspect_ratios") or list(settings.aspect_ratios)
+        ratios = ratios_for(catalog)
         seed = catalog.get("seed") if catalog.get("seed") is not None else settings.seed
         jobs = []
         for ratio in ratios:
@@ -391,6 +398,15 @@ def build_product_image_assets(
             jobs.append(plan_request(parent["sku"], variant, parent, "expand", arguments))
         return jobs
 
+    def ratios_for(catalog: dict[str, Any]) -> list[str]:
+        return catalog.get("aspect_ratios") or list(settings.aspect_ratios)
+
+    def failed_variants(step: str, parent: dict[str, Any], catalog: dict[str, Any]) -> list[str]:
+        """The variants a failed parent would have had, each recorded as failed."""
+        if step == "expand":
+            return [f"{parent['variant']}@{ratio}" for ratio in ratios_for(catalog)]
+        return ["cutout" if step == "remove" else "scene"]
+
     plans = {"remove": plan_remove, "replace": plan_replace, "expand": plan_expand_jobs}
     upstream = key("catalog_batch")
     for step in settings.steps:
@@ -406,26 +422,34 @@ _STEP_DESCRIPTIONS = {
 }
 
 
-def _jobs(parents: pd.DataFrame, plan) -> list[Job]:
+def _jobs(
+    parents: pd.DataFrame,
+    plan: Callable[[dict[str, Any], dict[str, Any]], list[Job]],
+    failed_variants: Callable[[dict[str, Any], dict[str, Any]], list[str]],
+) -> list[Job]:
+    """Plan the step's jobs; a failed parent becomes failed rows (no call) for its variants."""
     jobs: list[Job] = []
     for parent in parents.to_dict("records"):
-        if parent["status"] == FAILED:
+        catalog = _catalog_dict(parent)
+        if parent["status"] != FAILED:
+            jobs.extend(plan(parent, catalog))
+            continue
+        message = (
+            parent["error_message"]
+            if parent["error_class"] == "UpstreamFailed"
+            else f"upstream {parent['step']} failed for this sku: "
+            f"{parent['error_class']}: {parent['error_message']}"
+        )
+        for variant in failed_variants(parent, catalog):
             jobs.append(
                 Job(
                     parent["sku"],
-                    parent["variant"],
+                    variant,
                     parent,
-                    error=BriaError(
-                        parent["error_message"]
-                        if parent["error_class"] == "UpstreamFailed"
-                        else f"upstream {parent['step']} failed for this sku: "
-                        f"{parent['error_class']}: {parent['error_message']}"
-                    ),
+                    error=BriaError(message),
                     error_class="UpstreamFailed",
                 )
             )
-            continue
-        jobs.extend(plan(parent, _catalog_dict(parent)))
     return jobs
 
 

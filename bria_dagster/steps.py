@@ -323,11 +323,15 @@ def source_row(
     uri: str | None = None,
     error_class: str | None = None,
     error_message: str | None = None,
+    identity: str | None = None,
 ) -> dict[str, Any]:
-    """A ``source`` record: the catalog image as fetched (or why it could not be)."""
+    """A ``source`` record: the catalog image as fetched (or why it could not be).
+
+    ``identity`` distinguishes rows without a usable URL (rejected rows) in the record id.
+    """
     sha = sha256_hex(data) if data is not None else None
     return {
-        "record_id": make_record_id(ctx.partition, "source", sku, "source", image_url),
+        "record_id": make_record_id(ctx.partition, "source", sku, "source", identity or image_url),
         "partition": ctx.partition,
         "sku": sku,
         "step": "source",

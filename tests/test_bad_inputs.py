@@ -320,7 +320,7 @@ def build_corpus(root: Path, http: str) -> list[Kind]:
             "no_prompt",
             put("noprompt.jpg", make_product_photo("colored", 21, SIZE)[0]),
             "product_scenes",
-            "BriaError",
+            "RequestValidationError",
             ("missing", "prompt_template"),
         ),
     ]

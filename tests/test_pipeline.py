@@ -122,7 +122,10 @@ def test_local_materialization_records_every_row_with_lineage(catalog, monkeypat
     expansions = table(storage, "product_expansions")
     assert (cutouts[cutouts.sku == "A1"].status == "ok").all()
     assert set(expansions[expansions.status == "ok"].variant) == {"scene@1:1", "scene@4:5"}
-    assert (expansions[expansions.sku == "A4"].error_class == "UpstreamFailed").all()
+    a4 = expansions[expansions.sku == "A4"]
+    assert (a4.error_class == "UpstreamFailed").all()
+    assert sorted(a4.variant) == ["scene@1:1", "scene@4:5"]  # one failed row per ratio
+    assert set(sources.record_id.duplicated()) == {False}
     assert counter.calls.count("fal-ai/bria/background/remove") == 3
     assert counter.calls.count("fal-ai/bria/background/replace") == 3
     assert counter.calls.count("fal-ai/bria/expand") == 6
