@@ -50,6 +50,14 @@ def _inputs(n: int, offset: int) -> list[bytes]:
     return [make_product_photo(cats[i % len(cats)], offset + i, (64, 64))[0] for i in range(n)]
 
 
+def _run_queue_wait_s() -> float:
+    """Seconds the client's event-loop thread was runnable but waited for a CPU (Linux)."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def client_batch(n: int, concurrency: int, offset: int) -> dict[str, Any]:
     """N remove requests through FalBackend + run_batch (runs in the client subprocess)."""
     import asyncio
@@ -67,6 +75,7 @@ def client_batch(n: int, concurrency: int, offset: int) -> dict[str, Any]:
         ok = failed = retries = attempts = 0
         errors: list[str] = []
         try:
+            queued0 = _run_queue_wait_s()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             async for outcome in run_batch(backend, items, max_concurrency=concurrency):
                 if outcome.ok and outcome.result is not None:
@@ -77,6 +86,7 @@ def client_batch(n: int, concurrency: int, offset: int) -> dict[str, Any]:
                     failed += 1
                     errors.append(f"{outcome.error_class}: {outcome.error_message}"[:300])
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            queued = _run_queue_wait_s() - queued0
         finally:
             await backend.aclose()
         return {
@@ -85,6 +95,7 @@ def client_batch(n: int, concurrency: int, offset: int) -> dict[str, Any]:
             "failed": failed,
             "wall_s": wall,
             "cpu_s": cpu,
+            "run_queue_s": queued,
             "retries": retries,
             "attempts": attempts,
             "errors": errors[:5],
@@ -245,7 +256,8 @@ def main() -> int:
                     f"{res['calls']['result_calls'] / n:.2f} result, "
                     f"{res['calls']['file_gets'] / n:.2f} file GETs; "
                     f"peak in progress {res['max_in_progress']}; "
-                    f"client used {res['cpu_s'] / res['wall_s']:.2f} of a CPU, "
+                    f"client used {res['cpu_s'] / res['wall_s']:.2f} of a CPU and waited "
+                    f"{res['run_queue_s']:.1f}s runnable for one (run queue), "
                     f"server CPU {res['server_cpu_s']:.1f}s",
                     flush=True,
                 )
