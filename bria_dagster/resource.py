@@ -181,9 +181,7 @@ class BriaResource(dg.ConfigurableResource):
 
             size = (self.onnx_input_size, self.onnx_input_size)
             matte_model = OnnxMatteModel(self.onnx_model_path, input_size=size)
-        storage_tmp = Path(self.storage) / "local_outputs" if "://" not in self.storage else None
-        return LocalBackend(
-            output_dir=storage_tmp,
+        return LocalBackend(  # outputs go to the ImageStore; its own files are temporary
             fetch_policy=self.fetch_policy(),
             max_pixels=self.max_pixels,
             matte_model=matte_model,

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -49,7 +50,8 @@ class LocalBackend:
     """Runs Bria requests on the embedded engine (no key, no network needed).
 
     Args:
-        output_dir: where output files are written (a temporary folder by default).
+        output_dir: where output files are written; by default a temporary folder that
+            :meth:`aclose` removes (the bytes are in the result either way).
         fetch_policy: what input URLs may be fetched (schemes, hosts, sizes, time).
         max_workers: image operations run at once (default: CPU count).
         max_pixels: decompression-bomb limit for inputs.
@@ -67,6 +69,8 @@ class LocalBackend:
         max_pixels: int = 50_000_000,
         matte_model: Any | None = None,
     ) -> None:
+        # A folder of our own is removed by aclose(); the bytes travel in BackendResult.
+        self._owns_output_dir = output_dir is None
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="bria-local-"))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.fetch_policy = fetch_policy or FetchPolicy()
@@ -78,7 +82,8 @@ class LocalBackend:
         return f"LocalBackend(output_dir={str(self.output_dir)!r})"
 
     async def aclose(self) -> None:
-        return None
+        if self._owns_output_dir:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
 
     async def _fetch(self, value: str | Path | bytes, what: str) -> tuple[bytes, str]:
         """Input bytes and a name for messages; paths obey ``fetch_policy.file_roots`` too."""
