@@ -315,8 +315,13 @@ def kill_mid_batch(
     return {"killed": False, "reason": f"no quiet moment to kill in {tries} tries"}
 
 
-def release_killed_run(home: Path, victim: str, server: Server, timeout_s: float) -> list[str]:
-    """Free the dead run's pool slot and mark it failed, once its fal jobs have drained."""
+def release_killed_run(
+    home: Path, victim: str, server: Server, timeout_s: float
+) -> tuple[list[str], float]:
+    """Free the dead run's pool slot and mark it failed, once its fal jobs have drained.
+
+    Returns the freed run ids and the time the slot was freed (the killed step's end).
+    """
     import dagster as dg
     from dagster import DagsterRunStatus, RunsFilter
 
@@ -328,6 +333,7 @@ def release_killed_run(home: Path, victim: str, server: Server, timeout_s: float
         time.sleep(0.05)
     instance = dg.DagsterInstance.from_config(str(home))
     freed = []
+    released_at = time.time()
     try:
         dead = instance.get_runs(
             filters=RunsFilter(
@@ -335,13 +341,45 @@ def release_killed_run(home: Path, victim: str, server: Server, timeout_s: float
                 statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING],
             )
         )
+        released_at = time.time()
         for run in dead:
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             instance.report_run_failed(run)
             freed.append(run.run_id)
     finally:
         instance.dispose()
-    return freed
+    return freed, released_at
+
+
+def step_spans(home: Path, released_at: float | None) -> list[tuple[float, float, str]]:
+    """(start, end, run id) of every product_cutouts step; a killed step ends when released."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    spans = []
+    try:
+        for run in instance.get_runs():
+            times = {
+                e.dagster_event.event_type_value: e.timestamp
+                for e in instance.all_logs(run.run_id)
+                if e.dagster_event and e.step_key == ASSET
+            }
+            if "STEP_START" not in times:
+                continue
+            end = times.get("STEP_SUCCESS") or times.get("STEP_FAILURE") or released_at
+            spans.append((times["STEP_START"], end or time.time(), run.run_id))
+    finally:
+        instance.dispose()
+    return spans
+
+
+def max_overlap(spans: list[tuple[float, float, str]]) -> int:
+    events = sorted([(s, 1) for s, _, _ in spans] + [(e, -1) for _, e, _ in spans])
+    peak = running = 0
+    for _, delta in events:  # an end sorts before a start at the same instant
+        running += delta
+        peak = max(peak, running)
+    return peak
 
 
 def read_partition(storage: Path, partition: str) -> Any:
@@ -381,10 +419,12 @@ def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
             runs.start(p, p)
         victim = partitions[config.kill_partition] if config.kill else None
         kill: dict[str, Any] = {}
+        released_at: float | None = None
         if victim is not None:
             kill = kill_mid_batch(runs, server, victim, partitions, config)
             if kill["killed"]:
-                kill["freed_runs"] = release_killed_run(home, victim, server, config.timeout_s)
+                freed, released_at = release_killed_run(home, victim, server, config.timeout_s)
+                kill["freed_runs"] = freed
                 runs.start(victim, victim + "-rerun")
         for label, proc in runs.procs.items():
             remaining = max(1.0, config.timeout_s - (time.monotonic() - started))
@@ -482,6 +522,14 @@ def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
         f"peak {peak} for key {server.key}, bound {config.pool_limit} x "
         f"{config.max_concurrency} = {bound}",
     )
+    overlap = max_overlap(step_spans(home, released_at))
+    figures["max_overlapping_fal_steps"] = overlap
+    check(
+        checks,
+        "fal steps holding the pool at once <= pool limit (Dagster event log)",
+        overlap <= config.pool_limit,
+        f"max {overlap} overlapping {ASSET} steps, limit {config.pool_limit}",
+    )
     injected = sum(stats["faults"].values())
     check(checks, "faults were injected", injected > 0, f"{injected} faults {stats['faults']}")
 
@@ -533,6 +581,7 @@ def print_report(figures: dict[str, Any]) -> None:
     print(f"rows ok: {figures['rows_ok']}   tables: {json.dumps(figures['tables'])}")
     print(f"server: {json.dumps(figures['server'])}")
     print(f"peak in-flight: {json.dumps(figures['peak_in_flight'])}")
+    print(f"max overlapping fal steps: {figures['max_overlapping_fal_steps']}")
     print(f"faults injected by kind: {json.dumps(figures['faults_injected'])}")
     print(f"faults by op: {json.dumps(figures['faults_by_op'])}")
     print(
