@@ -20,7 +20,7 @@ def load_soak():
     spec = importlib.util.spec_from_file_location("fault_soak", REPO / "benchmarks/fault_soak.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fault_soak", module)
+    sys.modules["fault_soak"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
