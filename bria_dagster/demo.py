@@ -26,7 +26,10 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
     config = home / "dagster.yaml"
     if not config.exists():
         # The fal steps share the "bria" pool: cap it with `dagster instance concurrency set`.
-        config.write_text("concurrency:\n  pools:\n    default_limit: 2\n    granularity: op\n")
+        config.write_text(
+            "concurrency:\n  pools:\n    default_limit: 2\n    granularity: op\n"
+            "telemetry:\n  enabled: false\n"  # the demo is offline
+        )
     os.environ["DAGSTER_HOME"] = str(home)  # Dagster requires an absolute path
     if not os.environ.get("FAL_KEY"):
         print("FAL_KEY is not set: running on the embedded local engine (offline).")
