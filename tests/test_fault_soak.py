@@ -1,4 +1,4 @@
-"""The fault soak (benchmarks/fault_soak.py), scaled down: 4 concurrent partition runs share
+"""The fault soak (benchmarks/fault_soak.py), scaled down: 3 concurrent partition runs share
 the 'bria' pool on a faulty fal server; one run is SIGKILLed mid-batch and re-run.
 
 The kill is timed outside a submit round trip (the victim is SIGSTOPped and killed only when
@@ -28,7 +28,7 @@ def load_soak():
 def test_concurrent_runs_with_faults_and_a_sigkill_pay_each_image_once(tmp_path):
     soak = load_soak()
     config = soak.SoakConfig(
-        batches=4, rows=10, latency=0.1, max_concurrency=4, kill_partition=1, kill_after=3
+        batches=3, rows=10, latency=0.1, max_concurrency=4, kill_partition=1, kill_after=3
     )
     figures = soak.run_soak(config, tmp_path)
     failed = [c for c in figures["checks"] if not c["passed"]]
@@ -41,7 +41,7 @@ def test_concurrent_runs_with_faults_and_a_sigkill_pay_each_image_once(tmp_path)
     # Each image was paid exactly once, across the kill and the re-run.
     assert figures["server"]["duplicate_submissions"] == 0
     assert figures["server"]["submissions"] == n
-    # The pool kept the four runs' fal steps apart: never more than one step's requests.
+    # The pool kept the runs' fal steps apart: never more than one step's requests.
     assert figures["peak_in_flight"]["peak"] <= config.max_concurrency
     assert figures["max_overlapping_fal_steps"] == 1
     # The server did inject faults, and the client retried through them.
