@@ -85,6 +85,9 @@ class FalBackend:
         inline_max_bytes: local inputs up to this size go as data URIs; larger
             ones through fal storage upload.
         max_output_bytes: refuse result files larger than this.
+        max_connections: HTTPS connections kept open to fal (and as many to its file
+            CDN); all of them stay alive between requests, so a long batch pays each
+            TLS handshake once.
     """
 
     name = "fal"
