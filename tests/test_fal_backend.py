@@ -23,6 +23,7 @@ from bria_dagster import (
     ReplaceBackgroundRequest,
     RequestJournal,
     RetryPolicy,
+    request_fingerprint,
     run_batch,
 )
 from bria_dagster.engine.synthetic import make_product_photo
@@ -189,14 +190,15 @@ async def test_identical_requests_in_a_batch_are_sent_once(fal_server):
 
 
 async def test_journal_reattaches_instead_of_resubmitting(fal_server, tmp_path):
-    fal_server.configure(latency=0.3)
+    fal_server.configure(latency=1.0)
     journal = tmp_path / "journal.sqlite"
     request = RemoveBackgroundRequest(image_url=photo(3))
     first = backend(journal=RequestJournal(journal))
     task = asyncio.create_task(first.run(request))
-    for _ in range(100):
-        await asyncio.sleep(0.02)
-        if fal_server.stats()["submissions"]:
+    fingerprint = request_fingerprint(request)
+    for _ in range(500):  # until the accepted id is journaled
+        await asyncio.sleep(0.01)
+        if first.journal.get(fingerprint) is not None:
             break
     # A second process (here: a second backend on the same journal) starts while the
     # first one's request is accepted and pending, as after a crash.

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import importlib.util
 import logging
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -130,7 +128,6 @@ class FalBackend:
             _LatencyModel
         )
         _install_retry_counter()
-        _remember_missing_sniffio()
 
     def __repr__(self) -> str:
         return f"FalBackend(key={'set' if self._key else 'from env'}, journal={self.journal!r})"
@@ -504,22 +501,6 @@ async def _fetch_result(handle: fal_client.AsyncRequestHandle) -> dict[str, Any]
         return await handle.get()
     response = await request(handle.client, "GET", handle.response_url, timeout=_RESULT_TIMEOUT)
     return response.json()
-
-
-def _remember_missing_sniffio() -> None:
-    """Make httpcore's per-request ``import sniffio`` attempt cheap when sniffio is absent.
-
-    httpcore 1.0.x runs ``import sniffio`` (inside ``try/except ImportError``) every time
-    it sets up a lock or a cancellation shield: several times per HTTP request. Recent
-    anyio no longer installs sniffio, and Python does not cache a failed import, so each
-    attempt searches sys.path again (~0.1 ms; about 15% of the client's CPU per job).
-    Recording the absence in ``sys.modules`` (``None``, the standard "not importable"
-    marker) answers later attempts from the cache with the same ImportError and makes
-    ``importlib.util.find_spec`` return None as before. With sniffio installed this does
-    nothing.
-    """
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
 class _Ready:
