@@ -13,7 +13,6 @@ import collections
 import contextvars
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -571,6 +570,3 @@ def verify_output(data: bytes, content_type: str, image: Any, *, max_pixels: int
         url=None if image.url.startswith("data:") else image.url,
     )
 
-
-def new_request_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
