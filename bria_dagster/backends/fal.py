@@ -569,4 +569,3 @@ def verify_output(data: bytes, content_type: str, image: Any, *, max_pixels: int
         height=height,
         url=None if image.url.startswith("data:") else image.url,
     )
-
