@@ -126,7 +126,9 @@ def _metadata(
     for row in frame.head(limit * 3).to_dict("records"):
         if len(lines) - 2 >= limit:
             break
-        if row["status"] in (OK, REUSED) and row["image_sha256"]:
+        if row["status"] == REUSED:
+            thumb = "reused (made by an earlier run)"  # no image reads on unchanged re-runs
+        elif row["status"] == OK and row["image_sha256"]:
             try:
                 thumb = f"![{row['sku']}]({_thumbnail(store.get(row['image_sha256']))})"
             except (OSError, BriaError):
@@ -278,7 +280,13 @@ def build_product_image_assets(
             try:
                 async with slots:
                     fetched = await fetch_bytes(url, policy, client=client)
-                image = decode_image(fetched.data, max_pixels=bria.max_pixels, source=url)
+                    # Decoding (validation) and storing run off the event loop, in the slot.
+                    image = await asyncio.to_thread(
+                        decode_image, fetched.data, max_pixels=bria.max_pixels, source=url
+                    )
+                    stored = await asyncio.to_thread(
+                        store.put, fetched.data, sniff_content_type(fetched.data)
+                    )
             except BriaError as exc:
                 return source_row(
                     ctx,
@@ -288,7 +296,6 @@ def build_product_image_assets(
                     error_class=type(exc).__name__,
                     error_message=str(exc),
                 )
-            stored = store.put(fetched.data, sniff_content_type(fetched.data))
             return source_row(
                 ctx,
                 sku=sku,

@@ -218,7 +218,8 @@ class BriaResource(dg.ConfigurableResource):
                     if outcome.result is not None and not outcome.shared:
                         usage.add(outcome.result)
                         self._usage.add(outcome.result)
-                    on_outcome(outcome)
+                    # Storing outputs (hash, write, fsync) must not stall the polling loop.
+                    await asyncio.to_thread(on_outcome, outcome)
             finally:
                 await backend.aclose()
 
