@@ -2,7 +2,12 @@
 
     bria-dagster lineage trace <image path | sha256> [--base DIR] [--format table|json|csv]
     bria-dagster lineage derived <sku | source sha256 | uri> [--base DIR] [--format ...]
+        (both take --no-index: skip the SQLite index and read the Parquet tables with pandas)
     bria-dagster demo [--base DIR]
+
+For a local base the queries run over ``<base>/tables/_lineage.sqlite``, a cache of
+the record tables brought up to date (changed tables only) before every query; a
+one-line note on stderr says when tables were (re)indexed.
 
 User errors (unknown image, unreadable store) print one line to stderr and exit 2.
 """
@@ -83,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--format", choices=FORMATS, default="table", help="output format (default: table)"
         )
+        sub.add_argument(
+            "--no-index",
+            action="store_true",
+            help="read the Parquet tables with pandas instead of the SQLite index "
+            "<base>/tables/_lineage.sqlite (fsspec URLs always do)",
+        )
 
     demo = commands.add_parser("demo", help="run the offline demo pipeline end to end")
     _add_base(demo)
@@ -131,6 +142,51 @@ def _demo(base: str) -> int:
 
 
 def _lineage(args: argparse.Namespace, out: TextIO) -> int:
+    if not args.no_index:
+        from . import lineage_index  # sqlite only: no pandas/pyarrow while the index is current
+
+        if lineage_index.is_local_base(args.base):
+            try:
+                index = lineage_index.open_index(args.base)
+            except lineage_index.IndexUnavailableError as exc:
+                print(f"bria-dagster: note: {exc}; reading the tables instead", file=sys.stderr)
+            else:
+                with index:
+                    status = _lineage_indexed(args, index, out)
+                if index.stats.changed:
+                    print(index.stats.summary(), file=sys.stderr)
+                return status
+    return _lineage_tables(args, out)
+
+
+def _lineage_indexed(args: argparse.Namespace, index: Any, out: TextIO) -> int:
+    """The query over the SQLite index (:mod:`bria_dagster.lineage_index`), plain dict rows."""
+    from . import lineage_index
+
+    if args.query == "trace":
+        result = index.trace(args.image, all_records=args.all_records)
+        table, title = TRACE_TABLE, f"lineage of {result.rows[0]['image_sha256']}"
+    else:
+        result = index.derived(args.source, include_failed=args.include_failed)
+        table, title = DERIVED_TABLE, f"images derived from {args.source}"
+    cost = result.total_cost_usd
+    if args.format == "json":
+        lineage_index.dump_json(result, out)
+    elif args.format == "csv":
+        lineage_index.write_csv(result, out)
+    else:
+        out.write(f"{title} ({len(result.rows)} rows)\n")
+        out.write(_render_table(result.rows, table))
+        if args.query == "trace":
+            out.write(f"source: {result.source_uri}\n")
+        out.write(f"total cost: {cost:.4f} USD\n")
+    if args.format != "table":
+        print(f"total cost: {cost:.4f} USD", file=sys.stderr)
+    return 0
+
+
+def _lineage_tables(args: argparse.Namespace, out: TextIO) -> int:
+    """The query over the Parquet tables with pandas (fsspec URLs, or ``--no-index``)."""
     from . import lineage  # pandas/pyarrow load only when a query runs
 
     index = lineage.LineageIndex.load(args.base)

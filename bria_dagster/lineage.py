@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from .errors import BriaError
+from . import lineage_index as _index_module
 from .records import COLUMNS, FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, records_to_frame
 
 __all__ = [
@@ -49,50 +49,11 @@ __all__ = [
 ]
 
 DEFAULT_BASE = "bria_data"
-MIN_PREFIX = 8
-STEP_ORDER = {"source": 0, "remove": 1, "replace": 2, "expand": 3}
-
-TRACE_COLUMNS = (
-    "hop",
-    "step",
-    "sku",
-    "image_sha256",
-    "image_uri",
-    "parent_sha256",
-    "endpoint_id",
-    "backend",
-    "parameters",
-    "seed",
-    "request_id",
-    "cost_usd",
-    "run_id",
-    "partition",
-    "asset_key",
-    "created_at",
-)
-DERIVED_COLUMNS = (
-    "step",
-    "sku",
-    "variant",
-    "status",
-    "failed",
-    "image_sha256",
-    "image_uri",
-    "parent_sha256",
-    "root_source_sha256",
-    "endpoint_id",
-    "backend",
-    "parameters",
-    "seed",
-    "request_id",
-    "cost_usd",
-    "run_id",
-    "partition",
-    "asset_key",
-    "created_at",
-    "error_class",
-    "error_message",
-)
+# Shared with the SQLite index (lineage_index), so both paths give the same rows and errors.
+MIN_PREFIX = _index_module.MIN_PREFIX
+STEP_ORDER = _index_module.STEP_ORDER
+TRACE_COLUMNS = _index_module.TRACE_COLUMNS
+DERIVED_COLUMNS = _index_module.DERIVED_COLUMNS
 # The columns the queries need: loading only these keeps a million-row store quick.
 LINEAGE_COLUMNS = tuple(
     c
@@ -116,12 +77,8 @@ _HEX = re.compile(r"[0-9a-f]+")
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 
-class LineageNotFoundError(BriaError, LookupError):
-    """An image, sku or source named in a lineage query is not in the record tables."""
-
-
-class RecordTableError(BriaError):
-    """A record table under ``<base>/tables`` could not be read with the ImageRecord schema."""
+LineageNotFoundError = _index_module.LineageNotFoundError
+RecordTableError = _index_module.RecordTableError
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,0 +1,295 @@
+"""The SQLite lineage index: same answers as the pandas path, incremental sync, CLI parity."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from bria_dagster import lineage, lineage_index
+from bria_dagster.cli import main
+from bria_dagster.lineage_index import (
+    IndexUnavailableError,
+    LineageNotFoundError,
+    RecordTableError,
+    index_path,
+    open_index,
+    sync,
+)
+from bria_dagster.records import REUSED, records_to_frame
+from tests.test_lineage import product_rows, record, sha, write_store
+
+
+@pytest.fixture
+def rows() -> list[dict[str, Any]]:
+    reused = record(
+        "remove",
+        "sku-a",
+        sha("cutout-sku-a"),
+        sha("source-sku-a"),
+        status=REUSED,
+        run_id="run-2",
+        partition="batch-2",
+        minutes=60,
+    )
+    # Sub-second times and a recorded catalog source exercise time formatting and chain ends.
+    catalog = record("source", "sku-c", sha("source-sku-c"), None, variant="source")
+    odd = record("remove", "sku-c", sha("cutout-sku-c"), sha("source-sku-c"), minutes=3)
+    odd["created_at"] += timedelta(microseconds=123456)
+    custom = record("replace", "sku-a", sha("custom"), sha("cutout-sku-a"), variant="9")
+    custom["image_uri"] = "s3://shop-media/exports/sku-a-hero.png"
+    return [*product_rows("sku-a"), *product_rows("sku-b"), reused, catalog, odd, custom]
+
+
+@pytest.fixture
+def base(tmp_path, rows) -> str:
+    store = tmp_path / "bria_data"
+    write_store(str(store), records_to_frame(rows))
+    return str(store)
+
+
+def queries(stored: str) -> list[tuple[str, str, dict[str, bool]]]:
+    """(query, name, options) covering every way of naming an image or a source."""
+    return [
+        ("trace", sha("expand-sku-a-16:9"), {}),
+        ("trace", sha("expand-sku-a-1:1"), {"all_records": True}),
+        ("trace", sha("expand-sku-b-1:1")[:10].upper(), {}),
+        ("trace", sha("source-sku-b"), {}),
+        ("trace", sha("cutout-sku-c"), {}),
+        ("trace", sha("source-sku-c"), {}),
+        ("trace", "s3://shop-media/exports/sku-a-hero.png", {}),
+        ("trace", "https://cdn.example/sku-b.jpg", {}),
+        ("trace", stored, {}),
+        ("derived", "sku-a", {}),
+        ("derived", "sku-b", {"include_failed": True}),
+        ("derived", "sku-c", {}),
+        ("derived", sha("source-sku-a"), {}),
+        ("derived", sha("source-sku-c")[:12], {}),
+        ("derived", "https://cdn.example/sku-b.jpg", {"include_failed": True}),
+        ("derived", sha("cutout-sku-b"), {"include_failed": True}),
+        ("derived", sha("scene-sku-a-0"), {}),
+        ("derived", stored, {}),
+    ]
+
+
+@pytest.fixture
+def stored(tmp_path) -> str:
+    output = sha("expand-sku-b-16:9")
+    path = tmp_path / "elsewhere" / f"{output}.png"
+    path.parent.mkdir()
+    path.write_bytes(b"png bytes")
+    return str(path)
+
+
+def test_queries_give_the_pandas_rows(base, stored):
+    pandas_index = lineage.LineageIndex.load(base)
+    with open_index(base) as index:
+        for query, name, options in queries(stored):
+            expected = getattr(pandas_index, query)(name, **options)
+            got = getattr(index, query)(name, **options)
+            assert got.rows == lineage.plain_rows(expected), (query, name)
+            assert list(got.columns) == list(expected.columns)
+            assert got.total_cost_usd == pytest.approx(expected.attrs["total_cost_usd"])
+            if query == "trace":
+                assert got.source_uri == expected.attrs["source_uri"]
+
+
+def test_errors_match_the_pandas_path(base, tmp_path, rows):
+    pandas_index = lineage.LineageIndex.load(base)
+    missing = str(tmp_path / "missing.png")
+    cases = [
+        ("trace", "0" * 64),
+        ("trace", "abc"),
+        ("trace", missing),
+        ("derived", "sku-zzz"),
+        ("derived", "abcd"),
+    ]
+    with open_index(base) as index:
+        for query, name in cases:
+            with pytest.raises(LineageNotFoundError) as expected:
+                getattr(pandas_index, query)(name)
+            with pytest.raises(LineageNotFoundError) as got:
+                getattr(index, query)(name)
+            assert str(got.value) == str(expected.value)
+    assert lineage.LineageNotFoundError is LineageNotFoundError
+    assert lineage.RecordTableError is RecordTableError
+
+
+def test_ambiguous_prefix_asks_for_more(tmp_path, rows):
+    clash = records_to_frame(rows)
+    clash.loc[clash["image_sha256"] == sha("scene-sku-a-0"), "image_sha256"] = "abcdef01" + "1" * 56
+    clash.loc[clash["image_sha256"] == sha("scene-sku-b-0"), "image_sha256"] = "abcdef01" + "2" * 56
+    write_store(str(tmp_path), clash)
+    with open_index(tmp_path) as index, pytest.raises(LineageNotFoundError) as got:
+        index.trace("abcdef01")
+    with pytest.raises(LineageNotFoundError) as expected:
+        lineage.trace("abcdef01", tmp_path)
+    assert "ambiguous" in str(got.value)
+    assert str(got.value) == str(expected.value)
+    with open_index(tmp_path) as index:  # one more character settles it
+        assert index.trace("abcdef011").rows[0]["image_sha256"] == "abcdef01" + "1" * 56
+
+
+def test_empty_store_has_no_rows_and_no_index_file(tmp_path):
+    with open_index(tmp_path / "nothing") as index, pytest.raises(LineageNotFoundError) as err:
+        index.trace("a" * 64)
+    assert "0 record rows" in str(err.value)
+    assert not (tmp_path / "nothing").exists()
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+@pytest.fixture
+def reads(monkeypatch) -> list[str]:
+    """The tables the index reads (re-read) from Parquet."""
+    seen: list[str] = []
+    real = lineage_index._read_table
+
+    def counting(path: str) -> list[list[Any]]:
+        seen.append(os.path.relpath(path, os.path.dirname(os.path.dirname(path))))
+        return real(path)
+
+    monkeypatch.setattr(lineage_index, "_read_table", counting)
+    return seen
+
+
+def count(base: str) -> int:
+    with sqlite3.connect(index_path(base)) as conn:
+        return conn.execute("SELECT count(*) FROM records").fetchone()[0]
+
+
+def test_sync_reads_only_new_and_changed_tables(base, rows, reads):
+    first = sync(base)
+    assert sorted(reads) == sorted(
+        os.path.relpath(p, os.path.join(base, "tables")) for p in lineage.table_files(base)
+    )
+    assert first.rows_written == first.records == len(rows) == count(base)
+    assert os.path.isfile(index_path(base))
+
+    reads.clear()
+    again = sync(base)
+    assert reads == [] and not again.changed
+    assert again.records == len(rows)
+
+    # Replace one table: only it is re-read, and its old rows are gone.
+    scenes = records_to_frame([r for r in rows if r["step"] == "replace"])
+    scenes = scenes[scenes["sku"] == "sku-a"].assign(run_id="run-9")
+    write_store(base, scenes)
+    changed = sync(base)
+    assert reads == ["product_scenes/batch-1.parquet"]
+    assert changed.read == reads and changed.removed == []
+    n_scenes_b = sum(1 for r in rows if r["step"] == "replace" and r["sku"] == "sku-b")
+    assert count(base) == len(rows) - n_scenes_b
+    with open_index(base) as index:
+        assert index.trace(sha("scene-sku-a-0")).rows[0]["run_id"] == "run-9"
+        assert index.derived("sku-b").rows == lineage.plain_rows(lineage.derived("sku-b", base))
+
+    # Remove a table: its rows leave the index without reading anything.
+    reads.clear()
+    os.remove(os.path.join(base, "tables", "product_expansions", "batch-1.parquet"))
+    removed = sync(base)
+    assert reads == [] and removed.removed == ["product_expansions/batch-1.parquet"]
+    with open_index(base) as index, pytest.raises(LineageNotFoundError):
+        index.trace(sha("expand-sku-a-1:1"))
+    assert count(base) == len(lineage.load_records(base))
+
+
+def test_a_failed_sync_leaves_the_index_as_it_was(base, rows):
+    sync(base)
+    broken = os.path.join(base, "tables", "product_scenes", "broken.parquet")
+    with open(broken, "wb") as fh:
+        fh.write(b"not parquet at all")
+    os.remove(os.path.join(base, "tables", "product_expansions", "batch-1.parquet"))
+    with pytest.raises(RecordTableError, match=r"broken\.parquet"):
+        sync(base)
+    assert count(base) == len(rows)  # the removal was rolled back with the failed read
+    os.remove(broken)
+    assert sync(base).removed == ["product_expansions/batch-1.parquet"]
+
+
+def test_an_unusable_index_file_is_reported(base):
+    with open(index_path(base), "wb") as fh:
+        fh.write(b"this is not a database" * 100)
+    with pytest.raises(IndexUnavailableError, match="--no-index"):
+        sync(base)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cli_output_is_the_same_with_and_without_the_index(base, stored, capsys):
+    for query, name, options in queries(stored):
+        flags = [f"--{k.replace('_', '-')}" for k, on in options.items() if on]
+        for fmt in ("table", "json", "csv"):
+            argv = ["lineage", query, name, "--base", base, "--format", fmt, *flags]
+            with_index = run(argv, capsys)
+            without = run([*argv, "--no-index"], capsys)
+            assert with_index[0] == without[0] == 0, (argv, with_index[2])
+            assert with_index[1] == without[1], argv
+            assert with_index[1].strip()
+
+
+def test_cli_errors_are_the_same_with_and_without_the_index(base, capsys):
+    for argv in (
+        ["lineage", "trace", "f" * 64, "--base", base],
+        ["lineage", "derived", "no-such-sku", "--base", base],
+        ["lineage", "trace", "abc", "--base", base],
+    ):
+        with_index = run(argv, capsys)
+        without = run([*argv, "--no-index"], capsys)
+        assert with_index == without == (2, "", with_index[2])
+        assert len(with_index[2].strip().splitlines()) == 1
+
+
+def test_cli_notes_indexing_on_stderr_only_when_tables_were_read(base, capsys):
+    status, out, err = run(["lineage", "derived", "sku-a", "--base", base], capsys)
+    assert status == 0 and "indexed" not in out
+    assert err.startswith(f"indexed {len(lineage.table_files(base))} table(s)")
+    assert len(err.splitlines()) == 1
+    status, _, err = run(["lineage", "derived", "sku-a", "--base", base], capsys)
+    assert status == 0 and err == ""
+
+
+def test_cli_with_a_current_index_does_not_import_pandas(base):
+    sync(base)
+    code = (
+        "import sys; from bria_dagster.cli import main; "
+        f"status = main(['lineage', 'trace', {sha('expand-sku-a-1:1')!r}, '--base', {base!r}, "
+        "'--format', 'csv']); "
+        "heavy = sorted(m for m in ('pandas', 'pyarrow', 'numpy') if m in sys.modules); "
+        "print('loaded:', heavy); sys.exit(status)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "loaded: []"
+    assert "expand" in done.stdout
+
+
+def test_cli_keeps_fsspec_urls_on_the_pandas_path(rows, capsys):
+    url = "memory://lineage-index-test"
+    write_store(url, records_to_frame(rows))
+    try:
+        status, out, _ = run(["lineage", "derived", "sku-a", "--base", url], capsys)
+        assert status == 0 and "images derived from sku-a" in out
+        assert not os.path.exists(index_path(url))
+    finally:
+        import fsspec
+
+        fsspec.filesystem("memory").rm("/lineage-index-test", recursive=True)
+
+
+def test_pandas_frame_and_index_agree_on_row_counts(base, rows):
+    with open_index(base) as index:
+        assert len(index) == len(rows) == len(lineage.load_records(base))
