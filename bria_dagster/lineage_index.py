@@ -13,6 +13,7 @@ Only local bases get an index; fsspec URLs keep using :mod:`bria_dagster.lineage
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -21,6 +22,7 @@ import posixpath
 import re
 import sqlite3
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,7 +50,7 @@ __all__ = [
 ]
 
 INDEX_NAME = "_lineage.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 MIN_PREFIX = 8
 STEP_ORDER = {"source": 0, "remove": 1, "replace": 2, "expand": 3}
@@ -97,7 +99,6 @@ DERIVED_COLUMNS = (
 )
 # The record columns the index keeps (created_at is kept as epoch microseconds).
 STORED_COLUMNS = (
-    "record_id",
     "partition",
     "sku",
     "step",
@@ -119,20 +120,27 @@ STORED_COLUMNS = (
     "run_id",
     "asset_key",
 )
-INDEXED_COLUMNS = (
-    "image_sha256",
-    "parent_sha256",
-    "root_source_sha256",
-    "sku",
-    "root_source_uri",
-    "image_uri",
-)
+# Lookups go through small integer keys instead of long text: the first 60 bits of a
+# sha256 (prefix searches become integer ranges) or the CRC-32 of a URI. Every query
+# also compares the text itself, so a shared key never mixes two values up.
+KEY_COLUMNS = {
+    "image_key": "image_sha256",
+    "parent_key": "parent_sha256",
+    "source_key": "root_source_sha256",
+    "image_uri_key": "image_uri",
+    "source_uri_key": "root_source_uri",
+}
+INDEXED_COLUMNS = (*KEY_COLUMNS, "sku")
+_KEY_HEX = 15  # hex characters in a sha key (60 bits: a positive SQLite integer)
+_SHA_KEYS = ("image_key", "parent_key", "source_key")
 # A record's id is (file id << 32) | row position: one file's rows are one id range,
 # and ids order rows as the Parquet files list them.
 _ROW_BITS = 32
 _SELECT = ", ".join(("id", "created_us", *STORED_COLUMNS))
 
 _HEX = re.compile(r"[0-9a-f]+")
+_IMAGE = "image_key = ? AND image_sha256 = ? AND status IN (?, ?)"
+_SOURCE = "source_key = ? AND root_source_sha256 = ?"
 _SHA = re.compile(r"[0-9a-f]{64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -205,7 +213,22 @@ def _read_table(path: str) -> list[list[Any]]:
             "Remove or rewrite it (only pipeline-written Parquet belongs under tables/)."
         ) from exc
     created = table.column("created_at").cast(pa.int64()).to_pylist()
-    return [created, *(table.column(name).to_pylist() for name in STORED_COLUMNS)]
+    columns = {name: table.column(name).to_pylist() for name in STORED_COLUMNS}
+    keys = [
+        [(_sha_key if key in _SHA_KEYS else _uri_key)(v) for v in columns[name]]
+        for key, name in KEY_COLUMNS.items()
+    ]
+    return [created, *columns.values(), *keys]
+
+
+def _sha_key(sha: str | None) -> int | None:
+    """The first 60 bits of a hex sha256 (None for anything else)."""
+    head = sha[:_KEY_HEX] if sha else ""
+    return int(head, 16) if len(head) == _KEY_HEX and _HEX.fullmatch(head) else None
+
+
+def _uri_key(uri: str | None) -> int | None:
+    return None if uri is None else zlib.crc32(uri.encode("utf-8", "surrogatepass"))
 
 
 # --------------------------------------------------------------------------- sync
@@ -245,6 +268,7 @@ _TABLES_DDL = (
 def _records_ddl() -> str:
     types = {"seed": "INTEGER", "cost_usd": "REAL"}
     columns = ", ".join(f"{name} {types.get(name, 'TEXT')}" for name in STORED_COLUMNS)
+    columns += "".join(f", {key} INTEGER" for key in KEY_COLUMNS)
     return (
         "CREATE TABLE IF NOT EXISTS records "
         f"(id INTEGER PRIMARY KEY, created_us INTEGER, {columns})"
@@ -280,8 +304,11 @@ def _connect(path: str) -> sqlite3.Connection:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            if path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")
+            if version:  # an older layout was dropped: give its pages back to the disk
+                with contextlib.suppress(sqlite3.OperationalError):
+                    conn.execute("VACUUM")
+        if path != ":memory:":
+            _use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.Error as exc:
         raise IndexUnavailableError(
@@ -289,6 +316,15 @@ def _connect(path: str) -> sqlite3.Connection:
             "run with --no-index, or delete the file so it is rebuilt"
         ) from exc
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (readers never wait for a sync); needs a moment without other users,
+    so on a busy index it is left to a later run (rollback journal works too, only slower)."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    with contextlib.suppress(sqlite3.OperationalError):
+        conn.execute("PRAGMA journal_mode = WAL")
 
 
 def _stored(conn: sqlite3.Connection) -> dict[str, tuple[int, int, int]]:
@@ -350,10 +386,10 @@ def _sync(conn: sqlite3.Connection, tables: str) -> SyncStats:
                         (path, mtime_ns, size, rows),
                     ).lastrowid
                 first = file_id << _ROW_BITS
-                marks = ", ".join("?" * (len(STORED_COLUMNS) + 2))
+                marks = ", ".join("?" * (len(STORED_COLUMNS) + len(KEY_COLUMNS) + 2))
+                names = ", ".join((*STORED_COLUMNS, *KEY_COLUMNS))
                 conn.executemany(
-                    f"INSERT INTO records (id, created_us, {', '.join(STORED_COLUMNS)}) "
-                    f"VALUES ({marks})",
+                    f"INSERT INTO records (id, created_us, {names}) VALUES ({marks})",
                     zip(range(first, first + rows), *columns, strict=True),
                 )
                 stats.rows_written += rows
@@ -451,8 +487,11 @@ class IndexedLineage:
         """Where ``row`` sits in the pandas path's frame: file path, then position."""
         return self._paths[row["id"] >> _ROW_BITS], row["id"] & ((1 << _ROW_BITS) - 1)
 
-    def _select(self, where: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        cursor = self.conn.execute(f"SELECT {_SELECT} FROM records WHERE {where}", params)
+    def _select(
+        self, where: str, params: Sequence[Any], *, with_: str = ""
+    ) -> list[dict[str, Any]]:
+        sql = f"{with_} SELECT {_SELECT} FROM records WHERE {where}"
+        cursor = self.conn.execute(sql, params)
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, values, strict=True)) for values in cursor]
         rows.sort(key=self._order)
@@ -460,7 +499,7 @@ class IndexedLineage:
 
     def _image_rows(self, sha: str) -> list[dict[str, Any]]:
         """The ok/reused rows that made image ``sha``, newest first (ties: table order)."""
-        rows = self._select("image_sha256 = ? AND status IN (?, ?)", (sha, OK, REUSED))
+        rows = self._select(_IMAGE, (_sha_key(sha), sha, OK, REUSED))
         # A missing time sorts first, as NaT does in the pandas path.
         rows.sort(key=lambda r: (r["created_us"] is not None, -(r["created_us"] or 0)))
         return rows
@@ -470,28 +509,31 @@ class IndexedLineage:
         return self.conn.execute(sql, params).fetchone() is not None
 
     def _is_root(self, sha: str) -> bool:
-        return self._exists("root_source_sha256 = ?", (sha,))
+        return self._exists(_SOURCE, (_sha_key(sha), sha))
 
     def _is_known(self, sha: str) -> bool:
-        return self._exists(
-            "image_sha256 = ? AND status IN (?, ?)", (sha, OK, REUSED)
-        ) or self._is_root(sha)
+        return self._exists(_IMAGE, (_sha_key(sha), sha, OK, REUSED)) or self._is_root(sha)
 
     # ----------------------------------------------------------------- resolving names
 
     def _by_prefix(self, prefix: str) -> str | None:
         if len(prefix) == 64:
             return prefix if self._is_known(prefix) else None
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        head = prefix[:_KEY_HEX]
+        low = int(head.ljust(_KEY_HEX, "0"), 16)
+        high = int(head.ljust(_KEY_HEX, "f"), 16)
         found: set[str] = set()
-        for column, extra in (
-            ("image_sha256", f" AND status IN ('{OK}', '{REUSED}')"),
-            ("root_source_sha256", ""),
+        for key, extra in (
+            ("image_key", f" AND status IN ('{OK}', '{REUSED}')"),
+            ("source_key", ""),
         ):
+            column = KEY_COLUMNS[key]
             sql = (
-                f"SELECT DISTINCT {column} FROM records WHERE {column} >= ? AND {column} < ?{extra}"
+                f"SELECT DISTINCT {column} FROM records WHERE {key} BETWEEN ? AND ? "
+                f"AND substr({column}, 1, ?) = ?{extra}"
             )
-            found.update(v for (v,) in self.conn.execute(sql, (prefix, upper)))
+            params = (low, high, len(prefix), prefix)
+            found.update(v for (v,) in self.conn.execute(sql, params))
         matches = sorted(found)
         if len(matches) > 1:
             shown = ", ".join(m[:16] for m in matches[:5])
@@ -525,11 +567,12 @@ class IndexedLineage:
         stem = posixpath.basename(text.replace("\\", "/").rstrip("/")).split(".")[0].lower()
         if _SHA.fullmatch(stem) and self._is_known(stem):
             return stem
-        for column, sha_column in (
-            ("image_uri", "image_sha256"),
-            ("root_source_uri", "root_source_sha256"),
+        for key, sha_column in (
+            ("image_uri_key", "image_sha256"),
+            ("source_uri_key", "root_source_sha256"),
         ):
-            hits = self._select(f"{column} = ? AND {sha_column} IS NOT NULL", (text,))
+            where = f"{key} = ? AND {KEY_COLUMNS[key]} = ? AND {sha_column} IS NOT NULL"
+            hits = self._select(where, (_uri_key(text), text))
             if hits:
                 return str(hits[0][sha_column])
         digest = _hash_file(text)
@@ -560,7 +603,7 @@ class IndexedLineage:
                 chain.append({**row, "hop": len(seen) - 1})
             current = rows[0]["parent_sha256"]
         # Without a chain the image is itself a catalog source.
-        last = chain[-1] if chain else self._select("root_source_sha256 = ?", (sha,))[0]
+        last = chain[-1] if chain else self._select(_SOURCE, (_sha_key(sha), sha))[0]
         out = [_trace_row(row) for row in chain]
         # The catalog step may have recorded the source itself (step "source"); otherwise
         # the chain ends with a synthetic row made from the root_source_* columns.
@@ -611,7 +654,9 @@ class IndexedLineage:
                 )
             sha = self._by_prefix(low)
         else:
-            rows = self._select("root_source_uri = ?", (source,))
+            rows = self._select(
+                "source_uri_key = ? AND root_source_uri = ?", (_uri_key(source), source)
+            )
             if rows:
                 return rows
             sha = self._sha_from_location(source)
@@ -621,13 +666,18 @@ class IndexedLineage:
                 f"{len(self)} record rows from {self.source}; check the spelling or --base"
             )
         if self._is_root(sha):
-            return self._select("root_source_sha256 = ?", (sha,))
+            return self._select(_SOURCE, (_sha_key(sha), sha))
         # Rows whose parent chain leads to ``sha``: every image reachable through parent links.
+        reached = (
+            "WITH RECURSIVE reached(sha, k) AS (SELECT ?, ? UNION "
+            "SELECT r.image_sha256, r.image_key FROM records r JOIN reached "
+            "ON r.parent_key = reached.k AND r.parent_sha256 = reached.sha "
+            "WHERE r.image_sha256 IS NOT NULL)"
+        )
         return self._select(
-            "parent_sha256 IN (WITH RECURSIVE reached(sha) AS (SELECT ? UNION "
-            "SELECT r.image_sha256 FROM records r JOIN reached ON r.parent_sha256 = reached.sha "
-            "WHERE r.image_sha256 IS NOT NULL) SELECT sha FROM reached)",
-            (sha,),
+            "parent_key IN (SELECT k FROM reached) AND parent_sha256 IN (SELECT sha FROM reached)",
+            (sha, _sha_key(sha)),
+            with_=reached,
         )
 
 

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -211,6 +212,14 @@ def test_a_failed_sync_leaves_the_index_as_it_was(base, rows):
     assert count(base) == len(rows)  # the removal was rolled back with the failed read
     os.remove(broken)
     assert sync(base).removed == ["product_expansions/batch-1.parquet"]
+
+
+def test_concurrent_syncs_build_one_consistent_index(base, rows):
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: sync(base), range(4)))
+    assert [r.records for r in results] == [len(rows)] * 4
+    assert sum(r.rows_written for r in results) == len(rows)  # built once, not four times
+    assert count(base) == len(rows)
 
 
 def test_an_unusable_index_file_is_reported(base):
