@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_path, fal_server):
-    fal_server.configure(latency=0.4)
+    fal_server.configure(latency=1.5)  # p1's fal step lasts ~4.5 s
     for offset, batch in enumerate(("p1", "p2")):
         rows = [
             {
@@ -42,24 +43,25 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
         "PYTHONPATH": str(REPO),
     }
     storage = str(tmp_path / "data")
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "tests" / "pool_worker.py"),
-                str(tmp_path / "catalogs"),
-                storage,
-                batch,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+
+    def start(batch: str) -> subprocess.Popen:
+        cmd = [sys.executable, str(REPO / "tests" / "pool_worker.py")]
+        cmd += [str(tmp_path / "catalogs"), storage, batch]
+        return subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        for batch in ("p1", "p2")
-    ]
+
+    # The second run starts once the first one's fal step holds the pool slot: Dagster's
+    # SQLite storage can admit two claims made at the same instant (README, "Going to
+    # production": use Postgres storage when runs in several processes share a pool).
+    procs = [start("p1")]
+    deadline = time.monotonic() + 120
+    while fal_server.stats()["submissions"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs.append(start("p2"))
     outputs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "blocked by limit for pool bria" in outputs[1]  # p2 really waited for the pool
 
     stats = fal_server.stats()
     assert stats["submissions"] == 24
