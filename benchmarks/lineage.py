@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -197,6 +198,15 @@ def indexed_section(base: Path, names: dict[str, str], records: int) -> bool:
         f"  {'sync with nothing changed (stat only)':<52} "
         f"{(time.perf_counter() - start) * 1000:9.1f} ms  (changed: {again.changed})"
     )
+    one = sorted((base / "tables").glob("*/*.parquet"))[0]
+    now = time.time_ns()
+    os.utime(one, ns=(now, now))  # as if the pipeline rewrote one partition
+    start = time.perf_counter()
+    changed = lineage_index.sync(base)
+    print(
+        f"  {'sync after one table changed':<52} "
+        f"{(time.perf_counter() - start) * 1000:9.1f} ms  ({changed.summary()})"
+    )
     queries = {
         "trace": ["lineage", "trace", names["expand_output"], "--base", str(base)],
         "trace (12-char prefix)": [
@@ -296,24 +306,15 @@ def main() -> None:
             query_times.append(results[-1][1])
             print(f"    -> {len(out)} rows, steps {out['step'].tolist()}")
 
-        index_file = Path(lineage_index.index_path(base))
-        for leftover in index_file.parent.glob(f"{index_file.name}*"):
-            leftover.unlink()
-        cli_trace = cli(["lineage", "trace", names["expand_output"], "--base", str(base)])
-        label = "CLI first run: trace (builds the index)"
-        print(f"  {label:<52} {cli_trace * 1000:9.1f} ms")
-        cli_derived = cli(["lineage", "derived", names["sku"], "--base", str(base), "--no-index"])
-        label = "CLI --no-index: derived (pandas, one run)"
-        print(f"  {label:<52} {cli_derived * 1000:9.1f} ms")
         for label, code in (
-            ("  of which: python + pandas/pyarrow imports", "import pandas, pyarrow.dataset"),
-            ("  of which: python + import bria_dagster.lineage", "import bria_dagster.lineage"),
+            ("pandas path: python + pandas/pyarrow imports", "import pandas, pyarrow.dataset"),
+            ("pandas path: python + import bria_dagster.lineage", "import bria_dagster.lineage"),
         ):
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
             print(f"  {label:<52} {(time.perf_counter() - start) * 1000:9.1f} ms")
         print(
-            f"  {'  of which: LineageIndex.load (measured above)':<52} "
+            f"  {'pandas path: LineageIndex.load (measured above)':<52} "
             f"{results[[r[0] for r in results].index(load_label)][1] * 1000:9.1f} ms"
         )
 
@@ -322,11 +323,6 @@ def main() -> None:
         print(
             f"queries after loading: worst {worst * 1000:.1f} ms -> "
             f"{'meets' if worst < TARGET_S else 'MISSES'} the < {TARGET_S:.0f} s target"
-        )
-        worst_cli = max(cli_trace, cli_derived)
-        print(
-            f"CLI end to end incl. indexing {args.records:,} records (first, cold run): worst "
-            f"{worst_cli:.2f} s"
         )
         passed = indexed_section(base, names, args.records)
     if not passed:

@@ -467,9 +467,14 @@ class IndexedLineage:
         self.conn = conn
         self.source = source
         self.stats = stats
+        # One read transaction: every lookup of a query sees the same snapshot, even
+        # while another process syncs (WAL readers do not wait for writers).
+        conn.execute("BEGIN")
         self._paths = {i: p for i, p in conn.execute("SELECT id, path FROM tables")}
 
     def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("ROLLBACK")
         self.conn.close()
 
     def __enter__(self) -> IndexedLineage:
