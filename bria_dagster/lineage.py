@@ -13,7 +13,6 @@ Both accept a records DataFrame, a prebuilt :class:`LineageIndex`, or a base loc
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
@@ -74,7 +73,6 @@ KEY_COLUMNS = (
 )
 
 _HEX = re.compile(r"[0-9a-f]+")
-_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 LineageNotFoundError = _index_module.LineageNotFoundError
@@ -165,7 +163,7 @@ def _check_columns(columns: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- the index
 
 
-class LineageIndex:
+class LineageIndex(_index_module.ImageResolver):
     """Record rows, queried with vectorised masks over the sha, parent, source and sku columns.
 
     Nothing slow is built up front: each lookup is one pass of an Arrow-backed
@@ -237,47 +235,15 @@ class LineageIndex:
 
     # ----------------------------------------------------------------- resolving names
 
-    def _by_prefix(self, prefix: str) -> str | None:
-        if len(prefix) == 64:
-            return prefix if self._is_known(prefix) else None
+    def _prefix_matches(self, prefix: str) -> set[str]:
         found: set[str] = set()
         for column, mask in (("image_sha256", self._good), ("root_source_sha256", None)):
             values = self.frame[column]
             hit = values.str.startswith(prefix, na=False).to_numpy(dtype=bool)
             found.update(values[hit if mask is None else hit & mask].tolist())
-        matches = sorted(found)
-        if len(matches) > 1:
-            shown = ", ".join(m[:16] for m in matches[:5])
-            raise LineageNotFoundError(
-                f"sha256 prefix {prefix!r} is ambiguous in {self.source}: it matches "
-                f"{len(matches)} images ({shown}...); give more characters"
-            )
-        return matches[0] if matches else None
+        return found
 
-    def resolve_image(self, image: str) -> str:
-        """The full sha256 named by ``image``: a sha256, a unique prefix, a stored path or URI."""
-        text = str(image).strip()
-        low = text.lower()
-        if _HEX.fullmatch(low) and len(low) <= 64:
-            if len(low) < MIN_PREFIX:
-                raise LineageNotFoundError(
-                    f"sha256 prefix {text!r} is too short: "
-                    f"give at least {MIN_PREFIX} hex characters"
-                )
-            found = self._by_prefix(low)
-            if found:
-                return found
-            raise self._not_found(text, "as a sha256 or sha256 prefix")
-        found = self._sha_from_location(text)
-        if found:
-            return found
-        raise self._not_found(text, "as an image path or URI (file name, image_uri, file bytes)")
-
-    def _sha_from_location(self, text: str) -> str | None:
-        # Stored images are named <sha256>.<ext>: the name alone identifies them.
-        stem = posixpath.basename(text.replace("\\", "/").rstrip("/")).split(".")[0].lower()
-        if _SHA.fullmatch(stem) and self._is_known(stem):
-            return stem
+    def _sha_for_uri(self, text: str) -> str | None:
         for column, sha_column in (
             ("image_uri", "image_sha256"),
             ("root_source_uri", "root_source_sha256"),
@@ -286,16 +252,7 @@ class LineageIndex:
             hit = hit.dropna()
             if len(hit):
                 return str(hit.iloc[0])
-        digest = _hash_file(text)
-        if digest and self._is_known(digest):
-            return digest
         return None
-
-    def _not_found(self, what: str, how: str) -> LineageNotFoundError:
-        return LineageNotFoundError(
-            f"no record of {what!r} ({how}) in {len(self)} record rows from {self.source}; "
-            "check the image or base location (--base), or run the pipeline for it first"
-        )
 
     # ----------------------------------------------------------------- queries
 
@@ -422,25 +379,6 @@ class LineageIndex:
             frontier = children - visited
             visited |= children
         return mask
-
-
-def _hash_file(location: str) -> str | None:
-    """sha256 of a local file's bytes, or None when ``location`` is not a readable local file.
-
-    Only local files are hashed: a query never downloads anything (stored images
-    elsewhere are recognised by their ``<sha256>.<ext>`` name or their image_uri).
-    """
-    path = location.removeprefix("file://")
-    if not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def total_cost(rows: pd.DataFrame) -> float:

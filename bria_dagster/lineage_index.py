@@ -460,7 +460,82 @@ class QueryResult:
     source_uri: str | None = None
 
 
-class IndexedLineage:
+class ImageResolver:
+    """Turns what a user typed (sha256, prefix, stored path or URI, file) into a full sha256.
+
+    Shared by the pandas :class:`~bria_dagster.lineage.LineageIndex` and the SQLite
+    :class:`IndexedLineage`, which supply the lookups: ``_is_known``,
+    ``_prefix_matches`` and ``_sha_for_uri`` (and ``source`` / ``__len__`` for messages).
+    """
+
+    source: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _is_known(self, sha: str) -> bool:
+        raise NotImplementedError
+
+    def _prefix_matches(self, prefix: str) -> set[str]:
+        """Output or source shas (ok/reused rows) starting with ``prefix``."""
+        raise NotImplementedError
+
+    def _sha_for_uri(self, text: str) -> str | None:
+        """The sha of the image or source recorded under URI ``text``."""
+        raise NotImplementedError
+
+    def _by_prefix(self, prefix: str) -> str | None:
+        if len(prefix) == 64:
+            return prefix if self._is_known(prefix) else None
+        matches = sorted(self._prefix_matches(prefix))
+        if len(matches) > 1:
+            shown = ", ".join(m[:16] for m in matches[:5])
+            raise LineageNotFoundError(
+                f"sha256 prefix {prefix!r} is ambiguous in {self.source}: it matches "
+                f"{len(matches)} images ({shown}...); give more characters"
+            )
+        return matches[0] if matches else None
+
+    def resolve_image(self, image: str) -> str:
+        """The full sha256 named by ``image``: a sha256, a unique prefix, a stored path or URI."""
+        text = str(image).strip()
+        low = text.lower()
+        if _HEX.fullmatch(low) and len(low) <= 64:
+            if len(low) < MIN_PREFIX:
+                raise LineageNotFoundError(
+                    f"sha256 prefix {text!r} is too short: "
+                    f"give at least {MIN_PREFIX} hex characters"
+                )
+            found = self._by_prefix(low)
+            if found:
+                return found
+            raise self._not_found(text, "as a sha256 or sha256 prefix")
+        found = self._sha_from_location(text)
+        if found:
+            return found
+        raise self._not_found(text, "as an image path or URI (file name, image_uri, file bytes)")
+
+    def _sha_from_location(self, text: str) -> str | None:
+        # Stored images are named <sha256>.<ext>: the name alone identifies them.
+        stem = posixpath.basename(text.replace("\\", "/").rstrip("/")).split(".")[0].lower()
+        if _SHA.fullmatch(stem) and self._is_known(stem):
+            return stem
+        found = self._sha_for_uri(text)
+        if found:
+            return found
+        digest = _hash_file(text)
+        if digest and self._is_known(digest):
+            return digest
+        return None
+
+    def _not_found(self, what: str, how: str) -> LineageNotFoundError:
+        return LineageNotFoundError(
+            f"no record of {what!r} ({how}) in {len(self)} record rows from {self.source}; "
+            "check the image or base location (--base), or run the pipeline for it first"
+        )
+
+
+class IndexedLineage(ImageResolver):
     """trace/derived over the SQLite index, row for row as :class:`lineage.LineageIndex`."""
 
     def __init__(self, conn: sqlite3.Connection, *, source: str, stats: SyncStats) -> None:
@@ -521,9 +596,7 @@ class IndexedLineage:
 
     # ----------------------------------------------------------------- resolving names
 
-    def _by_prefix(self, prefix: str) -> str | None:
-        if len(prefix) == 64:
-            return prefix if self._is_known(prefix) else None
+    def _prefix_matches(self, prefix: str) -> set[str]:
         head = prefix[:_KEY_HEX]
         low = int(head.ljust(_KEY_HEX, "0"), 16)
         high = int(head.ljust(_KEY_HEX, "f"), 16)
@@ -539,39 +612,9 @@ class IndexedLineage:
             )
             params = (low, high, len(prefix), prefix)
             found.update(v for (v,) in self.conn.execute(sql, params))
-        matches = sorted(found)
-        if len(matches) > 1:
-            shown = ", ".join(m[:16] for m in matches[:5])
-            raise LineageNotFoundError(
-                f"sha256 prefix {prefix!r} is ambiguous in {self.source}: it matches "
-                f"{len(matches)} images ({shown}...); give more characters"
-            )
-        return matches[0] if matches else None
+        return found
 
-    def resolve_image(self, image: str) -> str:
-        """The full sha256 named by ``image``: a sha256, a unique prefix, a stored path or URI."""
-        text = str(image).strip()
-        low = text.lower()
-        if _HEX.fullmatch(low) and len(low) <= 64:
-            if len(low) < MIN_PREFIX:
-                raise LineageNotFoundError(
-                    f"sha256 prefix {text!r} is too short: "
-                    f"give at least {MIN_PREFIX} hex characters"
-                )
-            found = self._by_prefix(low)
-            if found:
-                return found
-            raise self._not_found(text, "as a sha256 or sha256 prefix")
-        found = self._sha_from_location(text)
-        if found:
-            return found
-        raise self._not_found(text, "as an image path or URI (file name, image_uri, file bytes)")
-
-    def _sha_from_location(self, text: str) -> str | None:
-        # Stored images are named <sha256>.<ext>: the name alone identifies them.
-        stem = posixpath.basename(text.replace("\\", "/").rstrip("/")).split(".")[0].lower()
-        if _SHA.fullmatch(stem) and self._is_known(stem):
-            return stem
+    def _sha_for_uri(self, text: str) -> str | None:
         for key, sha_column in (
             ("image_uri_key", "image_sha256"),
             ("source_uri_key", "root_source_sha256"),
@@ -580,16 +623,7 @@ class IndexedLineage:
             hits = self._select(where, (_uri_key(text), text))
             if hits:
                 return str(hits[0][sha_column])
-        digest = _hash_file(text)
-        if digest and self._is_known(digest):
-            return digest
         return None
-
-    def _not_found(self, what: str, how: str) -> LineageNotFoundError:
-        return LineageNotFoundError(
-            f"no record of {what!r} ({how}) in {len(self)} record rows from {self.source}; "
-            "check the image or base location (--base), or run the pipeline for it first"
-        )
 
     # ----------------------------------------------------------------- queries
 
