@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -71,8 +70,6 @@ KEY_COLUMNS = (
     "root_source_sha256",
     "created_at",
 )
-
-_HEX = re.compile(r"[0-9a-f]+")
 
 
 LineageNotFoundError = _index_module.LineageNotFoundError
@@ -342,24 +339,11 @@ class LineageIndex(_index_module.ImageResolver):
         sku_mask = (frame["sku"] == source).to_numpy(dtype=bool)
         if sku_mask.any():
             return sku_mask
-        low = source.lower()
-        if _HEX.fullmatch(low) and len(low) <= 64:
-            if len(low) < MIN_PREFIX:
-                raise LineageNotFoundError(
-                    f"{source!r} is neither a sku in {self.source} nor a usable sha256 prefix "
-                    f"(give at least {MIN_PREFIX} hex characters)"
-                )
-            sha = self._by_prefix(low)
-        else:
+        if not _index_module.looks_like_sha(source.lower()):
             uri_mask = (self._column("root_source_uri") == source).to_numpy(dtype=bool)
             if uri_mask.any():
                 return uri_mask
-            sha = self._sha_from_location(source)
-        if sha is None:
-            raise LineageNotFoundError(
-                f"no sku, source sha256, image sha256 or source URI matches {source!r} in "
-                f"{len(self)} record rows from {self.source}; check the spelling or --base"
-            )
+        sha = self._source_sha(source)
         if self._is_root(sha):
             return (frame["root_source_sha256"] == sha).to_numpy(dtype=bool)
         return self._descendants(sha)

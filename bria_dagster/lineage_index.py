@@ -460,6 +460,11 @@ class QueryResult:
     source_uri: str | None = None
 
 
+def looks_like_sha(text: str) -> bool:
+    """Lowercase hex of at most 64 characters: a sha256 or a prefix of one."""
+    return bool(_HEX.fullmatch(text)) and len(text) <= 64
+
+
 class ImageResolver:
     """Turns what a user typed (sha256, prefix, stored path or URI, file) into a full sha256.
 
@@ -500,7 +505,7 @@ class ImageResolver:
         """The full sha256 named by ``image``: a sha256, a unique prefix, a stored path or URI."""
         text = str(image).strip()
         low = text.lower()
-        if _HEX.fullmatch(low) and len(low) <= 64:
+        if looks_like_sha(low):
             if len(low) < MIN_PREFIX:
                 raise LineageNotFoundError(
                     f"sha256 prefix {text!r} is too short: "
@@ -527,6 +532,25 @@ class ImageResolver:
         if digest and self._is_known(digest):
             return digest
         return None
+
+    def _source_sha(self, source: str) -> str:
+        """The sha ``derived`` starts from: a source or image sha (prefix), path or file."""
+        low = source.lower()
+        if looks_like_sha(low):
+            if len(low) < MIN_PREFIX:
+                raise LineageNotFoundError(
+                    f"{source!r} is neither a sku in {self.source} nor a usable sha256 prefix "
+                    f"(give at least {MIN_PREFIX} hex characters)"
+                )
+            sha = self._by_prefix(low)
+        else:
+            sha = self._sha_from_location(source)
+        if sha is None:
+            raise LineageNotFoundError(
+                f"no sku, source sha256, image sha256 or source URI matches {source!r} in "
+                f"{len(self)} record rows from {self.source}; check the spelling or --base"
+            )
+        return sha
 
     def _not_found(self, what: str, how: str) -> LineageNotFoundError:
         return LineageNotFoundError(
@@ -684,26 +708,13 @@ class IndexedLineage(ImageResolver):
         rows = self._select("sku = ?", (source,))
         if rows:
             return rows
-        low = source.lower()
-        if _HEX.fullmatch(low) and len(low) <= 64:
-            if len(low) < MIN_PREFIX:
-                raise LineageNotFoundError(
-                    f"{source!r} is neither a sku in {self.source} nor a usable sha256 prefix "
-                    f"(give at least {MIN_PREFIX} hex characters)"
-                )
-            sha = self._by_prefix(low)
-        else:
+        if not looks_like_sha(source.lower()):
             rows = self._select(
                 "source_uri_key = ? AND root_source_uri = ?", (_uri_key(source), source)
             )
             if rows:
                 return rows
-            sha = self._sha_from_location(source)
-        if sha is None:
-            raise LineageNotFoundError(
-                f"no sku, source sha256, image sha256 or source URI matches {source!r} in "
-                f"{len(self)} record rows from {self.source}; check the spelling or --base"
-            )
+        sha = self._source_sha(source)
         if self._is_root(sha):
             return self._select(_SOURCE, (_sha_key(sha), sha))
         # Rows whose parent chain leads to ``sha``: every image reachable through parent links.
