@@ -23,13 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -124,68 +122,15 @@ def client_baseline(n: int, offset: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- parent side
 
 
-class Server:
-    """tests/fal_server.py in standalone mode, in its own process."""
+def _server_class() -> Any:
+    """tests/fal_server.py's FalServerProcess (imported here, not in client processes)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fal_server import FalServerProcess
 
-    def __init__(self, latency: float, slots: int, workdir: Path) -> None:
-        self.ca = workdir / "ca.pem"
-        cmd = [
-            sys.executable,
-            str(ROOT / "tests" / "fal_server.py"),
-            "--port",
-            "0",
-            "--latency",
-            str(latency),
-            "--max-in-progress",
-            str(slots),
-            "--seed",
-            "7",
-            "--ca-out",
-            str(self.ca),
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if not line:
-            self.proc.kill()
-            raise RuntimeError("the fal test server did not start; run it by hand to see why")
-        self.env: dict[str, str] = json.loads(line)
-        self.base = "https://" + self.env["FAL_RUN_HOST"]
-        self._ssl = ssl.create_default_context(cafile=str(self.ca))
-
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, context=self._ssl, timeout=30) as resp:
-            return json.loads(resp.read())
-
-    def configure(self, **knobs: Any) -> None:
-        self._call("POST", "/_test/configure", knobs)
-
-    def reset(self) -> None:
-        self._call("POST", "/_test/reset", {})
-
-    def stats(self) -> dict[str, Any]:
-        return self._call("GET", "/_test/stats")
-
-    def cpu_s(self) -> float:
-        """CPU seconds the server process has used so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+    return FalServerProcess
 
 
-def run_client(server: Server, key: str, args: list[str]) -> dict[str, Any]:
+def run_client(server: Any, key: str, args: list[str]) -> dict[str, Any]:
     env = {**os.environ, **server.env, "FAL_KEY": key, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, __file__, "--client", *args],
@@ -232,19 +177,19 @@ def main() -> int:
     )
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bria-fal-bench-") as tmp:
-        server = Server(lat, slots, Path(tmp))
+        server = _server_class()(Path(tmp), latency=lat, max_in_progress=slots, seed=7)
         try:
             runs = []
             for run in range(args.runs):
                 server.configure(**NO_FAULTS)
                 server.reset()
                 key = f"bench-clean-{run}"
-                server_cpu0 = server.cpu_s()
+                server_cpu0 = server.cpu_seconds()
                 res = run_client(
                     server, key, ["batch", str(n), str(args.concurrency), str(run * n)]
                 )
                 stats = server.stats()
-                res["server_cpu_s"] = server.cpu_s() - server_cpu0
+                res["server_cpu_s"] = server.cpu_seconds() - server_cpu0
                 res["calls"] = {k: stats[k] for k in ("status_calls", "result_calls", "file_gets")}
                 res["max_in_progress"] = stats["max_in_progress_by_key"].get(key, 0)
                 runs.append(res)

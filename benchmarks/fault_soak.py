@@ -43,12 +43,10 @@ import json
 import os
 import signal
 import sqlite3
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -135,58 +133,12 @@ def worker(catalog_dir: str, storage: str, partition: str, journal: str, config:
 # ----------------------------------------------------------------------------- parent side
 
 
-class Server:
-    """tests/fal_server.py in standalone mode, in its own process; admin calls over TLS."""
+def _server_class() -> Any:
+    """tests/fal_server.py's FalServerProcess (imported here, not in client processes)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fal_server import FalServerProcess
 
-    def __init__(self, config: SoakConfig, workdir: Path) -> None:
-        self.ca = workdir / "ca.pem"
-        cmd = [
-            sys.executable,
-            str(ROOT / "tests" / "fal_server.py"),
-            "--port",
-            "0",
-            "--latency",
-            str(config.latency),
-            "--max-in-progress",
-            str(config.server_slots),
-            "--rate-429",
-            str(config.faults["rate_429"]),
-            "--rate-5xx",
-            str(config.faults["rate_5xx"]),
-            "--rate-drop",
-            str(config.faults["rate_drop"]),
-            "--rate-missing-once",
-            str(config.faults["rate_missing_once"]),
-            "--retry-after",
-            "0.05",
-            "--seed",
-            str(config.seed),
-            "--key",
-            "soak-key",
-            "--ca-out",
-            str(self.ca),
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if not line:
-            self.proc.kill()
-            raise RuntimeError("the fal test server did not start; run it by hand to see why")
-        self.env: dict[str, str] = json.loads(line)
-        self.key = self.env["FAL_KEY"]
-        self.base = "https://" + self.env["FAL_RUN_HOST"]
-        self._ssl = ssl.create_default_context(cafile=str(self.ca))
-
-    def stats(self) -> dict[str, Any]:
-        req = urllib.request.Request(self.base + "/_test/stats")
-        with urllib.request.urlopen(req, context=self._ssl, timeout=30) as resp:
-            return json.loads(resp.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+    return FalServerProcess
 
 
 def write_batches(workdir: Path, config: SoakConfig) -> list[str]:
@@ -296,7 +248,7 @@ class Runs:
 
 
 def kill_mid_batch(
-    runs: Runs, server: Server, victim: str, partitions: list[str], config: SoakConfig
+    runs: Runs, server: Any, victim: str, partitions: list[str], config: SoakConfig
 ) -> dict[str, Any]:
     """SIGKILL the victim once it has journaled requests and no submit is in flight."""
     proc = runs.procs[victim]
@@ -330,7 +282,7 @@ def kill_mid_batch(
 
 
 def release_killed_run(
-    home: Path, victim: str, server: Server, timeout_s: float
+    home: Path, victim: str, server: Any, timeout_s: float
 ) -> tuple[list[str], int, float]:
     """Free the dead run's pool slot and mark it failed, once its fal jobs have drained.
 
@@ -414,7 +366,15 @@ def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
     """Run the whole soak in ``workdir``; returns figures and PASS/FAIL checks."""
     partitions = write_batches(workdir, config)
     home = make_home(workdir, partitions, config.pool_limit)
-    server = Server(config, workdir)
+    server = _server_class()(
+        workdir,
+        key="soak-key",
+        latency=config.latency,
+        max_in_progress=config.server_slots,
+        retry_after=0.05,
+        seed=config.seed,
+        **config.faults,
+    )
     checks: list[dict[str, Any]] = []
     figures: dict[str, Any] = {
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "faults"},

@@ -38,12 +38,10 @@ import json
 import os
 import resource
 import shutil
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -208,53 +206,6 @@ def run_worker(argv: list[str], env: dict[str, str] | None = None) -> dict[str, 
 # --------------------------------------------------------------------------- fal server
 
 
-class FalServerProcess:
-    """``tests/fal_server.py`` in standalone mode, as a separate process."""
-
-    def __init__(self, folder: Path, latency: float, max_in_progress: int) -> None:
-        self.ca = folder / "fal-ca.pem"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "tests" / "fal_server.py"),
-                "--port",
-                "0",
-                "--latency",
-                str(latency),
-                "--max-in-progress",
-                str(max_in_progress),
-                "--ca-out",
-                str(self.ca),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("fal test server exited before printing its environment")
-        self.env: dict[str, str] = json.loads(line)
-
-    def stats(self) -> dict[str, Any]:
-        url = f"https://{self.env['FAL_RUN_HOST']}/_test/stats"
-        context = ssl.create_default_context(cafile=self.env["SSL_CERT_FILE"])
-        with urllib.request.urlopen(url, context=context, timeout=30) as reply:
-            return json.loads(reply.read())
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -338,7 +289,9 @@ def section_fal(work: Path, n: int, steps: tuple[str, ...], concurrency: int) ->
         f"    client BriaResource(max_concurrency={concurrency}); ideal = {total_requests} "
         f"requests x {FAL_LATENCY_S}s / {FAL_MAX_IN_PROGRESS} = {ideal:.1f}s"
     )
-    server = FalServerProcess(folder, FAL_LATENCY_S, FAL_MAX_IN_PROGRESS)
+    from tests.fal_server import FalServerProcess
+
+    server = FalServerProcess(folder, latency=FAL_LATENCY_S, max_in_progress=FAL_MAX_IN_PROGRESS)
     try:
         env = {**os.environ, **server.env}
         server_cpu = server.cpu_seconds()

@@ -70,10 +70,12 @@ import secrets
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -1202,6 +1204,65 @@ def point_fal_client_at(server: FalTestServer) -> Callable[[], None]:
                 os.environ[name] = old
 
     return undo
+
+
+class FalServerProcess:
+    """This server in standalone mode, in its own process (its CPU is not the client's).
+
+    ``knobs`` are the command-line options (``latency=0.5`` -> ``--latency 0.5``).
+    ``env`` is what a client process needs before it imports fal_client; the admin
+    calls (``stats``, ``reset``, ``configure``) go over TLS with the server's CA.
+    """
+
+    def __init__(self, workdir: str | os.PathLike[str], *, key: str = "test-key-0", **knobs: Any):
+        self.ca = Path(workdir) / "fal-ca.pem"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--port", "0", "--key", key]
+        for name, value in knobs.items():
+            if value is not None:
+                cmd += ["--" + name.replace("_", "-"), str(value)]
+        cmd += ["--ca-out", str(self.ca)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line:
+            self.proc.kill()
+            raise RuntimeError("the fal test server did not start; run it by hand to see why")
+        self.env: dict[str, str] = json.loads(line)
+        self.key = self.env["FAL_KEY"]
+        self.base = "https://" + self.env["FAL_RUN_HOST"]
+        self._ssl = ssl.create_default_context(cafile=str(self.ca))
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, context=self._ssl, timeout=30) as reply:
+            return json.loads(reply.read())
+
+    def configure(self, **knobs: Any) -> None:
+        self._call("POST", "/_test/configure", knobs)
+
+    def reset(self) -> None:
+        self._call("POST", "/_test/reset", {})
+
+    def stats(self) -> dict[str, Any]:
+        return self._call("GET", "/_test/stats")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
