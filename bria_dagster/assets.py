@@ -8,12 +8,15 @@ per output image or failure, stored by :class:`ImageRecordIOManager`.
 import asyncio
 import base64
 import io
+import json
 import string
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import fsspec
 import httpx
 import pandas as pd
 from dagster import AssetExecutionContext
@@ -28,7 +31,7 @@ from .engine.outpaint import plan_expand
 from .errors import BriaError, CatalogError, RequestValidationError
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
-from .io_manager import table_path
+from .io_manager import read_table, table_path
 from .records import FAILED, OK, REUSED, records_to_frame
 from .resource import BriaResource
 from .steps import Job, StepContext, StepReport, plan_request, run_step, source_row
@@ -86,8 +89,6 @@ class PipelineSettings(BaseModel):
 
 def find_catalog_file(catalog_dir: str, batch: str) -> str:
     """The catalog file of ``batch`` in ``catalog_dir`` (any supported extension)."""
-    import fsspec
-
     fs, root = fsspec.core.url_to_fs(catalog_dir)
     prefix = "" if "://" not in catalog_dir else catalog_dir.split("://", 1)[0] + "://"
     for ext in FORMATS:
@@ -153,8 +154,6 @@ def _metadata(
 
 
 def _catalog_dict(row: dict[str, Any]) -> dict[str, Any]:
-    import json
-
     return json.loads(row.get("catalog_row") or "{}")
 
 
@@ -209,8 +208,6 @@ def build_product_image_assets(
 
     def step_context(context: AssetExecutionContext, bria: BriaResource, step: str):
         asset_key = context.asset_key
-        import fsspec
-
         base = bria.storage.rstrip("/")
         name = "__".join(asset_key.path)
         fs, root = fsspec.core.url_to_fs(f"{base}/tables/{name}")
@@ -312,8 +309,6 @@ def build_product_image_assets(
             slots = asyncio.Semaphore(settings.fetch_concurrency)
             async with fetch_client(policy) as client:  # one SSL context for the batch
                 return list(await asyncio.gather(*(ingest(e, slots, client) for e in entries)))
-
-        import time
 
         started = time.perf_counter()
         rows.extend(asyncio.run(ingest_all()))
@@ -461,8 +456,6 @@ def _jobs(
 
 
 def _previous_sources(tables: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    from .io_manager import read_table
-
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for path in tables:
         frame = read_table(path)

@@ -7,6 +7,7 @@ to fal.ai (``backend="auto"``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +35,6 @@ def build_definitions(
     ``bria`` defaults to ``BriaResource(fal_key=EnvVar("FAL_KEY"), storage=storage)``
     when ``FAL_KEY`` is set and to the local engine otherwise.
     """
-    import os
-
     settings = settings or PipelineSettings()
     if bria is None:
         if os.environ.get("FAL_KEY"):
