@@ -19,6 +19,8 @@ import dagster as dg
 import fsspec
 import httpx
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext
 from PIL import Image as PILImage
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,10 +33,10 @@ from .engine.outpaint import plan_expand
 from .errors import BriaError, CatalogError, RequestValidationError
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
-from .io_manager import read_table, table_path
-from .records import FAILED, OK, REUSED, records_to_frame
+from .io_manager import read_records, table_path
+from .records import FAILED, OK, REUSED, frame_rows, records_to_frame
 from .resource import BriaResource
-from .steps import Job, StepContext, StepReport, plan_request, run_step, source_row
+from .steps import Job, RequestPlanner, StepContext, StepReport, run_step, source_row
 
 __all__ = [
     "CATALOG_PARTITIONS",
@@ -263,17 +265,25 @@ def build_product_image_assets(
         previous = {} if refresh else _previous_sources(ctx.tables[:1])
         entries = batch.valid.to_dict("records")
 
+        def reuse(entry: dict[str, Any]) -> dict[str, Any] | None:
+            earlier = previous.get((entry["sku"], entry["image_url"]))
+            if earlier is None or not store.exists(
+                earlier["image_sha256"], earlier["content_type"]
+            ):
+                return None
+            row = dict(earlier)
+            row.update(
+                status=REUSED,
+                run_id=ctx.run_id,
+                catalog_row=row_json(entry),
+                partition=ctx.partition,
+            )
+            return row
+
         async def ingest(
             entry: dict[str, Any], slots: asyncio.Semaphore, client: httpx.AsyncClient
         ) -> dict[str, Any]:
             sku, url, crow = entry["sku"], entry["image_url"], row_json(entry)
-            earlier = previous.get((sku, url))
-            if earlier is not None and store.exists(earlier["image_sha256"]):
-                row = dict(earlier)
-                row.update(
-                    status=REUSED, run_id=ctx.run_id, catalog_row=crow, partition=ctx.partition
-                )
-                return row
             try:
                 async with slots:
                     fetched = await fetch_bytes(url, policy, client=client)
@@ -305,13 +315,21 @@ def build_product_image_assets(
                 uri=stored.uri,
             )
 
-        async def ingest_all() -> list[dict[str, Any]]:
+        async def ingest_all(to_fetch: list[dict[str, Any]]) -> list[dict[str, Any]]:
             slots = asyncio.Semaphore(settings.fetch_concurrency)
             async with fetch_client(policy) as client:  # one SSL context for the batch
-                return list(await asyncio.gather(*(ingest(e, slots, client) for e in entries)))
+                return list(await asyncio.gather(*(ingest(e, slots, client) for e in to_fetch)))
 
         started = time.perf_counter()
-        rows.extend(asyncio.run(ingest_all()))
+        to_fetch = []
+        for entry in entries:
+            reused = reuse(entry)
+            if reused is None:
+                to_fetch.append(entry)
+            else:
+                rows.append(reused)
+        if to_fetch:  # an unchanged batch opens no HTTP client at all
+            rows.extend(asyncio.run(ingest_all(to_fetch)))
         frame = records_to_frame(sorted(rows, key=lambda r: r["sku"]))
         report = StepReport(
             ok=int((frame["status"] == OK).sum()),
@@ -356,10 +374,14 @@ def build_product_image_assets(
 
         return step_asset
 
-    def plan_remove(parent: dict[str, Any], catalog: dict[str, Any]) -> list[Job]:
-        return [plan_request(parent["sku"], "cutout", parent, "remove", {})]
+    def plan_remove(
+        parent: dict[str, Any], catalog: dict[str, Any], planner: RequestPlanner
+    ) -> list[Job]:
+        return [planner.plan(parent["sku"], "cutout", parent, "remove", {})]
 
-    def plan_replace(parent: dict[str, Any], catalog: dict[str, Any]) -> list[Job]:
+    def plan_replace(
+        parent: dict[str, Any], catalog: dict[str, Any], planner: RequestPlanner
+    ) -> list[Job]:
         seed = catalog.get("seed") if catalog.get("seed") is not None else settings.seed
         ref = catalog.get("ref_image_url") or (
             None if catalog.get("prompt") else settings.ref_image_url
@@ -377,9 +399,11 @@ def build_product_image_assets(
                 arguments["prompt"] = _prompt_for(settings, catalog)
             except BriaError as exc:
                 return [Job(parent["sku"], "scene", parent, error=exc)]
-        return [plan_request(parent["sku"], "scene", parent, "replace", arguments)]
+        return [planner.plan(parent["sku"], "scene", parent, "replace", arguments)]
 
-    def plan_expand_jobs(parent: dict[str, Any], catalog: dict[str, Any]) -> list[Job]:
+    def plan_expand_jobs(
+        parent: dict[str, Any], catalog: dict[str, Any], planner: RequestPlanner
+    ) -> list[Job]:
         ratios = ratios_for(catalog)
         seed = catalog.get("seed") if catalog.get("seed") is not None else settings.seed
         jobs = []
@@ -397,7 +421,7 @@ def build_product_image_assets(
             arguments: dict[str, Any] = {"aspect_ratio": ratio, "canvas_size": list(canvas)}
             if seed is not None:
                 arguments["seed"] = int(seed)
-            jobs.append(plan_request(parent["sku"], variant, parent, "expand", arguments))
+            jobs.append(planner.plan(parent["sku"], variant, parent, "expand", arguments))
         return jobs
 
     def ratios_for(catalog: dict[str, Any]) -> list[str]:
@@ -426,15 +450,16 @@ _STEP_DESCRIPTIONS = {
 
 def _jobs(
     parents: pd.DataFrame,
-    plan: Callable[[dict[str, Any], dict[str, Any]], list[Job]],
+    plan: Callable[[dict[str, Any], dict[str, Any], RequestPlanner], list[Job]],
     failed_variants: Callable[[dict[str, Any], dict[str, Any]], list[str]],
 ) -> list[Job]:
     """Plan the step's jobs; a failed parent becomes failed rows (no call) for its variants."""
     jobs: list[Job] = []
-    for parent in parents.to_dict("records"):
+    planner = RequestPlanner()
+    for parent in frame_rows(parents):
         catalog = _catalog_dict(parent)
         if parent["status"] != FAILED:
-            jobs.extend(plan(parent, catalog))
+            jobs.extend(plan(parent, catalog, planner))
             continue
         message = (
             parent["error_message"]
@@ -456,11 +481,13 @@ def _jobs(
 
 
 def _previous_sources(tables: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(sku, source url) -> the usable source record of an earlier run."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for path in tables:
-        frame = read_table(path)
-        if frame is None:
+        table = read_records(path)
+        if table is None:
             continue
-        for row in frame[frame["status"].isin([OK, REUSED])].to_dict("records"):
+        usable = pc.is_in(table["status"], pa.array([OK, REUSED]))
+        for row in table.filter(usable).to_pylist():
             out[(row["sku"], row["root_source_uri"])] = row
     return out

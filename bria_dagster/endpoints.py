@@ -460,10 +460,16 @@ def request_fingerprint(request: BriaRequest) -> str:
     Two requests with the same fingerprint would be billed for the same work;
     the runner sends only one of them, and the journal re-attaches to it.
     """
-    canonical = {
-        "endpoint": request.endpoint_id,
-        "inputs": {k: input_fingerprint(v) for k, v in request.inputs().items()},
-        "parameters": request.parameters(),
-    }
+    inputs = {k: input_fingerprint(v) for k, v in request.inputs().items()}
+    return fingerprint_of(request.endpoint_id, inputs, request.parameters())
+
+
+def fingerprint_of(endpoint_id: str, input_ids: dict[str, str], parameters: dict[str, Any]) -> str:
+    """The fingerprint from its parts: input identities as :func:`input_fingerprint` gives them.
+
+    Lets a caller that knows an input's identity (its sha256) fingerprint a
+    request without reading the input.
+    """
+    canonical = {"endpoint": endpoint_id, "inputs": input_ids, "parameters": parameters}
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -15,12 +15,13 @@ import uuid
 import dagster as dg
 import fsspec
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
 from .records import IMAGE_RECORD_SCHEMA, frame_to_table, records_to_frame
 
-__all__ = ["ImageRecordIOManager", "read_table", "table_path"]
+__all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_path"]
 
 UNPARTITIONED = "__all__"
 
@@ -31,14 +32,19 @@ def table_path(base: str, asset_key: dg.AssetKey | str, partition: str | None) -
     return f"{base.rstrip('/')}/tables/{name}/{partition or UNPARTITIONED}.parquet"
 
 
-def read_table(path: str) -> pd.DataFrame | None:
-    """The records at ``path``, or ``None`` when no such table was written yet."""
+def read_records(path: str) -> pa.Table | None:
+    """The records at ``path`` as an Arrow table, or ``None`` when none were written yet."""
     fs, root = fsspec.core.url_to_fs(path)
     if not fs.exists(root):
         return None
     with fs.open(root, "rb") as fh:
-        table = pq.read_table(fh, schema=IMAGE_RECORD_SCHEMA)
-    return table.to_pandas()
+        return pq.read_table(fh, schema=IMAGE_RECORD_SCHEMA)
+
+
+def read_table(path: str) -> pd.DataFrame | None:
+    """The records at ``path``, or ``None`` when no such table was written yet."""
+    table = read_records(path)
+    return None if table is None else table.to_pandas()
 
 
 def write_table(path: str, frame: pd.DataFrame) -> None:

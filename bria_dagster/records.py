@@ -21,6 +21,7 @@ __all__ = [
     "REUSED",
     "STEPS",
     "canonical_json",
+    "frame_rows",
     "frame_to_table",
     "make_record_id",
     "records_to_frame",
@@ -77,8 +78,28 @@ def make_record_id(partition: str, step: str, sku: str, variant: str, fingerprin
 
 
 def records_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """A DataFrame with every ImageRecord column and its type, even when empty."""
-    return frame_to_table(pd.DataFrame(rows, columns=list(COLUMNS))).to_pandas()
+    """A DataFrame with every ImageRecord column and its type, even when empty.
+
+    Keys outside the schema are ignored; a missing key is a null, refused in a
+    required column. Built through Arrow directly (no object-dtype frame between).
+    """
+    table = pa.Table.from_pylist(rows, schema=IMAGE_RECORD_SCHEMA)
+    for field, column in zip(IMAGE_RECORD_SCHEMA, table.columns, strict=True):
+        if not field.nullable and column.null_count:
+            raise ValueError(
+                f"ImageRecord column {field.name!r} is required but {column.null_count} "
+                "row(s) have no value"
+            )
+    return table.to_pandas()
+
+
+def frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of an ImageRecord frame as plain dicts (Python values, not numpy).
+
+    Goes through Arrow: several times faster than ``DataFrame.to_dict("records")``
+    on pandas' Arrow-backed string columns.
+    """
+    return frame_to_table(frame).to_pylist()
 
 
 def frame_to_table(frame: pd.DataFrame) -> pa.Table:
@@ -90,7 +111,8 @@ def frame_to_table(frame: pd.DataFrame) -> pa.Table:
             "ImageRecord frame does not match the schema: "
             f"missing columns {missing or 'none'}, unexpected columns {extra or 'none'}"
         )
-    frame = frame[list(COLUMNS)]
+    if tuple(frame.columns) != COLUMNS:
+        frame = frame[list(COLUMNS)]
     if len(frame) and frame["created_at"].dtype == object:
         frame = frame.assign(created_at=pd.to_datetime(frame["created_at"], utc=True))
     return pa.Table.from_pandas(frame, schema=IMAGE_RECORD_SCHEMA, preserve_index=False)

@@ -14,8 +14,6 @@ Every step (remove, replace, expand) works the same way:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -24,17 +22,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from .endpoints import BriaRequest, build_request, input_fingerprint
+from .endpoints import BriaRequest, build_request, fingerprint_of, input_fingerprint
 from .errors import BriaError
 from .images import sha256_hex
-from .io_manager import read_table
+from .io_manager import read_records
 from .records import FAILED, OK, REUSED, canonical_json, make_record_id, records_to_frame
 from .resource import BriaResource, Usage
 from .runner import ItemOutcome
 from .store import ImageStore
 
-__all__ = ["Job", "StepContext", "StepReport", "plan_request", "run_step"]
+__all__ = ["Job", "RequestPlanner", "StepContext", "StepReport", "run_step"]
 
 logger = logging.getLogger("bria_dagster.steps")
 
@@ -97,31 +97,73 @@ class StepReport:
         }
 
 
-def fingerprint_for(request: BriaRequest, input_ids: dict[str, str]) -> str:
-    """The request fingerprint, with input identities given instead of read.
+class RequestPlanner:
+    """Plans the jobs of one step run, validating each distinct set of arguments once.
 
-    Equal to :func:`~bria_dagster.endpoints.request_fingerprint` of the real
-    request: an input passed as bytes is identified as ``sha256:<hex>``.
+    Most rows of a batch share their parameters (one prompt template, the same
+    ratios), so the pydantic validation and the identity of extra inputs (a local
+    reference image is hashed) are done once per distinct ``(endpoint, arguments)``
+    rather than once per row. Use a new planner per run: a local reference file may
+    change between runs.
     """
-    ids = {
-        name: input_ids.get(name) or input_fingerprint(value)
-        for name, value in request.inputs().items()
-    }
-    canonical = {"endpoint": request.endpoint_id, "inputs": ids, "parameters": request.parameters()}
-    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+
+    def __init__(self) -> None:
+        self._validated: dict[tuple[str, str], _Validated | BriaError] = {}
+
+    def plan(
+        self,
+        sku: str,
+        variant: str,
+        parent: dict[str, Any],
+        endpoint: str,
+        arguments: dict[str, Any],
+    ) -> Job:
+        """One job: ``arguments`` validated for ``endpoint``, fingerprinted with the parent."""
+        key = (endpoint, repr(sorted(arguments.items())))
+        entry = self._validated.get(key)
+        if entry is None:
+            entry = self._validate(endpoint, arguments)
+            self._validated[key] = entry
+        if isinstance(entry, BriaError):
+            return Job(sku, variant, parent, error=entry)
+        return Job(
+            sku,
+            variant,
+            parent,
+            request=entry.request,
+            fingerprint=entry.fingerprint(f"sha256:{parent['image_sha256']}"),
+        )
+
+    @staticmethod
+    def _validate(endpoint: str, arguments: dict[str, Any]) -> _Validated | BriaError:
+        try:
+            request = build_request(endpoint, image_url=_PLACEHOLDER, **arguments)
+        except BriaError as exc:
+            return exc
+        others = {
+            name: input_fingerprint(value)
+            for name, value in request.inputs().items()
+            if name != "image_url"
+        }
+        return _Validated(request, others, request.parameters())
 
 
-def plan_request(
-    sku: str, variant: str, parent: dict[str, Any], endpoint: str, arguments: dict[str, Any]
-) -> Job:
-    """Validate ``arguments`` for ``endpoint`` against a stand-in for the parent image."""
-    try:
-        request = build_request(endpoint, image_url=_PLACEHOLDER, **arguments)
-    except BriaError as exc:
-        return Job(sku, variant, parent, error=exc)
-    fingerprint = fingerprint_for(request, {"image_url": f"sha256:{parent['image_sha256']}"})
-    return Job(sku, variant, parent, request=request, fingerprint=fingerprint)
+@dataclass(frozen=True)
+class _Validated:
+    """A validated request (stand-in image) and what its fingerprint needs besides the image."""
+
+    request: BriaRequest
+    other_inputs: dict[str, str]
+    parameters: dict[str, Any]
+
+    def fingerprint(self, image_id: str) -> str:
+        """The request fingerprint with ``image_id`` (``sha256:<hex>``) as its image.
+
+        Equal to :func:`~bria_dagster.endpoints.request_fingerprint` of the request
+        with the image's bytes in place of the stand-in.
+        """
+        inputs = {**self.other_inputs, "image_url": image_id}
+        return fingerprint_of(self.request.endpoint_id, inputs, self.parameters)
 
 
 def _output_index(variant: str) -> str:
@@ -133,12 +175,15 @@ def _reuse_index(tables: list[str]) -> dict[str, list[dict[str, Any]]]:
     """fingerprint -> the output rows of one earlier request with that fingerprint."""
     index: dict[str, list[dict[str, Any]]] = {}
     for path in tables:
-        frame = read_table(path)
-        if frame is None or not len(frame):
+        table = read_records(path)
+        if table is None or not table.num_rows:
             continue
-        good = frame[frame["status"].isin([OK, REUSED]) & frame["request_fingerprint"].notna()]
+        usable = pc.and_(
+            pc.is_in(table["status"], pa.array([OK, REUSED])),
+            pc.is_valid(table["request_fingerprint"]),
+        )
         found: dict[str, dict[str, dict[str, Any]]] = {}
-        for row in good.to_dict("records"):
+        for row in table.filter(usable).to_pylist():
             found.setdefault(row["request_fingerprint"], {}).setdefault(
                 _output_index(row["variant"]), row
             )
@@ -215,7 +260,7 @@ def run_step(
             )
             continue
         earlier = reuse.get(job.fingerprint or "", [])
-        if earlier and all(store.exists(r["image_sha256"]) for r in earlier):
+        if earlier and all(store.exists(r["image_sha256"], r["content_type"]) for r in earlier):
             for i, previous in enumerate(earlier):
                 row = dict(previous)
                 variant = job.variant if len(earlier) == 1 else f"{job.variant}#{i}"

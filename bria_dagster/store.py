@@ -68,7 +68,7 @@ class ImageStore:
         """Store ``data`` (once) and return where it lives."""
         sha = hashlib.sha256(data).hexdigest()
         path = self._path(sha, content_type)
-        if not self.fs.exists(path):
+        if not self._exists(path):
             if self._local:
                 folder = os.path.dirname(path)
                 os.makedirs(folder, exist_ok=True)
@@ -86,19 +86,26 @@ class ImageStore:
                 self.fs.pipe_file(path, data)
         return StoredImage(self.uri_for(sha, content_type), sha, len(data), content_type)
 
-    def _find(self, sha256: str) -> str:
-        for content_type in (*_EXTENSIONS, "application/octet-stream"):
-            path = self._path(sha256, content_type)
-            if self.fs.exists(path):
+    def _exists(self, path: str) -> bool:
+        return os.path.exists(path) if self._local else self.fs.exists(path)
+
+    def _find(self, sha256: str, content_type: str | None = None) -> str:
+        types = (*_EXTENSIONS, "application/octet-stream")
+        if content_type is not None:  # the likely one first
+            types = (content_type, *(t for t in types if t != content_type))
+        for candidate in types:
+            path = self._path(sha256, candidate)
+            if self._exists(path):
                 return path
         raise FileNotFoundError(
             f"no image with sha256 {sha256} in {self.base_uri}; it was never stored here "
             "or the store was cleaned"
         )
 
-    def exists(self, sha256: str) -> bool:
+    def exists(self, sha256: str, content_type: str | None = None) -> bool:
+        """Whether an image with this sha256 is stored (``content_type``: where to look first)."""
         try:
-            self._find(sha256)
+            self._find(sha256, content_type)
         except FileNotFoundError:
             return False
         return True

@@ -11,6 +11,7 @@ from bria_dagster.records import (
     IMAGE_RECORD_SCHEMA,
     OK,
     canonical_json,
+    frame_rows,
     frame_to_table,
     make_record_id,
     records_to_frame,
@@ -55,6 +56,22 @@ def test_rows_round_trip():
     assert table.num_rows == 2
     assert table.schema.field("width").type == pa.int32()
     assert table.column("seed").to_pylist() == [None, 7]
+
+
+def test_a_required_column_without_a_value_is_refused():
+    with pytest.raises(ValueError, match=r"column 'run_id' is required but 1 row"):
+        records_to_frame([_row("a"), _row("b", run_id=None)])
+
+
+def test_frame_rows_gives_plain_python_values():
+    rows = frame_rows(records_to_frame([_row("a", seed=7), _row("b")]))
+    assert [r["sku"] for r in rows] == ["a", "b"]
+    assert rows[0]["seed"] == 7 and type(rows[0]["seed"]) is int
+    assert rows[1]["seed"] is None
+    assert rows[0]["created_at"] == datetime(2026, 11, 24, tzinfo=UTC)
+    # and back: the rows rebuild the same table
+    again = frame_to_table(records_to_frame(rows))
+    assert again.equals(frame_to_table(records_to_frame([_row("a", seed=7), _row("b")])))
 
 
 def test_wrong_shape_is_named():

@@ -33,6 +33,14 @@ def test_put_is_content_addressed_and_stored_once(store: ImageStore):
     assert len(files) == 1
 
 
+def test_exists_finds_an_image_whatever_content_type_is_guessed(store: ImageStore):
+    jpeg = store.put(b"\xff\xd8\xff fake jpeg", "image/jpeg")
+    assert store.exists(jpeg.sha256)
+    assert store.exists(jpeg.sha256, "image/jpeg")
+    assert store.exists(jpeg.sha256, "image/png")  # the hint only orders the lookups
+    assert not store.exists("0" * 64, "image/jpeg")
+
+
 def test_missing_image_is_a_clear_error(store: ImageStore):
     assert not store.exists("0" * 64)
     with pytest.raises(FileNotFoundError, match="never stored here"):
