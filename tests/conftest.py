@@ -4,7 +4,9 @@ FAL_QUEUE_RUN_HOST at import time and httpx reads SSL_CERT_FILE per client."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -13,7 +15,9 @@ import pytest
 from tests.fal_server import FalTestServer, reserve_port
 
 FAL_PORT = reserve_port()
-FAL_CA = os.path.join(tempfile.mkdtemp(prefix="bria-fal-ca-"), "ca.pem")
+_CA_DIR = tempfile.mkdtemp(prefix="bria-fal-ca-")
+atexit.register(shutil.rmtree, _CA_DIR, ignore_errors=True)  # the test CA dies with the session
+FAL_CA = os.path.join(_CA_DIR, "ca.pem")
 os.environ.update(
     {
         "FAL_RUN_HOST": f"127.0.0.1:{FAL_PORT}",
