@@ -15,7 +15,9 @@ User errors (unknown image, unreadable store) print one line to stderr and exit 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -151,8 +153,18 @@ def _lineage(args: argparse.Namespace, out: TextIO) -> int:
             except lineage_index.IndexUnavailableError as exc:
                 print(f"bria-dagster: note: {exc}; reading the tables instead", file=sys.stderr)
             else:
-                with index:
-                    status = _lineage_indexed(args, index, out)
+                answer = io.StringIO()  # written out only once the index has answered whole
+                try:
+                    with index:
+                        status = _lineage_indexed(args, index, answer)
+                except sqlite3.Error as exc:  # e.g. disk I/O error, locked past the timeout
+                    print(
+                        f"bria-dagster: note: the lineage index failed during the query "
+                        f"({exc}); reading the tables instead",
+                        file=sys.stderr,
+                    )
+                    return _lineage_tables(args, out)
+                out.write(answer.getvalue())
                 if index.stats.changed:
                     print(index.stats.summary(), file=sys.stderr)
                 return status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 import subprocess
 import sys
 import types
@@ -173,3 +174,22 @@ def test_unreadable_table_exits_2_naming_the_file(base, capsys):
     err = capsys.readouterr().err
     assert "broken.parquet" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_index_failing_mid_query_falls_back_to_the_tables(base, monkeypatch, capsys):
+    from bria_dagster import lineage_index
+
+    output = sha("expand-sku-a-16:9")
+    assert main(["lineage", "trace", output, "--base", base, "--no-index"]) == 0
+    expected = capsys.readouterr().out
+
+    def broken(self, *args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(lineage_index.IndexedLineage, "trace", broken)
+    assert main(["lineage", "trace", output, "--base", base]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == expected  # the same answer, printed once, no traceback
+    assert "lineage index failed during the query (disk I/O error)" in captured.err
+    assert "reading the tables instead" in captured.err
+    assert "Traceback" not in captured.err
