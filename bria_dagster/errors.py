@@ -111,7 +111,14 @@ class CatalogError(BriaError, ValueError):
     """A catalog batch file is unreadable or has the wrong shape."""
 
 
-_KEY_PATTERN = re.compile(r"(Key\s+)[A-Za-z0-9_\-:.]+", re.IGNORECASE)
+class ConfigurationError(BriaError, ValueError):
+    """A pipeline or component setting is invalid or unsafe."""
+
+
+# An "Authorization: Key <id>:<secret>" credential echoed back in some text: the token
+# after "Key" has a digit or a colon (prose such as "the key is" or "FAL_KEY variable" is
+# left alone).
+_KEY_PATTERN = re.compile(r"(\bKey\s+)(?=[\w\-.]*[:\d])[\w\-:.]{6,}", re.IGNORECASE)
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:
