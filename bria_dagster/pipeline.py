@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from .assets import CATALOG_PARTITIONS, PipelineSettings, build_product_image_assets
+from .assets import PipelineSettings, build_product_image_assets
 from .io_manager import ImageRecordIOManager
 from .resource import BriaResource
 
@@ -45,7 +45,6 @@ def build_definitions(
     job = dg.define_asset_job(
         MAIN_JOB_NAME,
         selection=dg.AssetSelection.assets(*assets),
-        partitions_def=CATALOG_PARTITIONS,
         description="Materialize one catalog batch end to end: source -> cutouts -> scenes "
         "-> expansions.",
     )
