@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "build_request": "endpoints",
     "CATALOG_PARTITIONS": "assets",
     "CatalogError": "errors",
+    "ConfigurationError": "errors",
     "derived": "lineage",
     "endpoint_for": "endpoints",
     "ENDPOINTS": "endpoints",
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "OutputImage": "backends.base",
     "OutputVerificationError": "errors",
     "PipelineSettings": "assets",
+    "ProductImagesComponent": "component",
     "RemoveBackgroundRequest": "endpoints",
     "ReplaceBackgroundRequest": "endpoints",
     "request_fingerprint": "endpoints",
@@ -85,6 +87,7 @@ __all__ = [
     "BudgetExceededError",
     "CatalogError",
     "CheckSettings",
+    "ConfigurationError",
     "EndpointSpec",
     "EngineError",
     "ExpandRequest",
@@ -106,6 +109,7 @@ __all__ = [
     "OutputImage",
     "OutputVerificationError",
     "PipelineSettings",
+    "ProductImagesComponent",
     "RemoveBackgroundRequest",
     "ReplaceBackgroundRequest",
     "RequestJournal",
@@ -159,6 +163,7 @@ if TYPE_CHECKING:
     from .backends.fal import FalBackend
     from .backends.local import LocalBackend
     from .checks import CheckSettings
+    from .component import ProductImagesComponent
     from .endpoints import (
         ENDPOINTS,
         AspectRatio,
@@ -176,6 +181,7 @@ if TYPE_CHECKING:
         BriaError,
         BudgetExceededError,
         CatalogError,
+        ConfigurationError,
         EngineError,
         FalRequestError,
         FalServiceError,

@@ -217,10 +217,15 @@ def build_refresh_schedule(
     return refresh_schedule
 
 
-def build_operations(settings: PipelineSettings, *, storage: str = "bria_data") -> list:
-    """The sensor and both schedules, ready for ``build_definitions(extra=...)``."""
+def build_operations(
+    settings: PipelineSettings, *, storage: str = "bria_data", key_prefix: Sequence[str] = ()
+) -> list:
+    """The sensor and both schedules, ready for ``build_definitions(extra=...)``.
+
+    ``key_prefix``: the one given to ``build_definitions`` (as a list of parts).
+    """
     return [
-        build_catalog_sensor(settings),
-        build_retry_schedule(settings, storage=storage),
+        build_catalog_sensor(settings, key_prefix=key_prefix),
+        build_retry_schedule(settings, storage=storage, key_prefix=key_prefix),
         build_refresh_schedule(),
     ]

@@ -1,0 +1,159 @@
+"""ProductImagesComponent: the pipeline from a defs.yaml in a dg project, loaded as dg loads it."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster.components.testing import create_defs_folder_sandbox
+
+from bria_dagster import ConfigurationError, ProductImagesComponent
+from bria_dagster.assets import CATALOG_PARTITIONS
+from bria_dagster.engine.synthetic import make_product_photo
+from bria_dagster.io_manager import read_table, table_path
+
+TYPE = "bria_dagster.ProductImagesComponent"
+
+
+def write_batch(folder: Path, batch: str, skus: list[str]) -> None:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with (folder / f"{batch}.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sku", "image_url", "category"])
+        for i, sku in enumerate(skus):
+            image = folder / "images" / f"{sku}.jpg"
+            image.write_bytes(make_product_photo("white_studio", 40 + i, (96, 96))[0])
+            writer.writerow([sku, str(image), "mug"])
+
+
+@pytest.fixture
+def loaded():
+    """load(attributes) -> (component, defs, project root), as dg loads a defs.yaml."""
+    with contextlib.ExitStack() as stack:
+
+        def load(attributes: dict):
+            sandbox = stack.enter_context(create_defs_folder_sandbox())
+            path = sandbox.scaffold_component(
+                component_cls=ProductImagesComponent,
+                defs_yaml_contents={"type": TYPE, "attributes": attributes},
+            )
+            component, defs = stack.enter_context(
+                sandbox.load_component_and_build_defs(defs_path=path)
+            )
+            return component, defs, sandbox.project_root
+
+        yield load
+
+
+def test_yaml_builds_the_prefixed_assets_job_checks_and_operations(loaded, monkeypatch):
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    component, defs, root = loaded(
+        {
+            "catalog_dir": "catalogs",
+            "key_prefix": "spring",
+            "steps": ["remove", "replace"],
+            "prompt_template": "{category} on light oak",
+            "aspect_ratios": ["1:1"],
+            "checks": {"max_failure_rate": 0.2, "failure_severity": "ERROR"},
+            "resource": {"max_concurrency": 4, "budget_usd": 5},
+        }
+    )
+    assert isinstance(component, ProductImagesComponent)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"spring/catalog_batch", "spring/product_cutouts", "spring/product_scenes"}
+    assert defs.resolve_job_def("product_images") is not None
+    assert {s.name for s in defs.sensors or []} == {"catalog_batch_sensor"}
+    assert {s.name for s in defs.schedules or []} == {
+        "retry_failed_rows_daily",
+        "refresh_whole_catalog_weekly",
+    }
+    settings = component.pipeline_settings(root)
+    assert settings.catalog_dir == str(root / "catalogs")  # relative to the project root
+    assert settings.steps == ("remove", "replace")
+    assert settings.num_images == 1  # left out: PipelineSettings' default
+    assert settings.checks.failure_severity == "ERROR"
+    bria = component.bria_resource(root)
+    assert bria.storage == str(root / "bria_data")
+    assert bria.file_roots == [str(root / ".")]
+    assert (bria.max_concurrency, bria.budget_usd, bria.selected_backend()) == (4, 5.0, "local")
+
+
+def test_operations_can_be_left_out_and_urls_are_kept(loaded):
+    component, defs, root = loaded(
+        {
+            "catalog_dir": "memory://landing/catalogs",
+            "storage": "memory://bria",
+            "operations": False,
+        }
+    )
+    assert not defs.sensors and not defs.schedules
+    assert component.pipeline_settings(root).catalog_dir == "memory://landing/catalogs"
+    assert component.bria_resource(root).storage == "memory://bria"
+
+
+def test_a_key_in_yaml_is_refused_and_the_env_key_is_used(tmp_path, monkeypatch):
+    component = ProductImagesComponent.resolve_from_yaml(
+        "catalog_dir: catalogs\nresource:\n  fal_key: abc123-secret\n"
+    )
+    with pytest.raises(ConfigurationError, match="FAL_KEY environment variable") as info:
+        component.bria_resource(tmp_path)
+    assert "abc123-secret" not in str(info.value)
+
+    monkeypatch.setenv("FAL_KEY", "key-id:key-secret")
+    bria = ProductImagesComponent(catalog_dir="catalogs").bria_resource(tmp_path)
+    assert bria.selected_backend() == "fal"
+
+
+def test_invalid_attributes_name_the_setting(loaded, tmp_path):
+    with pytest.raises(Exception) as info:  # dg wraps it in its own error, cause kept
+        loaded({"catalog_dir": "catalogs", "steps": ["replace"]})
+    causes, error = [], info.value
+    while error is not None:
+        causes.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any("steps must be a prefix" in text for text in causes), causes
+    with pytest.raises(ValueError, match="num_images"):
+        ProductImagesComponent(catalog_dir="c", num_images=9).pipeline_settings(tmp_path)
+
+
+def test_a_partition_materializes_offline_from_the_yaml_definitions(loaded, monkeypatch):
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    _, defs, root = loaded({"catalog_dir": "catalogs", "steps": ["remove"]})
+    write_batch(root / "catalogs", "drop1", ["MUG-1", "MUG-2"])
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name or "", ["drop1"])
+    result = defs.resolve_job_def("product_images").execute_in_process(
+        partition_key="drop1", instance=instance
+    )
+    assert result.success
+    cutouts = read_table(table_path(str(root / "bria_data"), "product_cutouts", "drop1"))
+    assert cutouts is not None
+    assert sorted(cutouts["sku"]) == ["MUG-1", "MUG-2"]
+    assert set(cutouts["status"]) == {"ok"}
+    assert set(cutouts["backend"]) == {"local"}
+
+
+def test_dg_finds_the_component_through_the_package_entry_point():
+    from dagster.components.core.package_entry import discover_entry_point_package_objects
+
+    found = {key.to_typename(): obj for key, obj in discover_entry_point_package_objects().items()}
+    assert found.get("bria_dagster.ProductImagesComponent") is ProductImagesComponent
+
+
+def test_the_readme_example_resolves(tmp_path):
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"```yaml\n(# src/<project>/defs/.*?)```", readme, re.S)
+    assert block, "README lost its defs.yaml example"
+    document = yaml.safe_load(block.group(1))
+    assert document["type"] == TYPE
+    component = ProductImagesComponent.resolve_from_dict(document["attributes"])
+    settings = component.pipeline_settings(tmp_path)
+    assert settings.num_images == 2 and settings.aspect_ratios == ("1:1", "4:5", "16:9")
+    assert component.bria_resource(tmp_path).storage == "s3://my-bucket/bria"
