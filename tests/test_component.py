@@ -17,6 +17,13 @@ from bria_dagster.io_manager import read_table, table_path
 
 TYPE = "bria_dagster.ProductImagesComponent"
 
+# Loading any component emits warnings from Dagster's own code (beta code-reference
+# metadata, pydantic's deprecated parse_obj_as); they say nothing about this package.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::dagster.BetaWarning"),
+    pytest.mark.filterwarnings("ignore:`parse_obj_as` is deprecated"),
+]
+
 
 def write_batch(folder: Path, batch: str, skus: list[str]) -> None:
     (folder / "images").mkdir(parents=True, exist_ok=True)
