@@ -229,6 +229,43 @@ def test_same_partition_through_fal_gives_the_same_schema(catalog, fal_server, t
     assert "test-key-0" not in expansions.astype(str).to_csv()
 
 
+def test_every_step_survives_transient_faults_and_pays_each_request_once(tmp_path, fal_server):
+    """remove -> replace (2 images) -> expand (2 ratios) on a faulty fal server: nothing lost."""
+    rows = [
+        {"sku": f"F{i}", "image_url": product(tmp_path, f"F{i}", 100 + i, category)}
+        for i, category in enumerate(["white_studio", "colored", "gray_gradient"] * 3)
+    ]
+    write_catalog(tmp_path, rows)
+    fal_server.configure(
+        rate_429=0.15, rate_5xx=0.1, rate_drop=0.05, rate_missing_once=0.05, retry_after=0.01
+    )
+    storage = str(tmp_path / "faulty")
+    bria = BriaResource(
+        backend="fal",
+        fal_key="test-key-0",
+        storage=storage,
+        file_roots=[str(tmp_path)],
+        poll_interval_s=0.02,
+        retry_base_delay_s=0.01,
+        retry_max_delay_s=0.05,
+        max_attempts=12,
+    )
+    settings = PipelineSettings(
+        catalog_dir=str(tmp_path / "catalogs"), num_images=2, aspect_ratios=("1:1", "4:5")
+    )
+    materialize(tmp_path, storage=storage, bria=bria, settings=settings)
+    sizes = {"product_cutouts": 9, "product_scenes": 18, "product_expansions": 36}
+    for asset, rows_expected in sizes.items():
+        frame = table(storage, asset)
+        assert (frame.status == "ok").sum() == rows_expected, frame[frame.status != "ok"]
+    stats = fal_server.stats()
+    requests = 9 + 9 + 36  # removes, replaces (2 images each), expands
+    assert stats["submissions"] == requests and stats["duplicate_submissions"] == 0
+    assert stats["billed_jobs"] == requests
+    injected = stats["faults"]
+    assert sum(injected.values()) >= 5, injected  # the faults really happened
+
+
 def test_budget_stops_paid_calls_before_they_are_sent(catalog, fal_server, tmp_path):
     storage = str(tmp_path / "fal-budget")
     bria = BriaResource(
