@@ -114,6 +114,11 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
                 "from the FAL_KEY environment variable (a key in YAML would be shown with "
                 "the resource's configuration)"
             )
+        if "storage" in options:
+            raise ConfigurationError(
+                "ProductImagesComponent: set `storage` at the top level, not in `resource` "
+                "(the tables and the images share it)"
+            )
         options["storage"] = _under(root, self.storage)
         options["file_roots"] = [_under(root, p) for p in options.get("file_roots", ["."])]
         if os.environ.get("FAL_KEY"):

@@ -109,6 +109,10 @@ def test_a_key_in_yaml_is_refused_and_the_env_key_is_used(tmp_path, monkeypatch)
         component.bria_resource(tmp_path)
     assert "abc123-secret" not in str(info.value)
 
+    misplaced = ProductImagesComponent(catalog_dir="c", resource={"storage": "elsewhere"})
+    with pytest.raises(ConfigurationError, match="set `storage` at the top level"):
+        misplaced.bria_resource(tmp_path)
+
     monkeypatch.setenv("FAL_KEY", "key-id:key-secret")
     bria = ProductImagesComponent(catalog_dir="catalogs").bria_resource(tmp_path)
     assert bria.selected_backend() == "fal"
