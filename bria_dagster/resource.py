@@ -119,6 +119,7 @@ class BriaResource(dg.ConfigurableResource):
     onnx_input_size: int = Field(default=1024, description="Square input size of that model.")
 
     _usage: Usage = PrivateAttr(default_factory=Usage)
+    _usage_by_step: dict[str, Usage] = PrivateAttr(default_factory=dict)
 
     # -- configuration ------------------------------------------------------------------
 
@@ -243,7 +244,12 @@ class BriaResource(dg.ConfigurableResource):
         result = asyncio.run(once())
         self._usage.add(result)
         if context is not None:
-            context.add_output_metadata(self._usage.metadata())
+            # The calling op's or asset's own usage: one resource instance serves every
+            # step of an in-process run, so the total would mix in other steps' calls.
+            step = f"{context.run_id}/{context.op_handle}"
+            usage = self._usage_by_step.setdefault(step, Usage())
+            usage.add(result)
+            context.add_output_metadata(usage.metadata())
         return result
 
     def remove_background(
