@@ -55,6 +55,20 @@ def _read(path: str, fmt: str, data: bytes) -> pd.DataFrame:
     return pd.read_parquet(buf)
 
 
+def _first_bad_jsonl_line(data: bytes) -> str | None:
+    """``line N: <why>`` for the first line that is not a JSON object (pandas gives offsets)."""
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return f"line {number}, column {exc.colno}: {exc.msg}"
+        if not isinstance(value, dict):
+            return f"line {number}: a JSON {type(value).__name__}, not an object"
+    return None
+
+
 def _is_blank(value: Any) -> bool:
     if value is None:
         return True
@@ -125,8 +139,9 @@ def load_catalog(path: str | Path, *, batch: str | None = None) -> CatalogBatch:
     try:
         frame = _read(path_str, fmt, data)
     except Exception as exc:  # pandas/pyarrow raise many parser errors
+        detail = (_first_bad_jsonl_line(data) if fmt == "jsonl" else None) or str(exc)
         raise CatalogError(
-            f"catalog {path_str}: not valid {fmt.upper()}: {exc}; fix the file and re-run"
+            f"catalog {path_str}: not valid {fmt.upper()}: {detail}; fix the file and re-run"
         ) from None
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:

@@ -81,8 +81,11 @@ def test_bad_files_are_named(tmp_path):
     with pytest.raises(CatalogError, match=r"cols\.csv: required column\(s\) image_url missing"):
         load_catalog(tmp_path / "cols.csv")
     (tmp_path / "broken.jsonl").write_text('{"sku": "A", "image_url": "x"}\n{not json\n')
-    with pytest.raises(CatalogError, match=r"broken\.jsonl: not valid JSONL"):
+    with pytest.raises(CatalogError, match=r"broken\.jsonl: not valid JSONL: line 2, column 2"):
         load_catalog(tmp_path / "broken.jsonl")
+    (tmp_path / "list.jsonl").write_text('{"sku": "A", "image_url": "x"}\n\n[1, 2]\n')
+    with pytest.raises(CatalogError, match=r"list\.jsonl: not valid JSONL: line 3: a JSON list"):
+        load_catalog(tmp_path / "list.jsonl")
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 nonsense")
     with pytest.raises(CatalogError, match=r"broken\.parquet: not valid PARQUET"):
         load_catalog(tmp_path / "broken.parquet")
