@@ -132,7 +132,7 @@ def test_invalid_attributes_name_the_setting(loaded, tmp_path):
 
 def test_a_partition_materializes_offline_from_the_yaml_definitions(loaded, monkeypatch):
     monkeypatch.delenv("FAL_KEY", raising=False)
-    _, defs, root = loaded({"catalog_dir": "catalogs", "steps": ["remove"]})
+    _, defs, root = loaded({"catalog_dir": "catalogs", "steps": ["remove"], "key_prefix": "spring"})
     write_batch(root / "catalogs", "drop1", ["MUG-1", "MUG-2"])
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(CATALOG_PARTITIONS.name or "", ["drop1"])
@@ -140,11 +140,13 @@ def test_a_partition_materializes_offline_from_the_yaml_definitions(loaded, monk
         partition_key="drop1", instance=instance
     )
     assert result.success
-    cutouts = read_table(table_path(str(root / "bria_data"), "product_cutouts", "drop1"))
+    key = dg.AssetKey(["spring", "product_cutouts"])
+    cutouts = read_table(table_path(str(root / "bria_data"), key, "drop1"))
     assert cutouts is not None
     assert sorted(cutouts["sku"]) == ["MUG-1", "MUG-2"]
     assert set(cutouts["status"]) == {"ok"}
     assert set(cutouts["backend"]) == {"local"}
+    assert set(cutouts["asset_key"]) == {"spring/product_cutouts"}
 
 
 def test_dg_finds_the_component_through_the_package_entry_point():
