@@ -94,6 +94,18 @@ def materialize(
     return result, instance
 
 
+def fal_resource(storage: str, folder: Path, **settings) -> BriaResource:
+    """BriaResource on the fal test server, inputs from ``folder``, quick polling."""
+    return BriaResource(
+        backend="fal",
+        fal_key="test-key-0",
+        storage=storage,
+        file_roots=[str(folder)],
+        poll_interval_s=0.02,
+        **settings,
+    )
+
+
 def table(storage: str, asset: str) -> pd.DataFrame:
     with fsspec.open(f"{storage}/tables/{asset}/{BATCH}.parquet", "rb") as fh:
         return pd.read_parquet(fh)
@@ -210,14 +222,7 @@ def test_fsspec_memory_storage(catalog):
 
 def test_same_partition_through_fal_gives_the_same_schema(catalog, fal_server, tmp_path):
     storage = str(tmp_path / "fal-data")
-    bria = BriaResource(
-        backend="fal",
-        fal_key="test-key-0",
-        storage=storage,
-        file_roots=[str(catalog)],
-        poll_interval_s=0.02,
-        retry_base_delay_s=0.02,
-    )
+    bria = fal_resource(storage, catalog, retry_base_delay_s=0.02)
     materialize(catalog, storage=storage, bria=bria)
     expansions = table(storage, "product_expansions")
     assert list(expansions.columns) == list(COLUMNS)
@@ -240,15 +245,8 @@ def test_every_step_survives_transient_faults_and_pays_each_request_once(tmp_pat
         rate_429=0.15, rate_5xx=0.1, rate_drop=0.05, rate_missing_once=0.05, retry_after=0.01
     )
     storage = str(tmp_path / "faulty")
-    bria = BriaResource(
-        backend="fal",
-        fal_key="test-key-0",
-        storage=storage,
-        file_roots=[str(tmp_path)],
-        poll_interval_s=0.02,
-        retry_base_delay_s=0.01,
-        retry_max_delay_s=0.05,
-        max_attempts=12,
+    bria = fal_resource(
+        storage, tmp_path, retry_base_delay_s=0.01, retry_max_delay_s=0.05, max_attempts=12
     )
     settings = PipelineSettings(
         catalog_dir=str(tmp_path / "catalogs"), num_images=2, aspect_ratios=("1:1", "4:5")
@@ -268,14 +266,7 @@ def test_every_step_survives_transient_faults_and_pays_each_request_once(tmp_pat
 
 def test_budget_stops_paid_calls_before_they_are_sent(catalog, fal_server, tmp_path):
     storage = str(tmp_path / "fal-budget")
-    bria = BriaResource(
-        backend="fal",
-        fal_key="test-key-0",
-        storage=storage,
-        file_roots=[str(catalog)],
-        poll_interval_s=0.02,
-        budget_usd=0.04,  # two removes (0.036) fit, a third does not
-    )
+    bria = fal_resource(storage, catalog, budget_usd=0.04)  # two removes (0.036) fit, not 3
     settings = PipelineSettings(catalog_dir=str(catalog / "catalogs"), steps=("remove",))
     materialize(catalog, storage=storage, bria=bria, settings=settings)
     cutouts = table(storage, "product_cutouts")
