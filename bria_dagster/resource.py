@@ -230,7 +230,10 @@ class BriaResource(dg.ConfigurableResource):
     # -- single images (any op or asset) ------------------------------------------------
 
     def _run_one(
-        self, endpoint: str, context: dg.OpExecutionContext | None, arguments: dict[str, Any]
+        self,
+        endpoint: str,
+        context: dg.OpExecutionContext | dg.AssetExecutionContext | None,
+        arguments: dict[str, Any],
     ) -> BackendResult:
         request = build_request(endpoint, **arguments)
 
@@ -246,26 +249,39 @@ class BriaResource(dg.ConfigurableResource):
         if context is not None:
             # The calling op's or asset's own usage: one resource instance serves every
             # step of an in-process run, so the total would mix in other steps' calls.
-            step = f"{context.run_id}/{context.op_handle}"
+            op = getattr(context, "op_execution_context", context)  # an asset's context
+            step = f"{op.run.run_id}/{op.op_handle}"
             usage = self._usage_by_step.setdefault(step, Usage())
             usage.add(result)
             context.add_output_metadata(usage.metadata())
         return result
 
     def remove_background(
-        self, image_url: Any, *, context: dg.OpExecutionContext | None = None, **params: Any
+        self,
+        image_url: Any,
+        *,
+        context: dg.OpExecutionContext | dg.AssetExecutionContext | None = None,
+        **params: Any,
     ) -> BackendResult:
         """Cut the subject out of ``image_url`` (URL, path or bytes): RGBA PNG."""
         return self._run_one("remove", context, {"image_url": image_url, **params})
 
     def replace_background(
-        self, image_url: Any, *, context: dg.OpExecutionContext | None = None, **params: Any
+        self,
+        image_url: Any,
+        *,
+        context: dg.OpExecutionContext | dg.AssetExecutionContext | None = None,
+        **params: Any,
     ) -> BackendResult:
         """New background from ``prompt=`` or ``ref_image_url=``; ``num_images`` 1-4."""
         return self._run_one("replace", context, {"image_url": image_url, **params})
 
     def expand_image(
-        self, image_url: Any, *, context: dg.OpExecutionContext | None = None, **params: Any
+        self,
+        image_url: Any,
+        *,
+        context: dg.OpExecutionContext | dg.AssetExecutionContext | None = None,
+        **params: Any,
     ) -> BackendResult:
         """Expand to ``canvas_size=`` (and placement) or ``aspect_ratio=``."""
         return self._run_one("expand", context, {"image_url": image_url, **params})
