@@ -146,10 +146,9 @@ def product_rows(sku: str) -> list[dict[str, Any]]:
     return rows
 
 
-@pytest.fixture
-def rows() -> list[dict[str, Any]]:
-    # A second run reused the cutout of sku-a: same sha, newer row, no cost.
-    reused = record(
+def reused_cutout() -> dict[str, Any]:
+    """A second run reused the cutout of sku-a: same sha, newer row, no cost."""
+    return record(
         "remove",
         "sku-a",
         sha("cutout-sku-a"),
@@ -159,7 +158,11 @@ def rows() -> list[dict[str, Any]]:
         partition="batch-2",
         minutes=60,
     )
-    return [*product_rows("sku-a"), *product_rows("sku-b"), reused]
+
+
+@pytest.fixture
+def rows() -> list[dict[str, Any]]:
+    return [*product_rows("sku-a"), *product_rows("sku-b"), reused_cutout()]
 
 
 @pytest.fixture

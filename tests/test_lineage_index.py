@@ -22,22 +22,13 @@ from bria_dagster.lineage_index import (
     open_index,
     sync,
 )
-from bria_dagster.records import REUSED, records_to_frame
-from tests.test_lineage import product_rows, record, sha, write_store
+from bria_dagster.records import records_to_frame
+from tests.test_lineage import product_rows, record, reused_cutout, sha, write_store
 
 
 @pytest.fixture
 def rows() -> list[dict[str, Any]]:
-    reused = record(
-        "remove",
-        "sku-a",
-        sha("cutout-sku-a"),
-        sha("source-sku-a"),
-        status=REUSED,
-        run_id="run-2",
-        partition="batch-2",
-        minutes=60,
-    )
+    reused = reused_cutout()
     # Sub-second times and a recorded catalog source exercise time formatting and chain ends.
     catalog = record("source", "sku-c", sha("source-sku-c"), None, variant="source")
     odd = record("remove", "sku-c", sha("cutout-sku-c"), sha("source-sku-c"), minutes=3)
