@@ -216,13 +216,23 @@ def _base_row(ctx: StepContext, job: Job) -> dict[str, Any]:
     }
 
 
+def _output_variant(job: Job, index: int, count: int) -> str:
+    """The variant of output ``index`` of ``count`` (``scene#1`` when a request has several);
+    :func:`_output_index` reads the index back."""
+    return job.variant if count == 1 else f"{job.variant}#{index}"
+
+
+def _record_id(ctx: StepContext, job: Job, variant: str) -> str:
+    return make_record_id(ctx.partition, ctx.step, job.sku, variant, job.fingerprint or "")
+
+
 def failed_row(
     ctx: StepContext, job: Job, error_class: str, message: str, *, attempts: int = 0
 ) -> dict[str, Any]:
     row = _base_row(ctx, job)
     variant = job.variant
     row.update(
-        record_id=make_record_id(ctx.partition, ctx.step, job.sku, variant, job.fingerprint or ""),
+        record_id=_record_id(ctx, job, variant),
         variant=variant,
         status=FAILED,
         error_class=error_class,
@@ -263,11 +273,9 @@ def run_step(
         if earlier and all(store.exists(r["image_sha256"], r["content_type"]) for r in earlier):
             for i, previous in enumerate(earlier):
                 row = dict(previous)
-                variant = job.variant if len(earlier) == 1 else f"{job.variant}#{i}"
+                variant = _output_variant(job, i, len(earlier))
                 row.update(
-                    record_id=make_record_id(
-                        ctx.partition, ctx.step, job.sku, variant, job.fingerprint or ""
-                    ),
+                    record_id=_record_id(ctx, job, variant),
                     partition=ctx.partition,
                     sku=job.sku,
                     variant=variant,
@@ -302,12 +310,10 @@ def run_step(
         share = result.cost_usd / max(1, len(result.images))
         for i, image in enumerate(result.images):
             stored = store.put(image.data, image.content_type)
-            variant = job.variant if len(result.images) == 1 else f"{job.variant}#{i}"
+            variant = _output_variant(job, i, len(result.images))
             row = _base_row(ctx, job)
             row.update(
-                record_id=make_record_id(
-                    ctx.partition, ctx.step, job.sku, variant, job.fingerprint or ""
-                ),
+                record_id=_record_id(ctx, job, variant),
                 variant=variant,
                 status=OK,
                 image_uri=stored.uri,
