@@ -33,7 +33,7 @@ from .engine.outpaint import plan_expand
 from .errors import BriaError, CatalogError, RequestValidationError
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
-from .io_manager import read_records, table_path
+from .io_manager import read_records, table_folder, table_path
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame
 from .resource import BriaResource
 from .steps import Job, RequestPlanner, StepContext, StepReport, run_step, source_row
@@ -211,8 +211,7 @@ def build_product_image_assets(
     def step_context(context: AssetExecutionContext, bria: BriaResource, step: str):
         asset_key = context.asset_key
         base = bria.storage.rstrip("/")
-        name = "__".join(asset_key.path)
-        fs, root = fsspec.core.url_to_fs(f"{base}/tables/{name}")
+        fs, root = fsspec.core.url_to_fs(table_folder(base, asset_key))
         proto = "" if "://" not in base else base.split("://", 1)[0] + "://"
         own = table_path(base, asset_key, context.partition_key)
         others = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []

@@ -142,12 +142,12 @@ def _materialized_sha(instance: dg.DagsterInstance, key: dg.AssetKey, batch: str
 
 
 def partitions_needing_retry(
-    storage: str, partitions: Sequence[str], asset_names: Sequence[str]
+    storage: str, partitions: Sequence[str], assets: Sequence[dg.AssetKey | str]
 ) -> list[str]:
     """Partitions whose step tables are missing or hold failed rows."""
     needing = []
     for partition in partitions:
-        for asset in asset_names:
+        for asset in assets:
             frame = read_table(table_path(storage, asset, partition))
             if frame is None or (frame["status"] == "failed").any():
                 needing.append(partition)
@@ -166,9 +166,8 @@ def build_retry_schedule(
     name: str = "retry_failed_rows_daily",
 ) -> dg.ScheduleDefinition:
     """Daily: a run for every partition with failed or missing rows (only those rows redo)."""
-    assets = ["__".join([*key_prefix, "catalog_batch"])] + [
-        "__".join([*key_prefix, STEP_ASSETS[s]]) for s in settings.steps
-    ]
+    names = ["catalog_batch", *(STEP_ASSETS[s] for s in settings.steps)]
+    assets = [dg.AssetKey([*key_prefix, name]) for name in names]
 
     @dg.schedule(
         name=name,

@@ -21,15 +21,20 @@ from pydantic import Field
 
 from .records import IMAGE_RECORD_SCHEMA, frame_to_table, records_to_frame
 
-__all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_path"]
+__all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_folder", "table_path"]
 
 UNPARTITIONED = "__all__"
 
 
+def table_folder(base: str, asset_key: dg.AssetKey | str) -> str:
+    """The folder of one asset's tables (a prefixed key's parts joined by ``__``)."""
+    name = asset_key if isinstance(asset_key, str) else "__".join(asset_key.path)
+    return f"{base.rstrip('/')}/tables/{name}"
+
+
 def table_path(base: str, asset_key: dg.AssetKey | str, partition: str | None) -> str:
     """Where the records of one asset partition live."""
-    name = asset_key if isinstance(asset_key, str) else "__".join(asset_key.path)
-    return f"{base.rstrip('/')}/tables/{name}/{partition or UNPARTITIONED}.parquet"
+    return f"{table_folder(base, asset_key)}/{partition or UNPARTITIONED}.parquet"
 
 
 def read_records(path: str) -> pa.Table | None:
