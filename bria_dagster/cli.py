@@ -177,23 +177,15 @@ def _lineage_indexed(args: argparse.Namespace, index: Any, out: TextIO) -> int:
 
     if args.query == "trace":
         result = index.trace(args.image, all_records=args.all_records)
-        table, title = TRACE_TABLE, f"lineage of {result.rows[0]['image_sha256']}"
     else:
         result = index.derived(args.source, include_failed=args.include_failed)
-        table, title = DERIVED_TABLE, f"images derived from {args.source}"
-    cost = result.total_cost_usd
     if args.format == "json":
         lineage_index.dump_json(result, out)
     elif args.format == "csv":
         lineage_index.write_csv(result, out)
     else:
-        out.write(f"{title} ({len(result.rows)} rows)\n")
-        out.write(_render_table(result.rows, table))
-        if args.query == "trace":
-            out.write(f"source: {result.source_uri}\n")
-        out.write(f"total cost: {cost:.4f} USD\n")
-    if args.format != "table":
-        print(f"total cost: {cost:.4f} USD", file=sys.stderr)
+        _write_table(args, result.rows, result.source_uri, out)
+    _report_cost(args, result.total_cost_usd, out)
     return 0
 
 
@@ -204,25 +196,38 @@ def _lineage_tables(args: argparse.Namespace, out: TextIO) -> int:
     index = lineage.LineageIndex.load(args.base)
     if args.query == "trace":
         rows = index.trace(args.image, all_records=args.all_records)
-        table, title = TRACE_TABLE, f"lineage of {rows['image_sha256'].iloc[0]}"
     else:
         rows = index.derived(args.source, include_failed=args.include_failed)
-        table, title = DERIVED_TABLE, f"images derived from {args.source}"
-    cost = lineage.total_cost(rows)
     if args.format == "json":
         json.dump(lineage.plain_rows(rows), out, indent=2)
         out.write("\n")
     elif args.format == "csv":
         rows.to_csv(out, index=False)
     else:
-        out.write(f"{title} ({len(rows)} rows)\n")
-        out.write(_render_table(lineage.plain_rows(rows), table))
-        if args.query == "trace":
-            out.write(f"source: {rows.attrs['source_uri']}\n")
-        out.write(f"total cost: {cost:.4f} USD\n")
-    if args.format != "table":
-        print(f"total cost: {cost:.4f} USD", file=sys.stderr)
+        _write_table(args, lineage.plain_rows(rows), rows.attrs.get("source_uri"), out)
+    _report_cost(args, lineage.total_cost(rows), out)
     return 0
+
+
+def _write_table(
+    args: argparse.Namespace, rows: list[dict[str, Any]], source_uri: str | None, out: TextIO
+) -> None:
+    """The ``table`` format, the same from either path: title, columns, source, total."""
+    if args.query == "trace":
+        out.write(f"lineage of {rows[0]['image_sha256']} ({len(rows)} rows)\n")
+        out.write(_render_table(rows, TRACE_TABLE))
+        out.write(f"source: {source_uri}\n")
+    else:
+        out.write(f"images derived from {args.source} ({len(rows)} rows)\n")
+        out.write(_render_table(rows, DERIVED_TABLE))
+
+
+def _report_cost(args: argparse.Namespace, cost: float, out: TextIO) -> None:
+    """The total: the table's last line, or on stderr beside json/csv (stdout stays data)."""
+    if args.format == "table":
+        out.write(f"total cost: {cost:.4f} USD\n")
+    else:
+        print(f"total cost: {cost:.4f} USD", file=sys.stderr)
 
 
 def _render_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
