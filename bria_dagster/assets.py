@@ -37,6 +37,7 @@ from .io_manager import read_records, table_folder, table_path
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame
 from .resource import BriaResource
 from .steps import Job, RequestPlanner, StepContext, StepReport, run_step, source_row
+from .store import ImageStore
 
 __all__ = [
     "CATALOG_PARTITIONS",
@@ -122,9 +123,8 @@ def _thumbnail(data: bytes, size: int = 96) -> str:
 
 
 def _metadata(
-    frame: pd.DataFrame, report: StepReport, bria: BriaResource, limit: int = 6
+    frame: pd.DataFrame, report: StepReport, bria: BriaResource, store: ImageStore, limit: int = 6
 ) -> dict[str, Any]:
-    store = bria.image_store()
     lines = ["| sku | variant | status | image |", "|---|---|---|---|"]
     for row in frame.head(limit * 3).to_dict("records"):
         if len(lines) - 2 >= limit:
@@ -337,7 +337,7 @@ def build_product_image_assets(
             duration_s=time.perf_counter() - started,
         )
         report.images_written = report.ok
-        meta = _metadata(frame, report, bria)
+        meta = _metadata(frame, report, bria, store)
         meta.update(
             catalog_file=dg.MetadataValue.path(path),
             catalog_sha256=batch.content_sha256,
@@ -366,7 +366,7 @@ def build_product_image_assets(
             jobs = _jobs(parents, plan, lambda p, c: failed_variants(step, p, c))
             store = bria.image_store()
             frame, report = run_step(ctx, bria, store, jobs, log=context.log.info)
-            yield dg.Output(frame, metadata=_metadata(frame, report, bria))
+            yield dg.Output(frame, metadata=_metadata(frame, report, bria, store))
             yield from evaluate_checks(
                 context.asset_key, step, frame, parents["sku"], store, settings.checks
             )
