@@ -45,6 +45,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -325,7 +326,7 @@ def section_offline(work: Path, n: int, size: int, judged: bool = True) -> bool:
             f"{m.get('backend_calls', '-')} rows_reused={m.get('rows_reused')}  "
             f"table status: {median['status'].get(name)}"
         )
-    floor = sorted(r["floor_s"])[len(r["floor_s"]) // 2]
+    floor = statistics.median_high(r["floor_s"])
     print(
         f"    Dagster's own cost per run of this graph (an empty job of the same shape: 4 "
         f"partitioned assets, 15 checks, no IO; median of {len(r['floor_s'])}): {floor:.2f}s "
@@ -333,7 +334,7 @@ def section_offline(work: Path, n: int, size: int, judged: bool = True) -> bool:
         f"{max(median['s'] - floor, 0.0):.2f}s, is bria-dagster's (reading the earlier "
         "records, planning, writing the tables, checks, metadata)"
     )
-    on_disk = sorted(r["floor_sqlite_s"])[len(r["floor_sqlite_s"]) // 2]
+    on_disk = statistics.median_high(r["floor_sqlite_s"])
     print(
         f"    the same empty job on a file-based SQLite instance (as `dagster dev` uses): "
         f"{on_disk:.2f}s per run"
