@@ -90,6 +90,11 @@ class PipelineSettings(BaseModel):
     checks: CheckSettings = Field(default_factory=CheckSettings, description="Check thresholds.")
 
 
+def prefix_parts(key_prefix: str | Sequence[str] | None) -> list[str]:
+    """An asset key prefix as its parts: ``"spring"`` -> ``["spring"]``, ``None`` -> ``[]``."""
+    return [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
+
+
 def find_catalog_file(catalog_dir: str, batch: str) -> str:
     """The catalog file of ``batch`` in ``catalog_dir`` (any supported extension)."""
     fs, root = fsspec.core.url_to_fs(catalog_dir)
@@ -203,7 +208,7 @@ def build_product_image_assets(
         )
     for ratio in settings.aspect_ratios:
         AspectRatio(ratio)
-    prefix = [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
+    prefix = prefix_parts(key_prefix)
 
     def key(name: str) -> dg.AssetKey:
         return dg.AssetKey([*prefix, name])

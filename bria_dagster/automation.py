@@ -20,7 +20,13 @@ from pathlib import PurePosixPath
 import dagster as dg
 import fsspec
 
-from .assets import CATALOG_PARTITIONS, REFRESH_TAG, STEP_ASSETS, PipelineSettings
+from .assets import (
+    CATALOG_PARTITIONS,
+    REFRESH_TAG,
+    STEP_ASSETS,
+    PipelineSettings,
+    prefix_parts,
+)
 from .catalog import FORMATS
 from .io_manager import read_table, table_path
 from .pipeline import MAIN_JOB_NAME
@@ -64,11 +70,11 @@ def build_catalog_sensor(
     partitions_def: dg.DynamicPartitionsDefinition = CATALOG_PARTITIONS,
     name: str = "catalog_batch_sensor",
     minimum_interval_seconds: int = 60,
-    key_prefix: Sequence[str] = (),
+    key_prefix: str | Sequence[str] | None = None,
 ) -> dg.SensorDefinition:
     """A sensor adding a partition and requesting a run for each new batch file."""
     landing = settings.catalog_dir
-    source_key = dg.AssetKey([*key_prefix, "catalog_batch"])
+    source_key = dg.AssetKey([*prefix_parts(key_prefix), "catalog_batch"])
     partitions_name = partitions_def.name or ""
 
     @dg.sensor(
@@ -162,12 +168,12 @@ def build_retry_schedule(
     job_name: str = MAIN_JOB_NAME,
     partitions_def: dg.DynamicPartitionsDefinition = CATALOG_PARTITIONS,
     cron_schedule: str = "0 3 * * *",
-    key_prefix: Sequence[str] = (),
+    key_prefix: str | Sequence[str] | None = None,
     name: str = "retry_failed_rows_daily",
 ) -> dg.ScheduleDefinition:
     """Daily: a run for every partition with failed or missing rows (only those rows redo)."""
     names = ["catalog_batch", *(STEP_ASSETS[s] for s in settings.steps)]
-    assets = [dg.AssetKey([*key_prefix, name]) for name in names]
+    assets = [dg.AssetKey([*prefix_parts(key_prefix), name]) for name in names]
 
     @dg.schedule(
         name=name,
@@ -217,11 +223,14 @@ def build_refresh_schedule(
 
 
 def build_operations(
-    settings: PipelineSettings, *, storage: str = "bria_data", key_prefix: Sequence[str] = ()
+    settings: PipelineSettings,
+    *,
+    storage: str = "bria_data",
+    key_prefix: str | Sequence[str] | None = None,
 ) -> list:
     """The sensor and both schedules, ready for ``build_definitions(extra=...)``.
 
-    ``key_prefix``: the one given to ``build_definitions`` (as a list of parts).
+    ``key_prefix``: the one given to ``build_definitions``.
     """
     return [
         build_catalog_sensor(settings, key_prefix=key_prefix),

@@ -129,7 +129,7 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         root = Path(context.project_root)
         settings = self.pipeline_settings(root)
         bria = self.bria_resource(root)
-        prefix = [self.key_prefix] if isinstance(self.key_prefix, str) else self.key_prefix or []
+        prefix = self.key_prefix
         extra = (
             build_operations(settings, storage=bria.storage, key_prefix=prefix)
             if self.operations

@@ -158,3 +158,11 @@ def test_cutout_alpha_check_fails_for_an_empty_matte(tmp_path):
         assert not checks["cutouts_have_alpha"].passed
     else:  # the engine itself refused a matte-less image: still a recorded failure
         assert cutouts.error_message.notna().all()
+
+
+def test_a_key_prefix_may_be_a_string_or_its_parts():
+    from bria_dagster.assets import prefix_parts
+
+    assert prefix_parts("spring") == ["spring"]  # not ["s", "p", ...]
+    assert prefix_parts(["shop", "spring"]) == ["shop", "spring"]
+    assert prefix_parts(None) == [] and prefix_parts(()) == []
