@@ -8,12 +8,12 @@ lineage tables go to ./bria_data.
 
 from pathlib import Path
 
-from bria_dagster import PipelineSettings, build_definitions, build_operations
+from bria_dagster import PipelineSettings, build_definitions
 
 HERE = Path(__file__).resolve().parent
-STORAGE = str(HERE / "bria_data")
 
-settings = PipelineSettings(catalog_dir=str(HERE / "examples" / "catalogs"))
 defs = build_definitions(
-    settings, storage=STORAGE, extra=build_operations(settings, storage=STORAGE)
+    PipelineSettings(catalog_dir=str(HERE / "examples" / "catalogs")),
+    name="product_images",
+    storage=str(HERE / "bria_data"),
 )

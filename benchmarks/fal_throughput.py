@@ -60,7 +60,9 @@ def client_batch(n: int, concurrency: int, offset: int) -> dict[str, Any]:
     """N remove requests through FalBackend + run_batch (runs in the client subprocess)."""
     import asyncio
 
-    from bria_dagster import FalBackend, RemoveBackgroundRequest, run_batch
+    from bria_dagster.backends.fal import FalBackend
+    from bria_dagster.endpoints import RemoveBackgroundRequest
+    from bria_dagster.runner import run_batch
 
     photos = _inputs(n, offset)
     items = [(i, RemoveBackgroundRequest(image_url=data)) for i, data in enumerate(photos)]

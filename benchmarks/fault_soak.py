@@ -60,7 +60,7 @@ statements, and _claim_concurrency_slot() selects a free slot `.with_for_update(
 pooled steps ask at the same moment can both be admitted. Postgres/MySQL storage locks the
 row; with SQLite, --stagger starts the other runs once the first one holds the slot."""
 POOL = "bria"
-ASSET = "product_cutouts"
+ASSET = "product_images__product_cutouts"  # the step (node) name of product_images/product_cutouts
 RESULT_PREFIX = "SOAK_RESULT "
 FAULT_RATES = {"rate_429": 0.1, "rate_5xx": 0.05, "rate_drop": 0.02, "rate_missing_once": 0.01}
 
@@ -91,21 +91,20 @@ def worker(catalog_dir: str, storage: str, partition: str, journal: str, config:
     """One Dagster run of one partition (in its own process); prints one SOAK_RESULT line."""
     import dagster as dg
 
-    from bria_dagster import BriaResource, PipelineSettings, build_definitions
+    from bria_dagster import BriaResource, PipelineSettings, PipelineStorage, build_definitions
 
     knobs = json.loads(config)
     settings = PipelineSettings(catalog_dir=catalog_dir, steps=("remove",))
     bria = BriaResource(
         backend="fal",
         fal_key=dg.EnvVar("FAL_KEY"),
-        storage=storage,
         file_roots=[str(Path(catalog_dir).parent)],
         max_concurrency=knobs["max_concurrency"],
         poll_interval_s=knobs["poll_interval_s"],
         retry_base_delay_s=knobs["retry_base_delay_s"],
-        journal_path=journal,
     )
-    defs = build_definitions(settings, storage=storage, bria=bria)
+    storage = PipelineStorage(storage, journal_path=journal)
+    defs = build_definitions(settings, storage=storage, bria=bria, operations=False)
     job = defs.resolve_job_def("product_images")
     instance = dg.DagsterInstance.get()
     started = time.monotonic()
@@ -171,15 +170,13 @@ def write_batches(workdir: Path, config: SoakConfig) -> list[str]:
 def make_home(workdir: Path, partitions: list[str], pool_limit: int) -> Path:
     import dagster as dg
 
-    from bria_dagster import CATALOG_PARTITIONS
-
     home = workdir / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    granularity: op\n")
     # Not `with instance:` (it leaves a process-wide context variable behind).
     instance = dg.DagsterInstance.from_config(str(home))
     try:
-        instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, partitions)
+        instance.add_dynamic_partitions("product_images_batches", partitions)
         instance.event_log_storage.set_concurrency_slots(POOL, pool_limit)
     finally:
         instance.dispose()

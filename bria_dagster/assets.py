@@ -11,9 +11,9 @@ import io
 import json
 import string
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import fsspec
@@ -33,31 +33,25 @@ from .engine.outpaint import plan_expand
 from .errors import BriaError, CatalogError, RequestValidationError
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
-from .io_manager import read_records, table_folder, table_path
+from .io_manager import read_records
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame
 from .resource import BriaResource
 from .steps import Job, RequestPlanner, StepContext, StepReport, run_step, source_row
 from .store import ImageStore
+from .translator import STEP_ASSETS
+
+if TYPE_CHECKING:
+    from .pipeline import ProductImagePipeline
 
 __all__ = [
-    "CATALOG_PARTITIONS",
     "REFRESH_TAG",
     "PipelineSettings",
     "build_product_image_assets",
     "find_catalog_file",
 ]
 
-CATALOG_PARTITIONS = dg.DynamicPartitionsDefinition(name="catalog_batches")
-"""One partition per catalog batch file (its file name without extension)."""
-
 REFRESH_TAG = "bria/refresh"
 """Run tag: fetch source images again instead of reusing earlier source records."""
-
-STEP_ASSETS = {
-    "remove": "product_cutouts",
-    "replace": "product_scenes",
-    "expand": "product_expansions",
-}
 
 
 class PipelineSettings(BaseModel):
@@ -88,11 +82,6 @@ class PipelineSettings(BaseModel):
     )
     fetch_concurrency: int = Field(default=16, ge=1, description="Source images fetched at once.")
     checks: CheckSettings = Field(default_factory=CheckSettings, description="Check thresholds.")
-
-
-def prefix_parts(key_prefix: str | Sequence[str] | None) -> list[str]:
-    """An asset key prefix as its parts: ``"spring"`` -> ``["spring"]``, ``None`` -> ``[]``."""
-    return [key_prefix] if isinstance(key_prefix, str) else list(key_prefix or [])
 
 
 def find_catalog_file(catalog_dir: str, batch: str) -> str:
@@ -178,29 +167,21 @@ def _prompt_for(settings: PipelineSettings, catalog: dict[str, Any]) -> str:
 
 
 def build_product_image_assets(
-    settings: PipelineSettings | None = None,
-    *,
-    key_prefix: str | Sequence[str] | None = None,
-    partitions_def: dg.PartitionsDefinition = CATALOG_PARTITIONS,
-    group_name: str = "product_images",
-    pool: str | None = "bria",
-    io_manager_key: str = "io_manager",
-    resource_key: str = "bria",
+    pipeline: "ProductImagePipeline", *, pool: str | None = "bria"
 ) -> list[dg.AssetsDefinition]:
-    """Build ``catalog_batch`` and the step assets chosen in ``settings.steps``.
+    """The assets of ``pipeline``: ``catalog_batch`` and the steps in ``settings.steps``.
 
     Args:
-        settings: what to run and with which parameters.
-        key_prefix: prefix for every asset key (several pipelines in one project).
-        partitions_def: the catalog batches (a ``DynamicPartitionsDefinition``).
+        pipeline: name, settings, storage and translator.
         pool: Dagster concurrency pool of the steps that call the backend; cap it in
             ``dagster.yaml`` so that concurrent runs share the fal request limit.
     """
-    settings = settings or PipelineSettings()
-    unknown = [s for s in settings.steps if s not in STEP_ASSETS]
+    settings = pipeline.settings
+    storage = pipeline.store
+    order = [s for s in STEP_ASSETS if s != "source"]
+    unknown = [s for s in settings.steps if s not in order]
     if unknown:
-        raise ValueError(f"unknown step(s) {unknown}; choose from {list(STEP_ASSETS)}")
-    order = list(STEP_ASSETS)
+        raise ValueError(f"unknown step(s) {unknown}; choose from {order}")
     if list(settings.steps) != order[: len(settings.steps)]:
         raise ValueError(
             f"steps must be a prefix of {order} (each step consumes the one before), "
@@ -208,48 +189,40 @@ def build_product_image_assets(
         )
     for ratio in settings.aspect_ratios:
         AspectRatio(ratio)
-    prefix = prefix_parts(key_prefix)
+    specs = {step: pipeline.asset_spec(step) for step in ["source", *settings.steps]}
 
-    def key(name: str) -> dg.AssetKey:
-        return dg.AssetKey([*prefix, name])
-
-    def step_context(context: AssetExecutionContext, bria: BriaResource, step: str):
-        asset_key = context.asset_key
-        base = bria.storage.rstrip("/")
-        fs, root = fsspec.core.url_to_fs(table_folder(base, asset_key))
-        proto = "" if "://" not in base else base.split("://", 1)[0] + "://"
-        own = table_path(base, asset_key, context.partition_key)
-        others = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []
-        tables = [own, *sorted(proto + p for p in others if not own.endswith(p))]
+    def step_context(context: AssetExecutionContext, step: str) -> StepContext:
         return StepContext(
             partition=context.partition_key,
             run_id=context.run.run_id,
-            asset_key=asset_key.to_user_string(),
+            asset_key=context.asset_key.to_user_string(),
             code_version=__version__,
             step=step,
-            tables=tables,
+            tables=storage.asset_tables(context.asset_key, context.partition_key),
         )
 
-    common: dict[str, Any] = dict(
-        partitions_def=partitions_def,
-        group_name=group_name,
-        io_manager_key=io_manager_key,
-        code_version=__version__,
-        kinds={"python", "parquet"},
-    )
+    def asset_args(step: str) -> dict[str, Any]:
+        spec = specs[step]
+        return dict(
+            key=spec.key,
+            description=spec.description,
+            group_name=spec.group_name,
+            owners=spec.owners,
+            tags=spec.tags,
+            kinds=spec.kinds,
+            metadata=spec.metadata,
+            check_specs=check_specs_for(spec.key, step, settings.checks),
+            partitions_def=pipeline.partitions_def,
+            io_manager_key=pipeline.io_manager_key,
+            code_version=__version__,
+        )
 
-    @dg.asset(
-        key=key("catalog_batch"),
-        check_specs=check_specs_for(key("catalog_batch"), "source"),
-        description="The catalog batch: one source record per row (fetched, hashed, stored) "
-        "and a failed record for every rejected row.",
-        **common,
-    )
+    @dg.asset(**asset_args("source"))
     def catalog_batch(context: AssetExecutionContext, bria: BriaResource):
-        ctx = step_context(context, bria, "source")
+        ctx = step_context(context, "source")
         path = find_catalog_file(settings.catalog_dir, context.partition_key)
         batch = load_catalog(path, batch=context.partition_key)
-        store = bria.image_store()
+        store = storage.image_store()
         policy = bria.fetch_policy()
         rows: list[dict[str, Any]] = []
         for rej in batch.rejected.to_dict("records"):
@@ -359,18 +332,17 @@ def build_product_image_assets(
 
     def make_step(step: str, upstream: dg.AssetKey, plan) -> dg.AssetsDefinition:
         @dg.asset(
-            key=key(STEP_ASSETS[step]),
             ins={"parents": dg.AssetIn(key=upstream)},
             pool=pool,
-            description=_STEP_DESCRIPTIONS[step],
-            check_specs=check_specs_for(key(STEP_ASSETS[step]), step),
-            **common,
+            **asset_args(step),
         )
         def step_asset(context: AssetExecutionContext, bria: BriaResource, parents: pd.DataFrame):
-            ctx = step_context(context, bria, step)
+            ctx = step_context(context, step)
             jobs = _jobs(parents, plan, lambda p, c: failed_variants(step, p, c))
-            store = bria.image_store()
-            frame, report = run_step(ctx, bria, store, jobs, log=context.log.info)
+            store = storage.image_store()
+            frame, report = run_step(
+                ctx, bria, store, jobs, journal=storage.journal_file(), log=context.log.info
+            )
             yield dg.Output(frame, metadata=_metadata(frame, report, bria, store))
             yield from evaluate_checks(
                 context.asset_key, step, frame, parents["sku"], store, settings.checks
@@ -438,18 +410,11 @@ def build_product_image_assets(
         return ["cutout" if step == "remove" else "scene"]
 
     plans = {"remove": plan_remove, "replace": plan_replace, "expand": plan_expand_jobs}
-    upstream = key("catalog_batch")
+    upstream = specs["source"].key
     for step in settings.steps:
         assets.append(make_step(step, upstream, plans[step]))
-        upstream = key(STEP_ASSETS[step])
+        upstream = specs[step].key
     return assets
-
-
-_STEP_DESCRIPTIONS = {
-    "remove": "Background removed: one RGBA PNG cutout per source image.",
-    "replace": "New backgrounds: num_images scenes per cutout, from a prompt or reference image.",
-    "expand": "Expanded formats: one image per scene and aspect ratio.",
-}
 
 
 def _jobs(

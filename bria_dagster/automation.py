@@ -12,29 +12,28 @@
   images are fetched again; outputs whose inputs did not change are still reused).
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import fsspec
 
-from .assets import (
-    CATALOG_PARTITIONS,
-    REFRESH_TAG,
-    STEP_ASSETS,
-    PipelineSettings,
-    prefix_parts,
-)
+from .assets import REFRESH_TAG
 from .catalog import FORMATS
-from .io_manager import read_table, table_path
-from .pipeline import MAIN_JOB_NAME
+from .io_manager import read_table
+from .storage import PipelineStorage
+
+if TYPE_CHECKING:
+    from .pipeline import ProductImagePipeline
 
 __all__ = [
     "REFRESH_TAG",
     "build_catalog_sensor",
-    "build_operations",
     "build_refresh_schedule",
     "build_retry_schedule",
     "partitions_needing_retry",
@@ -64,22 +63,17 @@ def _sha256(path: str) -> str:
 
 
 def build_catalog_sensor(
-    settings: PipelineSettings,
-    *,
-    job_name: str = MAIN_JOB_NAME,
-    partitions_def: dg.DynamicPartitionsDefinition = CATALOG_PARTITIONS,
-    name: str = "catalog_batch_sensor",
-    minimum_interval_seconds: int = 60,
-    key_prefix: str | Sequence[str] | None = None,
+    pipeline: ProductImagePipeline, *, minimum_interval_seconds: int = 60
 ) -> dg.SensorDefinition:
     """A sensor adding a partition and requesting a run for each new batch file."""
-    landing = settings.catalog_dir
-    source_key = dg.AssetKey([*prefix_parts(key_prefix), "catalog_batch"])
-    partitions_name = partitions_def.name or ""
+    landing = pipeline.settings.catalog_dir
+    source_key = pipeline.asset_key("source")
+    partitions_def = pipeline.partitions_def
+    partitions_name = partitions_def.name
 
     @dg.sensor(
-        name=name,
-        job_name=job_name,
+        name=pipeline.sensor_name,
+        job_name=pipeline.job_name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=f"Starts one run per new catalog batch file in {landing}.",
@@ -148,13 +142,16 @@ def _materialized_sha(instance: dg.DagsterInstance, key: dg.AssetKey, batch: str
 
 
 def partitions_needing_retry(
-    storage: str, partitions: Sequence[str], assets: Sequence[dg.AssetKey | str]
+    storage: PipelineStorage | str,
+    partitions: Sequence[str],
+    assets: Sequence[dg.AssetKey | str],
 ) -> list[str]:
     """Partitions whose step tables are missing or hold failed rows."""
+    storage = PipelineStorage.of(storage)
     needing = []
     for partition in partitions:
         for asset in assets:
-            frame = read_table(table_path(storage, asset, partition))
+            frame = read_table(storage.table_path(asset, partition))
             if frame is None or (frame["status"] == "failed").any():
                 needing.append(partition)
                 break
@@ -162,28 +159,25 @@ def partitions_needing_retry(
 
 
 def build_retry_schedule(
-    settings: PipelineSettings,
-    *,
-    storage: str = "bria_data",
-    job_name: str = MAIN_JOB_NAME,
-    partitions_def: dg.DynamicPartitionsDefinition = CATALOG_PARTITIONS,
-    cron_schedule: str = "0 3 * * *",
-    key_prefix: str | Sequence[str] | None = None,
-    name: str = "retry_failed_rows_daily",
+    pipeline: ProductImagePipeline, *, cron_schedule: str = "0 3 * * *"
 ) -> dg.ScheduleDefinition:
-    """Daily: a run for every partition with failed or missing rows (only those rows redo)."""
-    names = ["catalog_batch", *(STEP_ASSETS[s] for s in settings.steps)]
-    assets = [dg.AssetKey([*prefix_parts(key_prefix), name]) for name in names]
+    """Daily: a run for every partition with failed or missing rows (only those rows redo).
+
+    It reads the pipeline's own storage, the same object its IO manager writes to.
+    """
+    assets = [pipeline.asset_key(step) for step in ("source", *pipeline.settings.steps)]
+    storage = pipeline.store
+    partitions_name = pipeline.partitions_def.name
 
     @dg.schedule(
-        name=name,
-        job_name=job_name,
+        name=pipeline.retry_schedule_name,
+        job_name=pipeline.job_name,
         cron_schedule=cron_schedule,
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Retries catalog batches that have failed or missing rows.",
     )
     def retry_schedule(context: dg.ScheduleEvaluationContext):
-        partitions = context.instance.get_dynamic_partitions(partitions_def.name or "")
+        partitions = context.instance.get_dynamic_partitions(partitions_name)
         needing = partitions_needing_retry(storage, partitions, assets)
         if not needing:
             return dg.SkipReason("every catalog batch is complete: nothing to retry")
@@ -197,17 +191,14 @@ def build_retry_schedule(
 
 
 def build_refresh_schedule(
-    *,
-    job_name: str = MAIN_JOB_NAME,
-    partitions_def: dg.DynamicPartitionsDefinition = CATALOG_PARTITIONS,
-    cron_schedule: str = "0 4 * * 0",
-    name: str = "refresh_whole_catalog_weekly",
+    pipeline: ProductImagePipeline, *, cron_schedule: str = "0 4 * * 0"
 ) -> dg.ScheduleDefinition:
     """Re-runs every batch, re-fetching source images; unchanged outputs are reused."""
+    partitions_name = pipeline.partitions_def.name
 
     @dg.schedule(
-        name=name,
-        job_name=job_name,
+        name=pipeline.refresh_schedule_name,
+        job_name=pipeline.job_name,
         cron_schedule=cron_schedule,
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Whole-catalog refresh: sources re-fetched, only changed work re-run.",
@@ -216,24 +207,7 @@ def build_refresh_schedule(
         stamp = context.scheduled_execution_time.strftime("%Y%m%d%H%M")
         return [
             dg.RunRequest(partition_key=p, run_key=f"refresh:{p}:{stamp}", tags={REFRESH_TAG: "1"})
-            for p in context.instance.get_dynamic_partitions(partitions_def.name or "")
+            for p in context.instance.get_dynamic_partitions(partitions_name)
         ]
 
     return refresh_schedule
-
-
-def build_operations(
-    settings: PipelineSettings,
-    *,
-    storage: str = "bria_data",
-    key_prefix: str | Sequence[str] | None = None,
-) -> list:
-    """The sensor and both schedules, ready for ``build_definitions(extra=...)``.
-
-    ``key_prefix``: the one given to ``build_definitions``.
-    """
-    return [
-        build_catalog_sensor(settings, key_prefix=key_prefix),
-        build_retry_schedule(settings, storage=storage, key_prefix=key_prefix),
-        build_refresh_schedule(),
-    ]

@@ -42,13 +42,40 @@ class CheckSettings(BaseModel):
     )
 
 
-def check_specs_for(asset_key: dg.AssetKey, step: str) -> list[dg.AssetCheckSpec]:
+_DESCRIPTIONS = {
+    "every_sku_accounted": "Every sku of the batch has an output row or a recorded failure "
+    "(none silently dropped).",
+    "failure_rate": "Failed rows / all rows is at most checks.max_failure_rate. With "
+    "failure_severity ERROR the check blocks: a batch over the threshold stops the steps "
+    "after it and fails the run.",
+    "outputs_decode": "Up to checks.decode_sample new output images decode, with the "
+    "expected mode (RGBA cutouts, RGB scenes) and the recorded width and height.",
+    "within_budget": "No request was held back because it would have exceeded budget_usd.",
+    "cutouts_have_alpha": "Each checked cutout's foreground share (alpha >= 128) lies within "
+    "checks.min_foreground..checks.max_foreground: not empty, not the whole frame.",
+}
+
+
+def check_specs_for(
+    asset_key: dg.AssetKey, step: str, settings: CheckSettings | None = None
+) -> list[dg.AssetCheckSpec]:
+    """The checks of one step's asset, each with its description; ``failure_rate`` blocks
+    the steps after it when its severity is ERROR."""
+    settings = settings or CheckSettings()
     names = ["every_sku_accounted", "failure_rate"]
     if step != "source":
         names += ["outputs_decode", "within_budget"]
     if step == "remove":
         names.append("cutouts_have_alpha")
-    return [dg.AssetCheckSpec(name, asset=asset_key) for name in names]
+    return [
+        dg.AssetCheckSpec(
+            name,
+            asset=asset_key,
+            description=_DESCRIPTIONS[name],
+            blocking=name == "failure_rate" and settings.failure_severity == "ERROR",
+        )
+        for name in names
+    ]
 
 
 def _expected_mode(step: str) -> Sequence[str]:

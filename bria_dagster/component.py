@@ -32,10 +32,9 @@ import dagster as dg
 from pydantic import Field
 
 from .assets import PipelineSettings
-from .automation import build_operations
 from .checks import CheckSettings
 from .errors import ConfigurationError
-from .pipeline import build_definitions
+from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline
 from .resource import BriaResource
 
 __all__ = ["ProductImagesComponent"]
@@ -64,8 +63,10 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         default="bria_data",
         description="Folder or fsspec URL for images/ and tables/ (relative: to the project root).",
     )
-    key_prefix: str | list[str] | None = Field(
-        default=None, description="Prefix of every asset key (several pipelines, one project)."
+    name: str = Field(
+        default=DEFAULT_PIPELINE_NAME,
+        description="The pipeline's name: prefix of its asset keys, and the name of its job, "
+        "partitions, sensor, schedules and IO manager (one per component instance).",
     )
     steps: list[str] | None = Field(
         default=None, description="A prefix of [remove, replace, expand]; default all three."
@@ -117,26 +118,25 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         if "storage" in options:
             raise ConfigurationError(
                 "ProductImagesComponent: set `storage` at the top level, not in `resource` "
-                "(the tables and the images share it)"
+                "(it belongs to the pipeline: tables, images and journal share it)"
             )
-        options["storage"] = _under(root, self.storage)
         options["file_roots"] = [_under(root, p) for p in options.get("file_roots", ["."])]
         if os.environ.get("FAL_KEY"):
             options["fal_key"] = dg.EnvVar("FAL_KEY")
         return BriaResource(**options)
 
+    def pipeline(self, root: Path) -> ProductImagePipeline:
+        """The :class:`ProductImagePipeline` these attributes describe (paths from ``root``)."""
+        return ProductImagePipeline(
+            name=self.name,
+            settings=self.pipeline_settings(root),
+            storage=_under(root, self.storage),
+        )
+
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         root = Path(context.project_root)
-        settings = self.pipeline_settings(root)
-        bria = self.bria_resource(root)
-        prefix = self.key_prefix
-        extra = (
-            build_operations(settings, storage=bria.storage, key_prefix=prefix)
-            if self.operations
-            else []
-        )
-        return build_definitions(
-            settings, storage=bria.storage, bria=bria, key_prefix=prefix, extra=extra
+        return self.pipeline(root).build_definitions(
+            self.bria_resource(root), operations=self.operations
         )
 
 

@@ -36,21 +36,23 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
 
     import dagster as dg
 
-    from .assets import CATALOG_PARTITIONS, PipelineSettings
+    from .assets import PipelineSettings
     from .catalog import FORMATS
     from .lineage import trace
-    from .pipeline import MAIN_JOB_NAME, build_definitions
+    from .pipeline import ProductImagePipeline
 
     storage = str(Path(base).resolve())
-    settings = PipelineSettings(catalog_dir=str(examples_dir / "catalogs"))
-    defs = build_definitions(settings, storage=storage)
-    job = defs.resolve_job_def(MAIN_JOB_NAME)
+    pipeline = ProductImagePipeline(
+        settings=PipelineSettings(catalog_dir=str(examples_dir / "catalogs")), storage=storage
+    )
+    job = pipeline.build_definitions(operations=False).resolve_job_def(pipeline.job_name)
     batches = sorted(p.stem for p in (examples_dir / "catalogs").iterdir() if p.suffix in FORMATS)
     instance = dg.DagsterInstance.get()
-    existing = set(instance.get_dynamic_partitions(CATALOG_PARTITIONS.name or ""))
+    partitions = pipeline.partitions_def.name
+    existing = set(instance.get_dynamic_partitions(partitions))
     new = [b for b in batches if b not in existing]
     if new:
-        instance.add_dynamic_partitions(CATALOG_PARTITIONS.name or "", new)
+        instance.add_dynamic_partitions(partitions, new)
     failed_runs = 0
     for batch in batches:
         started = time.perf_counter()
@@ -78,7 +80,8 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
 
     print(f"\nimages:  {storage}/images   (content-addressed, sha256/<ab>/<sha>.<ext>)")
     print(f"lineage: {storage}/tables/<asset>/<batch>.parquet   (one ImageRecord row per image)")
-    print(f"dagster: DAGSTER_HOME={home}   (see it with: dagster dev -f definitions.py)")
+    print(f"dagster: {home}   (runs, partitions and materializations of this demo)")
+    print(f"\nsee it in the UI:  DAGSTER_HOME={home} .venv/bin/dagster dev -f definitions.py")
     try:
         from .lineage import load_records
 

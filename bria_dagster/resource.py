@@ -1,19 +1,21 @@
-"""BriaResource: the Dagster resource every op and asset uses to call Bria.
+"""BriaResource: how to call Bria (key, backend, concurrency, retries, budget, fetch policy).
 
-A thin ``ConfigurableResource`` around the two backends, in the style of
-dagster-openai: configure the key from ``EnvVar("FAL_KEY")``, call
-``remove_background`` / ``replace_background`` / ``expand_image`` from any op or
-asset, and the usage (calls, images, cost per endpoint) lands in the calling
-asset's output metadata.
+A thin ``ConfigurableResource`` in the style of dagster-openai: the backend, its HTTP
+connection pools and the request journals are built once per execution in
+``setup_for_execution`` and closed in ``teardown_after_execution``. Single-image
+methods come in sync and async forms with typed parameters; the calling asset's
+usage (calls, images, cost per endpoint) lands in its output metadata. One instance
+under the key ``bria`` serves any number of pipelines; where a pipeline's outputs go
+is the pipeline's business, not the resource's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+import threading
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,49 +25,24 @@ from pydantic import Field, PrivateAttr
 from .backends.base import Backend, BackendResult
 from .backends.fal import FalBackend
 from .backends.local import LocalBackend
-from .endpoints import BriaRequest, build_request, endpoint_for
+from .endpoints import AspectRatio, BriaRequest, ImageInput, build_request
+from .errors import ConfigurationError
 from .fetch import FetchPolicy
 from .journal import RequestJournal
 from .retry import RetryPolicy
-from .runner import BatchProgress, ItemOutcome, run_batch
-from .store import ImageStore
+from .runner import BatchProgress, ItemOutcome, Usage, run_batch
+from .session import BriaSession
 
-__all__ = ["BriaResource", "Usage"]
+__all__ = ["BriaResource"]
 
-
-@dataclass
-class Usage:
-    """Calls, images and list-price cost per endpoint, as asset metadata."""
-
-    calls: Counter[str] = field(default_factory=Counter)
-    images: Counter[str] = field(default_factory=Counter)
-    cost_usd: dict[str, float] = field(default_factory=dict)
-    retries: int = 0
-
-    def add(self, result: BackendResult) -> None:
-        name = endpoint_for(result.endpoint_id).name
-        self.calls[name] += 0 if result.reattached else 1
-        self.images[name] += len(result.images)
-        self.cost_usd[name] = round(self.cost_usd.get(name, 0.0) + result.cost_usd, 6)
-        self.retries += len(result.retries)
-
-    def metadata(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in sorted(set(self.calls) | set(self.images)):
-            out[f"bria.{name}.calls"] = int(self.calls[name])
-            out[f"bria.{name}.images"] = int(self.images[name])
-            out[f"bria.{name}.cost_usd"] = float(self.cost_usd.get(name, 0.0))
-        out["bria.retries"] = self.retries
-        return out
+AnyContext = dg.OpExecutionContext | dg.AssetExecutionContext
 
 
 class BriaResource(dg.ConfigurableResource):
-    """Bria background remove / replace and image expand, on fal.ai or offline.
+    """Bria background remove / replace and image expand, on fal.ai or the embedded engine.
 
-    Example::
-
-        BriaResource(fal_key=dg.EnvVar("FAL_KEY"))   # fal when the key is set
-        BriaResource(backend="local")                 # always the embedded engine
+    ``BriaResource(fal_key=dg.EnvVar("FAL_KEY"))`` calls fal when the key is set;
+    ``BriaResource(backend="local")`` always uses the embedded engine.
     """
 
     fal_key: str | None = Field(
@@ -75,16 +52,17 @@ class BriaResource(dg.ConfigurableResource):
     backend: Literal["auto", "fal", "local"] = Field(
         default="auto", description="auto = fal when a key is set, else the local engine."
     )
-    storage: str = Field(
-        default="bria_data",
-        description="Base location (folder or fsspec URL) for images/ and tables/.",
-    )
     journal_path: str | None = Field(
         default=None,
-        description="SQLite request journal (local file). Default: <storage>/journal.sqlite "
-        "for a local storage, else ./.bria_journal.sqlite.",
+        description="Request journal for single-image calls (pipelines keep theirs with their "
+        "storage). Default ./.bria_journal.sqlite.",
     )
-    max_concurrency: int = Field(default=16, ge=1, le=512, description="Requests in flight.")
+    max_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=512,
+        description="Requests in flight at once (and HTTP connections kept open) per execution.",
+    )
     max_attempts: int = Field(default=6, ge=1, le=50, description="Attempts per network step.")
     retry_base_delay_s: float = Field(default=0.5, gt=0, description="First retry backoff.")
     retry_max_delay_s: float = Field(default=30.0, gt=0, description="Backoff cap.")
@@ -118,7 +96,8 @@ class BriaResource(dg.ConfigurableResource):
     )
     onnx_input_size: int = Field(default=1024, description="Square input size of that model.")
 
-    _usage: Usage = PrivateAttr(default_factory=Usage)
+    _session: BriaSession | None = PrivateAttr(default=None)
+    _session_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _usage_by_step: dict[str, Usage] = PrivateAttr(default_factory=dict)
 
     # -- configuration ------------------------------------------------------------------
@@ -148,33 +127,25 @@ class BriaResource(dg.ConfigurableResource):
             timeout_s=self.fetch_timeout_s,
         )
 
-    def image_store(self) -> ImageStore:
-        return ImageStore(self.storage.rstrip("/") + "/images")
-
-    def _journal_file(self) -> str:
-        if self.journal_path:
-            return self.journal_path
-        if "://" not in self.storage:
-            return str(Path(self.storage) / "journal.sqlite")
-        return ".bria_journal.sqlite"
-
     def make_backend(self) -> Backend:
-        """A fresh backend (create it inside the event loop that will use it)."""
+        """A new backend (create it inside the event loop that will use it)."""
         if self.selected_backend() == "fal":
             key = self._key()
             if not key:
-                raise dg.DagsterInvalidConfigError(
-                    "BriaResource(backend='fal') needs a key: set FAL_KEY or fal_key", [], None
+                raise ConfigurationError(
+                    "BriaResource(backend='fal') needs a key: set the FAL_KEY environment "
+                    "variable (or fal_key=EnvVar('FAL_KEY'))"
                 )
             return FalBackend(
                 key,
-                journal=RequestJournal(self._journal_file()),
+                journal=RequestJournal(self.journal_path or ".bria_journal.sqlite"),
                 retry=self.retry_policy(),
                 request_timeout_s=self.request_timeout_s,
                 poll_interval_s=self.poll_interval_s,
                 max_poll_interval_s=self.max_poll_interval_s,
                 inline_max_bytes=self.inline_max_bytes,
                 max_pixels=self.max_pixels,
+                max_connections=self.max_concurrency,
             )
         matte_model = None
         if self.onnx_model_path:
@@ -188,7 +159,36 @@ class BriaResource(dg.ConfigurableResource):
             matte_model=matte_model,
         )
 
-    # -- batch (what the assets use) ----------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.session()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def session(self) -> BriaSession:
+        """This execution's session (backend, HTTP pools, journals), started on first use.
+
+        Inside Dagster it is started in ``setup_for_execution`` and closed in
+        ``teardown_after_execution``; used directly, call :meth:`close` when done (it is
+        also closed at interpreter exit).
+        """
+        with self._session_lock:
+            if self._session is None:
+                self._session = BriaSession(self.make_backend, max_concurrency=self.max_concurrency)
+                atexit.register(self.close)
+            return self._session
+
+    def close(self) -> None:
+        """Close the session: the backend's connection pools and the journals."""
+        with self._session_lock:
+            session, self._session = self._session, None
+        if session is not None:
+            atexit.unregister(self.close)
+            session.close()
+
+    # -- batch (what the pipeline's assets use) -----------------------------------------
 
     def run_batch(
         self,
@@ -197,58 +197,46 @@ class BriaResource(dg.ConfigurableResource):
         *,
         total: int | None = None,
         on_progress: Callable[[BatchProgress], None] | None = None,
+        journal: str | None = None,
     ) -> Usage:
         """Run requests with bounded concurrency; ``on_outcome`` sees each as it completes.
 
-        Returns the usage of this batch (also accumulated for :meth:`usage_metadata`).
+        ``journal``: the pipeline's request journal file. Returns the batch's usage.
         """
+        session = self.session()
         usage = Usage()
 
         async def drive() -> None:
-            backend = self.make_backend()
-            try:
-                outcomes: AsyncIterator[ItemOutcome] = run_batch(
-                    backend,
-                    items,
-                    max_concurrency=self.max_concurrency,
-                    budget_usd=self.budget_usd,
-                    total=total,
-                    on_progress=on_progress,
-                )
-                async for outcome in outcomes:
-                    if outcome.result is not None and not outcome.shared:
-                        usage.add(outcome.result)
-                        self._usage.add(outcome.result)
-                    # Storing outputs (hash, write, fsync) must not stall the polling loop.
-                    await asyncio.to_thread(on_outcome, outcome)
-            finally:
-                await backend.aclose()
+            outcomes: AsyncIterator[ItemOutcome] = run_batch(
+                session.backend,
+                items,
+                max_concurrency=self.max_concurrency,
+                budget_usd=self.budget_usd,
+                total=total,
+                on_progress=on_progress,
+                journal=session.journal(journal),
+                slots=session.slots,
+            )
+            async for outcome in outcomes:
+                if outcome.result is not None and not outcome.shared:
+                    usage.add(outcome.result)
+                # Storing outputs (hash, write, fsync) must not stall the polling loop.
+                await asyncio.to_thread(on_outcome, outcome)
 
-        asyncio.run(drive())
+        session.run(drive())
         return usage
 
     # -- single images (any op or asset) ------------------------------------------------
 
-    def _run_one(
-        self,
-        endpoint: str,
-        context: dg.OpExecutionContext | dg.AssetExecutionContext | None,
-        arguments: dict[str, Any],
-    ) -> BackendResult:
-        request = build_request(endpoint, **arguments)
+    async def _call(self, request: BriaRequest) -> BackendResult:
+        session = self.session()
+        async with session.slots:
+            return await session.backend.run(request)
 
-        async def once() -> BackendResult:
-            backend = self.make_backend()
-            try:
-                return await backend.run(request)
-            finally:
-                await backend.aclose()
-
-        result = asyncio.run(once())
-        self._usage.add(result)
+    def _record(self, context: AnyContext | None, result: BackendResult) -> BackendResult:
         if context is not None:
             # The calling op's or asset's own usage: one resource instance serves every
-            # step of an in-process run, so the total would mix in other steps' calls.
+            # step of an in-process run, so a resource-wide total would mix in other steps.
             op = getattr(context, "op_execution_context", context)  # an asset's context
             step = f"{op.run.run_id}/{op.op_handle}"
             usage = self._usage_by_step.setdefault(step, Usage())
@@ -256,36 +244,136 @@ class BriaResource(dg.ConfigurableResource):
             context.add_output_metadata(usage.metadata())
         return result
 
-    def remove_background(
-        self,
-        image_url: Any,
-        *,
-        context: dg.OpExecutionContext | dg.AssetExecutionContext | None = None,
-        **params: Any,
+    def _run(self, context: AnyContext | None, endpoint: str, **arguments: Any) -> BackendResult:
+        request = build_request(endpoint, **arguments)  # validated before anything is sent
+        return self._record(context, self.session().run(self._call(request)))
+
+    async def _arun(
+        self, context: AnyContext | None, endpoint: str, **arguments: Any
     ) -> BackendResult:
-        """Cut the subject out of ``image_url`` (URL, path or bytes): RGBA PNG."""
-        return self._run_one("remove", context, {"image_url": image_url, **params})
+        request = build_request(endpoint, **arguments)
+        return self._record(context, await self.session().arun(self._call(request)))
+
+    def remove_background(
+        self, image_url: ImageInput, *, sync_mode: bool = False, context: AnyContext | None = None
+    ) -> BackendResult:
+        """Cut the subject out of ``image_url`` (URL, path or bytes): one RGBA PNG."""
+        return self._run(context, "remove", image_url=image_url, sync_mode=sync_mode)
+
+    async def aremove_background(
+        self, image_url: ImageInput, *, sync_mode: bool = False, context: AnyContext | None = None
+    ) -> BackendResult:
+        """:meth:`remove_background`, awaitable from an ``async def`` asset."""
+        return await self._arun(context, "remove", image_url=image_url, sync_mode=sync_mode)
 
     def replace_background(
         self,
-        image_url: Any,
+        image_url: ImageInput,
         *,
-        context: dg.OpExecutionContext | dg.AssetExecutionContext | None = None,
-        **params: Any,
+        prompt: str | None = None,
+        ref_image_url: ImageInput | None = None,
+        negative_prompt: str = "",
+        num_images: int = 1,
+        seed: int | None = None,
+        refine_prompt: bool = True,
+        fast: bool = True,
+        sync_mode: bool = False,
+        context: AnyContext | None = None,
     ) -> BackendResult:
-        """New background from ``prompt=`` or ``ref_image_url=``; ``num_images`` 1-4."""
-        return self._run_one("replace", context, {"image_url": image_url, **params})
+        """A new background from ``prompt`` or ``ref_image_url`` (exactly one); 1-4 images."""
+        return self._run(context, "replace", **_replace_args(locals()))
+
+    async def areplace_background(
+        self,
+        image_url: ImageInput,
+        *,
+        prompt: str | None = None,
+        ref_image_url: ImageInput | None = None,
+        negative_prompt: str = "",
+        num_images: int = 1,
+        seed: int | None = None,
+        refine_prompt: bool = True,
+        fast: bool = True,
+        sync_mode: bool = False,
+        context: AnyContext | None = None,
+    ) -> BackendResult:
+        """:meth:`replace_background`, awaitable from an ``async def`` asset."""
+        return await self._arun(context, "replace", **_replace_args(locals()))
 
     def expand_image(
         self,
-        image_url: Any,
+        image_url: ImageInput,
         *,
-        context: dg.OpExecutionContext | dg.AssetExecutionContext | None = None,
-        **params: Any,
+        aspect_ratio: AspectRatio | str | None = None,
+        canvas_size: Sequence[int] | None = None,
+        original_image_size: Sequence[int] | None = None,
+        original_image_location: Sequence[int] | None = None,
+        prompt: str = "",
+        negative_prompt: str = "",
+        seed: int | None = None,
+        sync_mode: bool = False,
+        context: AnyContext | None = None,
     ) -> BackendResult:
-        """Expand to ``canvas_size=`` (and placement) or ``aspect_ratio=``."""
-        return self._run_one("expand", context, {"image_url": image_url, **params})
+        """Grow the canvas to ``aspect_ratio`` (centred, wins) or ``canvas_size`` with the
+        original's size and location; the new area is filled."""
+        return self._run(context, "expand", **_expand_args(locals()))
 
-    def usage_metadata(self) -> dict[str, Any]:
-        """Usage so far through this resource instance, as ``bria.<endpoint>.*`` keys."""
-        return self._usage.metadata()
+    async def aexpand_image(
+        self,
+        image_url: ImageInput,
+        *,
+        aspect_ratio: AspectRatio | str | None = None,
+        canvas_size: Sequence[int] | None = None,
+        original_image_size: Sequence[int] | None = None,
+        original_image_location: Sequence[int] | None = None,
+        prompt: str = "",
+        negative_prompt: str = "",
+        seed: int | None = None,
+        sync_mode: bool = False,
+        context: AnyContext | None = None,
+    ) -> BackendResult:
+        """:meth:`expand_image`, awaitable from an ``async def`` asset."""
+        return await self._arun(context, "expand", **_expand_args(locals()))
+
+
+def _given(arguments: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The request arguments among a method's ``locals()``, leaving ``None`` to the model."""
+    return {n: arguments[n] for n in names if arguments[n] is not None}
+
+
+def _replace_args(arguments: dict[str, Any]) -> dict[str, Any]:
+    return _given(
+        arguments,
+        (
+            "image_url",
+            "prompt",
+            "ref_image_url",
+            "negative_prompt",
+            "num_images",
+            "seed",
+            "refine_prompt",
+            "fast",
+            "sync_mode",
+        ),
+    )
+
+
+def _expand_args(arguments: dict[str, Any]) -> dict[str, Any]:
+    given = _given(
+        arguments,
+        (
+            "image_url",
+            "aspect_ratio",
+            "canvas_size",
+            "original_image_size",
+            "original_image_location",
+            "prompt",
+            "negative_prompt",
+            "seed",
+            "sync_mode",
+        ),
+    )
+    for name in ("canvas_size", "original_image_size", "original_image_location"):
+        if name in given:
+            given[name] = list(given[name])
+    return given

@@ -11,16 +11,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .backends.base import Backend, BackendResult
-from .endpoints import BriaRequest, request_fingerprint
+from .endpoints import BriaRequest, endpoint_for, request_fingerprint
 from .errors import BriaError, BudgetExceededError, redact
+from .journal import RequestJournal
 
-__all__ = ["BatchProgress", "ItemOutcome", "run_batch"]
+__all__ = ["BatchProgress", "ItemOutcome", "Usage", "run_batch"]
 
 logger = logging.getLogger("bria_dagster.runner")
+
+
+@dataclass
+class Usage:
+    """Calls, images and cost per endpoint (the ``bria.<endpoint>.*`` metadata keys of the
+    dagster-openai idiom).
+
+    A re-attached request (journaled by an earlier, killed run) counts its images and
+    cost but no new call: it was submitted, and paid for, once.
+    """
+
+    calls: Counter[str] = field(default_factory=Counter)
+    images: Counter[str] = field(default_factory=Counter)
+    cost_usd: dict[str, float] = field(default_factory=dict)
+    retries: int = 0
+
+    def add(self, result: BackendResult) -> None:
+        name = endpoint_for(result.endpoint_id).name
+        self.calls[name] += 0 if result.reattached else 1
+        self.images[name] += len(result.images)
+        self.cost_usd[name] = round(self.cost_usd.get(name, 0.0) + result.cost_usd, 6)
+        self.retries += len(result.retries)
+
+    def metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in sorted(set(self.calls) | set(self.images)):
+            out[f"bria.{name}.calls"] = int(self.calls[name])
+            out[f"bria.{name}.images"] = int(self.images[name])
+            out[f"bria.{name}.cost_usd"] = float(self.cost_usd.get(name, 0.0))
+        out["bria.retries"] = self.retries
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +110,22 @@ async def run_batch(
     budget_usd: float | None = None,
     total: int | None = None,
     on_progress: Callable[[BatchProgress], None] | None = None,
+    journal: RequestJournal | None = None,
+    slots: asyncio.Semaphore | None = None,
 ) -> AsyncIterator[ItemOutcome]:
     """Run ``items`` on ``backend``; yield an :class:`ItemOutcome` per key as each completes.
 
     ``budget_usd`` caps the list-price cost of the requests *sent*: an item that
     would exceed it fails with :class:`BudgetExceededError` and is not sent.
+    ``journal`` is handed to the backend (where accepted paid requests are recorded);
+    ``slots``, when given, is a semaphore shared with other batches (the bound of a
+    whole session) instead of one of ``max_concurrency`` for this batch alone.
     """
     if max_concurrency < 1:
         raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
     queue: asyncio.Queue[ItemOutcome | None] = asyncio.Queue()
     waiting: dict[str, list[tuple[Hashable, BriaRequest]]] = {}  # fingerprint -> followers
-    slots = asyncio.Semaphore(max_concurrency)
+    slots = slots or asyncio.Semaphore(max_concurrency)
     state = {"done": 0, "failed": 0, "in_flight": 0, "dedup": 0, "cost": 0.0, "committed": 0.0}
     tasks: set[asyncio.Task[None]] = set()
 
@@ -111,7 +150,7 @@ async def run_batch(
         result: BackendResult | None = None
         error: BriaError | None = None
         try:
-            result = await backend.run(request)
+            result = await backend.run(request, journal=journal)
         except Exception as exc:
             error = _as_bria_error(exc)
             logger.warning("%s for %s failed: %s", request.endpoint_id, key, error)

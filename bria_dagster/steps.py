@@ -30,8 +30,8 @@ from .errors import BriaError
 from .images import sha256_hex
 from .io_manager import read_records
 from .records import FAILED, OK, REUSED, canonical_json, make_record_id, records_to_frame
-from .resource import BriaResource, Usage
-from .runner import ItemOutcome
+from .resource import BriaResource
+from .runner import ItemOutcome, Usage
 from .store import ImageStore
 
 __all__ = ["Job", "RequestPlanner", "StepContext", "StepReport", "run_step"]
@@ -248,9 +248,13 @@ def run_step(
     store: ImageStore,
     jobs: list[Job],
     *,
+    journal: str | None = None,
     log: Callable[[str], None] = logger.info,
 ) -> tuple[pd.DataFrame, StepReport]:
-    """Run planned ``jobs``; return the step's record table and a report."""
+    """Run planned ``jobs``; return the step's record table and a report.
+
+    ``journal``: the pipeline's request journal file (where accepted fal ids are kept).
+    """
     started = time.perf_counter()
     report = StepReport()
     rows: list[dict[str, Any]] = []
@@ -348,7 +352,7 @@ def run_step(
                 )
 
         report.usage = bria.run_batch(
-            requests(), on_outcome, total=len(to_run), on_progress=progress
+            requests(), on_outcome, total=len(to_run), on_progress=progress, journal=journal
         )
         report.calls = sum(report.usage.calls.values())
         report.cost_usd = sum(report.usage.cost_usd.values())

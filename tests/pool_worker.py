@@ -18,7 +18,6 @@ def main(catalog_dir: str, storage: str, partition: str) -> int:
     bria = BriaResource(
         backend="fal",
         fal_key=dg.EnvVar("FAL_KEY"),
-        storage=storage,
         file_roots=[catalog_dir.rsplit("/", 1)[0]],
         max_concurrency=4,
         poll_interval_s=0.05,

@@ -8,15 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from bria_dagster import (
-    CATALOG_PARTITIONS,
-    BriaResource,
-    ImageRecordIOManager,
-    PipelineSettings,
-    build_catalog_sensor,
-    build_product_image_assets,
-    build_retry_schedule,
-)
+from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
+from bria_dagster.automation import build_catalog_sensor, build_retry_schedule
 from bria_dagster.engine.synthetic import make_product_photo
 from tests.test_pipeline import materialize, product, write_catalog
 
@@ -39,20 +32,20 @@ def tick(sensor, instance, cursor=None):
 
 def test_sensor_adds_each_batch_once_whatever_happens_to_its_cursor(tmp_path):
     folder = landing(tmp_path)
-    settings = PipelineSettings(catalog_dir=str(folder))
-    sensor = build_catalog_sensor(settings)
+    pipeline = ProductImagePipeline(settings=PipelineSettings(catalog_dir=str(folder)))
+    sensor = build_catalog_sensor(pipeline)
     instance = dg.DagsterInstance.ephemeral()
 
     first = tick(sensor, instance)
     assert sorted(r.partition_key for r in first.run_requests) == ["b1", "b2"]
-    assert sorted(instance.get_dynamic_partitions(CATALOG_PARTITIONS.name)) == ["b1", "b2"]
+    assert sorted(instance.get_dynamic_partitions("product_images_batches")) == ["b1", "b2"]
 
     again = tick(sensor, instance, first.cursor)  # same files seen twice
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
     restarted = tick(sensor, instance, None)  # cursor lost / reset
     assert restarted.run_requests == [] and restarted.dynamic_partitions_requests == []
-    renamed = build_catalog_sensor(settings, name="another_name")  # renamed sensor
-    assert tick(renamed, instance).run_requests == []
+    rebuilt = build_catalog_sensor(pipeline)  # code reloaded, a new sensor with no cursor
+    assert tick(rebuilt, instance).run_requests == []
 
     write_catalog(tmp_path, [{"sku": "S3", "image_url": product(tmp_path, "S3", 3)}], batch="b3")
     third = tick(sensor, instance, restarted.cursor)
@@ -73,7 +66,7 @@ def test_sensor_reports_a_change_even_with_a_lost_cursor(tmp_path):
     settings = PipelineSettings(catalog_dir=str(folder), steps=("remove",))
     _, instance = materialize(tmp_path, settings=settings)
     (folder / "b1.csv").write_text((folder / "b1.csv").read_text() + "S9,../images/S1.jpg\n")
-    out = tick(build_catalog_sensor(settings), instance, None)
+    out = tick(build_catalog_sensor(ProductImagePipeline(settings=settings)), instance, None)
     assert out.run_requests == []
     assert [e.partition for e in out.asset_events] == ["b1"]
 
@@ -86,7 +79,7 @@ def test_retry_schedule_requests_only_partitions_with_failed_rows(tmp_path):
     write_catalog(tmp_path, rows)
     storage = str(tmp_path / "data")
     settings = PipelineSettings(catalog_dir=str(tmp_path / "catalogs"), steps=("remove",))
-    schedule = build_retry_schedule(settings, storage=storage)
+    schedule = build_retry_schedule(ProductImagePipeline(settings=settings, storage=storage))
     (tmp_path / "dagster_home").mkdir()
     # Not `with instance:`: entering an instance sets a process-wide context variable
     # that outlives the test and breaks later materializations.
@@ -113,10 +106,7 @@ def test_asset_checks_run_with_every_materialization(tmp_path):
     ]
     write_catalog(tmp_path, rows)
     result, _ = materialize(tmp_path)
-    checks = {
-        (e.asset_key.to_user_string(), e.check_name): e
-        for e in result.get_asset_check_evaluations()
-    }
+    checks = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
     assert checks[("product_cutouts", "every_sku_accounted")].passed
     assert checks[("product_cutouts", "outputs_decode")].passed
     assert checks[("product_cutouts", "cutouts_have_alpha")].passed
@@ -138,31 +128,25 @@ def test_cutout_alpha_check_fails_for_an_empty_matte(tmp_path):
     settings = PipelineSettings(
         catalog_dir=str(tmp_path / "catalogs"), steps=("remove",), checks=CheckSettings()
     )
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, ["b1"])
     storage = str(tmp_path / "data")
+    pipeline = ProductImagePipeline(settings=settings, storage=storage)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(pipeline.partitions_def.name, ["b1"])
     result = dg.materialize(
-        build_product_image_assets(settings),
+        pipeline.build_assets(),
         partition_key="b1",
         instance=instance,
         resources={
-            "bria": BriaResource(backend="local", storage=storage, file_roots=[str(tmp_path)]),
-            "io_manager": ImageRecordIOManager(base_dir=storage),
+            "bria": BriaResource(backend="local", file_roots=[str(tmp_path)]),
+            pipeline.io_manager_key: pipeline.io_manager(),
         },
     )
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    source = pd.read_parquet(f"{storage}/tables/catalog_batch/b1.parquet").iloc[0]
+    source = pd.read_parquet(pipeline.store.table_path(pipeline.asset_key("source"), "b1"))
+    source = source.iloc[0]
     assert source.content_type == "image/png" and source.image_uri.endswith(".png")
-    cutouts = pd.read_parquet(f"{storage}/tables/product_cutouts/b1.parquet")
+    cutouts = pd.read_parquet(pipeline.store.table_path(pipeline.asset_key("remove"), "b1"))
     if (cutouts.status == "ok").any():
         assert not checks["cutouts_have_alpha"].passed
     else:  # the engine itself refused a matte-less image: still a recorded failure
         assert cutouts.error_message.notna().all()
-
-
-def test_a_key_prefix_may_be_a_string_or_its_parts():
-    from bria_dagster.assets import prefix_parts
-
-    assert prefix_parts("spring") == ["spring"]  # not ["s", "p", ...]
-    assert prefix_parts(["shop", "spring"]) == ["shop", "spring"]
-    assert prefix_parts(None) == [] and prefix_parts(()) == []

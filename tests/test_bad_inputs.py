@@ -30,14 +30,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bria_dagster import (
-    CATALOG_PARTITIONS,
-    BriaResource,
-    ImageRecordIOManager,
-    LocalBackend,
-    PipelineSettings,
-    build_product_image_assets,
-)
+from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
+from bria_dagster.backends.local import LocalBackend
 from bria_dagster.catalog import load_catalog
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import CatalogError
@@ -352,7 +346,7 @@ def settings_for(folder: Path) -> PipelineSettings:
 def resource(backend: str, folder: Path, storage: str, **overrides: Any) -> BriaResource:
     config: dict[str, Any] = dict(
         backend=backend,
-        storage=storage,
+        journal_path=f"{storage}/single-calls.sqlite",
         file_roots=[str(folder)],
         allowed_hosts=["127.0.0.1"],
         fetch_timeout_s=FETCH_TIMEOUT_S,
@@ -382,19 +376,26 @@ def materialize(
     *,
     batch: str = BATCH,
     settings: PipelineSettings | None = None,
+    storage: str | None = None,
 ) -> dg.ExecuteInProcessResult:
-    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, [batch])
+    """One partition through the pipeline; its storage defaults to ``folder / "data"``."""
+    pipeline = ProductImagePipeline(
+        settings=settings or settings_for(folder), storage=storage or str(folder / "data")
+    )
+    instance.add_dynamic_partitions(pipeline.partitions_def.name, [batch])
     return dg.materialize(
-        build_product_image_assets(settings or settings_for(folder)),
+        pipeline.build_assets(),
         partition_key=batch,
         instance=instance,
-        resources={"bria": bria, "io_manager": ImageRecordIOManager(base_dir=bria.storage)},
+        resources={"bria": bria, pipeline.io_manager_key: pipeline.io_manager()},
         raise_on_error=False,
     )
 
 
 def read(storage: str, asset: str, batch: str = BATCH) -> pd.DataFrame:
-    return pd.read_parquet(Path(storage) / "tables" / asset / f"{batch}.parquet")
+    return pd.read_parquet(
+        Path(storage) / "tables" / f"product_images__{asset}" / f"{batch}.parquet"
+    )
 
 
 def row_number(record: pd.Series) -> int:
@@ -489,7 +490,7 @@ def test_corpus_is_broad(corpus):
 def test_bad_input_corpus_through_the_fal_server(corpus, fal_server, tmp_path, instance):
     folder, kinds = corpus
     storage = str(tmp_path / "fal-data")
-    result = materialize(instance, folder, resource("fal", folder, storage))
+    result = materialize(instance, folder, resource("fal", folder, storage), storage=storage)
     assert result.success, failure_text(result)
     tables = check_every_row_accounted(kinds, storage)
 
@@ -513,13 +514,13 @@ def test_bad_input_corpus_on_the_local_engine(corpus, tmp_path, monkeypatch, ins
     calls: Counter[str] = Counter()
     original = LocalBackend.run
 
-    async def counting_run(backend, request):
+    async def counting_run(backend, request, **kwargs):
         calls[request.endpoint_id] += 1
         return await original(backend, request)
 
     monkeypatch.setattr(LocalBackend, "run", counting_run)
     storage = str(tmp_path / "local-data")
-    result = materialize(instance, folder, resource("local", folder, storage))
+    result = materialize(instance, folder, resource("local", folder, storage), storage=storage)
     assert result.success, failure_text(result)
     tables = check_every_row_accounted(kinds, storage)
     assert calls == expected_calls(kinds)
@@ -557,7 +558,7 @@ def test_missing_required_column_fails_the_batch_naming_file_and_column(tmp_path
     assert "CatalogError" in text and str(path) in text and "image_url" in text
     assert "missing" in text
     failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failed == ["catalog_batch"]
+    assert failed == ["product_images__catalog_batch"]
 
 
 def test_unknown_catalog_extension_is_a_clear_error(tmp_path, instance):

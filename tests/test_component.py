@@ -11,7 +11,6 @@ import pytest
 from dagster.components.testing import create_defs_folder_sandbox
 
 from bria_dagster import ConfigurationError, ProductImagesComponent
-from bria_dagster.assets import CATALOG_PARTITIONS
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.io_manager import read_table, table_path
 
@@ -60,7 +59,7 @@ def test_yaml_builds_the_prefixed_assets_job_checks_and_operations(loaded, monke
     component, defs, root = loaded(
         {
             "catalog_dir": "catalogs",
-            "key_prefix": "spring",
+            "name": "spring",
             "steps": ["remove", "replace"],
             "prompt_template": "{category} on light oak",
             "aspect_ratios": ["1:1"],
@@ -71,11 +70,11 @@ def test_yaml_builds_the_prefixed_assets_job_checks_and_operations(loaded, monke
     assert isinstance(component, ProductImagesComponent)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"spring/catalog_batch", "spring/product_cutouts", "spring/product_scenes"}
-    assert defs.resolve_job_def("product_images") is not None
-    assert {s.name for s in defs.sensors or []} == {"catalog_batch_sensor"}
+    assert defs.resolve_job_def("spring") is not None
+    assert {s.name for s in defs.sensors or []} == {"spring_catalog_sensor"}
     assert {s.name for s in defs.schedules or []} == {
-        "retry_failed_rows_daily",
-        "refresh_whole_catalog_weekly",
+        "spring_retry_failed_daily",
+        "spring_refresh_weekly",
     }
     settings = component.pipeline_settings(root)
     assert settings.catalog_dir == str(root / "catalogs")  # relative to the project root
@@ -83,7 +82,7 @@ def test_yaml_builds_the_prefixed_assets_job_checks_and_operations(loaded, monke
     assert settings.num_images == 1  # left out: PipelineSettings' default
     assert settings.checks.failure_severity == "ERROR"
     bria = component.bria_resource(root)
-    assert bria.storage == str(root / "bria_data")
+    assert component.pipeline(root).store.base == str(root / "bria_data")
     assert bria.file_roots == [str(root / ".")]
     assert (bria.max_concurrency, bria.budget_usd, bria.selected_backend()) == (4, 5.0, "local")
 
@@ -98,7 +97,7 @@ def test_operations_can_be_left_out_and_urls_are_kept(loaded):
     )
     assert not defs.sensors and not defs.schedules
     assert component.pipeline_settings(root).catalog_dir == "memory://landing/catalogs"
-    assert component.bria_resource(root).storage == "memory://bria"
+    assert component.pipeline(root).store.base == "memory://bria"
 
 
 def test_a_key_in_yaml_is_refused_and_the_env_key_is_used(tmp_path, monkeypatch):
@@ -132,11 +131,11 @@ def test_invalid_attributes_name_the_setting(loaded, tmp_path):
 
 def test_a_partition_materializes_offline_from_the_yaml_definitions(loaded, monkeypatch):
     monkeypatch.delenv("FAL_KEY", raising=False)
-    _, defs, root = loaded({"catalog_dir": "catalogs", "steps": ["remove"], "key_prefix": "spring"})
+    _, defs, root = loaded({"catalog_dir": "catalogs", "steps": ["remove"], "name": "spring"})
     write_batch(root / "catalogs", "drop1", ["MUG-1", "MUG-2"])
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name or "", ["drop1"])
-    result = defs.resolve_job_def("product_images").execute_in_process(
+    instance.add_dynamic_partitions("spring_batches", ["drop1"])
+    result = defs.resolve_job_def("spring").execute_in_process(
         partition_key="drop1", instance=instance
     )
     assert result.success
@@ -169,4 +168,4 @@ def test_the_readme_example_resolves(tmp_path):
     component = ProductImagesComponent.resolve_from_dict(document["attributes"])
     settings = component.pipeline_settings(tmp_path)
     assert settings.num_images == 2 and settings.aspect_ratios == ("1:1", "4:5", "16:9")
-    assert component.bria_resource(tmp_path).storage == "s3://my-bucket/bria"
+    assert component.pipeline(tmp_path).store.base == "s3://my-bucket/bria"

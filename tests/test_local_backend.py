@@ -18,15 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bria_dagster import (
+from bria_dagster.backends.fal import FalBackend
+from bria_dagster.backends.local import LocalBackend
+from bria_dagster.endpoints import (
     ExpandRequest,
-    FalBackend,
     RemoveBackgroundRequest,
     ReplaceBackgroundRequest,
-    RetryPolicy,
+    build_request,
 )
-from bria_dagster.backends.local import LocalBackend
-from bria_dagster.endpoints import build_request
 from bria_dagster.engine import matte
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import (
@@ -40,6 +39,7 @@ from bria_dagster.errors import (
 )
 from bria_dagster.fetch import FetchPolicy
 from bria_dagster.images import parse_data_uri, to_data_uri
+from bria_dagster.retry import RetryPolicy
 
 SIZE = (160, 120)  # (width, height): small, not square, so transposed sizes show up
 

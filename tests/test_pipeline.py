@@ -12,16 +12,14 @@ import pandas as pd
 import pytest
 
 from bria_dagster import (
-    CATALOG_PARTITIONS,
     BriaResource,
-    ImageRecordIOManager,
-    LocalBackend,
     PipelineSettings,
-    build_product_image_assets,
+    ProductImagePipeline,
     derived,
     load_records,
     trace,
 )
+from bria_dagster.backends.local import LocalBackend
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.records import COLUMNS
 
@@ -66,9 +64,9 @@ class CountingBackends:
         self.calls: list[str] = []
         original = LocalBackend.run
 
-        async def run(backend, request):
+        async def run(backend, request, **kwargs):
             self.calls.append(request.endpoint_id)
-            return await original(backend, request)
+            return await original(backend, request, **kwargs)
 
         monkeypatch.setattr(LocalBackend, "run", run)
 
@@ -80,26 +78,28 @@ def materialize(
     settings = settings or PipelineSettings(
         catalog_dir=str(folder / "catalogs"), aspect_ratios=("1:1", "4:5")
     )
-    bria = bria or BriaResource(backend="local", storage=storage, file_roots=[str(folder)])
+    bria = bria or BriaResource(backend="local", file_roots=[str(folder)])
+    pipeline = ProductImagePipeline(settings=settings, storage=storage)
     instance = instance or dg.DagsterInstance.ephemeral()
-    if BATCH not in instance.get_dynamic_partitions(CATALOG_PARTITIONS.name):
-        instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, [BATCH])
+    if BATCH not in instance.get_dynamic_partitions(pipeline.partitions_def.name):
+        instance.add_dynamic_partitions(pipeline.partitions_def.name, [BATCH])
     result = dg.materialize(
-        build_product_image_assets(settings),
+        pipeline.build_assets(),
         partition_key=BATCH,
         instance=instance,
-        resources={"bria": bria, "io_manager": ImageRecordIOManager(base_dir=storage)},
+        resources={"bria": bria, pipeline.io_manager_key: pipeline.io_manager()},
     )
     assert result.success
     return result, instance
 
 
 def fal_resource(storage: str, folder: Path, **settings) -> BriaResource:
-    """BriaResource on the fal test server, inputs from ``folder``, quick polling."""
+    """BriaResource on the fal test server, inputs from ``folder``, quick polling (single
+    calls journal under ``storage``)."""
     return BriaResource(
         backend="fal",
         fal_key="test-key-0",
-        storage=storage,
+        journal_path=f"{storage}/single.sqlite",
         file_roots=[str(folder)],
         poll_interval_s=0.02,
         **settings,
@@ -107,12 +107,12 @@ def fal_resource(storage: str, folder: Path, **settings) -> BriaResource:
 
 
 def table(storage: str, asset: str) -> pd.DataFrame:
-    with fsspec.open(f"{storage}/tables/{asset}/{BATCH}.parquet", "rb") as fh:
+    with fsspec.open(f"{storage}/tables/product_images__{asset}/{BATCH}.parquet", "rb") as fh:
         return pd.read_parquet(fh)
 
 
 def meta(result, asset: str) -> dict:
-    mats = result.asset_materializations_for_node(asset)
+    mats = result.asset_materializations_for_node(f"product_images__{asset}")
     return {k: getattr(v, "value", v) for k, v in mats[-1].metadata.items()}
 
 
@@ -153,7 +153,7 @@ def test_local_materialization_records_every_row_with_lineage(catalog, monkeypat
     assert json.loads(row.parameters)["aspect_ratio"] == "4:5"
     assert json.loads(scene.parameters)["prompt"] == "on oak wood"
     assert row.backend == "local" and row.run_id == result.run_id
-    assert row.asset_key == "product_expansions" and row.partition == BATCH
+    assert row.asset_key == "product_images/product_expansions" and row.partition == BATCH
     assert (row.width, row.height) == (256, 320) or row.width * 5 == row.height * 4
     assert Path(row.image_uri).exists()
 
@@ -211,7 +211,7 @@ def test_fsspec_memory_storage(catalog):
     storage = "memory://bria-pipeline-test"
     materialize(catalog, storage=storage)
     fs = fsspec.filesystem("memory")
-    assert fs.exists("/bria-pipeline-test/tables/product_expansions/b1.parquet")
+    assert fs.exists("/bria-pipeline-test/tables/product_images__product_expansions/b1.parquet")
     expansions = table(storage, "product_expansions")
     ok = expansions[expansions.status == "ok"]
     assert len(ok) == 6 and all(uri.startswith("memory://") for uri in ok.image_uri)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from bria_dagster import CATALOG_PARTITIONS
 from tests.test_pipeline import product, write_catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +31,7 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
     (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    granularity: op\n")
     # Not `with instance:` (it sets a process-wide context variable that outlives the test).
     instance = dg.DagsterInstance.from_config(str(home))
-    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name, ["p1", "p2"])
+    instance.add_dynamic_partitions("product_images_batches", ["p1", "p2"])
     instance.event_log_storage.set_concurrency_slots("bria", 1)  # one fal step at a time
     instance.dispose()
 
@@ -78,7 +77,7 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
             times = {
                 e.dagster_event.event_type_value: e.timestamp
                 for e in events
-                if e.dagster_event and e.step_key == "product_cutouts"
+                if e.dagster_event and e.step_key == "product_images__product_cutouts"
             }
             spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
     finally:

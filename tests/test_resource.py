@@ -39,7 +39,7 @@ def test_single_image_methods_chain_and_usage_lands_in_the_calling_asset(photo, 
     def thumbnail_cutout(context: dg.AssetExecutionContext, bria: BriaResource) -> bytes:
         return bria.remove_background(photo, context=context).images[0].data
 
-    bria = BriaResource(backend="local", storage=str(tmp_path / "data"), file_roots=[str(tmp_path)])
+    bria = BriaResource(backend="local", file_roots=[str(tmp_path)])
     result = dg.materialize([hero_image, thumbnail_cutout], resources={"bria": bria})
     assert result.success
 
@@ -77,7 +77,7 @@ def test_through_fal_the_cost_is_the_list_price(photo, tmp_path, fal_server):
         resource_defs={
             "bria": BriaResource(
                 fal_key="test-key-0",
-                storage=str(tmp_path / "data"),
+                journal_path=str(tmp_path / "journal.sqlite"),
                 file_roots=[str(tmp_path)],
                 poll_interval_s=0.02,
             )
@@ -109,7 +109,7 @@ def test_invalid_arguments_are_refused_before_any_call(photo, tmp_path, monkeypa
 
     calls = []
 
-    async def counting_run(self, request):
+    async def counting_run(self, request, **kwargs):
         calls.append(request)
 
     monkeypatch.setattr(LocalBackend, "run", counting_run)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..endpoints import BriaRequest, BriaResponse
+from ..journal import RequestJournal
 
 __all__ = ["Backend", "BackendResult", "OutputImage"]
 
@@ -47,8 +48,13 @@ class Backend(Protocol):
 
     name: str
 
-    async def run(self, request: BriaRequest) -> BackendResult:
+    async def run(
+        self, request: BriaRequest, *, journal: RequestJournal | None = None
+    ) -> BackendResult:
         """Run one validated request to completion and return verified outputs.
+
+        ``journal`` records accepted paid requests (the pipeline's own); a backend
+        with nothing to pay for ignores it.
 
         Raises a :class:`~bria_dagster.errors.BriaError` subclass on failure.
         """

@@ -197,7 +197,11 @@ class FalBackend:
 
     # -- one request --------------------------------------------------------------------
 
-    async def run(self, request: BriaRequest) -> BackendResult:
+    async def run(
+        self, request: BriaRequest, *, journal: RequestJournal | None = None
+    ) -> BackendResult:
+        """Run ``request`` on fal; ``journal`` (default: the backend's own) records its id."""
+        journal = journal or self.journal
         spec = endpoint_for(request)
         log = RetryLog()
         token = _current_log.set(log)
@@ -205,14 +209,14 @@ class FalBackend:
         try:
             await self._ensure_pooled()
             fingerprint = request_fingerprint(request)
-            handle, reattached = await self._attach_or_submit(request, fingerprint, log)
+            handle, reattached = await self._attach_or_submit(request, fingerprint, log, journal)
             accepted = None if reattached else time.monotonic()
             try:
                 async with asyncio.timeout(self.request_timeout_s):
                     payload = await self._await_result(handle, log, request.endpoint_id, accepted)
             except TimeoutError:
                 await self._cancel(handle)
-                self.journal.forget(fingerprint)
+                journal.forget(fingerprint)
                 raise FalServiceError(
                     f"{spec.endpoint_id} request {handle.request_id} did not finish within "
                     f"{self.request_timeout_s:.0f}s and was cancelled; raise request_timeout_s "
@@ -221,14 +225,14 @@ class FalBackend:
                 ) from None
             except asyncio.CancelledError:
                 await self._cancel(handle)
-                self.journal.forget(fingerprint)
+                journal.forget(fingerprint)
                 raise
             except BriaError:
-                self.journal.forget(fingerprint)
+                journal.forget(fingerprint)
                 raise
             response = spec.parse_response(payload)
             images = [await self._download(image, log) for image in response.images]
-            self.journal.completed(fingerprint)
+            journal.completed(fingerprint)
         finally:
             _current_log.reset(token)
         return BackendResult(
@@ -246,9 +250,9 @@ class FalBackend:
         )
 
     async def _attach_or_submit(
-        self, request: BriaRequest, fingerprint: str, log: RetryLog
+        self, request: BriaRequest, fingerprint: str, log: RetryLog, journal: RequestJournal
     ) -> tuple[fal_client.AsyncRequestHandle, bool]:
-        entry = self.journal.get(fingerprint)
+        entry = journal.get(fingerprint)
         if entry is not None:
             handle = await self._client.get_handle(entry.endpoint_id, entry.request_id)
             try:
@@ -261,7 +265,7 @@ class FalBackend:
                     entry.request_id,
                     exc.status_code,
                 )
-                self.journal.forget(fingerprint)
+                journal.forget(fingerprint)
             else:
                 logger.info("re-attached to journaled request %s", entry.request_id)
                 return handle, True
@@ -288,7 +292,7 @@ class FalBackend:
                 await self._cancel(accepted)
             raise
         # Durable before we await anything else: a crash from here on re-attaches.
-        self.journal.accepted(fingerprint, request.endpoint_id, handle.request_id)
+        journal.accepted(fingerprint, request.endpoint_id, handle.request_id)
         return handle, False
 
     async def _await_result(
