@@ -29,7 +29,15 @@ from .endpoints import BriaRequest, build_request, fingerprint_of, input_fingerp
 from .errors import BriaError
 from .images import sha256_hex
 from .io_manager import read_records
-from .records import FAILED, OK, REUSED, canonical_json, make_record_id, records_to_frame
+from .records import (
+    FAILED,
+    OK,
+    REUSED,
+    canonical_json,
+    make_record_id,
+    records_to_frame,
+    reused_record,
+)
 from .resource import BriaResource, Usage
 from .runner import ItemOutcome
 from .store import ImageStore
@@ -272,22 +280,22 @@ def run_step(
         earlier = reuse.get(job.fingerprint or "", [])
         if earlier and all(store.exists(r["image_sha256"], r["content_type"]) for r in earlier):
             for i, previous in enumerate(earlier):
-                row = dict(previous)
                 variant = _output_variant(job, i, len(earlier))
-                row.update(
-                    record_id=_record_id(ctx, job, variant),
-                    partition=ctx.partition,
-                    sku=job.sku,
-                    variant=variant,
-                    status=REUSED,
-                    run_id=ctx.run_id,
-                    asset_key=ctx.asset_key,
-                    code_version=ctx.code_version,
-                    catalog_row=job.parent.get("catalog_row") or "{}",
-                    root_source_uri=job.parent.get("root_source_uri") or "",
-                    root_source_sha256=job.parent.get("root_source_sha256"),
+                rows.append(
+                    reused_record(
+                        previous,
+                        ctx.run_id,
+                        record_id=_record_id(ctx, job, variant),
+                        partition=ctx.partition,
+                        sku=job.sku,
+                        variant=variant,
+                        asset_key=ctx.asset_key,
+                        code_version=ctx.code_version,
+                        catalog_row=job.parent.get("catalog_row") or "{}",
+                        root_source_uri=job.parent.get("root_source_uri") or "",
+                        root_source_sha256=job.parent.get("root_source_sha256"),
+                    )
                 )
-                rows.append(row)
             continue
         to_run.append(job)
 
