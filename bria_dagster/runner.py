@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from .backends.base import Backend, BackendResult
-from .endpoints import BriaRequest, request_fingerprint
+from .endpoints import LIST_PRICES, BriaRequest, PriceTable, request_fingerprint
 from .errors import BriaError, BudgetExceededError, redact
 
 __all__ = ["BatchProgress", "ItemOutcome", "run_batch"]
@@ -74,12 +74,13 @@ async def run_batch(
     *,
     max_concurrency: int = 8,
     budget_usd: float | None = None,
+    prices: PriceTable = LIST_PRICES,
     total: int | None = None,
     on_progress: Callable[[BatchProgress], None] | None = None,
 ) -> AsyncIterator[ItemOutcome]:
     """Run ``items`` on ``backend``; yield an :class:`ItemOutcome` per key as each completes.
 
-    ``budget_usd`` caps the list-price cost of the requests *sent*: an item that
+    ``budget_usd`` caps the cost at ``prices`` of the requests *sent*: an item that
     would exceed it fails with :class:`BudgetExceededError` and is not sent.
     """
     if max_concurrency < 1:
@@ -121,7 +122,7 @@ async def run_batch(
         if result is not None:
             state["cost"] += result.cost_usd
         else:
-            state["committed"] -= request.estimated_cost_usd()
+            state["committed"] -= prices.cost_usd(request)
         finish(ItemOutcome(key, request, fingerprint, result=result, error=error))
         for follower_key, follower_request in waiting.pop(fingerprint, []):
             finish(
@@ -144,7 +145,7 @@ async def run_batch(
                     waiting[fingerprint].append((key, request))
                     state["dedup"] += 1
                     continue
-                estimate = request.estimated_cost_usd()
+                estimate = prices.cost_usd(request)
                 if budget_usd is not None and state["committed"] + estimate > budget_usd + 1e-9:
                     finish(
                         ItemOutcome(

@@ -25,7 +25,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .endpoints import BriaRequest, build_request, fingerprint_of, input_fingerprint
+from .endpoints import (
+    LIST_PRICES,
+    BriaRequest,
+    PriceTable,
+    build_request,
+    fingerprint_of,
+    input_fingerprint,
+)
 from .errors import BriaError
 from .images import sha256_hex
 from .io_manager import read_records
@@ -256,9 +263,14 @@ def run_step(
     store: ImageStore,
     jobs: list[Job],
     *,
+    prices: PriceTable = LIST_PRICES,
     log: Callable[[str], None] = logger.info,
 ) -> tuple[pd.DataFrame, StepReport]:
-    """Run planned ``jobs``; return the step's record table and a report."""
+    """Run planned ``jobs``; return the step's record table and a report.
+
+    ``prices`` (the resource's price table) gives the estimate and the
+    ``unit_price_usd`` of every new record; what was paid comes from the backend.
+    """
     started = time.perf_counter()
     report = StepReport()
     rows: list[dict[str, Any]] = []
@@ -333,6 +345,7 @@ def run_step(
                 seed=result.seed,
                 request_id=result.request_id,
                 cost_usd=0.0 if outcome.shared else share,
+                unit_price_usd=prices.unit_price_usd(outcome.request),
                 duration_s=result.duration_s,
                 attempts=result.attempts,
             )
@@ -342,7 +355,7 @@ def run_step(
     if to_run:
         log(f"{ctx.step}: {len(to_run)} request(s) to run, {len(jobs) - len(to_run)} settled")
         report.estimated_cost_usd = sum(
-            j.request.estimated_cost_usd() for j in to_run if j.request is not None
+            prices.cost_usd(j.request) for j in to_run if j.request is not None
         )
         last = [0.0]
 

@@ -207,6 +207,7 @@ def test_a_fully_reused_rerun_keeps_the_producing_run_in_the_records(catalog):
         assert len(reused) and set(reused.run_id) == {first.run_id}, asset
         assert set(reused.reused_in_run_id) == {second.run_id}, asset
         assert (reused.cost_usd == 0.0).all()  # the second run paid nothing
+        assert reused.unit_price_usd.notna().all()  # the price the producing call applied
 
     expansions = table(storage, "product_expansions")
     output = expansions[expansions.status == "reused"].image_sha256.iloc[0]
