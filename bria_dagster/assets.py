@@ -34,7 +34,7 @@ from .errors import BriaError, CatalogError, RequestValidationError
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
 from .io_manager import read_records
-from .records import FAILED, OK, REUSED, frame_rows, records_to_frame
+from .records import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
 from .resource import BriaResource
 from .steps import Job, RequestPlanner, StepContext, StepReport, run_step, source_row
 from .store import ImageStore
@@ -248,14 +248,9 @@ def build_product_image_assets(
                 earlier["image_sha256"], earlier["content_type"]
             ):
                 return None
-            row = dict(earlier)
-            row.update(
-                status=REUSED,
-                run_id=ctx.run_id,
-                catalog_row=row_json(entry),
-                partition=ctx.partition,
+            return reused_record(
+                earlier, ctx.run_id, catalog_row=row_json(entry), partition=ctx.partition
             )
-            return row
 
         async def ingest(
             entry: dict[str, Any], slots: asyncio.Semaphore, client: httpx.AsyncClient

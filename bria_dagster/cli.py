@@ -31,6 +31,8 @@ DEMO_MODULE = "bria_dagster.demo"
 FORMATS = ("table", "json", "csv")
 
 # Columns shown by the table format, with their headings: the rest are in json/csv.
+# run_id names the run that made a row's image; a reused row also names the run that
+# reused it (and paid nothing for it).
 TRACE_TABLE = (
     ("hop", "hop"),
     ("step", "step"),
@@ -40,7 +42,8 @@ TRACE_TABLE = (
     ("backend", "backend"),
     ("parameters", "parameters"),
     ("seed", "seed"),
-    ("run_id", "run"),
+    ("run_id", "made_in_run"),
+    ("reused_in_run_id", "reused_in_run"),
     ("partition", "partition"),
     ("cost_usd", "cost_usd"),
 )
@@ -53,7 +56,8 @@ DERIVED_TABLE = (
     ("parent_sha256", "parent"),
     ("endpoint_id", "endpoint"),
     ("parameters", "parameters"),
-    ("run_id", "run"),
+    ("run_id", "made_in_run"),
+    ("reused_in_run_id", "reused_in_run"),
     ("cost_usd", "cost_usd"),
     ("error_message", "error"),
 )

@@ -35,6 +35,7 @@ from .errors import RequestValidationError
 __all__ = [
     "ENDPOINTS",
     "EXPAND",
+    "LIST_PRICES",
     "MAX_CANVAS_AREA",
     "MAX_SEED",
     "REMOVE",
@@ -47,6 +48,7 @@ __all__ = [
     "ExpandResponse",
     "Image",
     "ImageInput",
+    "PriceTable",
     "RemoveBackgroundRequest",
     "RemoveBackgroundResponse",
     "ReplaceBackgroundRequest",
@@ -183,8 +185,9 @@ class BriaRequest(BaseModel):
         """How many images a successful call returns (what is billed for replace)."""
         return 1
 
-    def estimated_cost_usd(self) -> float:
-        return endpoint_for(self).cost_usd(self)
+    def estimated_cost_usd(self, prices: PriceTable | None = None) -> float:
+        """What this request costs at ``prices`` (default: :data:`LIST_PRICES`)."""
+        return (prices or LIST_PRICES).cost_usd(self)
 
 
 class RemoveBackgroundRequest(BriaRequest):
@@ -327,8 +330,77 @@ class ExpandResponse(BaseModel):
 BriaResponse = RemoveBackgroundResponse | ReplaceBackgroundResponse | ExpandResponse
 
 
+_PRICES_AS_OF = "2026-11-30"
+_REMOVE_PAGE = "fal.ai/docs/model-api-reference/image-generation-api/bria-background"
+_EXPAND_PAGE = "fal.ai/models/fal-ai/bria/expand"
+
+
+class PriceTable(BaseModel):
+    """The USD prices that costs, estimates and budgets are computed from.
+
+    The defaults are fal.ai's public list prices as read on 2026-11-30; prices change
+    and enterprise contracts differ, so set your own (``BriaResource(prices=...)``).
+    Where fal's pages disagreed (expand), the default is the endpoint's own listing,
+    which is also the higher figure: a budget then never under-counts. Every record
+    of a call keeps the unit price that applied (``unit_price_usd``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    remove_usd_per_call: float = Field(
+        default=0.018,
+        ge=0,
+        description=f"fal-ai/bria/background/remove, per call. Default: {_REMOVE_PAGE} "
+        f"('RMBG 2.0 ... at $0.018 per inference'), as of {_PRICES_AS_OF}.",
+    )
+    replace_usd_per_image: float = Field(
+        default=0.023,
+        ge=0,
+        description="fal-ai/bria/background/replace, per output image (num_images). "
+        f"Default: {_REMOVE_PAGE} ('Bria Background Replace ($0.023)'), as of "
+        f"{_PRICES_AS_OF}.",
+    )
+    expand_usd_per_call: float = Field(
+        default=0.04,
+        ge=0,
+        description=f"fal-ai/bria/expand, per call. Default: {_EXPAND_PAGE} ('Price: $0.04 "
+        f"per generations'), as of {_PRICES_AS_OF}; the comparison on {_REMOVE_PAGE} says "
+        "$0.023 per operation. The endpoint's own, higher listing is kept.",
+    )
+    source: str = Field(
+        default=f"fal.ai list prices: {_REMOVE_PAGE} (remove, replace), {_EXPAND_PAGE} (expand)",
+        description="Where these prices come from (a contract, a price page): for audits.",
+    )
+    as_of: str = Field(
+        default=_PRICES_AS_OF, description="When these prices were read or agreed (ISO date)."
+    )
+
+    def unit_price_usd(self, request_or_id: BriaRequest | str) -> float:
+        """The price of one unit (a call, or an output image for replace) of an endpoint."""
+        spec = endpoint_for(request_or_id)
+        return {
+            "remove": self.remove_usd_per_call,
+            "replace": self.replace_usd_per_image,
+            "expand": self.expand_usd_per_call,
+        }[spec.name]
+
+    def cost_usd(self, request: BriaRequest) -> float:
+        """What ``request`` costs when it succeeds: unit price x units."""
+        spec = endpoint_for(request)
+        units = request.output_count() if spec.price_unit == "image" else 1
+        return round(self.unit_price_usd(request) * units, 6)
+
+
+LIST_PRICES = PriceTable()
+"""The default :class:`PriceTable`: fal.ai's public list prices (see its fields)."""
+
+
 class EndpointSpec(BaseModel):
-    """What bria-dagster knows about one endpoint: id, models, list price."""
+    """What bria-dagster knows about one endpoint: id, models, default list price.
+
+    Costs are computed by a :class:`PriceTable` (``price_usd`` is the default
+    table's figure, for reference); ``price_unit`` says what one unit is.
+    """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -339,10 +411,6 @@ class EndpointSpec(BaseModel):
     price_usd: float
     price_unit: Literal["call", "image"]
 
-    def cost_usd(self, request: BriaRequest) -> float:
-        units = request.output_count() if self.price_unit == "image" else 1
-        return round(self.price_usd * units, 6)
-
     def parse_response(self, payload: dict[str, Any]) -> BriaResponse:
         return self.response_model.model_validate(payload)  # type: ignore[return-value]
 
@@ -352,7 +420,7 @@ REMOVE = EndpointSpec(
     name="remove",
     request_model=RemoveBackgroundRequest,
     response_model=RemoveBackgroundResponse,
-    price_usd=0.018,
+    price_usd=LIST_PRICES.remove_usd_per_call,
     price_unit="call",
 )
 REPLACE = EndpointSpec(
@@ -360,7 +428,7 @@ REPLACE = EndpointSpec(
     name="replace",
     request_model=ReplaceBackgroundRequest,
     response_model=ReplaceBackgroundResponse,
-    price_usd=0.023,
+    price_usd=LIST_PRICES.replace_usd_per_image,
     price_unit="image",
 )
 EXPAND = EndpointSpec(
@@ -368,7 +436,7 @@ EXPAND = EndpointSpec(
     name="expand",
     request_model=ExpandRequest,
     response_model=ExpandResponse,
-    price_usd=0.04,
+    price_usd=LIST_PRICES.expand_usd_per_call,
     price_unit="call",
 )
 

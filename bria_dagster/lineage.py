@@ -165,9 +165,11 @@ class LineageIndex(_index_module.ImageResolver):
 
     Nothing slow is built up front: each lookup is one pass of an Arrow-backed
     comparison (milliseconds over a million rows). A sha can appear in several
-    rows (the same image made or reused by several runs); a hop uses the most
-    recent ok/reused row. :meth:`load` reads only :data:`KEY_COLUMNS` and fetches
-    the other columns of result rows (or a URI column) from the tables on demand.
+    rows (the same image made or reused by several runs); a hop uses the newest row
+    of a run that made it, or, when only reused rows are left (the producing table was
+    rewritten), the newest reused row, which still names the producing run.
+    :meth:`load` reads only :data:`KEY_COLUMNS` and fetches the other columns of
+    result rows (or a URI column) from the tables on demand.
     """
 
     def __init__(
@@ -187,6 +189,7 @@ class LineageIndex(_index_module.ImageResolver):
         frame = self.frame
         good = frame["status"].isin([OK, REUSED]) & frame["image_sha256"].notna()
         self._good = good.to_numpy(dtype=bool)
+        self._reused = (frame["status"] == REUSED).to_numpy(dtype=bool)
         # Epoch integers (one unit per frame), for newest-first ordering.
         self._created = pd.to_datetime(frame["created_at"], utc=True).astype("int64").to_numpy()
 
@@ -220,9 +223,10 @@ class LineageIndex(_index_module.ImageResolver):
         return rows[list(columns)]
 
     def _image_rows(self, sha: str) -> np.ndarray:
-        """Positions of the ok/reused rows that made image ``sha``, newest first."""
+        """Positions of the ok/reused rows of image ``sha``: the rows of runs that made it
+        (ok) first, then the rows of runs that reused it; newest first within each."""
         hits = np.flatnonzero((self.frame["image_sha256"] == sha).to_numpy(dtype=bool) & self._good)
-        return hits[np.argsort(-self._created[hits], kind="stable")]
+        return hits[np.lexsort((-self._created[hits], self._reused[hits]))]
 
     def _is_root(self, sha: str) -> bool:
         return bool((self.frame["root_source_sha256"] == sha).any())
@@ -257,8 +261,8 @@ class LineageIndex(_index_module.ImageResolver):
         """The chain from ``image`` back to its catalog source, output first.
 
         One row per hop (``hop`` 0 is ``image`` itself) plus a final ``source`` row.
-        With ``all_records`` every row that produced a hop's image (all runs) is
-        returned, newest first within the hop.
+        With ``all_records`` every row of a hop's image (all runs) is returned: the
+        rows that made it, then the rows that reused it, newest first within each.
         """
         sha = self.resolve_image(image)
         frame = self.frame

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 INDEX_NAME = "_lineage.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: reused_in_run_id and unit_price_usd
 BUSY_TIMEOUT_S = 60.0
 MIN_PREFIX = 8
 STEP_ORDER = {"source": 0, "remove": 1, "replace": 2, "expand": 3}
@@ -69,7 +69,9 @@ TRACE_COLUMNS = (
     "seed",
     "request_id",
     "cost_usd",
+    "unit_price_usd",
     "run_id",
+    "reused_in_run_id",
     "partition",
     "asset_key",
     "created_at",
@@ -90,7 +92,9 @@ DERIVED_COLUMNS = (
     "seed",
     "request_id",
     "cost_usd",
+    "unit_price_usd",
     "run_id",
+    "reused_in_run_id",
     "partition",
     "asset_key",
     "created_at",
@@ -117,7 +121,9 @@ STORED_COLUMNS = (
     "seed",
     "request_id",
     "cost_usd",
+    "unit_price_usd",
     "run_id",
+    "reused_in_run_id",
     "asset_key",
 )
 # Lookups go through small integer keys instead of long text: the first 60 bits of a
@@ -266,7 +272,7 @@ _TABLES_DDL = (
 
 
 def _records_ddl() -> str:
-    types = {"seed": "INTEGER", "cost_usd": "REAL"}
+    types = {"seed": "INTEGER", "cost_usd": "REAL", "unit_price_usd": "REAL"}
     columns = ", ".join(f"{name} {types.get(name, 'TEXT')}" for name in STORED_COLUMNS)
     columns += "".join(f", {key} INTEGER" for key in KEY_COLUMNS)
     return (
@@ -602,10 +608,17 @@ class IndexedLineage(ImageResolver):
         return rows
 
     def _image_rows(self, sha: str) -> list[dict[str, Any]]:
-        """The ok/reused rows that made image ``sha``, newest first (ties: table order)."""
+        """The ok/reused rows of image ``sha``: rows of runs that made it first, then rows
+        of runs that reused it; newest first within each (ties: table order)."""
         rows = self._select(_IMAGE, (_sha_key(sha), sha, OK, REUSED))
         # A missing time sorts first, as NaT does in the pandas path.
-        rows.sort(key=lambda r: (r["created_us"] is not None, -(r["created_us"] or 0)))
+        rows.sort(
+            key=lambda r: (
+                r["status"] == REUSED,
+                r["created_us"] is not None,
+                -(r["created_us"] or 0),
+            )
+        )
         return rows
 
     def _exists(self, where: str, params: Sequence[Any]) -> bool:

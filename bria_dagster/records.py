@@ -3,12 +3,23 @@
 The step tables *are* the lineage: a row names its parent image, the endpoint,
 the exact parameters, the backend, the request id, the cost, the Dagster run
 and partition. One pyarrow schema serves every step.
+
+A row says who *made* its image: ``run_id``, ``request_id``, ``backend``, ``seed``,
+``unit_price_usd`` and ``created_at`` belong to the run that produced it. A run that
+answers a request from an earlier record writes a ``reused`` row (see
+:func:`reused_record`) that keeps those columns and names itself in
+``reused_in_run_id``; its ``cost_usd`` is 0, as nothing was paid for it, so summing
+``cost_usd`` over any set of tables counts each paid call once.
+
+Columns added after the first release are nullable, so tables written before them
+still read with this schema (the missing column reads as nulls).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -25,6 +36,7 @@ __all__ = [
     "frame_to_table",
     "make_record_id",
     "records_to_frame",
+    "reused_record",
 ]
 
 OK, FAILED, REUSED = "ok", "failed", "reused"
@@ -55,9 +67,16 @@ IMAGE_RECORD_SCHEMA = pa.schema(
         pa.field("seed", pa.int64()),
         pa.field("request_id", pa.string()),
         pa.field("cost_usd", pa.float64(), nullable=False),
+        # The list price per output image (or per call) that applied to the producing
+        # call, from the price table in force; null for source and failed rows and for
+        # tables written before the column existed.
+        pa.field("unit_price_usd", pa.float64()),
         pa.field("duration_s", pa.float64(), nullable=False),
         pa.field("attempts", pa.int32(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
+        # The run that reused this record's image without a call (status "reused");
+        # null on rows whose own run made the image.
+        pa.field("reused_in_run_id", pa.string()),
         pa.field("asset_key", pa.string(), nullable=False),
         pa.field("code_version", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -75,6 +94,23 @@ def canonical_json(obj: Any) -> str:
 def make_record_id(partition: str, step: str, sku: str, variant: str, fingerprint: str) -> str:
     blob = "\x1f".join((partition, step, sku, variant, fingerprint))
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def reused_record(earlier: Mapping[str, Any], run_id: str, /, **placement: Any) -> dict[str, Any]:
+    """``earlier`` (an ok or reused record) as a ``reused`` record of run ``run_id``.
+
+    What says how the image was made stays the producer's (``run_id``, request id,
+    backend, seed, parameters, ``unit_price_usd``, ``created_at``); ``reused_in_run_id``
+    names the reusing run and ``cost_usd`` is 0 (nothing was paid). ``placement`` sets
+    where the row now belongs (``record_id``, ``partition``, ``sku``, ``variant``,
+    ``catalog_row``, ...); it cannot change the producer or the status.
+    """
+    fixed = {"status", "run_id", "reused_in_run_id", "cost_usd"}.intersection(placement)
+    if fixed:
+        raise ValueError(f"a reused record keeps its producer's {sorted(fixed)}")
+    row = dict(earlier)
+    row.update(placement, status=REUSED, reused_in_run_id=run_id, cost_usd=0.0)
+    return row
 
 
 def records_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, create_model
 
 from .backends.base import Backend, BackendResult
 from .backends.fal import FalBackend
 from .backends.local import LocalBackend
-from .endpoints import AspectRatio, BriaRequest, ImageInput, build_request
+from .endpoints import AspectRatio, BriaRequest, ImageInput, PriceTable, build_request
 from .errors import ConfigurationError
 from .fetch import FetchPolicy
 from .journal import RequestJournal
@@ -33,9 +33,17 @@ from .retry import RetryPolicy
 from .runner import BatchProgress, ItemOutcome, Usage, run_batch
 from .session import BriaSession
 
-__all__ = ["BriaResource"]
+__all__ = ["BriaResource", "PriceSettings"]
 
 AnyContext = dg.OpExecutionContext | dg.AssetExecutionContext
+
+PriceSettings = create_model(
+    "PriceSettings",
+    __base__=dg.Config,
+    __doc__="The price table (:class:`~bria_dagster.endpoints.PriceTable`) as resource "
+    "configuration: set your contract's prices, their source and date.",
+    **{name: (spec.annotation, spec) for name, spec in PriceTable.model_fields.items()},
+)
 
 
 class BriaResource(dg.ConfigurableResource):
@@ -72,7 +80,12 @@ class BriaResource(dg.ConfigurableResource):
     poll_interval_s: float = Field(default=0.1, gt=0, description="First status poll delay.")
     max_poll_interval_s: float = Field(default=1.0, gt=0, description="Status poll delay cap.")
     budget_usd: float | None = Field(
-        default=None, ge=0, description="List-price cap per materialization (None = no cap)."
+        default=None, ge=0, description="Cost cap per materialization at `prices` (None: none)."
+    )
+    prices: PriceSettings = Field(  # type: ignore[valid-type]
+        default_factory=PriceSettings,
+        description="USD prices per endpoint (list prices by default, with source and date); "
+        "costs, estimates, budgets and each record's unit_price_usd use them.",
     )
     inline_max_bytes: int = Field(
         default=2 * 1024 * 1024, description="Local inputs up to this size go as data URIs."
@@ -111,6 +124,10 @@ class BriaResource(dg.ConfigurableResource):
     def _key(self) -> str | None:
         return self.fal_key or os.environ.get("FAL_KEY") or None
 
+    def price_table(self) -> PriceTable:
+        """The prices costs, estimates and budgets are computed from."""
+        return PriceTable(**self.prices.model_dump())
+
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
             max_attempts=self.max_attempts,
@@ -146,6 +163,7 @@ class BriaResource(dg.ConfigurableResource):
                 inline_max_bytes=self.inline_max_bytes,
                 max_pixels=self.max_pixels,
                 max_connections=self.max_concurrency,
+                prices=self.price_table(),
             )
         matte_model = None
         if self.onnx_model_path:
@@ -212,6 +230,7 @@ class BriaResource(dg.ConfigurableResource):
                 items,
                 max_concurrency=self.max_concurrency,
                 budget_usd=self.budget_usd,
+                prices=self.price_table(),
                 total=total,
                 on_progress=on_progress,
                 journal=session.journal(journal),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import Backend, BackendResult
-from .endpoints import BriaRequest, endpoint_for, request_fingerprint
+from .endpoints import LIST_PRICES, BriaRequest, PriceTable, endpoint_for, request_fingerprint
 from .errors import BriaError, BudgetExceededError, redact
 from .journal import RequestJournal
 
@@ -108,6 +108,7 @@ async def run_batch(
     *,
     max_concurrency: int = 8,
     budget_usd: float | None = None,
+    prices: PriceTable = LIST_PRICES,
     total: int | None = None,
     on_progress: Callable[[BatchProgress], None] | None = None,
     journal: RequestJournal | None = None,
@@ -115,7 +116,7 @@ async def run_batch(
 ) -> AsyncIterator[ItemOutcome]:
     """Run ``items`` on ``backend``; yield an :class:`ItemOutcome` per key as each completes.
 
-    ``budget_usd`` caps the list-price cost of the requests *sent*: an item that
+    ``budget_usd`` caps the cost at ``prices`` of the requests *sent*: an item that
     would exceed it fails with :class:`BudgetExceededError` and is not sent.
     ``journal`` is handed to the backend (where accepted paid requests are recorded);
     ``slots``, when given, is a semaphore shared with other batches (the bound of a
@@ -160,7 +161,7 @@ async def run_batch(
         if result is not None:
             state["cost"] += result.cost_usd
         else:
-            state["committed"] -= request.estimated_cost_usd()
+            state["committed"] -= prices.cost_usd(request)
         finish(ItemOutcome(key, request, fingerprint, result=result, error=error))
         for follower_key, follower_request in waiting.pop(fingerprint, []):
             finish(
@@ -183,7 +184,7 @@ async def run_batch(
                     waiting[fingerprint].append((key, request))
                     state["dedup"] += 1
                     continue
-                estimate = request.estimated_cost_usd()
+                estimate = prices.cost_usd(request)
                 if budget_usd is not None and state["committed"] + estimate > budget_usd + 1e-9:
                     finish(
                         ItemOutcome(

@@ -25,11 +25,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .endpoints import BriaRequest, build_request, fingerprint_of, input_fingerprint
+from .endpoints import (
+    BriaRequest,
+    build_request,
+    fingerprint_of,
+    input_fingerprint,
+)
 from .errors import BriaError
 from .images import sha256_hex
 from .io_manager import read_records
-from .records import FAILED, OK, REUSED, canonical_json, make_record_id, records_to_frame
+from .records import (
+    FAILED,
+    OK,
+    REUSED,
+    canonical_json,
+    make_record_id,
+    records_to_frame,
+    reused_record,
+)
 from .resource import BriaResource
 from .runner import ItemOutcome, Usage
 from .store import ImageStore
@@ -254,8 +267,11 @@ def run_step(
     """Run planned ``jobs``; return the step's record table and a report.
 
     ``journal``: the pipeline's request journal file (where accepted fal ids are kept).
+    The resource's price table gives the estimate and the ``unit_price_usd`` of every
+    new record; what was paid comes from the backend.
     """
     started = time.perf_counter()
+    prices = bria.price_table()
     report = StepReport()
     rows: list[dict[str, Any]] = []
     reuse = _reuse_index(ctx.tables)
@@ -276,22 +292,22 @@ def run_step(
         earlier = reuse.get(job.fingerprint or "", [])
         if earlier and all(store.exists(r["image_sha256"], r["content_type"]) for r in earlier):
             for i, previous in enumerate(earlier):
-                row = dict(previous)
                 variant = _output_variant(job, i, len(earlier))
-                row.update(
-                    record_id=_record_id(ctx, job, variant),
-                    partition=ctx.partition,
-                    sku=job.sku,
-                    variant=variant,
-                    status=REUSED,
-                    run_id=ctx.run_id,
-                    asset_key=ctx.asset_key,
-                    code_version=ctx.code_version,
-                    catalog_row=job.parent.get("catalog_row") or "{}",
-                    root_source_uri=job.parent.get("root_source_uri") or "",
-                    root_source_sha256=job.parent.get("root_source_sha256"),
+                rows.append(
+                    reused_record(
+                        previous,
+                        ctx.run_id,
+                        record_id=_record_id(ctx, job, variant),
+                        partition=ctx.partition,
+                        sku=job.sku,
+                        variant=variant,
+                        asset_key=ctx.asset_key,
+                        code_version=ctx.code_version,
+                        catalog_row=job.parent.get("catalog_row") or "{}",
+                        root_source_uri=job.parent.get("root_source_uri") or "",
+                        root_source_sha256=job.parent.get("root_source_sha256"),
+                    )
                 )
-                rows.append(row)
             continue
         to_run.append(job)
 
@@ -329,6 +345,7 @@ def run_step(
                 seed=result.seed,
                 request_id=result.request_id,
                 cost_usd=0.0 if outcome.shared else share,
+                unit_price_usd=prices.unit_price_usd(outcome.request),
                 duration_s=result.duration_s,
                 attempts=result.attempts,
             )
@@ -338,7 +355,7 @@ def run_step(
     if to_run:
         log(f"{ctx.step}: {len(to_run)} request(s) to run, {len(jobs) - len(to_run)} settled")
         report.estimated_cost_usd = sum(
-            j.request.estimated_cost_usd() for j in to_run if j.request is not None
+            prices.cost_usd(j.request) for j in to_run if j.request is not None
         )
         last = [0.0]
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bria_dagster.endpoints import (
     ENDPOINTS,
     EXPAND,
+    LIST_PRICES,
     REMOVE,
     REPLACE,
     AspectRatio,
     ExpandRequest,
+    PriceTable,
     RemoveBackgroundRequest,
     ReplaceBackgroundRequest,
     build_request,
@@ -31,13 +34,36 @@ def test_endpoint_ids_and_list_prices():
         "fal-ai/bria/background/replace",
         "fal-ai/bria/expand",
     }
-    assert REMOVE.cost_usd(RemoveBackgroundRequest(image_url=URL)) == 0.018
-    assert REPLACE.cost_usd(ReplaceBackgroundRequest(image_url=URL, prompt="x", num_images=3)) == (
-        pytest.approx(0.069)
-    )
-    assert EXPAND.cost_usd(ExpandRequest(image_url=URL, canvas_size=(1200, 674))) == 0.04
+    assert RemoveBackgroundRequest(image_url=URL).estimated_cost_usd() == 0.018
+    replace = ReplaceBackgroundRequest(image_url=URL, prompt="x", num_images=3)
+    assert replace.estimated_cost_usd() == pytest.approx(0.069)  # per output image
+    assert ExpandRequest(image_url=URL, canvas_size=(1200, 674)).estimated_cost_usd() == 0.04
+    assert (REMOVE.price_usd, REPLACE.price_usd, EXPAND.price_usd) == (0.018, 0.023, 0.04)
     assert endpoint_for("replace") is REPLACE
     assert endpoint_for("fal-ai/bria/expand") is EXPAND
+
+
+def test_a_price_table_sets_costs_and_says_where_its_prices_come_from():
+    assert LIST_PRICES.as_of == "2026-11-30" and "fal.ai" in LIST_PRICES.source
+    contract = PriceTable(
+        remove_usd_per_call=0.01,
+        replace_usd_per_image=0.02,
+        expand_usd_per_call=0.03,
+        source="ACME enterprise contract 2026-17",
+        as_of="2026-12-01",
+    )
+    replace = ReplaceBackgroundRequest(image_url=URL, prompt="x", num_images=2)
+    assert contract.cost_usd(replace) == pytest.approx(0.04)
+    assert replace.estimated_cost_usd(contract) == pytest.approx(0.04)
+    assert contract.unit_price_usd(replace) == 0.02
+    assert contract.unit_price_usd("fal-ai/bria/expand") == 0.03
+    assert contract.unit_price_usd("remove") == 0.01
+    with pytest.raises(ValidationError):
+        PriceTable(remove_usd_per_call=-1)
+    with pytest.raises(ValidationError):
+        PriceTable(remov_usd_per_call=0.01)  # a misspelt price is an error, not ignored
+    with pytest.raises(ValidationError):
+        contract.remove_usd_per_call = 0.5  # frozen: a shared table cannot drift
 
 
 def test_fal_defaults():

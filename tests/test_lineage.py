@@ -28,11 +28,11 @@ from bria_dagster.records import (
     FAILED,
     IMAGE_RECORD_SCHEMA,
     OK,
-    REUSED,
     canonical_json,
     frame_to_table,
     make_record_id,
     records_to_frame,
+    reused_record,
 )
 
 ENDPOINTS = {
@@ -90,6 +90,7 @@ def record(
         "seed": seed,
         "request_id": f"req-{step}-{sku}-{variant}-{run_id}" if ok else None,
         "cost_usd": price if status == OK else 0.0,
+        "unit_price_usd": price if ok and endpoint_id else None,
         "duration_s": 1.25,
         "attempts": 1,
         "run_id": run_id,
@@ -147,16 +148,14 @@ def product_rows(sku: str) -> list[dict[str, Any]]:
 
 
 def reused_cutout() -> dict[str, Any]:
-    """A second run reused the cutout of sku-a: same sha, newer row, no cost."""
-    return record(
-        "remove",
-        "sku-a",
-        sha("cutout-sku-a"),
-        sha("source-sku-a"),
-        status=REUSED,
-        run_id="run-2",
+    """run-2 (batch-2) reused the cutout of sku-a that run-1 made: same sha, no cost."""
+    made = record("remove", "sku-a", sha("cutout-sku-a"), sha("source-sku-a"))
+    return reused_record(
+        made,
+        "run-2",
+        record_id=make_record_id("batch-2", "remove", "sku-a", "", "reused"),
         partition="batch-2",
-        minutes=60,
+        created_at=made["created_at"] + timedelta(minutes=60),
     )
 
 
@@ -239,19 +238,31 @@ def test_trace_by_sha_walks_back_to_the_source(frame):
     assert chain["seed"].iloc[1] == 42
 
 
-def test_trace_uses_the_most_recent_row_for_a_reused_image(frame):
+def test_trace_of_a_reused_image_shows_the_row_that_made_it(frame):
     chain = trace(sha("expand-sku-a-1:1"), frame)
     remove_hop = chain[chain["step"] == "remove"].iloc[0]
-    assert remove_hop["run_id"] == "run-2"
-    assert remove_hop["cost_usd"] == 0.0
-    # expand 0.04 + replace 0.023 + the reused (free) cutout
-    assert chain.attrs["total_cost_usd"] == pytest.approx(0.04 + 0.023)
+    assert remove_hop["run_id"] == "run-1" and pd.isna(remove_hop["reused_in_run_id"])
+    assert remove_hop["cost_usd"] == 0.018 and remove_hop["unit_price_usd"] == 0.018
+    assert chain.attrs["total_cost_usd"] == pytest.approx(0.04 + 0.023 + 0.018)
+
+
+def test_trace_of_a_reused_image_without_its_producing_row_names_the_producer(frame):
+    # The producing table was rewritten (its partition re-ran and reused everything).
+    reused_only = frame[~((frame["status"] == OK) & (frame["image_sha256"] == sha("cutout-sku-a")))]
+    chain = trace(sha("expand-sku-a-1:1"), reused_only)
+    remove_hop = chain[chain["step"] == "remove"].iloc[0]
+    assert remove_hop["run_id"] == "run-1" and remove_hop["reused_in_run_id"] == "run-2"
+    assert remove_hop["cost_usd"] == 0.0  # the reusing run paid nothing
+    assert remove_hop["unit_price_usd"] == 0.018  # the price the producing call paid
+    assert remove_hop["request_id"] == "req-remove-sku-a--run-1"
 
 
 def test_trace_all_records_lists_every_run(frame):
     chain = trace(sha("expand-sku-a-1:1"), frame, all_records=True)
     remove_rows = chain[chain["step"] == "remove"]
-    assert remove_rows["run_id"].tolist() == ["run-2", "run-1"]
+    assert remove_rows["run_id"].tolist() == ["run-1", "run-1"]
+    assert remove_rows["reused_in_run_id"].tolist()[1] == "run-2"
+    assert pd.isna(remove_rows["reused_in_run_id"].iloc[0])
     assert remove_rows["hop"].nunique() == 1
 
 
@@ -395,7 +406,7 @@ def test_index_loaded_from_a_base_fetches_other_columns_on_demand(tmp_path, rows
     assert chain["image_sha256"].tolist()[:2] == [sha("custom"), sha("cutout-sku-a")]
     assert chain["parameters"].iloc[0] == custom["parameters"]
     assert chain["request_id"].iloc[0] == custom["request_id"]
-    assert chain["request_id"].iloc[1] == "req-remove-sku-a--run-2"  # the newest (reused) row
+    assert chain["request_id"].iloc[1] == "req-remove-sku-a--run-1"  # the producing row
     assert pd.isna(chain["request_id"].iloc[-1])
     by_uri = index.derived("https://cdn.example/sku-a.jpg")
     assert by_uri["image_sha256"].tolist() == derived("sku-a", frame)["image_sha256"].tolist()

@@ -196,6 +196,29 @@ def test_unchanged_rerun_makes_zero_calls_and_a_changed_prompt_reruns_one_sku(ca
     assert set(scenes[scenes.sku == "A2"].status) == {"reused"}
 
 
+def test_a_fully_reused_rerun_keeps_the_producing_run_in_the_records(catalog):
+    first, instance = materialize(catalog)
+    second, _ = materialize(catalog, instance=instance)
+    assert first.run_id != second.run_id
+    storage = str(catalog / "data")
+    for asset in ("product_cutouts", "product_scenes", "product_expansions"):
+        t = table(storage, asset)
+        reused = t[t.status == "reused"]
+        assert len(reused) and set(reused.run_id) == {first.run_id}, asset
+        assert set(reused.reused_in_run_id) == {second.run_id}, asset
+        assert (reused.cost_usd == 0.0).all()  # the second run paid nothing
+        assert reused.unit_price_usd.notna().all()  # the price the producing call applied
+
+    expansions = table(storage, "product_expansions")
+    output = expansions[expansions.status == "reused"].image_sha256.iloc[0]
+    chain = trace(output, storage)
+    # The catalog step's own reuse is assets.py's (the lead's); every call hop names run 1.
+    made = chain
+    assert list(made.step) == ["expand", "replace", "remove", "source"]
+    assert set(made.run_id) == {first.run_id}
+    assert set(made.reused_in_run_id) == {second.run_id}
+
+
 def test_failed_rows_are_retried_on_the_next_run(catalog, monkeypatch):
     counter = CountingBackends(monkeypatch)
     _, instance = materialize(catalog)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from bria_dagster.records import (
     IMAGE_RECORD_SCHEMA,
     OK,
+    REUSED,
     canonical_json,
     frame_rows,
     frame_to_table,
     make_record_id,
     records_to_frame,
+    reused_record,
 )
 
 
@@ -84,3 +88,44 @@ def test_canonical_json_and_record_ids_are_stable():
     assert canonical_json({"b": 1, "a": [1, 2]}) == '{"a":[1,2],"b":1}'
     assert make_record_id("p", "s", "k", "", "f") == make_record_id("p", "s", "k", "", "f")
     assert make_record_id("p", "s", "k", "0", "f") != make_record_id("p", "s", "k", "1", "f")
+
+
+def test_reused_record_keeps_the_producer_and_names_the_reusing_run():
+    made = _row("a", request_id="req-1", unit_price_usd=0.018)
+    row = reused_record(made, "run-2", partition="b2", record_id="r2")
+    assert row["status"] == REUSED and row["run_id"] == "run-1"
+    assert row["reused_in_run_id"] == "run-2" and row["partition"] == "b2"
+    assert row["request_id"] == "req-1" and row["unit_price_usd"] == 0.018
+    assert row["cost_usd"] == 0.0  # the reusing run paid nothing
+    assert made["status"] == OK and made["reused_in_run_id"] is None  # not modified
+    # Reusing a reused row keeps the first producer.
+    again = reused_record(row, "run-3")
+    assert again["run_id"] == "run-1" and again["reused_in_run_id"] == "run-3"
+    with pytest.raises(ValueError, match="run_id"):
+        reused_record(made, "run-2", run_id="run-2")
+
+
+def test_a_table_written_before_the_new_columns_still_reads(tmp_path):
+    from bria_dagster.io_manager import read_records, read_table
+    from bria_dagster.lineage import load_records, trace
+    from bria_dagster.lineage_index import open_index
+
+    new = {"reused_in_run_id", "unit_price_usd"}
+    old_schema = pa.schema([f for f in IMAGE_RECORD_SCHEMA if f.name not in new])
+    rows = [_row("a", image_sha256="ab" * 32, parent_sha256="cd" * 32)]
+    old = pa.Table.from_pylist(rows, schema=old_schema)
+    path = tmp_path / "tables" / "product_cutouts" / "b1.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(old, path)
+
+    table = read_records(str(path))
+    assert table.schema.equals(IMAGE_RECORD_SCHEMA)
+    assert table.column("reused_in_run_id").to_pylist() == [None]
+    assert table.column("unit_price_usd").to_pylist() == [None]
+    assert list(read_table(str(path)).columns) == IMAGE_RECORD_SCHEMA.names
+    assert load_records(tmp_path)["unit_price_usd"].isna().all()
+    chain = trace("ab" * 32, tmp_path)
+    assert chain["run_id"].iloc[0] == "run-1" and pd.isna(chain["reused_in_run_id"].iloc[0])
+    with open_index(tmp_path) as index:
+        hop = index.trace("ab" * 32).rows[0]
+    assert hop["run_id"] == "run-1" and hop["reused_in_run_id"] is None

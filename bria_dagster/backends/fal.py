@@ -21,7 +21,7 @@ import fal_client
 import httpx
 from fal_client.client import AsyncBackupDomainTransport, Completed
 
-from ..endpoints import BriaRequest, endpoint_for, request_fingerprint
+from ..endpoints import LIST_PRICES, BriaRequest, PriceTable, endpoint_for, request_fingerprint
 from ..errors import (
     BriaError,
     FalRequestError,
@@ -85,6 +85,7 @@ class FalBackend:
         max_connections: HTTPS connections kept open to fal (and as many to its file
             CDN); all of them stay alive between requests, so a long batch pays each
             TLS handshake once.
+        prices: what a completed request costs (``BackendResult.cost_usd``).
     """
 
     name = "fal"
@@ -102,10 +103,12 @@ class FalBackend:
         max_output_bytes: int = 100 * 1024 * 1024,
         max_pixels: int = 50_000_000,
         max_connections: int = 64,
+        prices: PriceTable = LIST_PRICES,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._key = key
+        self.prices = prices
         self._client = fal_client.AsyncClient(key=key)
         self.journal = journal or RequestJournal(None)
         self.retry = retry or RetryPolicy()
@@ -242,7 +245,7 @@ class FalBackend:
             response=response,
             images=images,
             seed=getattr(response, "seed", None),
-            cost_usd=spec.cost_usd(request),
+            cost_usd=self.prices.cost_usd(request),
             duration_s=time.perf_counter() - started,
             attempts=log.attempts,
             retries=list(log.reasons),
