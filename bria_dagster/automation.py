@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 import dagster as dg
 import fsspec
 
 from .assets import REFRESH_TAG
-from .catalog import FORMATS
+from .batches import catalog_batches
+from .errors import CatalogError
 from .io_manager import read_table
 from .storage import PipelineStorage
 
@@ -38,20 +38,6 @@ __all__ = [
     "build_retry_schedule",
     "partitions_needing_retry",
 ]
-
-
-def _landing_files(landing: str) -> dict[str, str]:
-    """batch name -> file path for every catalog file in ``landing``."""
-    fs, root = fsspec.core.url_to_fs(landing)
-    if not fs.exists(root):
-        return {}
-    prefix = landing.split("://", 1)[0] + "://" if "://" in landing else ""
-    files: dict[str, str] = {}
-    for path in sorted(fs.ls(root, detail=False)):
-        name = PurePosixPath(path)
-        if name.suffix.lower() in FORMATS and not name.name.startswith("."):
-            files.setdefault(name.stem, prefix + path if prefix else path)
-    return files
 
 
 def _sha256(path: str) -> str:
@@ -84,7 +70,11 @@ def build_catalog_sensor(
         new_batches: list[str] = []
         runs: list[dg.RunRequest] = []
         changed: list[dg.AssetObservation] = []
-        for batch, path in _landing_files(landing).items():
+        try:
+            files = catalog_batches(landing)
+        except CatalogError as exc:  # not there (yet): say so on every tick, add nothing
+            return dg.SkipReason(str(exc))
+        for batch, path in files.items():
             sha = _sha256(path)
             if batch not in known:
                 new_batches.append(batch)

@@ -3,6 +3,9 @@
     bria-dagster lineage trace <image path | sha256> [--base DIR] [--format table|json|csv]
     bria-dagster lineage derived <sku | source sha256 | uri> [--base DIR] [--format ...]
         (both take --no-index: skip the SQLite index and read the Parquet tables with pandas)
+    bria-dagster batches add [BATCH ...] [--pipeline NAME] [--catalog-dir DIR]
+    bria-dagster batches list [--pipeline NAME]
+        (batches are the pipeline's partitions in the Dagster instance at $DAGSTER_HOME)
     bria-dagster demo [--base DIR]
 
 For a local base the queries run over ``<base>/tables/_lineage.sqlite``, a cache of
@@ -101,6 +104,25 @@ def _parser() -> argparse.ArgumentParser:
             "<base>/tables/_lineage.sqlite (fsspec URLs always do)",
         )
 
+    batches = commands.add_parser(
+        "batches", help="add or list a pipeline's catalog batches (partitions) by hand"
+    )
+    actions = batches.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser(
+        "add", help="add batches as partitions (then launch them with --partition)"
+    )
+    add.add_argument(
+        "batch", nargs="*", help="batch names (default: every catalog file in --catalog-dir)"
+    )
+    add.add_argument(
+        "--catalog-dir", help="the pipeline's catalog folder: each batch must have its file there"
+    )
+    listing = actions.add_parser("list", help="the batches the pipeline has")
+    for sub in (add, listing):
+        sub.add_argument(
+            "--pipeline", default="product_images", help="pipeline name (default: product_images)"
+        )
+
     demo = commands.add_parser("demo", help="run the offline demo pipeline end to end")
     _add_base(demo)
     return parser
@@ -124,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args.base)
+        if args.command == "batches":
+            return _batches(args, sys.stdout)
         return _lineage(args, sys.stdout)
     except BriaError as exc:
         print(f"bria-dagster: error: {exc}", file=sys.stderr)
@@ -145,6 +169,21 @@ def _demo(base: str) -> int:
         return EXIT_USAGE
     result = demo.main(base=base)
     return result if isinstance(result, int) else 0
+
+
+def _batches(args: argparse.Namespace, out: TextIO) -> int:
+    from . import batches
+
+    if args.action == "list":
+        for name in batches.list_batches(args.pipeline):
+            out.write(f"{name}\n")
+        return 0
+    added, known = batches.add_batches(args.pipeline, args.batch, catalog_dir=args.catalog_dir)
+    for name in added:
+        out.write(f"added {name}\n")
+    for name in known:
+        out.write(f"already there: {name}\n")
+    return 0
 
 
 def _lineage(args: argparse.Namespace, out: TextIO) -> int:

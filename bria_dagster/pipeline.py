@@ -28,6 +28,7 @@ import dagster as dg
 
 from .assets import PipelineSettings, build_product_image_assets
 from .automation import build_catalog_sensor, build_refresh_schedule, build_retry_schedule
+from .batches import partitions_name
 from .endpoints import endpoint_for
 from .errors import ConfigurationError
 from .io_manager import ImageRecordIOManager
@@ -98,7 +99,7 @@ class ProductImagePipeline:
     @property
     def partitions_def(self) -> dg.DynamicPartitionsDefinition:
         """One partition per catalog batch file (its file name without extension)."""
-        return dg.DynamicPartitionsDefinition(name=f"{self.name}_batches")
+        return dg.DynamicPartitionsDefinition(name=partitions_name(self.name))
 
     def asset_spec(self, step: str) -> dg.AssetSpec:
         """The translated spec of ``step`` (``source``, ``remove``, ``replace``, ``expand``)."""
