@@ -10,6 +10,7 @@ import pandas as pd
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
 from bria_dagster.automation import build_catalog_sensor, build_retry_schedule
+from bria_dagster.checks import CheckSettings
 from bria_dagster.engine.synthetic import make_product_photo
 from tests.test_pipeline import materialize, product, write_catalog
 
@@ -150,3 +151,64 @@ def test_cutout_alpha_check_fails_for_an_empty_matte(tmp_path):
         assert not checks["cutouts_have_alpha"].passed
     else:  # the engine itself refused a matte-less image: still a recorded failure
         assert cutouts.error_message.notna().all()
+
+
+def _run_with_failures(tmp_path: Path, severity: str) -> dg.ExecuteInProcessResult:
+    rows = [
+        {"sku": "K1", "image_url": product(tmp_path, "K1", 1)},
+        {"sku": "K2", "image_url": "../images/gone.jpg"},
+        {"sku": "K3", "image_url": "../images/gone-too.jpg"},
+    ]
+    write_catalog(tmp_path, rows)
+    pipeline = ProductImagePipeline(
+        settings=PipelineSettings(
+            catalog_dir=str(tmp_path / "catalogs"),
+            checks=CheckSettings(max_failure_rate=0.1, failure_severity=severity),
+        ),
+        storage=str(tmp_path / "data"),
+    )
+    defs = pipeline.build_definitions(
+        BriaResource(backend="local", file_roots=[str(tmp_path)]), operations=False
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(pipeline.partitions_def.name, ["b1"])
+    return defs.resolve_job_def(pipeline.job_name).execute_in_process(
+        partition_key="b1", instance=instance, raise_on_error=False
+    )
+
+
+def _materialized(result: dg.ExecuteInProcessResult) -> list[str]:
+    return sorted(
+        e.asset_key.path[-1] for e in result.get_asset_materialization_events() if e.asset_key
+    )
+
+
+def test_an_error_severity_failure_rate_blocks_the_steps_after_it_and_fails_the_run(tmp_path):
+    result = _run_with_failures(tmp_path, "ERROR")
+    assert not result.success
+    assert _materialized(result) == ["catalog_batch"]  # cutouts, scenes, expansions: not run
+    [rate] = [e for e in result.get_asset_check_evaluations() if e.check_name == "failure_rate"]
+    assert not rate.passed and rate.severity == dg.AssetCheckSeverity.ERROR
+
+
+def test_a_warn_severity_failure_rate_lets_the_run_go_on(tmp_path):
+    result = _run_with_failures(tmp_path, "WARN")
+    assert result.success
+    assert _materialized(result) == [
+        "catalog_batch",
+        "product_cutouts",
+        "product_expansions",
+        "product_scenes",
+    ]
+
+
+def test_every_check_has_a_description_and_only_an_error_failure_rate_blocks():
+    for severity in ("WARN", "ERROR"):
+        pipeline = ProductImagePipeline(
+            settings=PipelineSettings(checks=CheckSettings(failure_severity=severity))
+        )
+        specs = [spec for a in pipeline.build_assets() for spec in a.check_specs]
+        assert len(specs) == 15
+        assert all(spec.description and len(spec.description) > 30 for spec in specs)
+        blocking = {spec.name for spec in specs if spec.blocking}
+        assert blocking == ({"failure_rate"} if severity == "ERROR" else set())
