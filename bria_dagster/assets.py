@@ -220,8 +220,19 @@ def build_product_image_assets(
     @dg.asset(**asset_args("source"))
     def catalog_batch(context: AssetExecutionContext, bria: BriaResource):
         ctx = step_context(context, "source")
-        path = find_catalog_file(settings.catalog_dir, context.partition_key)
-        batch = load_catalog(path, batch=context.partition_key)
+        try:
+            path = find_catalog_file(settings.catalog_dir, context.partition_key)
+            batch = load_catalog(path, batch=context.partition_key)
+        except CatalogError as exc:  # the whole batch is unusable: fail the step, say why
+            raise dg.Failure(
+                description=str(exc),
+                metadata={
+                    "error_class": type(exc).__name__,
+                    "batch": context.partition_key,
+                    "catalog_dir": dg.MetadataValue.path(settings.catalog_dir),
+                },
+                allow_retries=False,
+            ) from exc
         store = storage.image_store()
         policy = bria.fetch_policy()
         rows: list[dict[str, Any]] = []

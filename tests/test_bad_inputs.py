@@ -557,8 +557,12 @@ def test_missing_required_column_fails_the_batch_naming_file_and_column(tmp_path
     text = failure_text(result)
     assert "CatalogError" in text and str(path) in text and "image_url" in text
     assert "missing" in text
-    failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failed == ["product_images__catalog_batch"]
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["product_images__catalog_batch"]
+    # A dg.Failure: the UI shows the reason and its metadata, not a bare traceback.
+    metadata = failures[0].step_failure_data.user_failure_data.metadata
+    assert metadata["error_class"].value == "CatalogError"
+    assert metadata["batch"].value == BATCH
 
 
 def test_unknown_catalog_extension_is_a_clear_error(tmp_path, instance):
