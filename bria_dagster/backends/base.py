@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..endpoints import BriaRequest, BriaResponse
+
+if TYPE_CHECKING:
+    from ..journal import RequestJournal
 
 __all__ = ["Backend", "BackendResult", "OutputImage"]
 
@@ -47,8 +50,14 @@ class Backend(Protocol):
 
     name: str
 
-    async def run(self, request: BriaRequest) -> BackendResult:
+    async def run(
+        self, request: BriaRequest, *, journal: RequestJournal | None = None
+    ) -> BackendResult:
         """Run one validated request to completion and return verified outputs.
+
+        ``journal`` records an accepted remote request id before it is awaited, so a
+        re-run re-attaches instead of paying again; a backend with nothing remote to
+        record ignores it.
 
         Raises a :class:`~bria_dagster.errors.BriaError` subclass on failure.
         """

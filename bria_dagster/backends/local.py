@@ -35,6 +35,7 @@ from ..engine import matte, outpaint, scene
 from ..errors import BriaError, EngineError
 from ..fetch import FetchPolicy, fetch_bytes
 from ..images import decode_image, encode_png, to_data_uri
+from ..journal import RequestJournal
 from .base import BackendResult, OutputImage
 
 __all__ = ["LocalBackend"]
@@ -92,7 +93,10 @@ class LocalBackend:
         text = str(value)
         return (await fetch_bytes(text, self.fetch_policy)).data, f"{what} {text[:200]}"
 
-    async def run(self, request: BriaRequest) -> BackendResult:
+    async def run(
+        self, request: BriaRequest, *, journal: RequestJournal | None = None
+    ) -> BackendResult:
+        """Run one request in-process; ``journal`` is ignored (nothing remote to re-attach)."""
         spec = endpoint_for(request)
         started = time.perf_counter()
         image = await self._fetch(request.image_url, "image_url")
