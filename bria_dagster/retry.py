@@ -1,9 +1,10 @@
-"""Request-level retries: what fal-client does not retry for us, with backoff and jitter.
+"""Request-level retries: the one retry layer of every network operation.
 
-fal-client already retries timeouts, transport errors and 408/409/429 (ignoring
-``Retry-After``) and nginx-looking 502-504. Above it we retry, with capped
-exponential backoff and full jitter, what still gets through: 429 (honouring
-``Retry-After``), 408, every 5xx, connection resets and timeouts. Other 4xx
+Each call handed to :func:`with_retries` is ONE HTTP attempt (the fal backend
+makes its calls with its own httpx client, never through fal-client's retrying
+helpers), so ``RetryPolicy.max_attempts`` is the number of HTTP attempts per
+operation. Retried, with capped exponential backoff and jitter: 429 (honouring
+``Retry-After``), 408, 425, every 5xx, connection resets and timeouts. Other 4xx
 (422 validation errors above all) are final and surface fal's ``detail``.
 """
 
@@ -18,7 +19,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
-from fal_client.client import FalClientHTTPError
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import FalRequestError, RetriesExhaustedError, redact
@@ -59,22 +59,15 @@ class RetryLog:
 
 
 def _status_of(exc: BaseException) -> int | None:
-    if isinstance(exc, FalClientHTTPError):
-        return exc.status_code
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code
     return None
 
 
 def _retry_after(exc: BaseException) -> float | None:
-    headers: Any = None
-    if isinstance(exc, FalClientHTTPError):
-        headers = exc.response_headers
-    elif isinstance(exc, httpx.HTTPStatusError):
-        headers = exc.response.headers
-    if not headers:
+    if not isinstance(exc, httpx.HTTPStatusError):
         return None
-    value = {k.lower(): v for k, v in dict(headers).items()}.get("retry-after")
+    value = exc.response.headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -104,15 +97,14 @@ def retry_reason(exc: BaseException, *, retry_not_found: bool = False) -> str | 
 
 
 def _detail(exc: BaseException) -> Any:
-    if isinstance(exc, FalClientHTTPError):
-        try:
-            body = exc.response.json()
-        except Exception:
-            return exc.message
-        return body.get("detail", body) if isinstance(body, dict) else body
-    if isinstance(exc, httpx.HTTPStatusError):
+    """fal's ``detail`` from an error body (JSON), else the start of the body."""
+    if not isinstance(exc, httpx.HTTPStatusError):
+        return str(exc)
+    try:
+        body = exc.response.json()
+    except ValueError:
         return exc.response.text[:500]
-    return str(exc)
+    return body.get("detail", body) if isinstance(body, dict) else body
 
 
 async def with_retries(

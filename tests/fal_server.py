@@ -13,11 +13,12 @@ Knobs (constructor, :meth:`FalTestServer.configure`, ``POST /_test/configure``, 
 command line) add latency, a per-key concurrency limit (excess waits ``IN_QUEUE``) and
 faults: 429 with ``Retry-After``, 5xx (half carry ``x-fal-request-id`` so fal-client
 does not retry them, half look like nginx ingress errors so it does), dropped
-connections, and result files that 404 once. Faults are decided before any state
-changes, so a faulted submit never creates a job: a correct client can reach zero
-duplicate submissions, which :meth:`FalTestServer.stats` counts. The one exception is
-opt-in: ``rate_drop_after_submit`` creates the job and then drops the reply (the lost
-response that makes a blind re-submit a duplicate, paid job).
+connections, and result files that 404 once. ``fault_ops`` names the operations the
+rates apply to (submit, status, result and file by default; also upload). Faults are
+decided before any state changes, so a faulted submit never creates a job: a correct
+client can reach zero duplicate submissions, which :meth:`FalTestServer.stats` counts.
+The one exception is opt-in: ``rate_drop_after_submit`` creates the job and then drops
+the reply (the lost response that makes a blind re-submit a duplicate, paid job).
 
 Cancelling a queued job removes it (never run, never billed); cancelling a running job
 answers 202 but the job still finishes and is billed, as a real app may do. Only the
@@ -106,6 +107,7 @@ MAX_CANVAS_AREA = 5000 * 5000
 MAX_INPUT_PIXELS = 5000 * 5000
 ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9")
 FAULT_KINDS = ("429", "5xx", "drop", "missing_once", "drop_after_submit")
+FAULT_OPS = ("submit", "status", "result", "file", "upload")
 
 
 def reserve_port() -> int:
@@ -130,6 +132,7 @@ class Knobs:
     seed: int | None = None  # for the fault dice and default seeds
     validate_at_submit: bool = True  # schema errors: 422 at submit, else a failed job
     max_files: int = 20_000  # files kept (oldest evicted first); 0 = unlimited
+    fault_ops: str = "submit,status,result,file"  # where the rates apply (FAULT_OPS, comma-sep)
 
     def update(self, **changes: Any) -> None:
         fields = {f.name: f for f in dataclasses.fields(self)}
@@ -142,6 +145,10 @@ class Knobs:
                 raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
             if name in ("max_in_progress", "max_files") and int(value) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = unlimited), got {value!r}")
+            if name == "fault_ops":
+                unknown = {op for op in str(value).split(",") if op} - set(FAULT_OPS)
+                if unknown:
+                    raise ValueError(f"unknown fault_ops {sorted(unknown)}; known: {FAULT_OPS}")
         rates = {n: float(changes.get(n, getattr(self, n))) for n in ("rate_429", "rate_5xx")}
         rates["rate_drop"] = float(changes.get("rate_drop", self.rate_drop))
         if sum(rates.values()) > 1.0:
@@ -150,6 +157,8 @@ class Knobs:
             current = getattr(self, name)
             if name == "seed":
                 setattr(self, name, None if value is None else int(value))
+            elif name == "fault_ops":
+                setattr(self, name, str(value))
             elif isinstance(current, bool):
                 setattr(self, name, bool(value))
             elif name in ("max_in_progress", "max_files"):
@@ -178,6 +187,12 @@ class _Stats:
         self.unauthorized = 0
         self.faults: collections.Counter[str] = collections.Counter()
         self.faults_by_op: collections.Counter[str] = collections.Counter()
+        # Every HTTP attempt that reached an operation (faulted ones included), by op.
+        self.requests_by_op: collections.Counter[str] = collections.Counter()
+        self.requests_in_flight = 0
+        self.max_requests_in_flight = 0
+        self.connections: set[asyncio.BaseTransport] = set()  # client TCP connections seen
+        self.max_open_connections = 0
 
 
 @dataclasses.dataclass
@@ -526,7 +541,9 @@ class FalTestServer:
 
     def reset_stats(self) -> None:
         with self._lock:
+            in_flight = self._stats.requests_in_flight  # their ends are counted down later
             self._stats = _Stats()
+            self._stats.requests_in_flight = in_flight
             for key, running in list(self._running.items()):
                 self._stats.max_in_progress_by_key[key] = running
 
@@ -540,6 +557,11 @@ class FalTestServer:
         image, expand 0.04). ``max_in_progress_by_key`` is the peak of concurrently
         running jobs per API key, ``max_in_progress_seen`` the largest of those.
         ``faults`` counts injected faults by kind (``faults_by_op`` by ``op:kind``).
+        ``requests_by_op`` counts every HTTP attempt at ``submit``, ``status``,
+        ``result``, ``file`` (GET of a result file) and ``upload`` (CDN upload),
+        faulted ones included. ``max_requests_in_flight`` is the peak of HTTP requests
+        being served at once and ``max_open_connections`` the peak of client TCP
+        connections open at once (admin calls aside).
         """
         with self._lock:
             s = self._stats
@@ -568,15 +590,38 @@ class FalTestServer:
                 "unauthorized": s.unauthorized,
                 "faults": {kind: s.faults.get(kind, 0) for kind in FAULT_KINDS},
                 "faults_by_op": dict(s.faults_by_op),
+                "requests_by_op": dict(s.requests_by_op),
+                "max_requests_in_flight": s.max_requests_in_flight,
+                "max_open_connections": s.max_open_connections,
             }
 
     # ------------------------------------------------------------------ HTTP plumbing
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Route a request, counting HTTP requests in flight and client connections open
+        at once (``max_requests_in_flight``, ``max_open_connections``; admin calls aside).
+
+        A connection counts as open from its first request until its transport closes.
+        """
         parts = [p for p in request.path.split("/") if p]
-        method = request.method
         if parts[:1] == ["_test"]:
             return await self._admin(request, parts[1:])
+        with self._lock:
+            s = self._stats
+            s.requests_in_flight += 1
+            s.max_requests_in_flight = max(s.max_requests_in_flight, s.requests_in_flight)
+            if request.transport is not None:
+                s.connections.add(request.transport)
+            s.connections = {t for t in s.connections if not t.is_closing()}
+            s.max_open_connections = max(s.max_open_connections, len(s.connections))
+        try:
+            return await self._route(request, parts)
+        finally:
+            with self._lock:
+                self._stats.requests_in_flight -= 1
+
+    async def _route(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        method = request.method
         if parts[:1] == ["files"] and len(parts) == 2:
             if method in ("GET", "HEAD"):
                 return await self._get_file(request, parts[1])
@@ -618,9 +663,12 @@ class FalTestServer:
         )
 
     def _fault(self, request: web.Request, op: str) -> web.StreamResponse | None:
-        """Roll the dice for this request; a fault response, a drop, or None."""
+        """Count this attempt at ``op``, then roll the dice: a fault response, a drop, or None."""
         with self._lock:
+            self._stats.requests_by_op[op] += 1
             k = self._knobs
+            if op not in k.fault_ops.split(","):
+                return None
             roll = self._rng.random()
             kind = None
             if roll < k.rate_drop:
@@ -979,6 +1027,9 @@ class FalTestServer:
             return _json(
                 {"detail": "Invalid or missing CDN token; get one from /storage/auth/token"}, 401
             )
+        fault = self._fault(request, "upload")
+        if fault is not None:
+            return fault
         data = await request.read()
         content_type = request.headers.get("Content-Type", "application/octet-stream")
         file_name = Path(request.headers.get("X-Fal-File-Name") or "upload.bin").name
@@ -1277,6 +1328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-drop-after-submit", type=float, default=0.0)
     parser.add_argument("--retry-after", type=float, default=0.2)
     parser.add_argument("--max-files", type=int, default=20_000, help="0 = keep every file")
+    parser.add_argument("--fault-ops", default=Knobs.fault_ops, help="ops the rates apply to")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--key", default="test-key-0", help="FAL_KEY printed in the env")
     parser.add_argument("--ca-out", default=None, help="where to write the CA PEM")
@@ -1293,6 +1345,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_drop_after_submit=args.rate_drop_after_submit,
         retry_after=args.retry_after,
         max_files=args.max_files,
+        fault_ops=args.fault_ops,
         seed=args.seed,
     )
     server.start()

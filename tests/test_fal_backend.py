@@ -214,6 +214,24 @@ async def test_journal_reattaches_instead_of_resubmitting(fal_server, tmp_path):
     assert fal_server.stats()["submissions"] == 1
 
 
+async def test_the_journal_given_to_run_is_the_one_used(fal_server, tmp_path):
+    given = RequestJournal(tmp_path / "given.sqlite")
+    request = RemoveBackgroundRequest(image_url=photo(4))
+    fingerprint = request_fingerprint(request)
+    fal = backend()  # its own journal is an in-memory one
+    other = backend()
+    try:
+        result = await fal.run(request, journal=given)
+        again = await other.run(request, journal=given)  # as a re-run would
+    finally:
+        await fal.aclose()
+        await other.aclose()
+    assert given.get(fingerprint).request_id == result.request_id
+    assert fal.journal.get(fingerprint) is None
+    assert again.reattached and again.request_id == result.request_id
+    assert fal_server.stats()["submissions"] == 1
+
+
 def test_sigkill_mid_batch_then_rerun_never_resubmits(fal_server, tmp_path):
     fal_server.configure(latency=0.4)
     journal = tmp_path / "journal.sqlite"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..endpoints import BriaRequest, BriaResponse
 from ..journal import RequestJournal
+
+if TYPE_CHECKING:
+    from ..journal import RequestJournal
 
 __all__ = ["Backend", "BackendResult", "OutputImage"]
 
@@ -53,8 +56,9 @@ class Backend(Protocol):
     ) -> BackendResult:
         """Run one validated request to completion and return verified outputs.
 
-        ``journal`` records accepted paid requests (the pipeline's own); a backend
-        with nothing to pay for ignores it.
+        ``journal`` records an accepted remote request id before it is awaited, so a
+        re-run re-attaches instead of paying again; a backend with nothing remote to
+        record ignores it.
 
         Raises a :class:`~bria_dagster.errors.BriaError` subclass on failure.
         """

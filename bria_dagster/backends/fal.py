@@ -1,29 +1,55 @@
-"""FalBackend: Bria on fal.ai through ``fal_client.AsyncClient``'s queue API.
+"""FalBackend: Bria on fal.ai through fal's queue protocol, with one retry layer.
 
 One request = submit -> journal the request id -> poll status -> fetch the
-result -> download and verify every output file. Each network step is retried
-per :class:`~bria_dagster.retry.RetryPolicy`; a timeout or task cancellation
-cancels the fal request so nothing keeps running (and billing) unobserved.
+result -> download and verify every output file. Each network operation is
+retried per :class:`~bria_dagster.retry.RetryPolicy`; a timeout or task
+cancellation cancels the fal request so nothing keeps running (and billing)
+unobserved.
+
+Why the HTTP calls are ours and not fal-client's: fal-client 1.0 retries every
+call it makes (submit, status, result, cancel, the upload calls) up to 10 times
+on its own, and has no public setting to turn that off, to lower it, or to give
+it an HTTP client with bounded connections. Under our retries that made one
+network operation up to ~60 HTTP attempts, and changing it meant reaching into
+fal-client's private names, which breaks silently on any release. So every call
+fal-client would retry goes through ONE httpx client of ours, retried by
+:func:`~bria_dagster.retry.with_retries` alone: ``retry.max_attempts`` is the
+number of HTTP attempts per operation, and the client's pool
+(``max_connections``) bounds every connection this backend opens. The calls are
+fal's documented queue protocol (POST ``{queue}/{endpoint}``; GET the status and
+the response URLs it returns; PUT the cancel URL) and its CDN upload (a token
+from ``{rest}/storage/auth/token``, then POST ``{cdn}/files/upload``), plus plain
+GETs of the result files.
+
+fal-client keeps what it does well, through its public names only: finding the
+credentials (``FAL_KEY``, ``FAL_KEY_ID``/``FAL_KEY_SECRET``, a ``fal auth login``
+session), the hosts (``QUEUE_URL_FORMAT``, ``REST_URL``, ``CDN_URL``, which it
+derives from ``FAL_RUN_HOST``/``FAL_QUEUE_RUN_HOST``; read at call time), and a
+known request's URLs for re-attaching (``AsyncRequestHandle.from_request_id``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import fal_client
+import fal_client.client
 import httpx
-from fal_client.client import AsyncBackupDomainTransport, Completed
+from fal_client.auth import MissingCredentialsError, fetch_auth_credentials_async
 
+from .._version import __version__
 from ..endpoints import LIST_PRICES, BriaRequest, PriceTable, endpoint_for, request_fingerprint
 from ..errors import (
     BriaError,
+    ConfigurationError,
     FalRequestError,
     FalServiceError,
     ImageDecodeError,
@@ -39,52 +65,40 @@ from .base import BackendResult, OutputImage
 __all__ = ["FalBackend"]
 
 logger = logging.getLogger("bria_dagster.fal")
+T = TypeVar("T")
 
-# fal-client logs its own internal retries at DEBUG; we count them per request.
-_current_log: contextvars.ContextVar[RetryLog | None] = contextvars.ContextVar(
-    "bria_current_retry_log", default=None
-)
-
-
-class _FalClientRetryCounter(logging.Handler):
-    """Attributes fal-client's internal retries to the request whose task logged them."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        if not text.startswith("Retrying request"):
-            return
-        log = _current_log.get()
-        reason = "fal-client: " + redact(text.split(" due to ", 1)[-1])[:120]
-        if log is not None:
-            log.reasons.append(reason)
-        logger.info("%s", reason)
+# fal-client's limits for queue calls; a stall at the TLS layer still ends in a timeout.
+_QUEUE_TIMEOUT = httpx.Timeout(120.0, connect=30.0)
+_FILE_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 
 
-def _install_retry_counter() -> None:
-    fal_logger = logging.getLogger("fal_client.client")
-    if not any(isinstance(h, _FalClientRetryCounter) for h in fal_logger.handlers):
-        fal_logger.addHandler(_FalClientRetryCounter(level=logging.DEBUG))
-        if fal_logger.level == logging.NOTSET or fal_logger.level > logging.DEBUG:
-            fal_logger.setLevel(logging.DEBUG)
-        # Its DEBUG lines reach users through our INFO line instead.
-        fal_logger.propagate = False
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    """A request fal accepted: its id and its queue-protocol URLs."""
+
+    request_id: str
+    status_url: str
+    response_url: str
+    cancel_url: str
 
 
 class FalBackend:
     """Runs validated Bria requests on fal.ai.
 
     Args:
-        key: the fal key; ``None`` lets fal-client read ``FAL_KEY``.
-        journal: where accepted request ids are recorded before they are awaited.
-        retry: retry policy for submit, status, result and downloads.
+        key: the fal key; ``None`` lets fal-client find credentials (``FAL_KEY``...).
+        journal: where accepted request ids are recorded before they are awaited,
+            unless :meth:`run` is given one.
+        retry: retry policy for submit, status, result, cancel, upload and downloads;
+            ``max_attempts`` is the number of HTTP attempts per operation, all told.
         request_timeout_s: overall limit per request, queue wait included; on
             expiry the fal request is cancelled.
         inline_max_bytes: local inputs up to this size go as data URIs; larger
             ones through fal storage upload.
         max_output_bytes: refuse result files larger than this.
-        max_connections: HTTPS connections kept open to fal (and as many to its file
-            CDN); all of them stay alive between requests, so a long batch pays each
-            TLS handshake once.
+        max_connections: the most HTTPS connections open at once, to fal and its file
+            CDN together (set it to the number of requests run at once); all of them
+            stay alive between requests, so a long batch pays each TLS handshake once.
         prices: what a completed request costs (``BackendResult.cost_usd``).
     """
 
@@ -109,7 +123,10 @@ class FalBackend:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._key = key
         self.prices = prices
-        self._client = fal_client.AsyncClient(key=key)
+        self._authorization: str | None = f"Key {key}" if key else None
+        self._secrets = [key] if key else []
+        self._cdn_token: tuple[str, float] | None = None  # (Authorization value, expiry)
+        self._cdn_token_lock = asyncio.Lock()
         self.journal = journal or RequestJournal(None)
         self.retry = retry or RetryPolicy()
         self.request_timeout_s = request_timeout_s
@@ -118,40 +135,61 @@ class FalBackend:
         self.inline_max_bytes = inline_max_bytes
         self.max_output_bytes = max_output_bytes
         self.max_pixels = max_pixels
-        # Every connection stays open for reuse: a pool whose keep-alive limit is below
-        # its connection limit closes the surplus after each burst and pays a new TLS
-        # handshake for it on the next one.
         self.max_connections = max_connections
+        # The one HTTP client: queue calls, uploads and downloads. The key goes on
+        # queue and storage calls only, never to a result file's host.
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=10.0), transport=_ShardedPool(max_connections)
+            timeout=_FILE_TIMEOUT,
+            transport=_ShardedPool(max_connections),
+            headers={"User-Agent": f"bria-dagster/{__version__}"},
         )
-        self._pooled: asyncio.Lock | None = None
         self._latency: collections.defaultdict[str, _LatencyModel] = collections.defaultdict(
             _LatencyModel
         )
-        _install_retry_counter()
 
     def __repr__(self) -> str:
         return f"FalBackend(key={'set' if self._key else 'from env'}, journal={self.journal!r})"
 
-    @property
-    def _secrets(self) -> list[str]:
-        return [self._key] if self._key else []
-
     async def aclose(self) -> None:
         await self._http.aclose()
-        client = _cached_fal_http(self._client)
-        if client is not None:
-            await client.aclose()
 
-    async def _ensure_pooled(self) -> None:
-        """Once per backend: give fal-client's HTTP client a reusing connection pool."""
-        if self._pooled is None:
-            self._pooled = asyncio.Lock()
-        if _cached_fal_http(self._client) is not None:
-            return
-        async with self._pooled:
-            await _pool_fal_http(self._client, self.max_connections)
+    # -- HTTP: one attempt each; with_retries decides about the next ----------------------
+
+    async def _fal_authorization(self) -> str:
+        if self._authorization is None:
+            try:
+                credentials = await fetch_auth_credentials_async()
+            except MissingCredentialsError as exc:
+                raise ConfigurationError(f"no fal credentials: {exc}") from None
+            self._secrets.append(credentials.token)
+            self._authorization = credentials.header_value
+        return self._authorization
+
+    async def _fal_call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One attempt of a queue or storage call, authorised with the fal key."""
+        headers = {"Authorization": await self._fal_authorization()}
+        response = await self._http.request(
+            method, url, headers=headers, timeout=_QUEUE_TIMEOUT, **kwargs
+        )
+        response.raise_for_status()
+        return response
+
+    async def _retried(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[T]],
+        log: RetryLog,
+        *,
+        retry_not_found: bool = False,
+    ) -> T:
+        return await with_retries(
+            operation,
+            call,
+            self.retry,
+            log,
+            retry_not_found=retry_not_found,
+            secrets=self._secrets,
+        )
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -184,13 +222,35 @@ class FalBackend:
         content_type = sniff_content_type(data)
         if len(data) <= self.inline_max_bytes:
             return to_data_uri(data, content_type)
-        return await with_retries(
-            "upload",
-            lambda: self._client.upload(data, content_type),
-            self.retry,
-            log,
-            secrets=self._secrets,
-        )
+        return await self._upload(data, content_type, log)
+
+    async def _upload(self, data: bytes, content_type: str, log: RetryLog) -> str:
+        """fal's CDN upload (what fal-client's ``upload`` does first): the file's URL."""
+        authorization = await self._upload_authorization(log)
+        url = fal_client.client.CDN_URL + "/files/upload"
+        headers = {"Authorization": authorization, "Content-Type": content_type}
+
+        async def post() -> str:
+            response = await self._http.post(
+                url, content=data, headers=headers, timeout=_QUEUE_TIMEOUT
+            )
+            response.raise_for_status()
+            return str(response.json()["access_url"])
+
+        return await self._retried("upload", post, log)
+
+    async def _upload_authorization(self, log: RetryLog) -> str:
+        """A CDN token (one per backend, renewed a minute before it expires)."""
+        async with self._cdn_token_lock:
+            if self._cdn_token is None or self._cdn_token[1] < time.time() + 60:
+                url = fal_client.client.REST_URL + "/storage/auth/token?storage_type=fal-cdn-v3"
+                response = await self._retried(
+                    "upload token", lambda: self._fal_call("POST", url, json={}), log
+                )
+                body = response.json()
+                expires = datetime.fromisoformat(body["expires_at"]).timestamp()
+                self._cdn_token = (f"{body['token_type']} {body['token']}", expires)
+            return self._cdn_token[0]
 
     async def _arguments(self, request: BriaRequest, log: RetryLog) -> dict[str, Any]:
         arguments = request.parameters()
@@ -203,45 +263,40 @@ class FalBackend:
     async def run(
         self, request: BriaRequest, *, journal: RequestJournal | None = None
     ) -> BackendResult:
-        """Run ``request`` on fal; ``journal`` (default: the backend's own) records its id."""
-        journal = journal or self.journal
+        """Run one request; ``journal`` (else the backend's own) records its fal id."""
+        journal = journal if journal is not None else self.journal
         spec = endpoint_for(request)
         log = RetryLog()
-        token = _current_log.set(log)
         started = time.perf_counter()
+        fingerprint = request_fingerprint(request)
+        queued, reattached = await self._attach_or_submit(request, fingerprint, journal, log)
+        accepted = None if reattached else time.monotonic()
         try:
-            await self._ensure_pooled()
-            fingerprint = request_fingerprint(request)
-            handle, reattached = await self._attach_or_submit(request, fingerprint, log, journal)
-            accepted = None if reattached else time.monotonic()
-            try:
-                async with asyncio.timeout(self.request_timeout_s):
-                    payload = await self._await_result(handle, log, request.endpoint_id, accepted)
-            except TimeoutError:
-                await self._cancel(handle)
-                journal.forget(fingerprint)
-                raise FalServiceError(
-                    f"{spec.endpoint_id} request {handle.request_id} did not finish within "
-                    f"{self.request_timeout_s:.0f}s and was cancelled; raise request_timeout_s "
-                    "or check fal's status page",
-                    request_id=handle.request_id,
-                ) from None
-            except asyncio.CancelledError:
-                await self._cancel(handle)
-                journal.forget(fingerprint)
-                raise
-            except BriaError:
-                journal.forget(fingerprint)
-                raise
-            response = spec.parse_response(payload)
-            images = [await self._download(image, log) for image in response.images]
-            journal.completed(fingerprint)
-        finally:
-            _current_log.reset(token)
+            async with asyncio.timeout(self.request_timeout_s):
+                payload = await self._await_result(queued, log, request.endpoint_id, accepted)
+        except TimeoutError:
+            await self._cancel(queued)
+            journal.forget(fingerprint)
+            raise FalServiceError(
+                f"{spec.endpoint_id} request {queued.request_id} did not finish within "
+                f"{self.request_timeout_s:.0f}s and was cancelled; raise request_timeout_s "
+                "or check fal's status page",
+                request_id=queued.request_id,
+            ) from None
+        except asyncio.CancelledError:
+            await self._cancel(queued)
+            journal.forget(fingerprint)
+            raise
+        except BriaError:
+            journal.forget(fingerprint)
+            raise
+        response = spec.parse_response(payload)
+        images = [await self._download(image, log) for image in response.images]
+        journal.completed(fingerprint)
         return BackendResult(
             endpoint_id=spec.endpoint_id,
             backend=self.name,
-            request_id=handle.request_id,
+            request_id=queued.request_id,
             response=response,
             images=images,
             seed=getattr(response, "seed", None),
@@ -253,13 +308,19 @@ class FalBackend:
         )
 
     async def _attach_or_submit(
-        self, request: BriaRequest, fingerprint: str, log: RetryLog, journal: RequestJournal
-    ) -> tuple[fal_client.AsyncRequestHandle, bool]:
+        self, request: BriaRequest, fingerprint: str, journal: RequestJournal, log: RetryLog
+    ) -> tuple[_Queued, bool]:
         entry = journal.get(fingerprint)
         if entry is not None:
-            handle = await self._client.get_handle(entry.endpoint_id, entry.request_id)
+            # fal-client's handle is used for its URLs only: its calls retry on their own.
+            handle = fal_client.AsyncRequestHandle.from_request_id(
+                self._http, entry.endpoint_id, entry.request_id
+            )
+            known = _Queued(
+                handle.request_id, handle.status_url, handle.response_url, handle.cancel_url
+            )
             try:
-                await with_retries("status", handle.status, self.retry, log, secrets=self._secrets)
+                await self._status(known, log)
             except FalRequestError as exc:
                 if exc.status_code not in (404, 410):
                     raise
@@ -271,19 +332,11 @@ class FalBackend:
                 journal.forget(fingerprint)
             else:
                 logger.info("re-attached to journaled request %s", entry.request_id)
-                return handle, True
+                return known, True
         arguments = await self._arguments(request, log)
-        submit = asyncio.ensure_future(
-            with_retries(
-                "submit",
-                lambda: self._client.submit(request.endpoint_id, arguments),
-                self.retry,
-                log,
-                secrets=self._secrets,
-            )
-        )
+        submit = asyncio.ensure_future(self._submit(request.endpoint_id, arguments, log))
         try:
-            handle = await asyncio.shield(submit)
+            queued = await asyncio.shield(submit)
         except asyncio.CancelledError:
             # Cancelled mid-submit: let the submit land, then cancel what fal accepted,
             # so no job runs (and bills) unobserved.
@@ -295,18 +348,32 @@ class FalBackend:
                 await self._cancel(accepted)
             raise
         # Durable before we await anything else: a crash from here on re-attaches.
-        journal.accepted(fingerprint, request.endpoint_id, handle.request_id)
-        return handle, False
+        journal.accepted(fingerprint, request.endpoint_id, queued.request_id)
+        return queued, False
+
+    async def _submit(self, endpoint_id: str, arguments: dict[str, Any], log: RetryLog) -> _Queued:
+        url = fal_client.client.QUEUE_URL_FORMAT + endpoint_id
+        response = await self._retried(
+            "submit", lambda: self._fal_call("POST", url, json=arguments), log
+        )
+        body = response.json()
+        return _Queued(
+            body["request_id"], body["status_url"], body["response_url"], body["cancel_url"]
+        )
+
+    async def _status(self, queued: _Queued, log: RetryLog) -> dict[str, Any]:
+        response = await self._retried(
+            "status",
+            lambda: self._fal_call("GET", queued.status_url, params={"logs": "false"}),
+            log,
+        )
+        body: dict[str, Any] = response.json()
+        return body
 
     async def _await_result(
-        self,
-        handle: fal_client.AsyncRequestHandle,
-        log: RetryLog,
-        endpoint_id: str,
-        accepted: float | None,
+        self, queued: _Queued, log: RetryLog, endpoint_id: str, accepted: float | None
     ) -> dict[str, Any]:
-        """Poll until COMPLETED, then fetch the result (one status call less than
-        ``handle.get()``, which polls status again before fetching).
+        """Poll until COMPLETED, then fetch the result.
 
         Polls aim at the time this endpoint's requests typically took to complete
         (learned from earlier ones, queue wait included), so most requests need a single
@@ -329,33 +396,43 @@ class FalBackend:
 
         await asyncio.sleep(next_wait())
         while True:
-            status = await with_retries(
-                "status", handle.status, self.retry, log, secrets=self._secrets
-            )
-            if isinstance(status, Completed):
-                if status.error:
-                    error = redact(str(status.error), self._secrets)
+            status = await self._status(queued, log)
+            state = status.get("status")
+            if state == "COMPLETED":
+                if status.get("error"):
+                    error = redact(str(status["error"]), self._secrets)
                     raise FalServiceError(
-                        f"fal request {handle.request_id} failed: "
-                        f"{status.error_type or 'error'}: {error}",
-                        request_id=handle.request_id,
+                        f"fal request {queued.request_id} failed: "
+                        f"{status.get('error_type') or 'error'}: {error}",
+                        request_id=queued.request_id,
                     )
                 break
+            if state not in ("IN_QUEUE", "IN_PROGRESS"):
+                raise FalServiceError(
+                    f"fal request {queued.request_id} has an unknown status {state!r}",
+                    request_id=queued.request_id,
+                )
             await asyncio.sleep(next_wait())
             delay = min(delay * 1.5, self.max_poll_interval_s)
         if accepted is not None:
             self._latency[endpoint_id].observe(time.monotonic() - accepted)
-        return await with_retries(
-            "result", lambda: _fetch_result(handle), self.retry, log, secrets=self._secrets
+        response = await self._retried(
+            "result", lambda: self._fal_call("GET", queued.response_url), log
         )
+        result: dict[str, Any] = response.json()
+        return result
 
-    async def _cancel(self, handle: fal_client.AsyncRequestHandle) -> None:
+    async def _cancel(self, queued: _Queued) -> None:
+        """Best effort within 10 s (the request may already be done); not counted."""
+        cancel = self._retried(
+            "cancel", lambda: self._fal_call("PUT", queued.cancel_url), RetryLog()
+        )
         try:
-            await asyncio.shield(asyncio.wait_for(handle.cancel(), timeout=10))
-        except Exception as exc:  # best effort: the request may already be done
+            await asyncio.shield(asyncio.wait_for(cancel, timeout=10))
+        except Exception as exc:
             logger.warning(
                 "could not cancel fal request %s: %s",
-                handle.request_id,
+                queued.request_id,
                 redact(str(exc), self._secrets),
             )
 
@@ -385,13 +462,11 @@ class FalBackend:
         if url.startswith("data:"):
             data, content_type = parse_data_uri(url)
         else:
-            data = await with_retries(
+            data = await self._retried(
                 "download",
                 lambda: self._fetch_file(url),
-                self.retry,
                 log,
                 retry_not_found=True,  # CDN files can lag the result by a moment
-                secrets=self._secrets,
             )
             content_type = image.content_type or sniff_content_type(data)
         return verify_output(data, content_type, image, max_pixels=self.max_pixels)
@@ -431,26 +506,36 @@ class _ReleasingStream(httpx.AsyncByteStream):
 
 
 class _ShardedPool(httpx.AsyncBaseTransport):
-    """Connections spread over several small pools, each request to the least busy one.
+    """``max_connections`` connections spread over several small pools, each request to
+    the pool with the most free connections.
 
     httpcore's pool re-examines every connection it holds (keep-alive expiry, a socket
     readability check, and a quadratic idle count) whenever a request starts or ends,
     so one pool of N connections costs O(N^2) work per request. Several pools of a few
-    connections each keep every connection alive at a fraction of that cost.
+    connections each keep every connection alive at a fraction of that cost. Their
+    sizes add up to ``max_connections`` exactly: that is the most connections open at
+    once, to every host together. (A pool whose keep-alive limit is below its
+    connection limit would close the surplus after each burst and pay a new TLS
+    handshake for it on the next one, so every connection is kept alive.)
     """
 
     def __init__(self, max_connections: int, per_shard: int = 4, **transport: Any) -> None:
-        shards = max(1, -(-max_connections // per_shard))
-        size = max(1, min(per_shard, max_connections))
-        limits = httpx.Limits(
-            max_connections=size, max_keepalive_connections=size, keepalive_expiry=30.0
-        )
-        self._shards = [httpx.AsyncHTTPTransport(limits=limits, **transport) for _ in range(shards)]
-        self._busy = [0] * shards
+        full, rest = divmod(max_connections, per_shard)
+        self._sizes = [per_shard] * full + ([rest] if rest else [])
+        self._shards = [
+            httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=size, max_keepalive_connections=size, keepalive_expiry=30.0
+                ),
+                **transport,
+            )
+            for size in self._sizes
+        ]
+        self._busy = [0] * len(self._shards)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         busy = self._busy
-        index = busy.index(min(busy))
+        index = max(range(len(busy)), key=lambda i: self._sizes[i] - busy[i])
         busy[index] += 1
 
         def release() -> None:
@@ -474,78 +559,6 @@ class _ShardedPool(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for shard in self._shards:
             await shard.aclose()
-
-
-# --- fal-client internals: the only place this module touches them ------------------------
-#
-# fal_client.AsyncClient builds its httpx client lazily in the cached async property
-# ``_client`` (an asyncstdlib cached_property that stores an awaitable in the instance
-# ``__dict__``), around an ``AsyncBackupDomainTransport`` whose inner httpx client has
-# httpx's default limits: 100 connections but only 20 kept alive. At 64 requests in
-# flight every burst opens connections that are then closed, and the next burst pays a
-# TLS handshake for each again (~400 handshakes for 640 jobs, the client's main CPU cost).
-# There is no public hook for the limits, so we let fal-client build its client (auth and
-# headers stay fal-client's own), then replace the cached value with an equivalent client
-# whose backup-domain transport wraps a pool that keeps every connection alive. When the
-# attribute layout is not what we expect (another fal-client version), we keep fal-client's
-# own client: correct, only slower.
-
-
-_RESULT_TIMEOUT = httpx.Timeout(120.0, connect=30.0)  # fal-client's QUEUE_POLL_TIMEOUT
-
-
-async def _fetch_result(handle: fal_client.AsyncRequestHandle) -> dict[str, Any]:
-    """GET a COMPLETED request's result: ``handle.get()`` without its extra status call.
-
-    It uses fal-client's own retrying request helper, so transient failures are retried
-    (and logged, and counted) exactly as in ``handle.get()``, and errors are raised as
-    fal-client raises them (:class:`FalClientHTTPError` with fal's ``detail``). A
-    fal-client without that helper gets ``handle.get()`` itself.
-    """
-    request = getattr(fal_client.client, "_async_maybe_retry_request", None)
-    if request is None:  # pragma: no cover - another fal-client layout
-        return await handle.get()
-    response = await request(handle.client, "GET", handle.response_url, timeout=_RESULT_TIMEOUT)
-    return response.json()
-
-
-class _Ready:
-    """An awaitable that yields ``value`` (what the cached property expects to find)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Any:
-        return self.value
-        yield  # pragma: no cover
-
-
-def _cached_fal_http(client: fal_client.AsyncClient) -> httpx.AsyncClient | None:
-    """fal-client's httpx client once it exists, else None (never creates it)."""
-    cached = client.__dict__.get("_client")
-    value = getattr(cached, "value", None)
-    return value if isinstance(value, httpx.AsyncClient) else None
-
-
-async def _pool_fal_http(client: fal_client.AsyncClient, max_connections: int) -> None:
-    if _cached_fal_http(client) is not None:
-        return
-    try:
-        original = await client._client
-    except AttributeError:  # pragma: no cover - a fal-client without the cached property
-        return
-    if _cached_fal_http(client) is not original:  # pragma: no cover - another layout
-        logger.debug("fal-client caches its HTTP client differently; keeping its own pool")
-        return
-    pooled = httpx.AsyncClient(
-        transport=AsyncBackupDomainTransport(transport=_ShardedPool(max_connections)),
-        headers=original.headers,
-        timeout=original.timeout,
-    )
-    client.__dict__["_client"] = _Ready(pooled)
-    await original.aclose()  # never used: nothing was sent through it
 
 
 def verify_output(data: bytes, content_type: str, image: Any, *, max_pixels: int) -> OutputImage:

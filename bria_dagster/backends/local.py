@@ -96,7 +96,7 @@ class LocalBackend:
     async def run(
         self, request: BriaRequest, *, journal: RequestJournal | None = None
     ) -> BackendResult:
-        """Run ``request`` on the embedded engine (``journal`` is unused: nothing is paid)."""
+        """Run one request in-process; ``journal`` is ignored (nothing remote to re-attach)."""
         spec = endpoint_for(request)
         started = time.perf_counter()
         image = await self._fetch(request.image_url, "image_url")
