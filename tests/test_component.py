@@ -168,4 +168,4 @@ def test_the_readme_example_resolves(tmp_path):
     component = ProductImagesComponent.resolve_from_dict(document["attributes"])
     settings = component.pipeline_settings(tmp_path)
     assert settings.num_images == 2 and settings.aspect_ratios == ("1:1", "4:5", "16:9")
-    assert component.pipeline(tmp_path).store.base == "s3://my-bucket/bria"
+    assert component.pipeline(tmp_path).store.base == str(tmp_path / "bria_data" / "spring_catalog")
