@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_path, fal_server):
-    fal_server.configure(latency=1.5)  # p1's fal step lasts ~4.5 s
+    # p1's fal step lasts ~7.5 s: long enough for p2 to start (a cold Python + Dagster
+    # import, seconds on a busy machine) and find the pool slot taken.
+    fal_server.configure(latency=2.5)
     for offset, batch in enumerate(("p1", "p2")):
         rows = [
             {
