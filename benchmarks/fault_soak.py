@@ -60,7 +60,8 @@ statements, and _claim_concurrency_slot() selects a free slot `.with_for_update(
 pooled steps ask at the same moment can both be admitted. Postgres/MySQL storage locks the
 row; with SQLite, --stagger starts the other runs once the first one holds the slot."""
 POOL = "bria"
-ASSET = "product_images__product_cutouts"  # the step (node) name of product_images/product_cutouts
+STEP = "product_images_image_steps"  # the node (step) that materializes the cutouts
+TABLE = "product_images__product_cutouts"  # the cutouts' table folder
 RESULT_PREFIX = "SOAK_RESULT "
 FAULT_RATES = {"rate_429": 0.1, "rate_5xx": 0.05, "rate_drop": 0.02, "rate_missing_once": 0.01}
 
@@ -113,7 +114,7 @@ def worker(catalog_dir: str, storage: str, partition: str, journal: str, config:
             partition_key=partition, instance=instance, raise_on_error=False
         )
         metadata: dict[str, Any] = {}
-        for mat in result.asset_materializations_for_node(ASSET):
+        for mat in result.asset_materializations_for_node(STEP):
             metadata.update({k: getattr(v, "value", v) for k, v in mat.metadata.items()})
         summary = {
             "partition": partition,
@@ -329,7 +330,7 @@ def step_spans(home: Path, released_at: float | None) -> list[tuple[float, float
             times = {
                 e.dagster_event.event_type_value: e.timestamp
                 for e in instance.all_logs(run.run_id)
-                if e.dagster_event and e.step_key == ASSET
+                if e.dagster_event and e.step_key == STEP
             }
             if "STEP_START" not in times:
                 continue
@@ -352,7 +353,7 @@ def max_overlap(spans: list[tuple[float, float, str]]) -> int:
 def read_partition(storage: Path, partition: str) -> Any:
     from bria_dagster.io_manager import read_table, table_path
 
-    return read_table(table_path(str(storage), ASSET, partition))
+    return read_table(table_path(str(storage), TABLE, partition))
 
 
 def check(checks: list[dict[str, Any]], name: str, passed: bool, detail: str) -> None:
@@ -510,7 +511,7 @@ def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
         checks,
         "fal steps holding the pool at once <= pool limit (Dagster event log)",
         overlap <= config.pool_limit,
-        f"max {overlap} overlapping {ASSET} steps, limit {config.pool_limit}"
+        f"max {overlap} overlapping {STEP} steps, limit {config.pool_limit}"
         + (
             ""
             if overlap <= config.pool_limit

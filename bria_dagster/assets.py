@@ -8,8 +8,6 @@ per output image or failure, stored by :class:`ImageRecordIOManager`.
 import asyncio
 import base64
 import io
-import json
-import string
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,16 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._version import __version__
 from .catalog import FORMATS, load_catalog, row_json
+from .chain import ChainStep, StepChain
 from .checks import CheckSettings, check_specs_for, evaluate_checks
 from .endpoints import AspectRatio
-from .engine.outpaint import plan_expand
-from .errors import BriaError, CatalogError, RequestValidationError
+from .errors import BriaError, CatalogError
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
-from .io_manager import read_records
+from .io_manager import read_records, read_table
+from .planning import StepPlanner
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
 from .resource import BriaResource
-from .steps import Job, RequestPlanner, StepContext, StepReport, run_step, source_row
+from .steps import StepContext, StepReport, reuse_index, source_row
+from .storage import PipelineStorage
 from .store import ImageStore
 from .translator import STEP_ASSETS
 
@@ -149,23 +149,6 @@ def _metadata(
     return meta
 
 
-def _catalog_dict(row: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(row.get("catalog_row") or "{}")
-
-
-def _prompt_for(settings: PipelineSettings, catalog: dict[str, Any]) -> str:
-    if catalog.get("prompt"):
-        return str(catalog["prompt"])
-    fields = {name for _, name, _, _ in string.Formatter().parse(settings.prompt_template) if name}
-    missing = [f for f in fields if f not in catalog or catalog[f] is None]
-    if missing:
-        raise RequestValidationError(
-            f"prompt_template needs catalog column(s) {', '.join(sorted(missing))}, "
-            "which this row lacks; add them or change the template"
-        )
-    return settings.prompt_template.format(**catalog)
-
-
 def build_product_image_assets(
     pipeline: "ProductImagePipeline", *, pool: str | None = "bria"
 ) -> list[dg.AssetsDefinition]:
@@ -191,14 +174,17 @@ def build_product_image_assets(
         AspectRatio(ratio)
     specs = {step: pipeline.asset_spec(step) for step in ["source", *settings.steps]}
 
-    def step_context(context: AssetExecutionContext, step: str) -> StepContext:
+    def step_context(
+        context: AssetExecutionContext, step: str, key: dg.AssetKey | None = None
+    ) -> StepContext:
+        key = key or context.asset_key
         return StepContext(
             partition=context.partition_key,
             run_id=context.run.run_id,
-            asset_key=context.asset_key.to_user_string(),
+            asset_key=key.to_user_string(),
             code_version=__version__,
             step=step,
-            tables=storage.asset_tables(context.asset_key, context.partition_key),
+            tables=storage.asset_tables(key, context.partition_key),
         )
 
     def asset_args(step: str) -> dict[str, Any]:
@@ -334,125 +320,118 @@ def build_product_image_assets(
             context.asset_key, "source", frame, expected, store, settings.checks
         )
 
-    assets: list[dg.AssetsDefinition] = [catalog_batch]
+    if not settings.steps:
+        return [catalog_batch]
+    return [catalog_batch, _image_steps(pipeline, specs, asset_args, step_context, pool)]
 
-    def make_step(step: str, upstream: dg.AssetKey, plan) -> dg.AssetsDefinition:
-        @dg.asset(
-            ins={"parents": dg.AssetIn(key=upstream)},
-            pool=pool,
-            **asset_args(step),
-        )
-        def step_asset(context: AssetExecutionContext, bria: BriaResource, parents: pd.DataFrame):
-            ctx = step_context(context, step)
-            jobs = _jobs(parents, plan, lambda p, c: failed_variants(step, p, c))
-            store = storage.image_store()
-            frame, report = run_step(
-                ctx, bria, store, jobs, journal=storage.journal_file(), log=context.log.info
+
+def _image_steps(
+    pipeline: "ProductImagePipeline",
+    specs: dict[str, dg.AssetSpec],
+    asset_args: Callable[[str], dict[str, Any]],
+    step_context: Callable[[AssetExecutionContext, str, dg.AssetKey], StepContext],
+    pool: str | None,
+) -> dg.AssetsDefinition:
+    """The steps as one multi-asset: each product streams through every selected step.
+
+    Every step stays its own asset (table, lineage rows, reuse, checks, metadata);
+    selecting one step alone reads its parents' table from the pipeline's storage.
+    """
+    settings, storage = pipeline.settings, pipeline.store
+    steps = list(settings.steps)
+    step_specs, check_specs = [], []
+    for i, step in enumerate(steps):
+        args = asset_args(step)
+        parent = specs["source" if i == 0 else steps[i - 1]].key
+        step_specs.append(
+            specs[step]
+            .replace_attributes(
+                deps=[parent],
+                partitions_def=args["partitions_def"],
+                code_version=args["code_version"],
+                kinds=args["kinds"],
             )
-            yield dg.Output(frame, metadata=_metadata(frame, report, bria, store))
-            yield from evaluate_checks(
-                context.asset_key, step, frame, parents["sku"], store, settings.checks
+            .with_io_manager_key(args["io_manager_key"])
+        )
+        check_specs.extend(args["check_specs"])
+
+    @dg.multi_asset(
+        name=f"{pipeline.name}_image_steps",
+        specs=step_specs,
+        check_specs=check_specs,
+        can_subset=True,
+        partitions_def=pipeline.partitions_def,
+        ins={"sources": dg.AssetIn(key=specs["source"].key)},
+        pool=pool,
+        description="Remove -> replace -> expand, each product carried through every selected "
+        "step as soon as its parent image is ready.",
+    )
+    def image_steps(context: AssetExecutionContext, bria: BriaResource, sources: pd.DataFrame):
+        selected = [s for s in steps if specs[s].key in context.selected_asset_keys]
+        checks = context.selected_asset_check_keys
+        store = storage.image_store()
+        for group in _contiguous(steps, selected):
+            first = steps.index(group[0])
+            parents = (
+                sources
+                if first == 0
+                else _stored_parents(context, storage, specs[steps[first - 1]].key)
             )
-
-        return step_asset
-
-    def plan_remove(
-        parent: dict[str, Any], catalog: dict[str, Any], planner: RequestPlanner
-    ) -> list[Job]:
-        return [planner.plan(parent["sku"], "cutout", parent, "remove", {})]
-
-    def plan_replace(
-        parent: dict[str, Any], catalog: dict[str, Any], planner: RequestPlanner
-    ) -> list[Job]:
-        seed = catalog.get("seed") if catalog.get("seed") is not None else settings.seed
-        ref = catalog.get("ref_image_url") or (
-            None if catalog.get("prompt") else settings.ref_image_url
-        )
-        arguments: dict[str, Any] = {
-            "num_images": settings.num_images,
-            "negative_prompt": catalog.get("negative_prompt") or settings.negative_prompt,
-        }
-        if seed is not None:
-            arguments["seed"] = int(seed)
-        if ref:
-            arguments["ref_image_url"] = ref
-        else:
-            try:
-                arguments["prompt"] = _prompt_for(settings, catalog)
-            except BriaError as exc:
-                return [Job(parent["sku"], "scene", parent, error=exc)]
-        return [planner.plan(parent["sku"], "scene", parent, "replace", arguments)]
-
-    def plan_expand_jobs(
-        parent: dict[str, Any], catalog: dict[str, Any], planner: RequestPlanner
-    ) -> list[Job]:
-        ratios = ratios_for(catalog)
-        seed = catalog.get("seed") if catalog.get("seed") is not None else settings.seed
-        jobs = []
-        for ratio in ratios:
-            variant = f"{parent['variant']}@{ratio}"
-            try:
-                canvas = plan_expand(
-                    (int(parent["width"]), int(parent["height"])),
-                    canvas_size=None,
-                    aspect_ratio=ratio,
-                ).canvas
-            except BriaError as exc:
-                jobs.append(Job(parent["sku"], variant, parent, error=exc))
-                continue
-            arguments: dict[str, Any] = {"aspect_ratio": ratio, "canvas_size": list(canvas)}
-            if seed is not None:
-                arguments["seed"] = int(seed)
-            jobs.append(planner.plan(parent["sku"], variant, parent, "expand", arguments))
-        return jobs
-
-    def ratios_for(catalog: dict[str, Any]) -> list[str]:
-        return catalog.get("aspect_ratios") or list(settings.aspect_ratios)
-
-    def failed_variants(step: str, parent: dict[str, Any], catalog: dict[str, Any]) -> list[str]:
-        """The variants a failed parent would have had, each recorded as failed."""
-        if step == "expand":
-            return [f"{parent['variant']}@{ratio}" for ratio in ratios_for(catalog)]
-        return ["cutout" if step == "remove" else "scene"]
-
-    plans = {"remove": plan_remove, "replace": plan_replace, "expand": plan_expand_jobs}
-    upstream = specs["source"].key
-    for step in settings.steps:
-        assets.append(make_step(step, upstream, plans[step]))
-        upstream = specs[step].key
-    return assets
-
-
-def _jobs(
-    parents: pd.DataFrame,
-    plan: Callable[[dict[str, Any], dict[str, Any], RequestPlanner], list[Job]],
-    failed_variants: Callable[[dict[str, Any], dict[str, Any]], list[str]],
-) -> list[Job]:
-    """Plan the step's jobs; a failed parent becomes failed rows (no call) for its variants."""
-    jobs: list[Job] = []
-    planner = RequestPlanner()
-    for parent in frame_rows(parents):
-        catalog = _catalog_dict(parent)
-        if parent["status"] != FAILED:
-            jobs.extend(plan(parent, catalog, planner))
-            continue
-        message = (
-            parent["error_message"]
-            if parent["error_class"] == "UpstreamFailed"
-            else f"upstream {parent['step']} failed for this sku: "
-            f"{parent['error_class']}: {parent['error_message']}"
-        )
-        for variant in failed_variants(parent, catalog):
-            jobs.append(
-                Job(
-                    parent["sku"],
-                    variant,
-                    parent,
-                    error=BriaError(message),
-                    error_class="UpstreamFailed",
+            chain = StepChain(
+                [
+                    ChainStep(
+                        ctx=step_context(context, step, specs[step].key),
+                        plan=StepPlanner(settings, step).jobs,
+                        reuse=reuse_index(
+                            storage.asset_tables(specs[step].key, context.partition_key)
+                        ).get,
+                    )
+                    for step in group
+                ],
+                bria,
+                store,
+                journal=storage.journal_file(),
+                log=context.log.info,
+            )
+            expected = list(parents["sku"])
+            for step, (frame, report) in zip(group, chain.run(frame_rows(parents)), strict=True):
+                key = specs[step].key
+                yield dg.Output(
+                    frame,
+                    output_name=key.to_python_identifier(),
+                    metadata=_metadata(frame, report, bria, store),
                 )
-            )
-    return jobs
+                for result in evaluate_checks(key, step, frame, expected, store, settings.checks):
+                    if dg.AssetCheckKey(key, result.check_name) in checks:
+                        yield result
+                expected = list(frame["sku"])
+
+    return image_steps
+
+
+def _contiguous(steps: list[str], selected: list[str]) -> list[list[str]]:
+    """``selected`` split into runs of consecutive steps (each run streams as one chain)."""
+    groups: list[list[str]] = []
+    for step in selected:
+        if groups and steps.index(groups[-1][-1]) + 1 == steps.index(step):
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return groups
+
+
+def _stored_parents(
+    context: AssetExecutionContext, storage: PipelineStorage, key: dg.AssetKey
+) -> pd.DataFrame:
+    """The parent step's table of this partition, for a step selected without it."""
+    frame = read_table(storage.table_path(key, context.partition_key))
+    if frame is None:
+        raise dg.Failure(
+            description=f"{key.to_user_string()} has no records for batch "
+            f"{context.partition_key!r} yet: materialize it first (or select it too)",
+            metadata={"batch": context.partition_key, "missing_asset": key.to_user_string()},
+        )
+    return frame
 
 
 def _previous_sources(tables: list[str]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -15,7 +15,7 @@ import asyncio
 import atexit
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,7 +210,7 @@ class BriaResource(dg.ConfigurableResource):
 
     def run_batch(
         self,
-        items: Iterable[tuple[Hashable, BriaRequest]],
+        items: Iterable[tuple[Hashable, BriaRequest]] | AsyncIterable[tuple[Hashable, BriaRequest]],
         on_outcome: Callable[[ItemOutcome], None],
         *,
         total: int | None = None,
@@ -218,6 +218,9 @@ class BriaResource(dg.ConfigurableResource):
         journal: str | None = None,
     ) -> Usage:
         """Run requests with bounded concurrency; ``on_outcome`` sees each as it completes.
+
+        ``items`` may be an async iterable that grows while the batch runs (a stream of
+        steps, :class:`~bria_dagster.chain.StepChain`); it is consumed on the session loop.
 
         ``journal``: the pipeline's request journal file. Returns the batch's usage.
         """

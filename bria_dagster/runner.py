@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,18 @@ class ItemOutcome:
         return None if self.error is None else str(self.error)
 
 
+async def _each(
+    items: Iterable[tuple[Hashable, BriaRequest]] | AsyncIterable[tuple[Hashable, BriaRequest]],
+) -> AsyncIterator[tuple[Hashable, BriaRequest]]:
+    """Items from a plain iterable or from an async one (a stream that grows as it runs)."""
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
 def _as_bria_error(exc: Exception) -> BriaError:
     if isinstance(exc, BriaError):
         return exc
@@ -104,7 +116,7 @@ def _as_bria_error(exc: Exception) -> BriaError:
 
 async def run_batch(
     backend: Backend,
-    items: Iterable[tuple[Hashable, BriaRequest]],
+    items: Iterable[tuple[Hashable, BriaRequest]] | AsyncIterable[tuple[Hashable, BriaRequest]],
     *,
     max_concurrency: int = 8,
     budget_usd: float | None = None,
@@ -178,7 +190,7 @@ async def run_batch(
 
     async def feed() -> None:
         try:
-            for key, request in items:
+            async for key, request in _each(items):
                 fingerprint = request_fingerprint(request)
                 if fingerprint in waiting:
                     waiting[fingerprint].append((key, request))

@@ -1,32 +1,32 @@
-"""One pipeline step over a partition: plan requests, reuse earlier records, run the rest.
+"""The records of one step: its jobs, the rows they become, and what it may reuse.
 
-Every step (remove, replace, expand) works the same way:
+Every step (remove, replace, expand) works the same way (:mod:`bria_dagster.chain`
+runs them):
 
 1. *plan*: each parent row becomes zero or more :class:`Job` s, each a validated
    request (with a stand-in for the input image, so no bytes are read yet) and
    its fingerprint, or a failure (invalid parameters, failed parent);
 2. *reuse*: a job whose fingerprint matches an ok record of an earlier run whose
    image is still in the store is answered from that record (no call);
-3. *run*: the rest go to the backend through :meth:`BriaResource.run_batch`,
-   each input read from the store only when its request is sent; every output
-   image goes into the store as it arrives and becomes one record.
+3. *run*: the rest go to the backend, each input read from the store only when its
+   request is sent; every output image goes into the store as it arrives and
+   becomes one record.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .backends.base import BackendResult
 from .endpoints import (
     BriaRequest,
+    PriceTable,
     build_request,
     fingerprint_of,
     input_fingerprint,
@@ -40,14 +40,21 @@ from .records import (
     REUSED,
     canonical_json,
     make_record_id,
-    records_to_frame,
     reused_record,
 )
-from .resource import BriaResource
-from .runner import ItemOutcome, Usage
+from .runner import Usage
 from .store import ImageStore
 
-__all__ = ["Job", "RequestPlanner", "StepContext", "StepReport", "run_step"]
+__all__ = [
+    "Job",
+    "RequestPlanner",
+    "StepContext",
+    "StepReport",
+    "failed_row",
+    "ok_rows",
+    "reused_rows",
+    "source_row",
+]
 
 logger = logging.getLogger("bria_dagster.steps")
 
@@ -184,7 +191,7 @@ def _output_index(variant: str) -> str:
     return variant.rpartition("#")[2] if "#" in variant else ""
 
 
-def _reuse_index(tables: list[str]) -> dict[str, list[dict[str, Any]]]:
+def reuse_index(tables: list[str]) -> dict[str, list[dict[str, Any]]]:
     """fingerprint -> the output rows of one earlier request with that fingerprint."""
     index: dict[str, list[dict[str, Any]]] = {}
     for path in tables:
@@ -255,131 +262,68 @@ def failed_row(
     return row
 
 
-def run_step(
-    ctx: StepContext,
-    bria: BriaResource,
-    store: ImageStore,
-    jobs: list[Job],
-    *,
-    journal: str | None = None,
-    log: Callable[[str], None] = logger.info,
-) -> tuple[pd.DataFrame, StepReport]:
-    """Run planned ``jobs``; return the step's record table and a report.
-
-    ``journal``: the pipeline's request journal file (where accepted fal ids are kept).
-    The resource's price table gives the estimate and the ``unit_price_usd`` of every
-    new record; what was paid comes from the backend.
-    """
-    started = time.perf_counter()
-    prices = bria.price_table()
-    report = StepReport()
-    rows: list[dict[str, Any]] = []
-    reuse = _reuse_index(ctx.tables)
-    to_run: list[Job] = []
-
-    for job in jobs:
-        if job.request is None:
-            error = job.error
-            rows.append(
-                failed_row(
-                    ctx,
-                    job,
-                    job.error_class or (type(error).__name__ if error else "BriaError"),
-                    str(error) if error else "no request could be built",
-                )
-            )
-            continue
-        earlier = reuse.get(job.fingerprint or "", [])
-        if earlier and all(store.exists(r["image_sha256"], r["content_type"]) for r in earlier):
-            for i, previous in enumerate(earlier):
-                variant = _output_variant(job, i, len(earlier))
-                rows.append(
-                    reused_record(
-                        previous,
-                        ctx.run_id,
-                        record_id=_record_id(ctx, job, variant),
-                        partition=ctx.partition,
-                        sku=job.sku,
-                        variant=variant,
-                        asset_key=ctx.asset_key,
-                        code_version=ctx.code_version,
-                        catalog_row=job.parent.get("catalog_row") or "{}",
-                        root_source_uri=job.parent.get("root_source_uri") or "",
-                        root_source_sha256=job.parent.get("root_source_sha256"),
-                    )
-                )
-            continue
-        to_run.append(job)
-
-    def requests() -> Iterator[tuple[int, BriaRequest]]:
-        for index, job in enumerate(to_run):
-            assert job.request is not None
-            data = store.get(job.parent["image_sha256"])
-            yield index, job.request.model_copy(update={"image_url": data})
-
-    def on_outcome(outcome: ItemOutcome) -> None:
-        job = to_run[int(outcome.key)]  # type: ignore[call-overload]
-        result = outcome.result
-        if result is None:
-            rows.append(
-                failed_row(
-                    ctx, job, outcome.error_class or "BriaError", outcome.error_message or ""
-                )
-            )
-            return
-        share = result.cost_usd / max(1, len(result.images))
-        for i, image in enumerate(result.images):
-            stored = store.put(image.data, image.content_type)
-            variant = _output_variant(job, i, len(result.images))
-            row = _base_row(ctx, job)
-            row.update(
+def reused_rows(ctx: StepContext, job: Job, earlier: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``job`` answered by the output rows of an earlier request with its fingerprint."""
+    rows = []
+    for i, previous in enumerate(earlier):
+        variant = _output_variant(job, i, len(earlier))
+        rows.append(
+            reused_record(
+                previous,
+                ctx.run_id,
                 record_id=_record_id(ctx, job, variant),
+                partition=ctx.partition,
+                sku=job.sku,
                 variant=variant,
-                status=OK,
-                image_uri=stored.uri,
-                image_sha256=stored.sha256,
-                width=image.width,
-                height=image.height,
-                content_type=image.content_type,
-                backend=result.backend,
-                seed=result.seed,
-                request_id=result.request_id,
-                cost_usd=0.0 if outcome.shared else share,
-                unit_price_usd=prices.unit_price_usd(outcome.request),
-                duration_s=result.duration_s,
-                attempts=result.attempts,
+                asset_key=ctx.asset_key,
+                code_version=ctx.code_version,
+                catalog_row=job.parent.get("catalog_row") or "{}",
+                root_source_uri=job.parent.get("root_source_uri") or "",
+                root_source_sha256=job.parent.get("root_source_sha256"),
             )
-            rows.append(row)
-            report.images_written += 1
-
-    if to_run:
-        log(f"{ctx.step}: {len(to_run)} request(s) to run, {len(jobs) - len(to_run)} settled")
-        report.estimated_cost_usd = sum(
-            prices.cost_usd(j.request) for j in to_run if j.request is not None
         )
-        last = [0.0]
+    return rows
 
-        def progress(p: Any) -> None:
-            now = time.monotonic()
-            if now - last[0] > 5 or p.done + p.failed == len(to_run):
-                last[0] = now
-                log(
-                    f"{ctx.step}: {p.done} done, {p.failed} failed, {p.in_flight} in flight, "
-                    f"${p.cost_usd:.3f} so far"
-                )
 
-        report.usage = bria.run_batch(
-            requests(), on_outcome, total=len(to_run), on_progress=progress, journal=journal
+def ok_rows(
+    ctx: StepContext,
+    job: Job,
+    result: BackendResult,
+    store: ImageStore,
+    prices: PriceTable,
+    *,
+    shared: bool = False,
+) -> list[dict[str, Any]]:
+    """``job``'s output images, stored, as one record each.
+
+    ``shared``: the result of an identical request of the same run (paid once, there).
+    """
+    assert job.request is not None
+    share = result.cost_usd / max(1, len(result.images))
+    rows = []
+    for i, image in enumerate(result.images):
+        stored = store.put(image.data, image.content_type)
+        variant = _output_variant(job, i, len(result.images))
+        row = _base_row(ctx, job)
+        row.update(
+            record_id=_record_id(ctx, job, variant),
+            variant=variant,
+            status=OK,
+            image_uri=stored.uri,
+            image_sha256=stored.sha256,
+            width=image.width,
+            height=image.height,
+            content_type=image.content_type,
+            backend=result.backend,
+            seed=result.seed,
+            request_id=result.request_id,
+            cost_usd=0.0 if shared else share,
+            unit_price_usd=prices.unit_price_usd(job.request),
+            duration_s=result.duration_s,
+            attempts=result.attempts,
         )
-        report.calls = sum(report.usage.calls.values())
-        report.cost_usd = sum(report.usage.cost_usd.values())
-
-    frame = records_to_frame(sorted(rows, key=lambda r: (r["sku"], r["variant"])))
-    report.ok = int((frame["status"] == OK).sum())
-    report.failed = int((frame["status"] == FAILED).sum())
-    report.reused = int((frame["status"] == REUSED).sum())
-    report.duration_s = time.perf_counter() - started
-    return frame, report
+        rows.append(row)
+    return rows
 
 
 def source_row(

@@ -112,8 +112,11 @@ def table(storage: str, asset: str) -> pd.DataFrame:
 
 
 def meta(result, asset: str) -> dict:
-    mats = result.asset_materializations_for_node(f"product_images__{asset}")
-    return {k: getattr(v, "value", v) for k, v in mats[-1].metadata.items()}
+    key = dg.AssetKey(["product_images", asset])
+    [mat] = [
+        e.materialization for e in result.get_asset_materialization_events() if e.asset_key == key
+    ]
+    return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
 
 
 def test_local_materialization_records_every_row_with_lineage(catalog, monkeypatch):

@@ -79,7 +79,7 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
             times = {
                 e.dagster_event.event_type_value: e.timestamp
                 for e in events
-                if e.dagster_event and e.step_key == "product_images__product_cutouts"
+                if e.dagster_event and e.step_key == "product_images_image_steps"
             }
             spans.append((times["STEP_START"], times["STEP_SUCCESS"]))
     finally:

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from bria_dagster import BriaResource
+from bria_dagster import BriaResource, PipelineSettings
 from bria_dagster.backends.base import BackendResult
 from bria_dagster.backends.fal import FalBackend
+from bria_dagster.chain import ChainStep, StepChain
 from bria_dagster.endpoints import (
     BriaRequest,
     PriceTable,
     RemoveBackgroundRequest,
     RemoveBackgroundResponse,
-    endpoint_for,
 )
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import BudgetExceededError
+from bria_dagster.planning import StepPlanner
 from bria_dagster.retry import RetryPolicy
 from bria_dagster.runner import run_batch
-from bria_dagster.steps import RequestPlanner, StepContext, run_step
+from bria_dagster.steps import StepContext
 from bria_dagster.store import ImageStore
 
 CONTRACT = PriceTable(
@@ -85,22 +87,36 @@ async def test_fal_backend_charges_its_price_table(fal_server):
 def test_records_carry_the_unit_price_and_local_calls_cost_nothing(tmp_path: Path):
     store = ImageStore(tmp_path / "images")
     parent = store.put(make_product_photo("white_studio", 1, (64, 48))[0], "image/jpeg")
-    planner = RequestPlanner()
-    row = {"image_sha256": parent.sha256, "root_source_uri": "a.jpg", "catalog_row": "{}"}
-    jobs = [
-        planner.plan("A1", "cutout", row, "remove", {}),
-        planner.plan("A1", "scene", row, "replace", {"prompt": "on oak", "num_images": 2}),
-    ]
-    ctx = StepContext(
-        partition="b1", run_id="run-1", asset_key="product_cutouts", code_version="1", step="remove"
-    )
-    bria = BriaResource(backend="local", prices=CONTRACT.model_dump())
-    frame, report = run_step(ctx, bria, store, jobs)
-    assert report.estimated_cost_usd == pytest.approx(0.5 + 2 * 0.25)
-    prices = dict(zip(frame["endpoint_id"], frame["unit_price_usd"], strict=False))
-    assert prices == {
-        endpoint_for("remove").endpoint_id: 0.5,
-        endpoint_for("replace").endpoint_id: 0.25,
+    source = {
+        "sku": "A1",
+        "step": "source",
+        "variant": "source",
+        "status": "ok",
+        "image_sha256": parent.sha256,
+        "width": 64,
+        "height": 48,
+        "root_source_uri": "a.jpg",
+        "catalog_row": "{}",
     }
+    settings = PipelineSettings(prompt_template="on oak", num_images=2)
+    bria = BriaResource(backend="local", prices=CONTRACT.model_dump())
+
+    def step(name: str) -> ChainStep:
+        ctx = StepContext(
+            partition="b1", run_id="run-1", asset_key=name, code_version="1", step=name
+        )
+        return ChainStep(ctx, StepPlanner(settings, name).jobs, reuse=lambda fp: None)
+
+    try:
+        (cutouts, removed), (scenes, replaced) = StepChain(
+            [step("remove"), step("replace")], bria, store
+        ).run([source])
+    finally:
+        bria.close()
+    assert removed.estimated_cost_usd == pytest.approx(0.5)
+    assert replaced.estimated_cost_usd == pytest.approx(2 * 0.25)
+    assert list(cutouts["unit_price_usd"]) == [0.5]
+    assert list(scenes["unit_price_usd"]) == [0.25, 0.25]
+    frame = pd.concat([cutouts, scenes])
     assert len(frame) == 3 and (frame["status"] == "ok").all()
     assert (frame["cost_usd"] == 0.0).all()  # the local engine is free; the price is kept

@@ -1,0 +1,234 @@
+"""Consecutive steps run as one stream: each product moves on as soon as its image is ready.
+
+A cutout's replace request is sent the moment the cutout is stored, not when the
+batch's last cutout is; so a run carries every product through every selected step
+without waiting for a step's slowest request (the per-step tail that made small
+batches slower than a hand-written loop). Ready requests of later steps go first, so
+products finish early and few half-done products pile up.
+
+All steps share one bound on requests in flight (the resource's session) and one
+budget; each step keeps its own records, reuse and report. Every planned job ends
+as rows of its step: ok, reused (from an earlier run, no call) or failed; a failed
+row still flows on, so the steps after it record the sku as ``UpstreamFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .endpoints import BriaRequest, PriceTable
+from .records import FAILED, OK, REUSED, records_to_frame
+from .resource import BriaResource
+from .runner import ItemOutcome
+from .steps import (
+    Job,
+    StepContext,
+    StepReport,
+    failed_row,
+    ok_rows,
+    reused_rows,
+)
+from .store import ImageStore
+
+__all__ = ["ChainStep", "StepChain"]
+
+logger = logging.getLogger("bria_dagster.chain")
+
+Reuse = Callable[[str], list[dict[str, Any]] | None]
+"""fingerprint -> the output rows of an earlier request with it (``None``: none)."""
+
+
+@dataclass
+class ChainStep:
+    """One step of a chain: who runs it, how it plans, what it may reuse."""
+
+    ctx: StepContext
+    plan: Callable[[dict[str, Any]], list[Job]]
+    reuse: Reuse
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    report: StepReport = field(default_factory=StepReport)
+
+
+class StepChain:
+    """Runs ``steps`` (consecutive: each consumes the rows of the one before) as a stream.
+
+    Args:
+        steps: the steps, in order.
+        bria: the resource (its session bounds requests in flight; its prices).
+        store: where input images are read and output images written.
+        journal: the pipeline's request journal file.
+        log: progress lines (every few seconds, and at the end of each step).
+    """
+
+    def __init__(
+        self,
+        steps: list[ChainStep],
+        bria: BriaResource,
+        store: ImageStore,
+        *,
+        journal: str | None = None,
+        log: Callable[[str], None] = logger.info,
+    ) -> None:
+        if not steps:
+            raise ValueError("a chain needs at least one step")
+        self.steps = steps
+        self.bria = bria
+        self.store = store
+        self.journal = journal
+        self.log = log
+        self.prices: PriceTable = bria.price_table()
+        self._lock = threading.RLock()
+        self._keys = itertools.count()
+        self._pending: dict[int, tuple[int, Job]] = {}
+        self._ready: list[deque[int]] = [deque() for _ in steps]
+        self._outstanding = 0
+        self._initial: Iterator[dict[str, Any]] = iter(())
+        self._initial_done = False
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_log = 0.0
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self, parents: Iterable[dict[str, Any]]) -> list[tuple[pd.DataFrame, StepReport]]:
+        """Carry ``parents`` (rows of the step before the first) through every step.
+
+        Returns each step's record table and report, in step order.
+        """
+        started = time.perf_counter()
+        self._initial = iter(parents)
+        self.bria.run_batch(self._requests(), self._on_outcome, journal=self.journal)
+        results = []
+        for step in self.steps:
+            report = step.report
+            frame = records_to_frame(sorted(step.rows, key=lambda r: (r["sku"], r["variant"])))
+            report.ok = int((frame["status"] == OK).sum())
+            report.failed = int((frame["status"] == FAILED).sum())
+            report.reused = int((frame["status"] == REUSED).sum())
+            report.calls = sum(report.usage.calls.values())
+            report.cost_usd = sum(report.usage.cost_usd.values())
+            report.duration_s = time.perf_counter() - started
+            results.append((frame, report))
+        self._log_progress(final=True)
+        return results
+
+    async def _requests(self) -> AsyncIterator[tuple[int, BriaRequest]]:
+        """Ready requests, later steps first; ends once every sent request is settled."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        while True:
+            self._wake.clear()  # before looking: a settle from now on wakes us again
+            with self._lock:
+                key = self._next_ready()
+                while key is None and not self._initial_done:
+                    parent = next(self._initial, None)
+                    if parent is None:
+                        self._initial_done = True
+                    else:
+                        self._settle(0, parent)
+                        key = self._next_ready()
+                if key is None and self._initial_done and self._outstanding == 0:
+                    return
+                if key is not None:
+                    self._outstanding += 1
+                    _, job = self._pending[key]
+            if key is None:
+                await self._wake.wait()
+                continue
+            # The input is read only now, when its request is sent (not while it waits).
+            data = self.store.get(job.parent["image_sha256"])
+            assert job.request is not None
+            yield key, job.request.model_copy(update={"image_url": data})
+
+    def _next_ready(self) -> int | None:
+        for ready in reversed(self._ready):
+            if ready:
+                return ready.popleft()
+        return None
+
+    # -- settling jobs --------------------------------------------------------------------
+
+    def _settle(self, level: int, parent: dict[str, Any]) -> None:
+        """Plan ``parent``'s jobs in step ``level``: record what needs no call (failures,
+        reuse) and queue the rest."""
+        step = self.steps[level]
+        for job in step.plan(parent):
+            if job.request is None:
+                error = job.error
+                self._emit(
+                    level,
+                    failed_row(
+                        step.ctx,
+                        job,
+                        job.error_class or (type(error).__name__ if error else "BriaError"),
+                        str(error) if error else "no request could be built",
+                    ),
+                )
+                continue
+            earlier = step.reuse(job.fingerprint or "")
+            if earlier and all(
+                self.store.exists(r["image_sha256"], r["content_type"]) for r in earlier
+            ):
+                for row in reused_rows(step.ctx, job, earlier):
+                    self._emit(level, row)
+                continue
+            key = next(self._keys)
+            self._pending[key] = (level, job)
+            self._ready[level].append(key)
+            step.report.estimated_cost_usd += self.prices.cost_usd(job.request)
+
+    def _emit(self, level: int, row: dict[str, Any]) -> None:
+        """A finished row of step ``level``; the next step plans from it at once."""
+        self.steps[level].rows.append(row)
+        if level + 1 < len(self.steps):
+            self._settle(level + 1, row)
+
+    def _on_outcome(self, outcome: ItemOutcome) -> None:
+        """A request came back (runs in a worker thread: storing images takes time)."""
+        level, job = self._pending[int(outcome.key)]  # type: ignore[call-overload]
+        step = self.steps[level]
+        result = outcome.result
+        if result is None:
+            rows = [
+                failed_row(
+                    step.ctx, job, outcome.error_class or "BriaError", outcome.error_message or ""
+                )
+            ]
+        else:
+            rows = ok_rows(step.ctx, job, result, self.store, self.prices, shared=outcome.shared)
+        with self._lock:
+            del self._pending[int(outcome.key)]  # type: ignore[call-overload]
+            if result is not None:
+                step.report.images_written += len(rows)
+                if not outcome.shared:
+                    step.report.usage.add(result)
+            for row in rows:
+                self._emit(level, row)
+            self._outstanding -= 1
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        self._log_progress()
+
+    def _log_progress(self, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._last_log < 5:
+            return
+        self._last_log = now
+        with self._lock:
+            parts = [
+                f"{s.ctx.step}: {len(s.rows)} rows, {sum(s.report.usage.calls.values())} calls"
+                for s in self.steps
+            ]
+            waiting = sum(len(r) for r in self._ready)
+            in_flight = self._outstanding
+        self.log("; ".join(parts) + f"; {in_flight} in flight, {waiting} waiting")
