@@ -1,0 +1,279 @@
+"""What a pipeline asset shows in the Dagster UI: its column schema and, per
+materialization, a summary in words, a preview with thumbnails and every failure.
+
+Definition metadata (:func:`definition_metadata`): ``dagster/column_schema``, the
+ImageRecord columns with a sentence each.
+
+Materialization metadata (:func:`materialization_metadata`), in the order the UI
+lists it:
+
+- ``summary``: what the run did in words (made, reused, failed; calls, paid, list price);
+- ``preview``: "N of M rows", failures first, a thumbnail for made and reused images;
+- ``failures``: every failed row with its full error (only when some row failed);
+- ``dagster/row_count`` and the counts ``rows_ok`` (images made by this run),
+  ``rows_reused`` (answered from an earlier run's record, no call), ``rows_failed``;
+- ``backend``, ``backend_calls``, ``cost_usd`` (paid by this run), ``list_price_usd``
+  (this run's calls at list price), ``saved_by_reuse_usd`` (the reused images at the
+  list price they were made at), ``duration_s``, ``images_per_s``;
+- the ``bria.<endpoint>.calls|images|cost_usd`` and ``bria.retries`` usage keys;
+- ``failures_by_class`` and ``image_store``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+from PIL import Image as PILImage
+
+from .errors import BriaError
+from .records import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED
+from .steps import StepReport
+from .store import ImageStore
+
+__all__ = [
+    "COLUMN_DESCRIPTIONS",
+    "PREVIEW_ROWS",
+    "column_schema",
+    "definition_metadata",
+    "failures_markdown",
+    "materialization_metadata",
+    "preview_markdown",
+    "shorten",
+    "summary_markdown",
+    "thumbnail",
+]
+
+PREVIEW_ROWS = 6
+"""Rows in the preview; each made or reused image there gets one thumbnail."""
+
+FAILURES_SHOWN = 100
+"""Failed rows listed in full in ``failures``; the rest are in the asset's table."""
+
+PREVIEW_ERROR_CHARS = 80
+
+COLUMN_DESCRIPTIONS = {
+    "record_id": "Stable id of the row: partition, step, sku, variant and request fingerprint.",
+    "partition": "The catalog batch (Dagster partition) the row belongs to.",
+    "sku": "The product's SKU from the catalog.",
+    "step": "source, remove, replace or expand.",
+    "variant": "Which output of the sku: source, cutout, scene (scene_2, ...), scene@<ratio>.",
+    "status": "ok: made by the run in run_id; reused: answered from an earlier record "
+    "without a call (see reused_in_run_id); failed: see error_class and error_message.",
+    "error_class": "Why the row failed (e.g. FetchError, UpstreamFailed); null when ok.",
+    "error_message": "The full error of a failed row.",
+    "image_uri": "Where the image is stored (content-addressed by its sha256).",
+    "image_sha256": "SHA-256 of the image bytes: its identity in lineage.",
+    "width": "Image width in pixels.",
+    "height": "Image height in pixels.",
+    "content_type": "The image's MIME type.",
+    "parent_sha256": "SHA-256 of the image this one was made from (null for source rows).",
+    "root_source_uri": "The catalog's image URL this chain started from.",
+    "root_source_sha256": "SHA-256 of that catalog image.",
+    "endpoint_id": "The Bria endpoint that made the image.",
+    "backend": "fal or local: where the call ran.",
+    "parameters": "The exact request parameters, as canonical JSON.",
+    "request_fingerprint": "Hash of endpoint, parameters and inputs: equal fingerprints reuse.",
+    "seed": "The seed the backend used.",
+    "request_id": "The backend's request id of the producing call.",
+    "cost_usd": "Paid for this row by its run (0 on the local engine and for reused rows).",
+    "unit_price_usd": "List price per output image of the producing call, from the price table.",
+    "duration_s": "Seconds the producing call took.",
+    "attempts": "Attempts the producing call needed.",
+    "run_id": "The Dagster run that made the image (for a reused row: the earlier run).",
+    "reused_in_run_id": "The run that reused this image without a call (null when made here).",
+    "asset_key": "The Dagster asset the row belongs to.",
+    "code_version": "bria-dagster version that wrote the row.",
+    "created_at": "When the image was made (UTC).",
+    "catalog_row": "The catalog row this sku came from, as JSON.",
+}
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp"
+    return {"large_string": "string", "double": "float64"}.get(str(arrow_type), str(arrow_type))
+
+
+def column_schema() -> dg.TableSchema:
+    """The ImageRecord table as a Dagster table schema (types, nullability, descriptions)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=field.name,
+                type=_type_name(field.type),
+                description=COLUMN_DESCRIPTIONS.get(field.name),
+                constraints=dg.TableColumnConstraints(nullable=field.nullable),
+            )
+            for field in IMAGE_RECORD_SCHEMA
+        ]
+    )
+
+
+def definition_metadata() -> dict[str, Any]:
+    """Metadata every pipeline asset carries in its definition: its column schema."""
+    return {"dagster/column_schema": dg.MetadataValue.table_schema(column_schema())}
+
+
+def thumbnail(data: bytes, size: int = 96) -> str:
+    """A small JPEG of ``data`` as a data URI (cutouts on a light grey background)."""
+    img = PILImage.open(io.BytesIO(data))
+    img.thumbnail((size, size))
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        canvas = PILImage.new("RGB", img.size, (235, 235, 235))
+        canvas.paste(img, mask=img.getchannel("A"))
+        img = canvas
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=70)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def shorten(text: str, width: int = PREVIEW_ERROR_CHARS) -> str:
+    """``text`` on one line, cut at a word boundary to at most ``width`` characters + "…"."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= width:
+        return flat
+    cut = flat[: width + 1].rsplit(" ", 1)[0] if " " in flat[: width + 1] else flat[:width]
+    return cut.rstrip(" ,;:") + "…"
+
+
+def _cell(text: object) -> str:
+    """``text`` safe inside a markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.2f}" if value == 0 or value >= 0.01 else f"${value:.4f}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summary_markdown(frame: pd.DataFrame, report: StepReport, backend: str) -> str:
+    """What the run did, in two or three sentences."""
+    n = len(frame)
+    source = n > 0 and str(frame["step"].iloc[0]) == "source"
+    made, reused, failed = report.ok, report.reused, report.failed
+    parts = [f"{made} {'fetched' if source else 'made'} by this run"]
+    if reused:
+        again = "not fetched again" if source else "no call"
+        parts.append(f"{reused} reused from earlier runs ({again})")
+    parts.append(f"{failed} failed" + (" (see `failures`)" if failed else ""))
+    lines = [f"**{_plural(n, 'row')}**: {', '.join(parts)}."]
+    if source:
+        lines.append("Source images come from the catalog's URLs: no Bria calls, nothing paid.")
+        return "\n\n".join(lines)
+    calls = f"{_plural(report.calls, 'call')} to the {backend} backend"
+    calls += f", {_usd(report.cost_usd)} paid"
+    if report.calls and backend == "local":
+        calls += " (the local engine is free)"
+    lines.append(calls + ".")
+    priced = frame["status"].isin([OK, REUSED]) & frame["unit_price_usd"].notna()
+    if priced.any():
+        prices = []
+        if report.calls:
+            prices.append(f"this run's calls {_usd(report.estimated_cost_usd)}")
+        if reused:
+            prices.append(f"the reused images {_usd(_saved_by_reuse(frame))} (saved by reuse)")
+        total = float(frame.loc[priced, "unit_price_usd"].sum())
+        prices.append(f"all {_plural(int(priced.sum()), 'image')} of this batch {_usd(total)}")
+        where = "On fal, at list price" if backend == "local" else "At list price"
+        lines.append(f"{where}: {', '.join(prices)}.")
+    return "\n\n".join(lines)
+
+
+def _saved_by_reuse(frame: pd.DataFrame) -> float:
+    reused = frame["unit_price_usd"][frame["status"] == REUSED]
+    return round(float(reused.fillna(0).sum()), 6)
+
+
+def _order_for_preview(frame: pd.DataFrame) -> pd.DataFrame:
+    """Failures first, then the rest, each in table order."""
+    failed = frame["status"] == FAILED
+    return pd.concat([frame[failed], frame[~failed]])
+
+
+def preview_markdown(frame: pd.DataFrame, store: ImageStore, limit: int = PREVIEW_ROWS) -> str:
+    """ "N of M rows", then a table of the first ``limit`` rows, failures first.
+
+    A made or reused image shows as a thumbnail (at most ``limit`` are made); a failure
+    shows its class and its message cut at a word boundary (in full in ``failures``).
+    """
+    shown = _order_for_preview(frame).head(limit)
+    failed = int((frame["status"] == FAILED).sum())
+    heading = f"**{len(shown)} of {_plural(len(frame), 'row')}**"
+    if failed:
+        heading += f", failures first ({failed} failed; full errors in `failures`)"
+    lines = [heading, "", "| sku | variant | status | image or error |", "|---|---|---|---|"]
+    for row in shown.to_dict("records"):
+        status = str(row["status"])
+        if status == REUSED and row.get("run_id"):
+            status = f"reused (made by run {str(row['run_id'])[:8]})"
+        if row["status"] in (OK, REUSED) and row["image_sha256"]:
+            try:
+                cell = f"![{_cell(row['sku'])}]({thumbnail(store.get(row['image_sha256']))})"
+            except (OSError, BriaError):
+                cell = "(image missing from the store)"
+        else:
+            cell = f"{row['error_class'] or 'error'}: {shorten(row['error_message'] or '')}"
+        lines.append(
+            f"| {_cell(row['sku'])} | {_cell(row['variant'])} | {_cell(status)} | {_cell(cell)} |"
+        )
+    return "\n".join(lines)
+
+
+def failures_markdown(frame: pd.DataFrame, limit: int = FAILURES_SHOWN) -> str | None:
+    """Every failed row with its full error (the first ``limit``); ``None`` when none failed."""
+    failed = frame[frame["status"] == FAILED]
+    if not len(failed):
+        return None
+    lines = [
+        f"**{_plural(len(failed), 'failed row')}**",
+        "",
+        "| sku | variant | error class | error |",
+        "|---|---|---|---|",
+    ]
+    for row in failed.head(limit).to_dict("records"):
+        lines.append(
+            f"| {_cell(row['sku'])} | {_cell(row['variant'])} | {_cell(row['error_class'])} "
+            f"| {_cell(row['error_message'] or '')} |"
+        )
+    if len(failed) > limit:
+        lines.append(f"\n{len(failed) - limit} more in the asset's table (status = failed).")
+    return "\n".join(lines)
+
+
+def materialization_metadata(
+    frame: pd.DataFrame,
+    report: StepReport,
+    *,
+    backend: str,
+    store: ImageStore,
+    preview_rows: int = PREVIEW_ROWS,
+) -> dict[str, Any]:
+    """The metadata of one materialization of a pipeline asset (see the module doc)."""
+    meta: dict[str, Any] = {
+        "summary": dg.MetadataValue.md(summary_markdown(frame, report, backend)),
+        "preview": dg.MetadataValue.md(preview_markdown(frame, store, preview_rows)),
+    }
+    failures = failures_markdown(frame)
+    if failures:
+        meta["failures"] = dg.MetadataValue.md(failures)
+    meta["dagster/row_count"] = len(frame)
+    meta["backend"] = backend
+    meta.update(report.metadata())
+    meta["saved_by_reuse_usd"] = _saved_by_reuse(frame)
+    failed = frame[frame["status"] == FAILED]
+    if len(failed):
+        counts = failed["error_class"].value_counts().to_dict()
+        meta["failures_by_class"] = dg.MetadataValue.json(
+            {str(k): int(v) for k, v in counts.items()}
+        )
+    meta["image_store"] = dg.MetadataValue.path(store.base_uri)
+    return meta
