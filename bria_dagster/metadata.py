@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from typing import Any
 
 import dagster as dg
@@ -142,13 +143,18 @@ def shorten(text: str, width: int = PREVIEW_ERROR_CHARS) -> str:
     return cut.rstrip(" ,;:") + "…"
 
 
-def _cell(text: object) -> str:
-    """``text`` safe inside a markdown table cell."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|~!])")
+
+
+def _text(text: object) -> str:
+    """``text`` on one line, shown as written by markdown (its special characters escaped)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.2f}" if value == 0 or value >= 0.01 else f"${value:.4f}"
+    """Dollars to the tenth of a cent (list prices are like $0.018), at least two decimals."""
+    text = f"${value:,.3f}"
+    return text[:-1] if text.endswith("0") else text
 
 
 def _plural(n: int, word: str) -> str:
@@ -174,17 +180,19 @@ def summary_markdown(frame: pd.DataFrame, report: StepReport, backend: str) -> s
     if report.calls and backend == "local":
         calls += " (the local engine is free)"
     lines.append(calls + ".")
-    priced = frame["status"].isin([OK, REUSED]) & frame["unit_price_usd"].notna()
-    if priced.any():
-        prices = []
-        if report.calls:
-            prices.append(f"this run's calls {_usd(report.estimated_cost_usd)}")
-        if reused:
-            prices.append(f"the reused images {_usd(_saved_by_reuse(frame))} (saved by reuse)")
-        total = float(frame.loc[priced, "unit_price_usd"].sum())
-        prices.append(f"all {_plural(int(priced.sum()), 'image')} of this batch {_usd(total)}")
-        where = "On fal, at list price" if backend == "local" else "At list price"
-        lines.append(f"{where}: {', '.join(prices)}.")
+    prices = []
+    if report.calls:
+        prices.append(f"these calls would cost {_usd(report.estimated_cost_usd)}")
+    if reused:
+        whole = "" if report.calls else " (the whole batch)"
+        prices.append(f"reuse saved {_usd(_saved_by_reuse(frame))}{whole}")
+    if report.calls and reused:
+        priced = frame["status"].isin([OK, REUSED])
+        total = float(frame.loc[priced, "unit_price_usd"].fillna(0).sum())
+        prices.append(f"the whole batch is worth {_usd(total)}")
+    if prices:
+        where = "At fal list price" if backend == "local" else "At list price"
+        lines.append(f"{where}, {'; '.join(prices)}.")
     return "\n\n".join(lines)
 
 
@@ -212,37 +220,36 @@ def preview_markdown(frame: pd.DataFrame, store: ImageStore, limit: int = PREVIE
         heading += f", failures first ({failed} failed; full errors in `failures`)"
     lines = [heading, "", "| sku | variant | status | image or error |", "|---|---|---|---|"]
     for row in shown.to_dict("records"):
-        status = str(row["status"])
-        if status == REUSED and row.get("run_id"):
-            status = f"reused (made by run {str(row['run_id'])[:8]})"
+        status = _text(row["status"])
+        if row["status"] == REUSED and row.get("run_id"):
+            status = f"reused (made by run {_text(str(row['run_id'])[:8])})"
         if row["status"] in (OK, REUSED) and row["image_sha256"]:
             try:
-                cell = f"![{_cell(row['sku'])}]({thumbnail(store.get(row['image_sha256']))})"
+                cell = f"![{_text(row['sku'])}]({thumbnail(store.get(row['image_sha256']))})"
             except (OSError, BriaError):
                 cell = "(image missing from the store)"
         else:
-            cell = f"{row['error_class'] or 'error'}: {shorten(row['error_message'] or '')}"
-        lines.append(
-            f"| {_cell(row['sku'])} | {_cell(row['variant'])} | {_cell(status)} | {_cell(cell)} |"
-        )
+            cell = _text(shorten(row["error_message"] or ""))
+            if row["error_class"] != "UpstreamFailed":  # its message starts "upstream ..."
+                cell = f"{_text(row['error_class'] or 'error')}: {cell}"
+        lines.append(f"| {_text(row['sku'])} | {_text(row['variant'])} | {status} | {cell} |")
     return "\n".join(lines)
 
 
 def failures_markdown(frame: pd.DataFrame, limit: int = FAILURES_SHOWN) -> str | None:
-    """Every failed row with its full error (the first ``limit``); ``None`` when none failed."""
+    """Every failed row with its full error (the first ``limit``); ``None`` when none failed.
+
+    A list rather than a table: long errors (paths, URLs) wrap instead of widening the
+    metadata column.
+    """
     failed = frame[frame["status"] == FAILED]
     if not len(failed):
         return None
-    lines = [
-        f"**{_plural(len(failed), 'failed row')}**",
-        "",
-        "| sku | variant | error class | error |",
-        "|---|---|---|---|",
-    ]
+    lines = [f"**{_plural(len(failed), 'failed row')}**", ""]
     for row in failed.head(limit).to_dict("records"):
         lines.append(
-            f"| {_cell(row['sku'])} | {_cell(row['variant'])} | {_cell(row['error_class'])} "
-            f"| {_cell(row['error_message'] or '')} |"
+            f"- **{_text(row['sku'])}** {_text(row['variant'])}, "
+            f"{_text(row['error_class'] or 'error')}: {_text(row['error_message'] or '')}"
         )
     if len(failed) > limit:
         lines.append(f"\n{len(failed) - limit} more in the asset's table (status = failed).")
@@ -267,8 +274,10 @@ def materialization_metadata(
         meta["failures"] = dg.MetadataValue.md(failures)
     meta["dagster/row_count"] = len(frame)
     meta["backend"] = backend
-    meta.update(report.metadata())
-    meta["saved_by_reuse_usd"] = _saved_by_reuse(frame)
+    for key, value in report.metadata().items():
+        meta[key] = value
+        if key == "list_price_usd":
+            meta["saved_by_reuse_usd"] = _saved_by_reuse(frame)
     failed = frame[frame["status"] == FAILED]
     if len(failed):
         counts = failed["error_class"].value_counts().to_dict()

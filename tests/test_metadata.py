@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,11 @@ def cutout_frame(store: ImageStore, *, reused: int, ok: int, failed: int):
     return records_to_frame(rows)
 
 
+def unescape(markdown: str) -> str:
+    """The text markdown shows for ``markdown``'s backslash escapes."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def table_rows(markdown: str) -> list[str]:
     return [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line][
         1:
@@ -80,14 +86,15 @@ def test_preview_cuts_errors_at_a_word_boundary_and_failures_keep_them_whole(sto
 
     failures = failures_markdown(frame)
     assert failures is not None and failures.startswith("**3 failed rows**")
-    whole = LONG_ERROR.replace("|", "\\|")  # a pipe would split the markdown cell
-    assert [row.endswith(f"| {whole} |") for row in table_rows(failures)] == [True] * 3
+    items = [line for line in failures.splitlines() if line.startswith("- ")]
+    assert items[0].startswith("- **Z00** cutout, FalRequestError: ")
+    assert [unescape(item).endswith(f": {LONG_ERROR}") for item in items] == [True] * 3
     assert failures_markdown(frame[frame.status != FAILED]) is None
 
 
 def test_failures_beyond_the_limit_point_to_the_table(store):
     text = failures_markdown(cutout_frame(store, reused=0, ok=0, failed=5), limit=2)
-    assert text is not None and len(table_rows(text)) == 2
+    assert text is not None and text.count("\n- ") == 2
     assert "3 more in the asset's table" in text
 
 
@@ -106,16 +113,21 @@ def test_summary_of_a_reuse_run_and_of_a_local_run_says_what_was_paid(store):
         "1 failed (see `failures`)."
     )
     assert "0 calls to the local backend, $0.00 paid." in text
-    assert "On fal, at list price: the reused images $0.05 (saved by reuse), " in text
-    assert "all 3 images of this batch $0.05." in text
+    assert text.endswith("At fal list price, reuse saved $0.054 (the whole batch).")
 
     frame = cutout_frame(store, reused=0, ok=3, failed=0)
     fresh = StepReport(ok=3, calls=3, estimated_cost_usd=0.054, cost_usd=0.0)
     text = summary_markdown(frame, fresh, "local")
     assert "3 calls to the local backend, $0.00 paid (the local engine is free)." in text
-    assert "this run's calls $0.05" in text
-    paid = summary_markdown(frame, StepReport(ok=3, calls=3, cost_usd=0.054), "fal")
-    assert "3 calls to the fal backend, $0.05 paid." in paid and "At list price:" in paid
+    assert text.endswith("At fal list price, these calls would cost $0.054.")
+    mixed = cutout_frame(store, reused=2, ok=1, failed=0)
+    report = StepReport(ok=1, reused=2, calls=1, estimated_cost_usd=0.018, cost_usd=0.018)
+    paid = summary_markdown(mixed, report, "fal")
+    assert "1 call to the fal backend, $0.018 paid." in paid
+    assert paid.endswith(
+        "At list price, these calls would cost $0.018; reuse saved $0.036; "
+        "the whole batch is worth $0.054."
+    )
 
 
 def test_column_schema_is_the_image_record_schema_with_a_description_per_column():
@@ -152,5 +164,5 @@ def test_assets_carry_the_schema_and_each_materialization_its_row_count(catalog)
     assert all(THUMB in r for r in rows[2:])
     failed = table(storage, "product_cutouts").query("status == 'failed'")
     for message in failed["error_message"]:
-        assert message in cutouts["failures"]
+        assert message in unescape(cutouts["failures"])
     assert cutouts["list_price_usd"] == 0 and cutouts["saved_by_reuse_usd"] > 0
