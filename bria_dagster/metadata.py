@@ -201,23 +201,31 @@ def _saved_by_reuse(frame: pd.DataFrame) -> float:
     return round(float(reused.fillna(0).sum()), 6)
 
 
-def _order_for_preview(frame: pd.DataFrame) -> pd.DataFrame:
-    """Failures first, then the rest, each in table order."""
+def _preview_rows(frame: pd.DataFrame, limit: int) -> tuple[pd.DataFrame, int]:
+    """The rows to preview, failures first, and how many of them failed.
+
+    Failures may take every row only when there is no image to show; otherwise they
+    leave at least half of the rows to images.
+    """
     failed = frame["status"] == FAILED
-    return pd.concat([frame[failed], frame[~failed]])
+    images = min(int((~failed).sum()), limit // 2)
+    n_failed = min(int(failed.sum()), limit - images)
+    shown = pd.concat([frame[failed].head(n_failed), frame[~failed].head(limit - n_failed)])
+    return shown, n_failed
 
 
 def preview_markdown(frame: pd.DataFrame, store: ImageStore, limit: int = PREVIEW_ROWS) -> str:
-    """ "N of M rows", then a table of the first ``limit`` rows, failures first.
+    """ "N of M rows", then a table of at most ``limit`` rows, failures first.
 
     A made or reused image shows as a thumbnail (at most ``limit`` are made); a failure
-    shows its class and its message cut at a word boundary (in full in ``failures``).
+    shows its message cut at a word boundary (in full in ``failures``).
     """
-    shown = _order_for_preview(frame).head(limit)
+    shown, n_failed = _preview_rows(frame, limit)
     failed = int((frame["status"] == FAILED).sum())
     heading = f"**{len(shown)} of {_plural(len(frame), 'row')}**"
     if failed:
-        heading += f", failures first ({failed} failed; full errors in `failures`)"
+        which = f"{failed} failed" if n_failed == failed else f"{n_failed} of {failed} failures"
+        heading += f", failures first ({which}; every error in full in `failures`)"
     lines = [heading, "", "| sku | variant | status | image or error |", "|---|---|---|---|"]
     for row in shown.to_dict("records"):
         status = _text(row["status"])

@@ -67,13 +67,20 @@ def table_rows(markdown: str) -> list[str]:
 def test_preview_counts_rows_lists_failures_first_and_thumbnails_reused_images(store):
     frame = cutout_frame(store, reused=7, ok=1, failed=2)
     text = preview_markdown(frame, store, limit=6)
-    assert text.startswith("**6 of 10 rows**, failures first (2 failed;")
+    assert text.startswith("**6 of 10 rows**, failures first (2 failed; every error in full")
     rows = table_rows(text)
     assert len(rows) == 6
     assert rows[0].startswith("| Z00 |") and rows[1].startswith("| Z01 |")
     assert all(THUMB in row for row in rows[2:])  # the reused rows show their image
     assert "reused (made by run 01234567)" in rows[2]
     assert text.count(THUMB) == 4  # one thumbnail per shown image, no more
+
+
+def test_failures_leave_half_the_preview_to_images(store):
+    rows = table_rows(preview_markdown(cutout_frame(store, reused=1, ok=4, failed=9), store))
+    assert [THUMB in row for row in rows] == [False] * 3 + [True] * 3
+    text = preview_markdown(cutout_frame(store, reused=0, ok=0, failed=9), store)
+    assert text.startswith("**6 of 9 rows**, failures first (6 of 9 failures;")
 
 
 def test_preview_cuts_errors_at_a_word_boundary_and_failures_keep_them_whole(store):
