@@ -4,19 +4,22 @@ materialization, a summary in words, a preview with thumbnails and every failure
 Definition metadata (:func:`definition_metadata`): ``dagster/column_schema``, the
 ImageRecord columns with a sentence each.
 
-Materialization metadata (:func:`materialization_metadata`), in the order the UI
-lists it:
+Materialization metadata (:func:`materialization_metadata`), the words first (the UI
+lists keys in this order):
 
 - ``summary``: what the run did in words (made, reused, failed; calls, paid, list price);
-- ``preview``: "N of M rows", failures first, a thumbnail for made and reused images;
+- ``preview``: "N of M rows", failures first (at most half the rows when there are
+  images), a thumbnail for every made or reused image shown (at most ``PREVIEW_ROWS``);
+  Dagster shows markdown over 1,000 characters behind "[Show Markdown]";
 - ``failures``: every failed row with its full error (only when some row failed);
 - ``dagster/row_count`` and the counts ``rows_ok`` (images made by this run),
   ``rows_reused`` (answered from an earlier run's record, no call), ``rows_failed``;
-- ``backend``, ``backend_calls``, ``cost_usd`` (paid by this run), ``list_price_usd``
-  (this run's calls at list price), ``saved_by_reuse_usd`` (the reused images at the
-  list price they were made at), ``duration_s``, ``images_per_s``;
-- the ``bria.<endpoint>.calls|images|cost_usd`` and ``bria.retries`` usage keys;
-- ``failures_by_class`` and ``image_store``.
+- steps that call Bria only: ``backend``, ``backend_calls``, ``cost_usd`` (paid by this
+  run; 0 on the local engine), ``list_price_usd`` (this run's calls at list price),
+  ``saved_by_reuse_usd`` (the reused images at the list price they were made at), the
+  ``bria.<endpoint>.calls|images|cost_usd`` and ``bria.retries`` usage keys;
+- ``duration_s``, ``images_per_s`` (images written per second), ``failures_by_class``
+  and ``image_store``.
 """
 
 from __future__ import annotations
@@ -164,7 +167,7 @@ def _plural(n: int, word: str) -> str:
 def summary_markdown(frame: pd.DataFrame, report: StepReport, backend: str) -> str:
     """What the run did, in two or three sentences."""
     n = len(frame)
-    source = n > 0 and str(frame["step"].iloc[0]) == "source"
+    source = _is_source(frame)
     made, reused, failed = report.ok, report.reused, report.failed
     parts = [f"{made} {'fetched' if source else 'made'} by this run"]
     if reused:
@@ -264,6 +267,13 @@ def failures_markdown(frame: pd.DataFrame, limit: int = FAILURES_SHOWN) -> str |
     return "\n".join(lines)
 
 
+_CALL_KEYS = frozenset({"backend_calls", "cost_usd", "list_price_usd", "bria.retries"})
+
+
+def _is_source(frame: pd.DataFrame) -> bool:
+    return len(frame) > 0 and str(frame["step"].iloc[0]) == "source"
+
+
 def materialization_metadata(
     frame: pd.DataFrame,
     report: StepReport,
@@ -281,8 +291,12 @@ def materialization_metadata(
     if failures:
         meta["failures"] = dg.MetadataValue.md(failures)
     meta["dagster/row_count"] = len(frame)
-    meta["backend"] = backend
+    source = _is_source(frame)
+    if not source:
+        meta["backend"] = backend
     for key, value in report.metadata().items():
+        if source and key in _CALL_KEYS:
+            continue  # the source step fetches URLs: no backend, calls or prices
         meta[key] = value
         if key == "list_price_usd":
             meta["saved_by_reuse_usd"] = _saved_by_reuse(frame)

@@ -162,6 +162,10 @@ def test_assets_carry_the_schema_and_each_materialization_its_row_count(catalog)
         assert m["dagster/row_count"] == len(table(storage, asset))
         assert list(m)[:2] == ["summary", "preview"]
 
+    source = meta(result, "catalog_batch")
+    assert "backend_calls" not in source and "cost_usd" not in source  # no calls: no such keys
+    assert "not fetched again" in source["summary"] and source["rows_reused"] == 3
+
     cutouts = meta(result, "product_cutouts")
     assert cutouts["rows_ok"] == 0 and cutouts["rows_reused"] == 3 and cutouts["rows_failed"] == 2
     assert "3 reused from earlier runs (no call)" in cutouts["summary"]
