@@ -65,7 +65,8 @@ COLUMN_DESCRIPTIONS = {
     "partition": "The catalog batch (Dagster partition) the row belongs to.",
     "sku": "The product's SKU from the catalog.",
     "step": "source, remove, replace or expand.",
-    "variant": "Which output of the sku: source, cutout, scene (scene_2, ...), scene@<ratio>.",
+    "variant": "Which output of the sku: source, cutout, scene (scene#0, scene#1, ... with "
+    "several num_images), or a scene in one aspect ratio (scene@1:1, ...).",
     "status": "ok: made by the run in run_id; reused: answered from an earlier record "
     "without a call (see reused_in_run_id); failed: see error_class and error_message.",
     "error_class": "Why the row failed (e.g. FetchError, UpstreamFailed); null when ok.",
