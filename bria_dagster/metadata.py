@@ -69,7 +69,7 @@ COLUMN_DESCRIPTIONS = {
     "several num_images), or a scene in one aspect ratio (scene@1:1, ...).",
     "status": "ok: made by the run in run_id; reused: answered from an earlier record "
     "without a call (see reused_in_run_id); failed: see error_class and error_message.",
-    "error_class": "Why the row failed (e.g. FetchError, UpstreamFailed); null when ok.",
+    "error_class": "Why the row failed (e.g. FetchFailedError, UpstreamFailed); null when ok.",
     "error_message": "The full error of a failed row.",
     "image_uri": "Where the image is stored (content-addressed by its sha256).",
     "image_sha256": "SHA-256 of the image bytes: its identity in lineage.",
