@@ -6,8 +6,6 @@ per output image or failure, stored by :class:`ImageRecordIOManager`.
 """
 
 import asyncio
-import base64
-import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +18,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext
-from PIL import Image as PILImage
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._version import __version__
@@ -32,12 +29,12 @@ from .errors import BriaError, CatalogError
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
 from .io_manager import read_records, read_table
+from .metadata import definition_metadata, materialization_metadata
 from .planning import StepPlanner
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
 from .resource import BriaResource
 from .steps import StepContext, StepReport, reuse_index, source_row
 from .storage import PipelineStorage
-from .store import ImageStore
 from .translator import STEP_ASSETS
 
 if TYPE_CHECKING:
@@ -104,51 +101,6 @@ def find_catalog_file(catalog_dir: str, batch: str) -> str:
     )
 
 
-def _thumbnail(data: bytes, size: int = 96) -> str:
-    img = PILImage.open(io.BytesIO(data))
-    img.thumbnail((size, size))
-    if img.mode == "RGBA":  # show cutouts on a checkerless light background
-        canvas = PILImage.new("RGB", img.size, (235, 235, 235))
-        canvas.paste(img, mask=img.getchannel("A"))
-        img = canvas
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=70)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _metadata(
-    frame: pd.DataFrame, report: StepReport, bria: BriaResource, store: ImageStore, limit: int = 6
-) -> dict[str, Any]:
-    lines = ["| sku | variant | status | image |", "|---|---|---|---|"]
-    for row in frame.head(limit * 3).to_dict("records"):
-        if len(lines) - 2 >= limit:
-            break
-        if row["status"] == REUSED:
-            thumb = "reused (made by an earlier run)"  # no image reads on unchanged re-runs
-        elif row["status"] == OK and row["image_sha256"]:
-            try:
-                thumb = f"![{row['sku']}]({_thumbnail(store.get(row['image_sha256']))})"
-            except (OSError, BriaError):
-                thumb = "(missing)"
-        else:
-            thumb = str(row["error_message"] or "")[:80].replace("|", "/")
-        lines.append(f"| {row['sku']} | {row['variant']} | {row['status']} | {thumb} |")
-    failures = frame[frame["status"] == FAILED]
-    meta = {
-        **report.metadata(),
-        "rows": len(frame),
-        "backend": bria.selected_backend(),
-        "preview": dg.MetadataValue.md("\n".join(lines)),
-        "image_store": dg.MetadataValue.path(store.base_uri),
-    }
-    if len(failures):
-        counts = failures["error_class"].value_counts().to_dict()
-        meta["failures_by_class"] = dg.MetadataValue.json(
-            {str(k): int(v) for k, v in counts.items()}
-        )
-    return meta
-
-
 def build_product_image_assets(
     pipeline: "ProductImagePipeline", *, pool: str | None = "bria"
 ) -> list[dg.AssetsDefinition]:
@@ -196,7 +148,7 @@ def build_product_image_assets(
             owners=spec.owners,
             tags=spec.tags,
             kinds=spec.kinds,
-            metadata=spec.metadata,
+            metadata={**definition_metadata(), **spec.metadata},
             check_specs=check_specs_for(spec.key, step, settings.checks),
             partitions_def=pipeline.partitions_def,
             io_manager_key=pipeline.io_manager_key,
@@ -307,7 +259,7 @@ def build_product_image_assets(
             duration_s=time.perf_counter() - started,
         )
         report.images_written = report.ok
-        meta = _metadata(frame, report, bria, store)
+        meta = materialization_metadata(frame, report, backend=bria.selected_backend(), store=store)
         meta.update(
             catalog_file=dg.MetadataValue.path(path),
             catalog_sha256=batch.content_sha256,
@@ -350,6 +302,7 @@ def _image_steps(
                 partitions_def=args["partitions_def"],
                 code_version=args["code_version"],
                 kinds=args["kinds"],
+                metadata=args["metadata"],
             )
             .with_io_manager_key(args["io_manager_key"])
         )
@@ -399,7 +352,9 @@ def _image_steps(
                 yield dg.Output(
                     frame,
                     output_name=key.to_python_identifier(),
-                    metadata=_metadata(frame, report, bria, store),
+                    metadata=materialization_metadata(
+                        frame, report, backend=bria.selected_backend(), store=store
+                    ),
                 )
                 for result in evaluate_checks(key, step, frame, expected, store, settings.checks):
                     if dg.AssetCheckKey(key, result.check_name) in checks:

@@ -103,14 +103,18 @@ class StepReport:
     usage: Usage = field(default_factory=Usage)
 
     def metadata(self) -> dict[str, Any]:
+        """``rows_ok``: images made by this run; ``rows_reused``: answered from an earlier
+        run's record without a call; ``rows_failed``; ``backend_calls``: calls made;
+        ``cost_usd``: what they cost (0 on the local engine); ``list_price_usd``: what
+        they cost at list price (the price table), whatever the backend."""
         seconds = max(self.duration_s, 1e-9)
         return {
             "rows_ok": self.ok,
-            "rows_failed": self.failed,
             "rows_reused": self.reused,
+            "rows_failed": self.failed,
             "backend_calls": self.calls,
-            "estimated_cost_usd": round(self.estimated_cost_usd, 6),
             "cost_usd": round(self.cost_usd, 6),
+            "list_price_usd": round(self.estimated_cost_usd, 6),
             "duration_s": round(self.duration_s, 3),
             "images_per_s": round(self.images_written / seconds, 3),
             **self.usage.metadata(),
