@@ -10,8 +10,9 @@ import dagster as dg
 import pytest
 from dagster.components.testing import create_defs_folder_sandbox
 
-from bria_dagster import ConfigurationError, ProductImagesComponent
+from bria_dagster import ProductImagesComponent
 from bria_dagster.engine.synthetic import make_product_photo
+from bria_dagster.errors import SecretInConfigError
 from bria_dagster.io_manager import read_table, table_path
 
 TYPE = "bria_dagster.ProductImagesComponent"
@@ -40,12 +41,15 @@ def loaded():
     """load(attributes) -> (component, defs, project root), as dg loads a defs.yaml."""
     with contextlib.ExitStack() as stack:
 
-        def load(attributes: dict):
+        def load(attributes: dict, *, create_catalog_dir: bool = True):
             sandbox = stack.enter_context(create_defs_folder_sandbox())
             path = sandbox.scaffold_component(
                 component_cls=ProductImagesComponent,
                 defs_yaml_contents={"type": TYPE, "attributes": attributes},
             )
+            catalog_dir = attributes.get("catalog_dir", "catalogs")
+            if create_catalog_dir and "://" not in catalog_dir:
+                (sandbox.project_root / catalog_dir).mkdir(parents=True, exist_ok=True)
             component, defs = stack.enter_context(
                 sandbox.load_component_and_build_defs(defs_path=path)
             )
@@ -100,17 +104,18 @@ def test_operations_can_be_left_out_and_urls_are_kept(loaded):
     assert component.pipeline(root).store.base == "memory://bria"
 
 
-def test_a_key_in_yaml_is_refused_and_the_env_key_is_used(tmp_path, monkeypatch):
-    component = ProductImagesComponent.resolve_from_yaml(
-        "catalog_dir: catalogs\nresource:\n  fal_key: abc123-secret\n"
-    )
-    with pytest.raises(ConfigurationError, match="FAL_KEY environment variable") as info:
-        component.bria_resource(tmp_path)
+def test_a_key_in_yaml_is_refused_without_repeating_it_and_the_env_key_is_used(
+    tmp_path, monkeypatch
+):
+    with pytest.raises(SecretInConfigError, match="FAL_KEY environment variable") as info:
+        ProductImagesComponent.resolve_from_yaml(
+            "catalog_dir: catalogs\nresource:\n  fal_key: abc123-secret\n"
+        )
     assert "abc123-secret" not in str(info.value)
-
-    misplaced = ProductImagesComponent(catalog_dir="c", resource={"storage": "elsewhere"})
-    with pytest.raises(ConfigurationError, match="set `storage` at the top level"):
-        misplaced.bria_resource(tmp_path)
+    with pytest.raises(SecretInConfigError):  # from Python too
+        ProductImagesComponent(resource={"fal_key": "abc123-secret"})
+    with pytest.raises(ValueError, match="set `storage` at the top level"):
+        ProductImagesComponent(catalog_dir="c", resource={"storage": "elsewhere"})
 
     monkeypatch.setenv("FAL_KEY", "key-id:key-secret")
     bria = ProductImagesComponent(catalog_dir="catalogs").bria_resource(tmp_path)
