@@ -77,13 +77,13 @@ _REFUSED: dict[str, tuple[type[Exception], str]] = {
 
 
 class _StrictSettings(BaseModel):
-    # Unknown keys are errors (``additionalProperties: false`` for ``dg check yaml``); the
-    # input is kept out of error messages, since a misplaced key may be a secret.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    # Unknown keys are errors (``additionalProperties: false`` for ``dg check yaml``).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @model_validator(mode="before")
     @classmethod
     def _refuse(cls, data: Any) -> Any:
+        # Before pydantic's own checks, whose errors would repeat the value (the key).
         if isinstance(data, dict):
             for key, (error, message) in _REFUSED.items():
                 if key in data:
