@@ -29,7 +29,7 @@ __all__ = ["CheckSettings", "check_specs_for", "evaluate_checks"]
 class CheckSettings(BaseModel):
     """Thresholds of the asset checks."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt threshold is an error
 
     min_foreground: float = Field(default=0.01, ge=0, le=1, description="Cutout alpha floor.")
     max_foreground: float = Field(default=0.99, ge=0, le=1, description="Cutout alpha ceiling.")

@@ -2,42 +2,112 @@
 
 .. code-block:: yaml
 
-    # src/<project>/defs/product_images/defs.yaml
+    # src/<project>/defs/spring/defs.yaml, begun by
+    # dg scaffold defs bria_dagster.ProductImagesComponent spring
     type: bria_dagster.ProductImagesComponent
     attributes:
-      catalog_dir: catalogs            # one <batch>.csv|.parquet|.jsonl per batch
+      name: spring                     # prefix of every asset key, job, sensor, ...
+      catalog_dir: catalogs/spring     # one <batch>.csv|.parquet|.jsonl per batch
       storage: s3://my-bucket/bria     # or a folder; images/ and tables/ go here
       steps: [remove, replace, expand]
       prompt_template: "{category} on a light oak table, soft daylight"
       aspect_ratios: ["1:1", "4:5"]
-      resource:
-        max_concurrency: 16
-        budget_usd: 50
+      checks: {max_failure_rate: 0.05}
+      resource: {max_concurrency: 16, budget_usd: 50}
+      translation: {group_name: catalog, owners: ["team:catalog"]}
 
-It builds what :func:`~bria_dagster.build_definitions` builds (the assets, their
-checks, the ``product_images`` job, ``BriaResource`` and the Parquet IO manager)
-and, unless ``operations: false``, the catalog sensor and the retry and refresh
-schedules. Relative ``catalog_dir``, ``storage`` and ``file_roots`` are taken from
-the project root. The fal key is read from the ``FAL_KEY`` environment variable
-only: a key written into YAML would be shown with the resource's configuration.
+It builds what :meth:`ProductImagePipeline.build_definitions` builds (the assets, their
+checks, the job, ``BriaResource`` and the Parquet IO manager) and, unless
+``operations: false``, the catalog sensor and the retry and refresh schedules.
+Relative ``catalog_dir``, ``storage`` and ``file_roots`` are taken from the project
+root. ``resource`` and ``checks`` are typed: an unknown key fails ``dg check yaml``.
+The fal key is read from the ``FAL_KEY`` environment variable only: a key written
+into YAML would be shown with the resource's configuration.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import dagster as dg
-from pydantic import Field
+from dagster.components.utils.translation import (
+    ComponentTranslator,
+    TranslationFn,
+    TranslationFnResolver,
+    create_component_translator_cls,
+)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from .assets import PipelineSettings
 from .checks import CheckSettings
-from .errors import ConfigurationError
+from .endpoints import PriceTable
+from .errors import ConfigurationError, SecretInConfigError
 from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline
 from .resource import BriaResource
+from .translator import BriaStepProps, BriaTranslator
 
-__all__ = ["ProductImagesComponent"]
+__all__ = ["BriaResourceSettings", "ProductImagesComponent", "ProductImagesScaffolder"]
+
+# Keys that look like resource settings but must not be given in YAML, and what to do.
+_REFUSED: dict[str, tuple[type[Exception], str]] = {
+    "fal_key": (
+        SecretInConfigError,
+        "ProductImagesComponent: remove `fal_key` from `resource`; the key is read from the "
+        "FAL_KEY environment variable (a key in YAML would be shown with the resource's "
+        "configuration)",
+    ),
+    "storage": (
+        ConfigurationError,
+        "ProductImagesComponent: set `storage` at the top level, not in `resource` (it "
+        "belongs to the pipeline: tables, images and journal share it)",
+    ),
+}
+
+
+class _StrictSettings(BaseModel):
+    # Unknown keys are errors (``additionalProperties: false`` for ``dg check yaml``).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        # Before pydantic's own checks, whose errors would repeat the value (the key).
+        if isinstance(data, dict):
+            for key, (error, message) in _REFUSED.items():
+                if key in data:
+                    raise error(message)
+        return data
+
+
+def _resource_field(name: str, info: Any) -> tuple[Any, Any]:
+    if name == "prices":  # BriaResource's PriceSettings is a dg.Config: it ignores typos
+        return PriceTable, Field(default_factory=PriceTable, description=info.description)
+    return info.annotation, info
+
+
+BriaResourceSettings = create_model(
+    "BriaResourceSettings",
+    __base__=_StrictSettings,
+    __doc__="The component's ``resource``: every :class:`~bria_dagster.BriaResource` "
+    "setting except ``fal_key`` (from the FAL_KEY environment variable only).",
+    **{
+        name: _resource_field(name, info)
+        for name, info in BriaResource.model_fields.items()
+        if name not in _REFUSED
+    },
+)
 
 # Attributes passed to PipelineSettings when given; left out, its defaults apply.
 _SETTINGS_FIELDS = (
@@ -52,21 +122,81 @@ _SETTINGS_FIELDS = (
 )
 
 
+def _typed(model: type[BaseModel]) -> Any:
+    """A nested settings model as an attribute type: ``dg check yaml`` validates it against
+    ``model``'s own schema (unknown keys, types and ranges), ``{{ ... }}`` templates in its
+    string values are resolved at load.
+
+    The Python type is ``Any`` (``ProductImagesComponent._settings_models`` validates it)
+    because Dagster 1.13 refuses a plain pydantic model with constrained fields
+    (``Field(ge=0)``) as an annotated type; ``model_field_type`` has no such limit.
+    """
+
+    def resolve(context: Any, value: Any) -> BaseModel:
+        raw = value.model_dump(exclude_unset=True) if isinstance(value, BaseModel) else value
+        return model.model_validate(context.resolve_value(raw))
+
+    return Annotated[Any, dg.Resolver(resolve, model_field_type=model)]
+
+
+def _name_unknown_keys(schema: dict[str, Any]) -> None:
+    """Rewrite a field's ``anyOf: [<model>, string(, null)]`` as ``if: string/null, else:
+    <model>``: the same values validate, but ``dg check yaml`` then reports an unknown key
+    as itself and points at its line, where a failed ``anyOf`` only says that the whole
+    mapping "is not valid under any of the given schemas"."""
+    options = schema.get("anyOf", [])
+    scalars = [o["type"] for o in options if o.get("type") in ("string", "null")]
+    models = [o for o in options if o.get("type") not in ("string", "null")]
+    if len(models) == 1 and scalars:
+        del schema["anyOf"]
+        schema["if"] = {"type": scalars}
+        schema["else"] = models[0]
+
+
+_TranslationFn = Annotated[
+    TranslationFn[BriaStepProps],
+    TranslationFnResolver[BriaStepProps](
+        lambda props: {
+            "props": props,
+            "pipeline": props.pipeline,
+            "step": props.step,
+            "asset_name": props.asset_name,
+        }
+    ),
+]
+
+
+class ProductImagesScaffolder(dg.Scaffolder):
+    """``dg scaffold defs bria_dagster.ProductImagesComponent <path>``: a ``defs.yaml`` that
+    loads as written (``name`` from the last part of ``<path>``, ``catalog_dir:
+    catalogs/<name>``) and that catalog folder, created empty."""
+
+    def scaffold(self, request: dg.ScaffoldRequest) -> None:
+        name = _pipeline_name(request.target_path.name)
+        catalog_dir = f"catalogs/{name}"
+        catalogs = Path(request.project_root or Path.cwd()) / catalog_dir
+        catalogs.mkdir(parents=True, exist_ok=True)
+        (catalogs / ".gitkeep").touch()  # the sensor skips dotfiles; git keeps the folder
+        dg.scaffold_component(request, {"name": name, "catalog_dir": catalog_dir})
+
+
+@dg.scaffold_with(ProductImagesScaffolder)
 class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     """Bria product images: catalog batch -> cutouts -> scenes -> expansions, as assets."""
 
-    catalog_dir: str = Field(
-        description="Folder or fsspec URL with one catalog file per batch (relative: to the "
-        "project root)."
-    )
-    storage: str = Field(
-        default="bria_data",
-        description="Folder or fsspec URL for images/ and tables/ (relative: to the project root).",
-    )
     name: str = Field(
         default=DEFAULT_PIPELINE_NAME,
         description="The pipeline's name: prefix of its asset keys, and the name of its job, "
         "partitions, sensor, schedules and IO manager (one per component instance).",
+    )
+    catalog_dir: str = Field(
+        default="catalogs",
+        description="Folder or fsspec URL with one catalog file per batch (relative: to the "
+        "project root). A folder must exist when the definitions load.",
+    )
+    storage: str = Field(
+        default="bria_data",
+        description="Folder or fsspec URL for images/ and tables/ (relative: to the project root).",
     )
     steps: list[str] | None = Field(
         default=None, description="A prefix of [remove, replace, expand]; default all three."
@@ -86,40 +216,50 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     fetch_concurrency: int | None = Field(
         default=None, description="Source images fetched at once."
     )
-    checks: dict[str, Any] | None = Field(
-        default=None, description="Asset check thresholds (CheckSettings fields)."
+    checks: _typed(CheckSettings) = Field(  # type: ignore[valid-type]
+        default=None,
+        description="Asset check thresholds (CheckSettings).",
+        json_schema_extra=_name_unknown_keys,
     )
-    resource: dict[str, Any] = Field(
-        default_factory=dict,
-        description="BriaResource settings (backend, max_concurrency, budget_usd, ...); "
+    resource: _typed(BriaResourceSettings) = Field(  # type: ignore[valid-type]
+        default_factory=BriaResourceSettings,
+        description="BriaResource settings (backend, max_concurrency, budget_usd, prices, ...); "
         "never fal_key: set the FAL_KEY environment variable.",
+        json_schema_extra=_name_unknown_keys,
+    )
+    translation: _TranslationFn | None = Field(
+        default=None,
+        description="How the steps appear as assets: key, key_prefix, group_name, owners, "
+        "tags, kinds, metadata, description ... applied to each step's spec; templates "
+        "see {{ pipeline }}, {{ step }}, {{ asset_name }}, {{ props }} and {{ spec }}.",
+        json_schema_extra=_name_unknown_keys,
     )
     operations: bool = Field(
         default=True, description="Also build the catalog sensor and the two schedules."
     )
+
+    @field_validator("checks", "resource", mode="before")
+    @classmethod
+    def _settings_models(cls, value: Any, info: ValidationInfo) -> Any:
+        model = {"checks": CheckSettings, "resource": BriaResourceSettings}[info.field_name]
+        return value if value is None or isinstance(value, model) else model.model_validate(value)
+
+    def get_asset_spec(self, props: BriaStepProps) -> dg.AssetSpec:
+        """A step's spec before ``translation``; override in a subclass to change every
+        instance's assets in Python (the default: :class:`BriaTranslator`'s)."""
+        return BriaTranslator().get_asset_spec(props)
 
     def pipeline_settings(self, root: Path) -> PipelineSettings:
         """The :class:`PipelineSettings` these attributes describe (paths from ``root``)."""
         given = {name: getattr(self, name) for name in _SETTINGS_FIELDS}
         given = {name: value for name, value in given.items() if value is not None}
         if self.checks is not None:
-            given["checks"] = CheckSettings(**self.checks)
+            given["checks"] = self.checks
         return PipelineSettings(catalog_dir=_under(root, self.catalog_dir), **given)
 
     def bria_resource(self, root: Path) -> BriaResource:
         """The :class:`BriaResource`: ``resource`` settings, the key from ``FAL_KEY``."""
-        options = dict(self.resource)
-        if "fal_key" in options:
-            raise ConfigurationError(
-                "ProductImagesComponent: remove `fal_key` from `resource`; the key is read "
-                "from the FAL_KEY environment variable (a key in YAML would be shown with "
-                "the resource's configuration)"
-            )
-        if "storage" in options:
-            raise ConfigurationError(
-                "ProductImagesComponent: set `storage` at the top level, not in `resource` "
-                "(it belongs to the pipeline: tables, images and journal share it)"
-            )
+        options = self.resource.model_dump(exclude_unset=True)
         options["file_roots"] = [_under(root, p) for p in options.get("file_roots", ["."])]
         if os.environ.get("FAL_KEY"):
             options["fal_key"] = dg.EnvVar("FAL_KEY")
@@ -131,13 +271,36 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             name=self.name,
             settings=self.pipeline_settings(root),
             storage=_under(root, self.storage),
+            translator=ProductImagesTranslator(self),
         )
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         root = Path(context.project_root)
-        return self.pipeline(root).build_definitions(
-            self.bria_resource(root), operations=self.operations
-        )
+        pipeline = self.pipeline(root)
+        _require_folder(pipeline.settings.catalog_dir, self)
+        return pipeline.build_definitions(self.bria_resource(root), operations=self.operations)
+
+
+class ProductImagesTranslator(
+    create_component_translator_cls(ProductImagesComponent, BriaTranslator),
+    ComponentTranslator[ProductImagesComponent],
+):
+    """The component's :meth:`~ProductImagesComponent.get_asset_spec`, then its
+    ``translation`` (the dagster-dlt / dagster-sling component idiom)."""
+
+    def __init__(self, component: ProductImagesComponent) -> None:
+        self._component = component
+
+    @field_validator("checks", "resource", mode="before")
+    @classmethod
+    def _settings_models(cls, value: Any, info: ValidationInfo) -> Any:
+        model = {"checks": CheckSettings, "resource": BriaResourceSettings}[info.field_name]
+        return value if value is None or isinstance(value, model) else model.model_validate(value)
+
+    def get_asset_spec(self, props: BriaStepProps) -> dg.AssetSpec:
+        spec = super().get_asset_spec(props)
+        translation = self._component.translation
+        return spec if translation is None else translation(spec, props)
 
 
 def _under(root: Path, location: str) -> str:
@@ -145,3 +308,25 @@ def _under(root: Path, location: str) -> str:
     if "://" in location or os.path.isabs(location):
         return location
     return str(root / location)
+
+
+def _require_folder(catalog_dir: str, component: ProductImagesComponent) -> None:
+    """A local ``catalog_dir`` must exist. Remote URLs (s3://, gs://, ...) are not checked:
+    that would be a network call, with credentials, on every code-location load."""
+    parts = urlsplit(catalog_dir)
+    if parts.scheme not in ("", "file"):
+        return
+    folder = Path(parts.path if parts.scheme == "file" else catalog_dir)
+    if not folder.is_dir():
+        raise ConfigurationError(
+            f"ProductImagesComponent {component.name!r}: catalog_dir {component.catalog_dir!r} "
+            f"is not a folder ({folder} does not exist): create it (the sensor adds one "
+            "partition per catalog file put there) or set catalog_dir to an existing folder "
+            "or an fsspec URL"
+        )
+
+
+def _pipeline_name(text: str) -> str:
+    """A usable pipeline name from a scaffold path (``spring-catalog`` -> ``spring_catalog``)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text)
+    return name if name[:1].isalpha() else f"p_{name}"

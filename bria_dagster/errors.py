@@ -24,6 +24,7 @@ __all__ = [
     "OutputVerificationError",
     "RequestValidationError",
     "RetriesExhaustedError",
+    "SecretInConfigError",
     "redact",
 ]
 
@@ -113,6 +114,14 @@ class CatalogError(BriaError, ValueError):
 
 class ConfigurationError(BriaError, ValueError):
     """A pipeline or component setting is invalid or unsafe."""
+
+
+class SecretInConfigError(BriaError):
+    """The fal key was written into configuration instead of read from ``FAL_KEY``.
+
+    Not a ``ValueError`` on purpose: pydantic would wrap one in a ``ValidationError``
+    that repeats the offending input, the key included.
+    """
 
 
 # An "Authorization: Key <id>:<secret>" credential echoed back in some text: the token

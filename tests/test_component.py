@@ -8,10 +8,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from dagster.components.testing import create_defs_folder_sandbox
 
-from bria_dagster import ConfigurationError, ProductImagesComponent
+from bria_dagster import ProductImagesComponent
 from bria_dagster.engine.synthetic import make_product_photo
+from bria_dagster.errors import SecretInConfigError
 from bria_dagster.io_manager import read_table, table_path
 
 TYPE = "bria_dagster.ProductImagesComponent"
@@ -40,12 +42,15 @@ def loaded():
     """load(attributes) -> (component, defs, project root), as dg loads a defs.yaml."""
     with contextlib.ExitStack() as stack:
 
-        def load(attributes: dict):
+        def load(attributes: dict, *, create_catalog_dir: bool = True):
             sandbox = stack.enter_context(create_defs_folder_sandbox())
             path = sandbox.scaffold_component(
                 component_cls=ProductImagesComponent,
                 defs_yaml_contents={"type": TYPE, "attributes": attributes},
             )
+            catalog_dir = attributes.get("catalog_dir", "catalogs")
+            if create_catalog_dir and "://" not in catalog_dir:
+                (sandbox.project_root / catalog_dir).mkdir(parents=True, exist_ok=True)
             component, defs = stack.enter_context(
                 sandbox.load_component_and_build_defs(defs_path=path)
             )
@@ -100,33 +105,122 @@ def test_operations_can_be_left_out_and_urls_are_kept(loaded):
     assert component.pipeline(root).store.base == "memory://bria"
 
 
-def test_a_key_in_yaml_is_refused_and_the_env_key_is_used(tmp_path, monkeypatch):
-    component = ProductImagesComponent.resolve_from_yaml(
-        "catalog_dir: catalogs\nresource:\n  fal_key: abc123-secret\n"
-    )
-    with pytest.raises(ConfigurationError, match="FAL_KEY environment variable") as info:
-        component.bria_resource(tmp_path)
+def test_a_key_in_yaml_is_refused_without_repeating_it_and_the_env_key_is_used(
+    tmp_path, monkeypatch
+):
+    with pytest.raises(SecretInConfigError, match="FAL_KEY environment variable") as info:
+        ProductImagesComponent.resolve_from_yaml(
+            "catalog_dir: catalogs\nresource:\n  fal_key: abc123-secret\n"
+        )
     assert "abc123-secret" not in str(info.value)
-
-    misplaced = ProductImagesComponent(catalog_dir="c", resource={"storage": "elsewhere"})
-    with pytest.raises(ConfigurationError, match="set `storage` at the top level"):
-        misplaced.bria_resource(tmp_path)
+    with pytest.raises(SecretInConfigError):  # from Python too
+        ProductImagesComponent(resource={"fal_key": "abc123-secret"})
+    with pytest.raises(ValueError, match="set `storage` at the top level"):
+        ProductImagesComponent(catalog_dir="c", resource={"storage": "elsewhere"})
 
     monkeypatch.setenv("FAL_KEY", "key-id:key-secret")
     bria = ProductImagesComponent(catalog_dir="catalogs").bria_resource(tmp_path)
     assert bria.selected_backend() == "fal"
 
 
+def causes(error: BaseException | None) -> list[str]:
+    """The messages of ``error`` and of every error it was raised from (dg wraps them)."""
+    found = []
+    while error is not None:
+        found.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return found
+
+
 def test_invalid_attributes_name_the_setting(loaded, tmp_path):
     with pytest.raises(Exception) as info:  # dg wraps it in its own error, cause kept
         loaded({"catalog_dir": "catalogs", "steps": ["replace"]})
-    causes, error = [], info.value
-    while error is not None:
-        causes.append(str(error))
-        error = error.__cause__ or error.__context__
-    assert any("steps must be a prefix" in text for text in causes), causes
+    assert any("steps must be a prefix" in text for text in causes(info.value))
     with pytest.raises(ValueError, match="num_images"):
         ProductImagesComponent(catalog_dir="c", num_images=9).pipeline_settings(tmp_path)
+
+
+def test_unknown_keys_in_resource_and_checks_are_errors(loaded):
+    for attributes, key in (
+        ({"resource": {"max_concurency": 32}}, "max_concurency"),
+        ({"resource": {"prices": {"remove_usd": 0.01}}}, "remove_usd"),
+        ({"checks": {"max_failure_rat": 0.2}}, "max_failure_rat"),
+    ):
+        with pytest.raises(Exception) as info:
+            loaded(attributes)
+        assert any(key in text and "Extra inputs" in text for text in causes(info.value))
+    schema = ProductImagesComponent.get_model_cls().model_json_schema()
+    resource = schema["$defs"][schema["properties"]["resource"]["else"]["$ref"].split("/")[-1]]
+    assert "fal_key" not in resource["properties"] and "storage" not in resource["properties"]
+    assert resource["properties"]["max_concurrency"]["maximum"] == 512  # BriaResource's bounds
+
+
+def test_a_missing_catalog_dir_is_a_clear_error_at_load(loaded):
+    with pytest.raises(Exception) as info:
+        loaded({"catalog_dir": "landing/catalogs", "name": "spring"}, create_catalog_dir=False)
+    message = next(text for text in causes(info.value) if text.startswith("ConfigurationError"))
+    assert "'spring': catalog_dir 'landing/catalogs' is not a folder" in message
+    assert "landing/catalogs does not exist): create it" in message
+    # A remote URL is not checked at load (that would be a network call per load).
+    loaded({"catalog_dir": "s3://nowhere-bucket/catalogs"})
+
+
+def test_translation_changes_every_step_asset_and_its_dependencies(loaded):
+    _, defs, _ = loaded(
+        {
+            "name": "spring",
+            "steps": ["remove", "replace"],
+            "translation": {
+                "group_name": "catalog",
+                "owners": ["team:catalog"],
+                "tags": {"tier": "gold"},
+                "key": "shop/{{ pipeline }}/{{ asset_name }}",
+                "description": "{{ step }}: {{ spec.description }}",
+            },
+        }
+    )
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {
+        "shop/spring/catalog_batch",
+        "shop/spring/product_cutouts",
+        "shop/spring/product_scenes",
+    }
+    cutouts = graph.get(dg.AssetKey(["shop", "spring", "product_cutouts"]))
+    assert cutouts.group_name == "catalog" and cutouts.owners == ["team:catalog"]
+    assert cutouts.tags["tier"] == "gold" and "dagster/kind/bria" in cutouts.tags  # merged
+    assert cutouts.description.startswith("remove: Background removed")
+    assert cutouts.parent_keys == {dg.AssetKey(["shop", "spring", "catalog_batch"])}
+    assert defs.resolve_job_def("spring") is not None
+
+
+class TaggedComponent(ProductImagesComponent):
+    def get_asset_spec(self, props):
+        return super().get_asset_spec(props).merge_attributes(tags={"step": props.step})
+
+
+def test_get_asset_spec_is_overridable_and_translation_applies_after_it(tmp_path):
+    component = TaggedComponent.resolve_from_dict(
+        {"name": "spring", "translation": {"key_prefix": "shop"}}
+    )
+    spec = component.pipeline(tmp_path).asset_spec("expand")
+    assert spec.key == dg.AssetKey(["shop", "spring", "product_expansions"])
+    assert spec.tags["step"] == "expand"
+
+
+def test_the_scaffolder_writes_a_defs_yaml_that_loads_as_written(monkeypatch):
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(ProductImagesComponent, defs_path="spring-catalog")
+        written = yaml.safe_load((path / "defs.yaml").read_text())
+        assert written["type"].endswith("ProductImagesComponent")  # the sandbox's spelling
+        assert written["attributes"] == {
+            "name": "spring_catalog",
+            "catalog_dir": "catalogs/spring_catalog",
+        }
+        assert (sandbox.project_root / "catalogs" / "spring_catalog").is_dir()
+        with sandbox.load_component_and_build_defs(defs_path=path) as (_, defs):
+            assert defs.resolve_job_def("spring_catalog") is not None
 
 
 def test_a_partition_materializes_offline_from_the_yaml_definitions(loaded, monkeypatch):
@@ -157,8 +251,6 @@ def test_dg_finds_the_component_through_the_package_entry_point():
 
 def test_the_readme_example_resolves(tmp_path):
     import re
-
-    import yaml
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = re.search(r"```yaml\n(# src/<project>/defs/.*?)```", readme, re.S)

@@ -1,0 +1,158 @@
+"""ProductImagesComponent through the real ``dg`` CLI (dagster-dg-cli, the ``dev`` extra).
+
+A minimal dg project is written under ``tmp_path`` (``[tool.dg]`` in pyproject.toml, a
+root module with ``definitions.py`` and a ``defs`` folder; no install needed), and
+``dg`` runs against this interpreter's environment. Each ``dg`` call takes seconds, so
+the checks are batched: ``dg check defs`` runs the schema check of every defs.yaml
+before it loads the definitions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+DG = Path(sys.executable).with_name("dg")
+TYPE = "bria_dagster.ProductImagesComponent"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not DG.exists(), reason="dagster-dg-cli is not installed (dev extra)"),
+]
+
+
+def dg_project(root: Path, name: str = "shop") -> Path:
+    """A minimal dg project at ``root``; returns its defs folder."""
+    (root / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [project]
+            name = "{name}"
+            version = "0.1.0"
+            requires-python = ">=3.11"
+            dependencies = ["bria-dagster"]
+
+            [tool.dg]
+            directory_type = "project"
+
+            [tool.dg.project]
+            root_module = "{name}"
+
+            [tool.dg.cli]
+            telemetry = {{ enabled = false }}
+            """
+        )
+    )
+    package = root / "src" / name
+    (package / "defs").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "defs" / "__init__.py").write_text("")
+    (package / "definitions.py").write_text(
+        textwrap.dedent(
+            """
+            from pathlib import Path
+
+            import dagster as dg
+
+
+            @dg.definitions
+            def defs() -> dg.Definitions:
+                return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+            """
+        )
+    )
+    return package / "defs"
+
+
+def dg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dg <args>`` in the project at ``root``, with this environment as its Python."""
+    env = {
+        **os.environ,
+        "VIRTUAL_ENV": sys.prefix,
+        "PATH": f"{DG.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DAGSTER_HOME": str(root / ".dagster_home"),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+    env.pop("FAL_KEY", None)
+    (root / ".dagster_home").mkdir(exist_ok=True)
+    return subprocess.run(
+        [str(DG), *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_dg_scaffold_writes_a_defs_yaml_that_passes_dg_check_yaml_and_defs_beside_another(
+    tmp_path,
+):
+    defs = dg_project(tmp_path)
+    scaffold = dg(tmp_path, "scaffold", "defs", TYPE, "spring")
+    assert scaffold.returncode == 0, scaffold.stdout + scaffold.stderr
+    written = (defs / "spring" / "defs.yaml").read_text()
+    assert "name: spring" in written and "catalog_dir: catalogs/spring" in written
+    assert (tmp_path / "catalogs" / "spring").is_dir()
+
+    # As written, alone (dg check yaml validates one instance per component type).
+    check = dg(tmp_path, "check", "yaml")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # A second instance, with checks and a translation: both load side by side. (Not a
+    # different `resource`: the code location has one `bria` resource, and Dagster refuses
+    # two different ones under one key; tests/test_component.py loads typed resources.)
+    (tmp_path / "landing").mkdir()
+    (defs / "autumn").mkdir()
+    (defs / "autumn" / "defs.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            type: {TYPE}
+            attributes:
+              name: autumn
+              catalog_dir: landing
+              steps: [remove]
+              checks: {{max_failure_rate: 0.2, failure_severity: ERROR}}
+              translation:
+                group_name: catalog
+                owners: ["team:catalog"]
+                key: "shop/{{{{ pipeline }}}}/{{{{ asset_name }}}}"
+            """
+        )
+    )
+    check = dg(tmp_path, "check", "defs")
+    output = check.stdout + check.stderr
+    assert check.returncode == 0, output
+    assert "All component YAML validated successfully" in output
+    assert "All definitions loaded successfully" in output
+
+
+def test_dg_check_yaml_names_each_unknown_key(tmp_path):
+    defs = dg_project(tmp_path)
+    (defs / "typo").mkdir()
+    (defs / "typo" / "defs.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            type: {TYPE}
+            attributes:
+              resource:
+                max_concurency: 32
+                prices: {{remove_usd_per_cal: 0.01}}
+              checks: {{max_failure_rat: 0.2}}
+              translation: {{gruop_name: catalog}}
+            """
+        )
+    )
+    check = dg(tmp_path, "check", "yaml")
+    output = check.stdout + check.stderr
+    assert check.returncode == 1, output
+    for path, key in (
+        ("attributes.resource", "max_concurency"),
+        ("attributes.resource.prices", "remove_usd_per_cal"),
+        ("attributes.checks", "max_failure_rat"),
+        ("attributes.translation", "gruop_name"),
+    ):
+        assert f"{path}.{key} Additional properties are not allowed ('{key}' was unexpected)" in (
+            output
+        ), output
