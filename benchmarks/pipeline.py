@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 RATIOS = ("1:1", "4:5")
 STEP_ASSETS = ("product_cutouts", "product_scenes", "product_expansions")
+PIPELINE = "product_images"
 FAL_LATENCY_S = 0.5
 FAL_MAX_IN_PROGRESS = 32
 RERUN_TARGET = 0.05
@@ -125,7 +126,7 @@ def _statuses(storage: str, batch: str, assets: tuple[str, ...]) -> dict[str, di
 
     out: dict[str, dict[str, int]] = {}
     for name in assets:
-        frame = read_table(table_path(storage, name, batch))
+        frame = read_table(table_path(storage, f"{PIPELINE}__{name}", batch))
         counts = {} if frame is None else frame["status"].value_counts().to_dict()
         out[name] = {str(k): int(v) for k, v in counts.items()}
     return out
@@ -134,19 +135,21 @@ def _statuses(storage: str, batch: str, assets: tuple[str, ...]) -> dict[str, di
 def _setup(workdir: Path, steps: tuple[str, ...], bria_kwargs: dict[str, Any], batch: str):
     import dagster as dg
 
-    from bria_dagster.assets import CATALOG_PARTITIONS, PipelineSettings
-    from bria_dagster.pipeline import MAIN_JOB_NAME, build_definitions
-    from bria_dagster.resource import BriaResource
+    from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
 
     storage = str(workdir / "bria_data")
-    settings = PipelineSettings(
-        catalog_dir=str(workdir / "catalogs"), steps=steps, aspect_ratios=RATIOS
+    pipeline = ProductImagePipeline(
+        name=PIPELINE,
+        settings=PipelineSettings(
+            catalog_dir=str(workdir / "catalogs"), steps=steps, aspect_ratios=RATIOS
+        ),
+        storage=storage,
     )
-    bria = BriaResource(storage=storage, file_roots=[str(workdir)], **bria_kwargs)
-    defs = build_definitions(settings, storage=storage, bria=bria)
+    bria = BriaResource(file_roots=[str(workdir)], **bria_kwargs)
+    defs = pipeline.build_definitions(bria, operations=False)
     instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(CATALOG_PARTITIONS.name or "", [batch])
-    return defs.resolve_job_def(MAIN_JOB_NAME), instance, storage
+    instance.add_dynamic_partitions(pipeline.partitions_def.name, [batch])
+    return defs.resolve_job_def(pipeline.job_name), instance, storage
 
 
 def dagster_floor_job():
@@ -159,7 +162,6 @@ def dagster_floor_job():
     """
     import dagster as dg
 
-    from bria_dagster.assets import CATALOG_PARTITIONS
     from bria_dagster.checks import check_specs_for
     from bria_dagster.records import records_to_frame
 
@@ -169,6 +171,8 @@ def dagster_floor_job():
 
         def load_input(self, context: dg.InputContext) -> Any:
             return records_to_frame([])
+
+    partitions = dg.DynamicPartitionsDefinition(name=f"{PIPELINE}_batches")
 
     def empty_asset(name: str, step: str, upstream: str | None) -> dg.AssetsDefinition:
         key = dg.AssetKey(name)
@@ -183,7 +187,7 @@ def dagster_floor_job():
         def with_input(parents: Any):
             yield from results()
 
-        decorate = dg.asset(key=key, ins=ins, partitions_def=CATALOG_PARTITIONS, check_specs=specs)
+        decorate = dg.asset(key=key, ins=ins, partitions_def=partitions, check_specs=specs)
         return decorate(with_input if upstream else results)
 
     shape = [
@@ -217,10 +221,8 @@ def worker_offline(workdir: Path, batch: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bria-bench-dagster-home-") as home:
         import dagster as dg
 
-        from bria_dagster.assets import CATALOG_PARTITIONS
-
         on_disk = dg.DagsterInstance.local_temp(home)
-        on_disk.add_dynamic_partitions(CATALOG_PARTITIONS.name or "", [batch])
+        on_disk.add_dynamic_partitions(f"{PIPELINE}_batches", [batch])
         floor_sqlite_s = [_materialize(floor, on_disk, batch)[0] for _ in range(RERUNS)]
         on_disk.dispose()
     return {
