@@ -292,7 +292,7 @@ class FalBackend:
             raise
         response = spec.parse_response(payload)
         images = [await self._download(image, log) for image in response.images]
-        journal.completed(fingerprint)
+        await asyncio.to_thread(journal.completed, fingerprint)
         return BackendResult(
             endpoint_id=spec.endpoint_id,
             backend=self.name,
@@ -347,8 +347,12 @@ class FalBackend:
             else:
                 await self._cancel(accepted)
             raise
-        # Durable before we await anything else: a crash from here on re-attaches.
-        journal.accepted(fingerprint, request.endpoint_id, queued.request_id)
+        # Durable before we await anything else: a crash from here on re-attaches. The
+        # fsync runs in a thread so that the other requests' polls go on meanwhile; it
+        # completes even if this task is cancelled while waiting for it.
+        await asyncio.shield(
+            asyncio.to_thread(journal.accepted, fingerprint, request.endpoint_id, queued.request_id)
+        )
         return queued, False
 
     async def _submit(self, endpoint_id: str, arguments: dict[str, Any], log: RetryLog) -> _Queued:
