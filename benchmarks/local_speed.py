@@ -11,11 +11,12 @@ Part 1, median milliseconds per 1024x1024 image, two figures per endpoint:
   encode + writing the output file), plus the decode/encode share measured
   separately so it is clear where time goes.
 
-Targets: remove <= 350 ms (GrabCut refinement included), replace (prompt, num_images=1, the cutout as input,
-as ``product_scenes`` runs it) <= 150 ms, expand 4:5 -> 1:1 (820x1024 in,
-1024x1024 out) <= 200 ms. PASS/FAIL is printed for each figure, so it is plain
-which one meets the target. Inputs are synthetic photos from the five backdrop
-categories, taken in turn; one warm-up run precedes the timed ones.
+Targets: remove <= 350 ms (GrabCut refinement included), replace (prompt,
+num_images=1, the cutout as input, as ``product_scenes`` runs it) <= 150 ms,
+expand 4:5 -> 1:1 (820x1024 in, 1024x1024 out) <= 200 ms. PASS/FAIL is printed
+for each figure, so it is plain which one meets the target. Inputs are synthetic
+photos from the five backdrop categories, taken in turn; one warm-up run precedes
+the timed ones.
 
 Part 2, a 4000x3000 photo through remove, replace and expand (4:3 -> 4:5, a
 4000x5000 canvas), each in a fresh subprocess so the peak RSS
