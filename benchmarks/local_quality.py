@@ -1,24 +1,28 @@
-"""Quality benchmark of the embedded classical matte on synthetic product photos.
+"""Quality benchmark of the embedded classical matte on two synthetic sets with exact alpha.
 
-Run: ``.venv/bin/python benchmarks/local_quality.py [--seeds N] [--size PX]``
+Run: ``.venv/bin/python benchmarks/local_quality.py [--set both|tuning|heldout]
+[--seeds N] [--heldout-per-kind N] [--grabcut auto|always|never]``
 
-The photos come from ``bria_dagster.engine.synthetic`` (exact ground-truth
-alpha, JPEG-compressed) in five categories. Two disjoint seed splits:
+Two generators that share no code path:
 
-* TUNING seeds ``0 .. N-1`` -- the method and its parameters (``MatteConfig``
-  defaults) were chosen looking only at tuning seeds (``0 .. 39`` of every
-  category, at 512 px).
-* HELD-OUT seeds ``100_000 .. 100_000+N-1`` -- no parameter was tuned on these
-  seeds (nor were they used to pick the method); they are only evaluated, to
-  show the figures generalise.
+* TUNING set, ``bria_dagster.engine.synthetic`` (OpenCV-drawn bottles, boxes, mugs
+  and lamps; 512 px). The method and its parameters (``MatteConfig`` defaults,
+  including when GrabCut runs) were chosen looking only at this generator's seeds
+  ``0 .. 39``. Its seeds ``100_000 ..`` are reported too, as last turn did.
+* HELD-OUT set, ``bria_dagster.engine.heldout`` (Material Design Icons rendered by
+  resvg in varied colours, with holes and thin parts; vignetted gradients, coloured
+  paper, wood, marble, fabric and bokeh; soft contact shadows; JPEG q85-95; 1024 px;
+  needs the ``heldout`` extra). Never tuned on: it was written and checked by eye
+  (a sheet of photos and alphas) before any score was taken, then only evaluated,
+  once before and once after the change (``--grabcut never`` vs the default).
+  Targets: white_studio, gray_gradient, colored IoU >= 0.97 and MAE <= 0.02 each;
+  low_contrast IoU >= 0.93; textured IoU >= 0.90 (also shown per texture).
 
-Metrics per category: IoU of ``alpha >= 0.5`` against ``gt >= 0.5`` (mean over
-images) and alpha MAE (mean absolute error over all pixels, mean over images).
-Targets: IoU >= 0.97 and MAE <= 0.02 on white_studio, gray_gradient and colored
-(held-out). low_contrast (white product on white) and textured backdrops are
-reported as they are: the classical method is best effort there.
+Metrics per kind: IoU of ``alpha >= 0.5`` against ``gt >= 0.5`` (mean over images),
+worst IoU, and alpha MAE (mean absolute error over all pixels, mean over images).
 
-Speed: median wall time of ``remove_background`` on 1024x1024 photos.
+Speed (``--speed-repeats``, 0 to skip): median wall time of ``remove_background``
+on 1024x1024 photos; see ``local_speed.py`` for the end-to-end figures.
 """
 
 from __future__ import annotations
@@ -28,17 +32,20 @@ import io
 import os
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
-from bria_dagster.engine.matte import remove_background
+from bria_dagster.engine.matte import MatteConfig, remove_background
 from bria_dagster.engine.synthetic import CATEGORIES, make_product_photo
 
 TUNING_SEEDS_START = 0
 HELD_OUT_SEEDS_START = 100_000  # disjoint from tuning; never used to choose parameters
 TARGET_CATEGORIES = ("white_studio", "gray_gradient", "colored")
 TARGET_IOU, TARGET_MAE = 0.97, 0.02
+HELDOUT_IOU = {"low_contrast": 0.93, "textured": 0.90}  # plus the studio targets above
+CONFIG = MatteConfig()
 
 
 def _decode(jpg: bytes) -> np.ndarray:
@@ -52,13 +59,66 @@ def evaluate(category: str, seeds: range, size: int) -> tuple[float, float, floa
         jpg, gt = make_product_photo(category, seed, (size, size))
         rgb = _decode(jpg)
         t0 = time.perf_counter()
-        alpha = remove_background(rgb)
+        alpha = remove_background(rgb, CONFIG)
         times.append((time.perf_counter() - t0) * 1000)
         pred, truth = alpha >= 0.5, gt >= 0.5
         union = (pred | truth).sum()
         ious.append(float((pred & truth).sum() / union) if union else 1.0)
         maes.append(float(np.abs(alpha - gt).mean()))
     return float(np.mean(ious)), float(np.mean(maes)), float(np.min(ious)), times
+
+
+def evaluate_heldout(kind: str, count: int, size: int) -> list[tuple[str, float, float, float]]:
+    """(texture, IoU, MAE, ms) per held-out photo of one kind."""
+    from bria_dagster.engine.heldout import make_heldout_photo
+
+    rows = []
+    for seed in range(count):
+        jpg, gt, info = make_heldout_photo(kind, seed, size)
+        rgb = _decode(jpg)
+        t0 = time.perf_counter()
+        alpha = remove_background(rgb, CONFIG)
+        ms = (time.perf_counter() - t0) * 1000
+        pred, truth = alpha >= 0.5, gt >= 0.5
+        union = (pred | truth).sum()
+        iou = float((pred & truth).sum() / union) if union else 1.0
+        rows.append((info["texture"], iou, float(np.abs(alpha - gt).mean()), ms))
+    return rows
+
+
+def heldout_report(count: int, size: int) -> bool:
+    from bria_dagster.engine.heldout import KINDS, TEXTURES
+
+    print(f"\nHELD-OUT generator (bria_dagster.engine.heldout): {count} photos per kind "
+          f"at {size}px, seeds 0..{count - 1}, never tuned on")  # fmt: skip
+    print(f"{'kind':<22}{'n':>4}{'IoU':>8}{'min IoU':>9}{'MAE':>9}   target")
+    ok = True
+    times: list[float] = []
+    for kind in KINDS:
+        rows = evaluate_heldout(kind, count, size)
+        times += [r[3] for r in rows]
+        iou = float(np.mean([r[1] for r in rows]))
+        mae = float(np.mean([r[2] for r in rows]))
+        worst = min(r[1] for r in rows)
+        if kind in TARGET_CATEGORIES:
+            met = iou >= TARGET_IOU and mae <= TARGET_MAE
+            target = f"IoU >= {TARGET_IOU}, MAE <= {TARGET_MAE}"
+        else:
+            met = iou >= HELDOUT_IOU[kind]
+            target = f"IoU >= {HELDOUT_IOU[kind]}"
+        ok &= met
+        print(f"{kind:<22}{len(rows):>4}{iou:>8.3f}{worst:>9.3f}{mae:>9.4f}   "
+              f"{'met' if met else 'MISSED'} ({target})")  # fmt: skip
+        if kind == "textured":
+            for texture in TEXTURES:
+                sub = [r for r in rows if r[0] == texture]
+                if sub:
+                    s_iou = np.mean([r[1] for r in sub])
+                    s_mae = np.mean([r[2] for r in sub])
+                    s_min = min(r[1] for r in sub)
+                    print(f"  {texture:<20}{len(sub):>4}{s_iou:>8.3f}{s_min:>9.3f}{s_mae:>9.4f}")
+    print(f"median ms per held-out photo at {size}px: {statistics.median(times):.1f}")
+    return ok
 
 
 def speed_at(size: int, repeats: int) -> tuple[float, float]:
@@ -71,59 +131,71 @@ def speed_at(size: int, repeats: int) -> tuple[float, float]:
         _decode(make_product_photo(CATEGORIES[i % len(CATEGORIES)], 900_000 + i, (size, size))[0])
         for i in range(repeats)
     ]
-    remove_background(images[0])  # warm-up (OpenCV thread pool, allocations)
+    remove_background(images[0], CONFIG)  # warm-up (OpenCV thread pool, allocations)
     wall, cpu = [], []
     for rgb in images:
         t0, c0 = time.perf_counter(), time.process_time()
-        remove_background(rgb)
+        remove_background(rgb, CONFIG)
         wall.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.process_time() - c0) * 1000)
     return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> int:
+    global CONFIG
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=20, help="images per category per split")
-    parser.add_argument("--size", type=int, default=512, help="square image side in pixels")
-    parser.add_argument("--speed-repeats", type=int, default=15)
-    parser.add_argument("--split", choices=("both", "tuning", "held-out"), default="both")
+    parser.add_argument("--set", choices=("both", "tuning", "heldout"), default="both")
+    parser.add_argument("--seeds", type=int, default=20, help="tuning-set images per category")
+    parser.add_argument("--size", type=int, default=512, help="tuning-set image side")
+    parser.add_argument("--heldout-per-kind", type=int, default=30)
+    parser.add_argument("--heldout-size", type=int, default=1024)
+    parser.add_argument("--speed-repeats", type=int, default=15, help="0 skips the speed part")
+    parser.add_argument("--grabcut", choices=("auto", "always", "never"), default="auto",
+                        help="MatteConfig.grabcut (never = the engine before GrabCut)")  # fmt: skip
     args = parser.parse_args()
+    CONFIG = replace(MatteConfig(), grabcut=args.grabcut)
+    print(f"MatteConfig.grabcut = {args.grabcut!r}")
 
+    ok = True
+    if args.set in ("both", "tuning"):
+        ok &= tuning_report(args.seeds, args.size)
+    if args.set in ("both", "heldout"):
+        ok &= heldout_report(args.heldout_per_kind, args.heldout_size)
+    if args.speed_repeats:
+        wall, cpu = speed_at(1024, args.speed_repeats)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(
+            f"\nmedian ms per remove_background at 1024px: {wall:.1f} wall, {cpu:.1f} CPU "
+            f"({os.cpu_count()} cores, load average {load:.1f})"
+        )
+    return 0 if ok else 1
+
+
+def tuning_report(count: int, size: int) -> bool:
     splits = {
-        "TUNING": range(TUNING_SEEDS_START, TUNING_SEEDS_START + args.seeds),
-        "HELD-OUT": range(HELD_OUT_SEEDS_START, HELD_OUT_SEEDS_START + args.seeds),
+        "TUNING seeds": range(TUNING_SEEDS_START, TUNING_SEEDS_START + count),
+        "its HELD-OUT seeds": range(HELD_OUT_SEEDS_START, HELD_OUT_SEEDS_START + count),
     }
-    if args.split == "tuning":
-        del splits["HELD-OUT"]
-    elif args.split == "held-out":
-        del splits["TUNING"]
-    total = args.seeds * len(CATEGORIES) * len(splits)
-    print(f"synthetic set: {total} JPEG photos at {args.size}x{args.size}, "
-          f"{args.seeds} per category per split")  # fmt: skip
+    print(f"\nTUNING generator (bria_dagster.engine.synthetic): {count} JPEG photos per "
+          f"category per split at {size}x{size}")  # fmt: skip
     ok = True
     all_times: list[float] = []
     for name, seeds in splits.items():
-        print(f"\n{name} split (seeds {seeds.start}..{seeds.stop - 1})")
+        print(f"\n{name} ({seeds.start}..{seeds.stop - 1})")
         print(f"{'category':<14}{'IoU':>8}{'min IoU':>9}{'MAE':>9}   target")
         for category in CATEGORIES:
-            iou, mae, worst, times = evaluate(category, seeds, args.size)
+            iou, mae, worst, times = evaluate(category, seeds, size)
             all_times += times
             if category in TARGET_CATEGORIES:
                 met = iou >= TARGET_IOU and mae <= TARGET_MAE
-                if name == "HELD-OUT":
+                if name != "TUNING seeds":
                     ok &= met
                 verdict = "met" if met else "MISSED"
             else:
                 verdict = "(best effort)"
             print(f"{category:<14}{iou:>8.3f}{worst:>9.3f}{mae:>9.4f}   {verdict}")
-    print(f"\nmedian ms per image at {args.size}px: {statistics.median(all_times):.1f}")
-    wall, cpu = speed_at(1024, args.speed_repeats)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"median ms per image at 1024px: {wall:.1f} wall, {cpu:.1f} CPU "
-        f"(target <= 250; {os.cpu_count()} cores, load average {load:.1f})"
-    )
-    return 0 if ok else 1
+    print(f"median ms per image at {size}px: {statistics.median(all_times):.1f}")
+    return ok
 
 
 if __name__ == "__main__":

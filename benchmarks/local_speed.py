@@ -11,11 +11,12 @@ Part 1, median milliseconds per 1024x1024 image, two figures per endpoint:
   encode + writing the output file), plus the decode/encode share measured
   separately so it is clear where time goes.
 
-Targets: remove <= 250 ms, replace (prompt, num_images=1, the cutout as input,
-as ``product_scenes`` runs it) <= 150 ms, expand 4:5 -> 1:1 (820x1024 in,
-1024x1024 out) <= 200 ms. PASS/FAIL is printed for each figure, so it is plain
-which one meets the target. Inputs are synthetic photos from three backdrop
-categories, taken in turn; one warm-up run precedes the timed ones.
+Targets: remove <= 350 ms (GrabCut refinement included), replace (prompt,
+num_images=1, the cutout as input, as ``product_scenes`` runs it) <= 150 ms,
+expand 4:5 -> 1:1 (820x1024 in, 1024x1024 out) <= 200 ms. PASS/FAIL is printed
+for each figure, so it is plain which one meets the target. Inputs are synthetic
+photos from the five backdrop categories, taken in turn; one warm-up run precedes
+the timed ones.
 
 Part 2, a 4000x3000 photo through remove, replace and expand (4:3 -> 4:5, a
 4000x5000 canvas), each in a fresh subprocess so the peak RSS
@@ -52,9 +53,10 @@ from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.fetch import FetchPolicy
 from bria_dagster.images import decode_image, encode_png
 
-TARGETS_MS = {"remove": 250.0, "replace": 150.0, "expand": 200.0}
+TARGETS_MS = {"remove": 350.0, "replace": 150.0, "expand": 200.0}
 LARGE_RSS_LIMIT_MB = 1536.0
-CATEGORIES = ("white_studio", "gray_gradient", "colored")
+# All five kinds: GrabCut runs on the last two (unsure masks), so they cost the most.
+CATEGORIES = ("white_studio", "gray_gradient", "colored", "low_contrast", "textured")
 PROMPT = "warm beige marble"
 
 

@@ -3,6 +3,14 @@
 ``write_sample_catalogs(folder)`` writes two catalog batches (14 products of
 varied kinds: bottles, boxes, mugs, lamps on white, gray, coloured and textured
 backdrops) with their JPEG images. Deterministic: same bytes every time.
+``sample_alpha(sku)`` is the exact alpha of a sample photo (for tests).
+
+``contact_sheet(base, out)`` draws, from a demo run's stored tables and images
+(``make demo`` writes them to ``bria_data``), one row per product: source photo,
+cutout (on a checkerboard), first scene and first expansion. The README's
+``docs/demo_contact_sheet.png`` is made by::
+
+    python -m bria_dagster.samples contact-sheet --base bria_data --out docs/demo_contact_sheet.png
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from pathlib import Path
 
 from .engine.synthetic import make_product_photo
 
-__all__ = ["SAMPLE_BATCHES", "write_sample_catalogs"]
+__all__ = ["SAMPLE_BATCHES", "contact_sheet", "sample_alpha", "write_sample_catalogs"]
 
 # (sku, category, shape, seed, extra columns)
 SAMPLE_BATCHES: dict[str, list[tuple[str, str, str, int, dict[str, str]]]] = {
@@ -46,7 +54,19 @@ _PER_ROW = {
 }
 
 
-def write_sample_catalogs(folder: str | Path, *, size: tuple[int, int] = (640, 640)) -> list[Path]:
+SAMPLE_SIZE = (640, 640)
+
+
+def sample_alpha(sku: str, size: tuple[int, int] = SAMPLE_SIZE):
+    """``(jpeg_bytes, alpha)`` of one sample product, as ``write_sample_catalogs`` makes it."""
+    for products in SAMPLE_BATCHES.values():
+        for row_sku, category, shape, seed, _extra in products:
+            if row_sku == sku:
+                return make_product_photo(category, seed, size, shape=shape)
+    raise KeyError(sku)
+
+
+def write_sample_catalogs(folder: str | Path, *, size: tuple[int, int] = SAMPLE_SIZE) -> list[Path]:
     """Write ``<folder>/catalogs/<batch>.csv`` and ``<folder>/images/*.jpg``; return the CSVs."""
     root = Path(folder)
     (root / "catalogs").mkdir(parents=True, exist_ok=True)
@@ -82,8 +102,107 @@ def write_sample_catalogs(folder: str | Path, *, size: tuple[int, int] = (640, 6
     return written
 
 
+STEPS = ("product_cutouts", "product_scenes", "product_expansions")
+COLUMNS = ("source", "cutout", "scene", "expansion")
+
+
+def _demo_images(base: str | Path, pipeline: str) -> dict[str, dict[str, str]]:
+    """``{sku: {column: image path}}`` from the newest ok row of each step's tables."""
+    import pandas as pd
+
+    tables = Path(base) / "tables"
+    found: dict[str, dict[str, str]] = {}
+    for step, column in zip(STEPS, COLUMNS[1:], strict=True):
+        for path in sorted((tables / f"{pipeline}__{step}").glob("*.parquet")):
+            frame = pd.read_parquet(path)
+            frame = frame[(frame["status"] == "ok") & frame["image_uri"].notna()]
+            for row in frame.sort_values("variant").itertuples():
+                found.setdefault(str(row.sku), {}).setdefault(column, str(row.image_uri))
+    return found
+
+
+def _thumb(path: str | None, tile: int):
+    from PIL import Image
+
+    canvas = Image.new("RGB", (tile, tile), (255, 255, 255))
+    if not path:
+        return canvas
+    local = path[len("file://") :] if path.startswith("file://") else path
+    with Image.open(local) as img:
+        img.load()
+        image = img.convert("RGBA")
+    image.thumbnail((tile, tile))
+    board = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    if image.getextrema()[3][0] < 255:  # a cutout: show transparency as a checkerboard
+        cell = max(4, tile // 16)
+        dark = Image.new("RGBA", (cell, cell), (204, 204, 204, 255))
+        for y in range(0, image.height, cell):
+            for x in range((y // cell) % 2 * cell, image.width, 2 * cell):
+                board.paste(dark, (x, y))
+    board.alpha_composite(image)
+    canvas.paste(board.convert("RGB"), ((tile - image.width) // 2, (tile - image.height) // 2))
+    return canvas
+
+
+def contact_sheet(
+    base: str | Path = "bria_data",
+    out: str | Path = "docs/demo_contact_sheet.png",
+    *,
+    examples: str | Path = "examples",
+    pipeline: str = "product_images",
+    tile: int = 112,
+    groups: int = 2,
+) -> Path:
+    """Draw the demo's sources, cutouts, scenes and expansions; write a small PNG."""
+    from PIL import Image, ImageDraw
+
+    images = _demo_images(base, pipeline)
+    skus = [sku for products in SAMPLE_BATCHES.values() for sku, *_ in products]
+    missing = [sku for sku in skus if sku not in images]
+    if missing:
+        raise FileNotFoundError(
+            f"no demo outputs for {', '.join(missing)} under {base}: run `make demo` first"
+        )
+    label_h, gap = 14, 6
+    per_group = -(-len(skus) // groups)
+    group_w = 64 + len(COLUMNS) * tile
+    sheet = Image.new(
+        "RGB", (groups * group_w + (groups - 1) * gap, label_h + per_group * tile), "white"
+    )
+    draw = ImageDraw.Draw(sheet)
+    for g in range(groups):
+        x0 = g * (group_w + gap)
+        for c, name in enumerate(COLUMNS):
+            draw.text((x0 + 64 + c * tile + 4, 1), name, fill=(60, 60, 60))
+        for r, sku in enumerate(skus[g * per_group : (g + 1) * per_group]):
+            y = label_h + r * tile
+            draw.text((x0 + 4, y + tile // 2 - 6), sku, fill=(30, 30, 30))
+            paths = {"source": str(Path(examples) / "images" / f"{sku}.jpg"), **images[sku]}
+            for c, name in enumerate(COLUMNS):
+                sheet.paste(_thumb(paths.get(name), tile), (x0 + 64 + c * tile, y))
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sheet.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+    return target
+
+
+def _main(argv: list[str]) -> None:
+    import argparse
+
+    if not argv or argv[0] != "contact-sheet":  # `python -m bria_dagster.samples [FOLDER]`
+        for written_path in write_sample_catalogs(argv[0] if argv else "examples"):
+            print(written_path)
+        return
+    parser = argparse.ArgumentParser(prog="python -m bria_dagster.samples contact-sheet")
+    parser.add_argument("--base", default="bria_data", help="the demo's storage folder")
+    parser.add_argument("--examples", default="examples")
+    parser.add_argument("--out", default="docs/demo_contact_sheet.png")
+    args = parser.parse_args(argv[1:])
+    path = contact_sheet(args.base, args.out, examples=args.examples)
+    print(f"{path} ({path.stat().st_size / 1000:.0f} kB)")
+
+
 if __name__ == "__main__":
     import sys
 
-    for written_path in write_sample_catalogs(sys.argv[1] if len(sys.argv) > 1 else "examples"):
-        print(written_path)
+    _main(sys.argv[1:])
