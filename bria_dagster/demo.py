@@ -81,7 +81,10 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
     print(f"\nimages:  {storage}/images   (content-addressed, sha256/<ab>/<sha>.<ext>)")
     print(f"lineage: {storage}/tables/<asset>/<batch>.parquet   (one ImageRecord row per image)")
     print(f"dagster: {home}   (runs, partitions and materializations of this demo)")
-    print(f"\nsee it in the UI:  DAGSTER_HOME={home} .venv/bin/dagster dev -f definitions.py")
+    print(
+        f"\nsee it in the UI:  make ui   (= DAGSTER_HOME={home} "
+        ".venv/bin/dagster dev -f definitions.py)"
+    )
     try:
         from .lineage import load_records
 

@@ -28,7 +28,6 @@ from .backends.local import LocalBackend
 from .endpoints import AspectRatio, BriaRequest, ImageInput, PriceTable, build_request
 from .errors import ConfigurationError
 from .fetch import FetchPolicy
-from .journal import RequestJournal
 from .retry import RetryPolicy
 from .runner import BatchProgress, ItemOutcome, Usage, run_batch
 from .session import BriaSession
@@ -36,6 +35,8 @@ from .session import BriaSession
 __all__ = ["BriaResource", "PriceSettings"]
 
 AnyContext = dg.OpExecutionContext | dg.AssetExecutionContext
+SINGLE_CALL_JOURNAL = ".bria_journal.sqlite"
+"""Where single-image calls journal their fal request ids unless ``journal_path`` says."""
 
 PriceSettings = create_model(
     "PriceSettings",
@@ -153,9 +154,8 @@ class BriaResource(dg.ConfigurableResource):
                     "BriaResource(backend='fal') needs a key: set the FAL_KEY environment "
                     "variable (or fal_key=EnvVar('FAL_KEY'))"
                 )
-            return FalBackend(
+            return FalBackend(  # journals are per call: the pipeline's, or journal_path
                 key,
-                journal=RequestJournal(self.journal_path or ".bria_journal.sqlite"),
                 retry=self.retry_policy(),
                 request_timeout_s=self.request_timeout_s,
                 poll_interval_s=self.poll_interval_s,
@@ -252,8 +252,10 @@ class BriaResource(dg.ConfigurableResource):
 
     async def _call(self, request: BriaRequest) -> BackendResult:
         session = self.session()
+        paid = self.selected_backend() == "fal"  # the engine has nothing to re-attach to
+        journal = session.journal(self.journal_path or SINGLE_CALL_JOURNAL) if paid else None
         async with session.slots:
-            return await session.backend.run(request)
+            return await session.backend.run(request, journal=journal)
 
     def _record(self, context: AnyContext | None, result: BackendResult) -> BackendResult:
         if context is not None:
