@@ -34,7 +34,7 @@ from .planning import StepPlanner
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
 from .resource import BriaResource
 from .steps import StepContext, StepReport, reuse_index, source_row
-from .storage import PipelineStorage
+from .storage import PipelineStorage, resolve_journal_url
 from .translator import STEP_ASSETS
 
 if TYPE_CHECKING:
@@ -323,6 +323,8 @@ def _image_steps(
         selected = [s for s in steps if specs[s].key in context.selected_asset_keys]
         checks = context.selected_asset_check_keys
         store = storage.image_store()
+        journal, setting = resolve_journal_url(storage, context.instance)
+        bria.open_journal(journal, setting=setting)  # fails here, before any request is sent
         for group in _contiguous(steps, selected):
             first = steps.index(group[0])
             parents = (
@@ -343,7 +345,7 @@ def _image_steps(
                 ],
                 bria,
                 store,
-                journal=storage.journal_file(),
+                journal=journal,
                 log=context.log.info,
             )
             expected = list(parents["sku"])

@@ -64,7 +64,8 @@ class BriaResource(dg.ConfigurableResource):
     journal_path: str | None = Field(
         default=None,
         description="Request journal for single-image calls (pipelines keep theirs with their "
-        "storage). Default ./.bria_journal.sqlite.",
+        "storage): a file path, sqlite:///path or postgresql://... "
+        "Default ./.bria_journal.sqlite.",
     )
     max_concurrency: int = Field(
         default=16,
@@ -207,6 +208,21 @@ class BriaResource(dg.ConfigurableResource):
             session.close()
 
     # -- batch (what the pipeline's assets use) -----------------------------------------
+
+    def open_journal(self, url: str, *, setting: str) -> None:
+        """Open this execution's request journal at ``url`` now, before any request is sent.
+
+        Raises:
+            dagster.Failure: it cannot be opened (Postgres unreachable): the message names
+                ``setting`` and the server's host:port; metadata carries both.
+        """
+        try:
+            self.session().journal(url, setting=setting)
+        except ConfigurationError as exc:
+            raise dg.Failure(
+                description=exc.message,
+                metadata={"journal_setting": setting, "error": type(exc).__name__},
+            ) from None
 
     def run_batch(
         self,

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from .backends.base import Backend
-from .journal import RequestJournal
+from .journal import RequestJournal, open_journal
 
 __all__ = ["BriaSession"]
 
@@ -48,13 +48,15 @@ class BriaSession:
             self._stop()
             raise
 
-    def journal(self, path: str | None) -> RequestJournal | None:
-        """The journal at ``path``, opened once per session (``None``: the backend's own)."""
-        if path is None:
+    def journal(self, url: str | None, *, setting: str = "journal_url") -> RequestJournal | None:
+        """The journal at ``url`` (a path, ``sqlite:///``, ``postgresql://``), opened once
+        per session (``None``: the backend's own). ``setting`` names where ``url`` came from
+        in the error raised when it cannot be opened."""
+        if url is None:
             return None
-        if path not in self._journals:
-            self._journals[path] = RequestJournal(path)
-        return self._journals[path]
+        if url not in self._journals:
+            self._journals[url] = open_journal(url, setting=setting)
+        return self._journals[url]
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the session loop and wait for it (blocking this thread)."""

@@ -9,6 +9,10 @@ Layout under ``base`` (a local folder or any fsspec URL)::
     images/sha256/ab/abcdef....png           content-addressed images
     tables/<asset key parts joined by __>/<partition>.parquet
     journal.sqlite                           request journal (local bases only)
+
+The request journal is a SQLite file or a PostgreSQL table (``journal_url``); by default
+it follows the Dagster instance: its own Postgres database when the instance storage is
+Postgres (:func:`resolve_journal_url`), else the SQLite file above.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import fsspec
 
 from .store import ImageStore
 
-__all__ = ["PipelineStorage"]
+__all__ = ["PipelineStorage", "instance_postgres_url", "resolve_journal_url"]
 
 UNPARTITIONED = "__all__"
 
@@ -32,13 +36,21 @@ class PipelineStorage:
 
     Args:
         base: folder or fsspec URL (``s3://bucket/bria``, ``memory://bria``).
-        journal_path: SQLite request journal. Default: ``<base>/journal.sqlite`` for a
-            local base; for a remote base ``./.bria_journal.sqlite`` (keep it on a
-            persistent disk of the run workers).
+        journal_url: the request journal: ``postgresql://user:pw@host:5432/db`` (a table
+            in that database, for runs on several machines), ``sqlite:///path`` or a plain
+            path (a SQLite file). Default: the Dagster instance's own Postgres database
+            when the instance storage is Postgres; otherwise ``<base>/journal.sqlite`` for
+            a local base, ``./.bria_journal.sqlite`` for a remote one.
+        journal_path: older name of a SQLite ``journal_url`` (a file path).
     """
 
     base: str = "bria_data"
+    journal_url: str | None = None
     journal_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.journal_url and self.journal_path:
+            raise ValueError("PipelineStorage: give journal_url or journal_path, not both")
 
     @classmethod
     def of(cls, storage: str | os.PathLike[str] | PipelineStorage) -> PipelineStorage:
@@ -61,9 +73,9 @@ class PipelineStorage:
         return ImageStore(self.images_uri)
 
     def journal_file(self) -> str:
-        """The request journal's file."""
-        if self.journal_path:
-            return self.journal_path
+        """The request journal's URL or file, when no Dagster instance says otherwise."""
+        if self.journal_url or self.journal_path:
+            return str(self.journal_url or self.journal_path)
         if self.is_local:
             return os.path.join(self.base.removeprefix("file://"), "journal.sqlite")
         return ".bria_journal.sqlite"
@@ -84,3 +96,32 @@ class PipelineStorage:
         protocol = "" if "://" not in self.base else self.base.split("://", 1)[0] + "://"
         others = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []
         return [own, *sorted(protocol + p for p in others if not own.endswith(p))]
+
+
+def instance_postgres_url(instance: dg.DagsterInstance | None) -> str | None:
+    """The database URL of ``instance``'s run storage when it is dagster-postgres'."""
+    if instance is None:
+        return None
+    try:
+        from dagster_postgres import PostgresRunStorage
+    except ImportError:
+        return None
+    run_storage = instance.run_storage
+    return run_storage.postgres_url if isinstance(run_storage, PostgresRunStorage) else None
+
+
+def resolve_journal_url(
+    storage: PipelineStorage, instance: dg.DagsterInstance | None
+) -> tuple[str, str]:
+    """``(url, setting)``: where a run's request journal lives, and the setting that says so.
+
+    ``journal_url`` (or ``journal_path``) when set; else the instance's own Postgres
+    database when its storage is Postgres; else the local SQLite file of ``storage``.
+    """
+    if storage.journal_url or storage.journal_path:
+        setting = "journal_url" if storage.journal_url else "journal_path"
+        return storage.journal_file(), f"PipelineStorage.{setting}"
+    url = instance_postgres_url(instance)
+    if url is not None:
+        return url, "the Dagster instance's postgres storage (dagster.yaml storage: postgres:)"
+    return storage.journal_file(), "PipelineStorage.base"

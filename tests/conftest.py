@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fal_server import FalTestServer, reserve_port
+from tests.pg_server import PostgresTestServer
 
 FAL_PORT = reserve_port()
 _CA_DIR = tempfile.mkdtemp(prefix="bria-fal-ca-")
@@ -47,3 +48,11 @@ def fal_server(fal_server_session: FalTestServer) -> Iterator[FalTestServer]:
     fal_server_session.reset_stats()
     yield fal_server_session
     fal_server_session.configure(**DEFAULT_KNOBS)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresTestServer]:
+    """A real PostgreSQL server on 127.0.0.1 (the pgserver wheel's binaries), started once
+    per session and stopped (its data deleted) at the end."""
+    with PostgresTestServer() as server:
+        yield server
