@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -132,21 +131,6 @@ def _server_class() -> Any:
     return FalServerProcess
 
 
-def run_client(server: Any, key: str, args: list[str]) -> dict[str, Any]:
-    env = {**os.environ, **server.env, "FAL_KEY": key, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--client", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"client {args} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000)
@@ -187,8 +171,8 @@ def main() -> int:
                 server.reset()
                 key = f"bench-clean-{run}"
                 server_cpu0 = server.cpu_seconds()
-                res = run_client(
-                    server, key, ["batch", str(n), str(args.concurrency), str(run * n)]
+                res = server.run_client(
+                    __file__, key, ["batch", str(n), str(args.concurrency), str(run * n)]
                 )
                 stats = server.stats()
                 res["server_cpu_s"] = server.cpu_seconds() - server_cpu0
@@ -230,8 +214,8 @@ def main() -> int:
             if not args.skip_baseline:
                 server.configure(**NO_FAULTS)
                 server.reset()
-                base = run_client(
-                    server, "bench-baseline", ["baseline", str(args.baseline_n), "900000"]
+                base = server.run_client(
+                    __file__, "bench-baseline", ["baseline", str(args.baseline_n), "900000"]
                 )
                 per = base["wall_s"] / base["n"]
                 extrapolated = per * n
@@ -247,7 +231,9 @@ def main() -> int:
                 server.configure(**FAULTS)
                 server.reset()
                 key = "bench-faults"
-                res = run_client(server, key, ["batch", str(n), str(args.concurrency), "500000"])
+                res = server.run_client(
+                    __file__, key, ["batch", str(n), str(args.concurrency), "500000"]
+                )
                 stats = server.stats()
                 server.configure(**NO_FAULTS)
                 dup = stats["duplicate_submissions"]

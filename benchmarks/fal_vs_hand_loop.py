@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -199,21 +198,6 @@ def _server_class() -> Any:
     return FalServerProcess
 
 
-def run_client(server: Any, key: str, args: list[str]) -> dict[str, Any]:
-    env = {**os.environ, **server.env, "FAL_KEY": key, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--client", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"client {args} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 400, 2000])
@@ -241,9 +225,13 @@ def main() -> int:
                 folder = write_catalog(Path(tmp) / f"n{n}", n)
                 ideal = n * CALLS_PER_PRODUCT * args.latency / args.slots
                 server.reset()
-                hand = run_client(server, f"hand-{n}", ["hand", str(folder), str(args.slots)])
+                hand = server.run_client(
+                    __file__, f"hand-{n}", ["hand", str(folder), str(args.slots)]
+                )
                 server.reset()
-                ours = run_client(server, f"ours-{n}", ["ours", str(folder), str(args.slots)])
+                ours = server.run_client(
+                    __file__, f"ours-{n}", ["ours", str(folder), str(args.slots)]
+                )
                 stats = server.stats()
                 hand_ratio, ours_ratio = hand["wall_s"] / ideal, ours["wall_s"] / ideal
                 print(

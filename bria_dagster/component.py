@@ -291,12 +291,6 @@ class ProductImagesTranslator(
     def __init__(self, component: ProductImagesComponent) -> None:
         self._component = component
 
-    @field_validator("checks", "resource", mode="before")
-    @classmethod
-    def _settings_models(cls, value: Any, info: ValidationInfo) -> Any:
-        model = {"checks": CheckSettings, "resource": BriaResourceSettings}[info.field_name]
-        return value if value is None or isinstance(value, model) else model.model_validate(value)
-
     def get_asset_spec(self, props: BriaStepProps) -> dg.AssetSpec:
         spec = super().get_asset_spec(props)
         translation = self._component.translation

@@ -1293,6 +1293,25 @@ class FalServerProcess:
     def configure(self, **knobs: Any) -> None:
         self._call("POST", "/_test/configure", knobs)
 
+    def run_client(
+        self, script: str, key: str, args: list[str], *, timeout: float = 3600
+    ) -> dict[str, Any]:
+        """``script --client <args>`` in a fresh process pointed at this server (its env set
+        before fal_client is imported) with ``FAL_KEY=key``; its last stdout line, as JSON."""
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, **self.env, "FAL_KEY": key, "PYTHONPATH": root}
+        proc = subprocess.run(
+            [sys.executable, script, "--client", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=root,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"client {args} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
     def reset(self) -> None:
         self._call("POST", "/_test/reset", {})
 
