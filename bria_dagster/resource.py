@@ -36,6 +36,8 @@ __all__ = ["BriaResource", "PriceSettings"]
 
 AnyContext = dg.OpExecutionContext | dg.AssetExecutionContext
 SINGLE_CALL_JOURNAL = ".bria_journal.sqlite"
+OUTCOME_THREADS = 4
+"""Outcomes of a batch handled at once (``on_outcome`` must be thread-safe)."""
 """Where single-image calls journal their fal request ids unless ``journal_path`` says."""
 
 PriceSettings = create_model(
@@ -233,7 +235,8 @@ class BriaResource(dg.ConfigurableResource):
         on_progress: Callable[[BatchProgress], None] | None = None,
         journal: str | None = None,
     ) -> Usage:
-        """Run requests with bounded concurrency; ``on_outcome`` sees each as it completes.
+        """Run requests with bounded concurrency; ``on_outcome`` sees each as it completes
+        (in a worker thread; several may run at once).
 
         ``items`` may be an async iterable that grows while the batch runs (a stream of
         steps, :class:`~bria_dagster.chain.StepChain`); it is consumed on the session loop.
@@ -255,11 +258,23 @@ class BriaResource(dg.ConfigurableResource):
                 journal=session.journal(journal),
                 slots=session.slots,
             )
-            async for outcome in outcomes:
-                if outcome.result is not None and not outcome.shared:
-                    usage.add(outcome.result)
-                # Storing outputs (hash, write, fsync) must not stall the polling loop.
-                await asyncio.to_thread(on_outcome, outcome)
+            # Storing outputs (hash, write, fsync) runs in worker threads, a few outcomes at
+            # once: neither the polling loop nor the next outcome waits for one's fsync.
+            handling: set[asyncio.Future[None]] = set()
+            try:
+                async for outcome in outcomes:
+                    if outcome.result is not None and not outcome.shared:
+                        usage.add(outcome.result)
+                    handling.add(asyncio.ensure_future(asyncio.to_thread(on_outcome, outcome)))
+                    if len(handling) >= OUTCOME_THREADS:
+                        done, handling = await asyncio.wait(
+                            handling, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        for future in done:
+                            future.result()  # an error in on_outcome ends the batch
+            finally:
+                if handling:
+                    await asyncio.gather(*handling)
 
         session.run(drive())
         return usage

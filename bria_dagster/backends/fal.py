@@ -146,6 +146,7 @@ class FalBackend:
         self._latency: collections.defaultdict[str, _LatencyModel] = collections.defaultdict(
             _LatencyModel
         )
+        self._latency_any = _LatencyModel()  # every endpoint's: the prior of a new one
 
     def __repr__(self) -> str:
         return f"FalBackend(key={'set' if self._key else 'from env'}, journal={self.journal!r})"
@@ -381,12 +382,16 @@ class FalBackend:
 
         Polls aim at the time this endpoint's requests typically took to complete
         (learned from earlier ones, queue wait included), so most requests need a single
-        status call; between aims, polls are short. A wait is never longer than
+        status call; between aims, polls are short. An endpoint not seen yet starts from
+        what any endpoint took (in a streaming run, a product's first replace follows its
+        remove, so remove's times are known by then). A wait is never longer than
         ``4 x max_poll_interval_s``, so an estimate from a busier moment costs little.
         Until there is anything to learn from, and for re-attached requests, polling
         backs off from ``poll_interval_s`` to ``max_poll_interval_s`` as before.
         """
-        expected = self._latency[endpoint_id].mean if accepted is not None else None
+        expected = None
+        if accepted is not None:
+            expected = self._latency[endpoint_id].mean or self._latency_any.mean
         longest = 4 * self.max_poll_interval_s
         delay = self.poll_interval_s
         if expected is not None:
@@ -419,7 +424,9 @@ class FalBackend:
             await asyncio.sleep(next_wait())
             delay = min(delay * 1.5, self.max_poll_interval_s)
         if accepted is not None:
-            self._latency[endpoint_id].observe(time.monotonic() - accepted)
+            took = time.monotonic() - accepted
+            self._latency[endpoint_id].observe(took)
+            self._latency_any.observe(took)
         response = await self._retried(
             "result", lambda: self._fal_call("GET", queued.response_url), log
         )
