@@ -29,6 +29,10 @@ os.environ.update(
     }
 )
 os.environ.pop("FAL_KEY", None)  # tests choose their backend explicitly
+# The lineage index of an s3:// base lives in a local cache folder: never the user's own.
+_CACHE_DIR = tempfile.mkdtemp(prefix="bria-cache-")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+os.environ["BRIA_DAGSTER_CACHE_DIR"] = _CACHE_DIR
 
 DEFAULT_KNOBS = dict(
     latency=0.0, max_in_progress=0, rate_429=0.0, rate_5xx=0.0, rate_drop=0.0,
