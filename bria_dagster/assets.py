@@ -156,6 +156,7 @@ def build_product_image_assets(
         )
 
     @dg.asset(**asset_args("source"))
+    @storage.guarded  # storage refused (wrong S3 credentials): one dg.Failure that says so
     def catalog_batch(context: AssetExecutionContext, bria: BriaResource):
         ctx = step_context(context, "source")
         try:
@@ -319,6 +320,7 @@ def _image_steps(
         description="Remove -> replace -> expand, each product carried through every selected "
         "step as soon as its parent image is ready.",
     )
+    @storage.guarded
     def image_steps(context: AssetExecutionContext, bria: BriaResource, sources: pd.DataFrame):
         selected = [s for s in steps if specs[s].key in context.selected_asset_keys]
         checks = context.selected_asset_check_keys

@@ -8,9 +8,13 @@
         (batches are the pipeline's partitions in the Dagster instance at $DAGSTER_HOME)
     bria-dagster demo [--base DIR]
 
-For a local base the queries run over ``<base>/tables/_lineage.sqlite``, a cache of
-the record tables brought up to date (changed tables only) before every query; a
-one-line note on stderr says when tables were (re)indexed.
+The queries run over a SQLite cache of the record tables, brought up to date
+(changed tables only) before every query; a one-line note on stderr says when tables
+were (re)indexed. For a local base it is ``<base>/tables/_lineage.sqlite``; for an
+fsspec URL (``s3://bucket/prefix``) it lives on this machine, in ``--cache-dir`` or
+``$BRIA_DAGSTER_CACHE_DIR`` or ``$XDG_CACHE_HOME/bria-dagster`` (``~/.cache/bria-dagster``),
+and is never written to the bucket. S3 endpoint and keys come from the standard AWS
+variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...).
 
 User errors (unknown image, unreadable store) print one line to stderr and exit 2.
 """
@@ -101,7 +105,13 @@ def _parser() -> argparse.ArgumentParser:
             "--no-index",
             action="store_true",
             help="read the Parquet tables with pandas instead of the SQLite index "
-            "<base>/tables/_lineage.sqlite (fsspec URLs always do)",
+            "(<base>/tables/_lineage.sqlite, or for an fsspec URL a file in the cache folder)",
+        )
+        sub.add_argument(
+            "--cache-dir",
+            help="local folder for the lineage index of an fsspec URL such as s3://... "
+            "(default: $BRIA_DAGSTER_CACHE_DIR, else $XDG_CACHE_HOME/bria-dagster, "
+            "else ~/.cache/bria-dagster); never written to the bucket",
         )
 
     batches = commands.add_parser(
@@ -190,27 +200,27 @@ def _lineage(args: argparse.Namespace, out: TextIO) -> int:
     if not args.no_index:
         from . import lineage_index  # sqlite only: no pandas/pyarrow while the index is current
 
-        if lineage_index.is_local_base(args.base):
+        # A local base's index is beside its tables, an fsspec URL's in the local cache.
+        try:
+            index = lineage_index.open_index(args.base, cache_dir=args.cache_dir)
+        except lineage_index.IndexUnavailableError as exc:
+            print(f"bria-dagster: note: {exc}; reading the tables instead", file=sys.stderr)
+        else:
+            answer = io.StringIO()  # written out only once the index has answered whole
             try:
-                index = lineage_index.open_index(args.base)
-            except lineage_index.IndexUnavailableError as exc:
-                print(f"bria-dagster: note: {exc}; reading the tables instead", file=sys.stderr)
-            else:
-                answer = io.StringIO()  # written out only once the index has answered whole
-                try:
-                    with index:
-                        status = _lineage_indexed(args, index, answer)
-                except sqlite3.Error as exc:  # e.g. disk I/O error, locked past the timeout
-                    print(
-                        f"bria-dagster: note: the lineage index failed during the query "
-                        f"({exc}); reading the tables instead",
-                        file=sys.stderr,
-                    )
-                    return _lineage_tables(args, out)
-                out.write(answer.getvalue())
-                if index.stats.changed:
-                    print(index.stats.summary(), file=sys.stderr)
-                return status
+                with index:
+                    status = _lineage_indexed(args, index, answer)
+            except sqlite3.Error as exc:  # e.g. disk I/O error, locked past the timeout
+                print(
+                    f"bria-dagster: note: the lineage index failed during the query "
+                    f"({exc}); reading the tables instead",
+                    file=sys.stderr,
+                )
+                return _lineage_tables(args, out)
+            out.write(answer.getvalue())
+            if index.stats.changed:
+                print(index.stats.summary(), file=sys.stderr)
+            return status
     return _lineage_tables(args, out)
 
 

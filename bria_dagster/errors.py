@@ -7,8 +7,10 @@ replies only, and :func:`redact` scrubs anything that slips through.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 
 __all__ = [
     "BriaError",
@@ -25,7 +27,10 @@ __all__ = [
     "RequestValidationError",
     "RetriesExhaustedError",
     "SecretInConfigError",
+    "StorageAccessError",
     "redact",
+    "storage_access",
+    "storage_access_error",
 ]
 
 
@@ -124,6 +129,66 @@ class SecretInConfigError(BriaError):
     """
 
 
+class StorageAccessError(BriaError, PermissionError):
+    """The storage location (``s3://...``) refused us: wrong or missing credentials, no
+    permission, or an unreachable endpoint. Nothing was written under its final name."""
+
+    def __init__(self, message: str, *, url: str, action: str, cause: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.action = action
+        self.cause = redact(cause)
+
+
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+)
+
+
+def storage_access_error(url: str, exc: BaseException, action: str) -> StorageAccessError | None:
+    """``exc`` as one clear :class:`StorageAccessError` naming ``url`` and what to check, or
+    None when it is not an access problem (a missing file stays a ``FileNotFoundError``).
+
+    Recognised: ``PermissionError`` (s3fs's translation of InvalidAccessKeyId,
+    SignatureDoesNotMatch, AccessDenied, ExpiredToken) and botocore's own errors
+    (no credentials, partial credentials, endpoint unreachable).
+    """
+    if isinstance(exc, StorageAccessError):
+        return exc
+    botocore = type(exc).__module__.startswith(("botocore", "aiobotocore"))
+    if not (isinstance(exc, PermissionError) or botocore):
+        return None
+    cause = f"{type(exc).__name__}: {exc}"
+    hint = (
+        "check the S3 credentials and endpoint: " + ", ".join(AWS_VARIABLES) + " (or ~/.aws)"
+        if url.startswith(("s3://", "s3a://"))
+        else "check the credentials and permissions of this storage location"
+    )
+    return StorageAccessError(
+        f"cannot {action} {url}: access refused ({cause}); {hint}",
+        url=url,
+        action=action,
+        cause=cause,
+    )
+
+
+@contextlib.contextmanager
+def storage_access(url: str, action: str) -> Iterator[None]:
+    """Turn an access failure inside the block into a :class:`StorageAccessError`."""
+    try:
+        yield
+    except Exception as exc:
+        error = storage_access_error(url, exc, action)
+        if error is None or error is exc:
+            raise
+        raise error from exc
+
+
 # An "Authorization: Key <id>:<secret>" credential echoed back in some text: the token
 # after "Key" has a digit or a colon (prose such as "the key is" or "FAL_KEY variable" is
 # left alone).
@@ -133,6 +198,9 @@ _KEY_PATTERN = re.compile(r"(\bKey\s+)(?=[\w\-.]*[:\d])[\w\-:.]{6,}", re.IGNOREC
 def redact(text: str, secrets: list[str] | None = None) -> str:
     """Remove the fal key (and any extra ``secrets``) from ``text``."""
     candidates = list(secrets or [])
+    aws_secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if aws_secret and len(aws_secret) >= 8:
+        candidates.append(aws_secret)
     env_key = os.environ.get("FAL_KEY")
     if env_key:
         candidates.append(env_key)

@@ -19,7 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from .errors import storage_access
 from .records import IMAGE_RECORD_SCHEMA, frame_to_table, records_to_frame
+from .storage import PipelineStorage
 
 __all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_folder", "table_path"]
 
@@ -40,10 +42,11 @@ def table_path(base: str, asset_key: dg.AssetKey | str, partition: str | None) -
 def read_records(path: str) -> pa.Table | None:
     """The records at ``path`` as an Arrow table, or ``None`` when none were written yet."""
     fs, root = fsspec.core.url_to_fs(path)
-    if not fs.exists(root):
-        return None
-    with fs.open(root, "rb") as fh:
-        return pq.read_table(fh, schema=IMAGE_RECORD_SCHEMA)
+    with storage_access(path, "read record table"):
+        if not fs.exists(root):
+            return None
+        with fs.open(root, "rb") as fh:
+            return pq.read_table(fh, schema=IMAGE_RECORD_SCHEMA)
 
 
 def read_table(path: str) -> pd.DataFrame | None:
@@ -65,9 +68,10 @@ def write_table(path: str, frame: pd.DataFrame) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, root)
-    else:
-        fs.makedirs(os.path.dirname(root), exist_ok=True)
-        fs.pipe_file(root, buf.getvalue())
+    else:  # one PUT of the whole table: an object store never shows part of it
+        with storage_access(path, "write record table"):
+            fs.makedirs(os.path.dirname(root), exist_ok=True)
+            fs.pipe_file(root, buf.getvalue())
 
 
 class ImageRecordIOManager(dg.ConfigurableIOManager):
@@ -80,13 +84,15 @@ class ImageRecordIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
         partition = context.partition_key if context.has_partition_key else None
         path = table_path(self.base_dir, context.asset_key, partition)
-        write_table(path, obj)
+        with PipelineStorage(self.base_dir).failures():
+            write_table(path, obj)
         context.add_output_metadata({"table": dg.MetadataValue.path(path)})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         partition = context.partition_key if context.has_partition_key else None
         path = table_path(self.base_dir, context.asset_key, partition)
-        frame = read_table(path)
+        with PipelineStorage(self.base_dir).failures():
+            frame = read_table(path)
         if frame is None:
             raise FileNotFoundError(
                 f"no records at {path}: materialize {context.asset_key.to_user_string()} "

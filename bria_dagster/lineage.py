@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from . import lineage_index as _index_module
+from .errors import storage_access, storage_access_error
 from .records import COLUMNS, FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, records_to_frame
 
 __all__ = [
@@ -91,10 +92,14 @@ class _RecordTables:
         self.fs, root = fsspec.core.url_to_fs(os.fspath(base))
         self.location = f"{os.fspath(base).rstrip('/')}/tables"
         tables = f"{root.rstrip('/')}/tables"
-        found = self.fs.glob(f"{tables}/*/*.parquet")
+        with storage_access(self.location, "list record tables"):
+            found = self.fs.glob(f"{tables}/*/*.parquet")
         # Hidden or underscore names are temporaries and caches, never step tables.
         self.paths = sorted(p for p in found if not posixpath.basename(p).startswith((".", "_")))
         self.offsets = np.zeros(len(self.paths) + 1, dtype=np.int64)
+
+    def _url(self, path: str) -> str:
+        return f"{self.location}/{path.rsplit('/', 2)[-2]}/{posixpath.basename(path)}"
 
     def _read(self, path: str, columns: Sequence[str]) -> pa.Table:
         try:
@@ -103,6 +108,9 @@ class _RecordTables:
             )
             return dataset.to_table(columns=list(columns))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+            refused = storage_access_error(self._url(path), exc, "read record table")
+            if refused is not None:
+                raise refused from exc
             raise RecordTableError(
                 f"cannot read record table {path} with the ImageRecord schema: {exc}. "
                 "Remove or rewrite it (only pipeline-written Parquet belongs under tables/)."

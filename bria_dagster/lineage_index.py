@@ -8,7 +8,14 @@ answers ``trace`` and ``derived`` with the same semantics and rows as
 when the index is current (so a query over a million records answers in well
 under a second, interpreter start included).
 
-Only local bases get an index; fsspec URLs keep using :mod:`bria_dagster.lineage`.
+Where the index lives: for a local base, beside the tables; for an fsspec URL
+(``s3://bucket/bria``) in a local cache folder of the machine that queries,
+``$BRIA_DAGSTER_CACHE_DIR`` or ``$XDG_CACHE_HOME/bria-dagster`` (``~/.cache/bria-dagster``)
+then ``lineage/<sha256 of the URL>.sqlite``: it is never written to the bucket, so
+several machines never write one index. A remote sync lists the tables (ETag,
+last-modified and size) and downloads only the new or changed ones. Concurrent syncs
+on one machine serialise on SQLite's write lock: each re-lists inside its write
+transaction, so the second finds the work done.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from .errors import BriaError
+from .errors import BriaError, StorageAccessError, storage_access
 
 __all__ = [
+    "CACHE_DIR_ENV",
     "DERIVED_COLUMNS",
     "INDEX_NAME",
     "MIN_PREFIX",
@@ -42,6 +50,7 @@ __all__ = [
     "QueryResult",
     "RecordTableError",
     "SyncStats",
+    "cache_root",
     "index_path",
     "is_local_base",
     "open_index",
@@ -50,6 +59,7 @@ __all__ = [
 ]
 
 INDEX_NAME = "_lineage.sqlite"
+CACHE_DIR_ENV = "BRIA_DAGSTER_CACHE_DIR"
 SCHEMA_VERSION = 3  # 3: reused_in_run_id and unit_price_usd
 BUSY_TIMEOUT_S = 60.0
 MIN_PREFIX = 8
@@ -176,13 +186,34 @@ def _local(base: str | os.PathLike[str]) -> str:
     return os.fspath(base).removeprefix("file://")
 
 
-def index_path(base: str | os.PathLike[str]) -> str:
-    """Where the index of ``base`` lives: ``<base>/tables/_lineage.sqlite``."""
-    return os.path.join(_local(base), "tables", INDEX_NAME)
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """The local cache folder: ``cache_dir``, else ``$BRIA_DAGSTER_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/bria-dagster`` (``~/.cache/bria-dagster``)."""
+    if cache_dir:
+        return os.fspath(cache_dir)
+    if os.environ.get(CACHE_DIR_ENV):
+        return os.environ[CACHE_DIR_ENV]
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "bria-dagster")
+
+
+def index_path(
+    base: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """Where the index of ``base`` lives: ``<base>/tables/_lineage.sqlite`` for a local
+    base; ``<cache root>/lineage/<sha256 of the URL>.sqlite`` for an fsspec URL."""
+    if is_local_base(base):
+        return os.path.join(_local(base), "tables", INDEX_NAME)
+    url = os.fspath(base).rstrip("/")
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+    return os.path.join(cache_root(cache_dir), "lineage", f"{digest}.sqlite")
 
 
 def _scan(tables: str) -> dict[str, tuple[int, int]]:
-    """``{"<asset>/<partition>.parquet": (mtime_ns, size)}`` of the step tables."""
+    """``{"<asset>/<partition>.parquet": (stamp, size)}`` of the step tables; the stamp
+    is the mtime in ns locally, a 60-bit key of ETag and last-modified time remotely."""
+    if not is_local_base(tables):
+        return _scan_remote(tables)
     found: dict[str, tuple[int, int]] = {}
     try:
         assets = list(os.scandir(tables))
@@ -202,6 +233,35 @@ def _scan(tables: str) -> dict[str, tuple[int, int]]:
     return found
 
 
+def _scan_remote(tables: str) -> dict[str, tuple[int, int]]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(tables)
+    root = root.rstrip("/")
+    with storage_access(tables, "list record tables"):
+        fs.invalidate_cache()  # other machines write here: never trust an old listing
+        # exists() first: s3fs's find() answers {} where access is refused.
+        entries = fs.find(root, maxdepth=2, detail=True) if fs.exists(root) else {}
+    found: dict[str, tuple[int, int]] = {}
+    for path, info in entries.items():
+        relative = path.removeprefix(root).lstrip("/")
+        parts = relative.split("/")
+        if len(parts) != 2 or info.get("type") != "file":
+            continue
+        if not parts[1].endswith(".parquet") or parts[1].startswith((".", "_")):
+            continue
+        found[relative] = (_remote_stamp(info), int(info.get("size") or 0))
+    return found
+
+
+def _remote_stamp(info: dict[str, Any]) -> int:
+    """What changes when an object is rewritten: its ETag and last-modified time (s3fs),
+    or whatever of mtime / created / md5 the filesystem reports."""
+    keys = ("ETag", "etag", "md5", "LastModified", "last_modified", "mtime", "updated", "created")
+    text = "|".join(str(info.get(key)) for key in keys)
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:_KEY_HEX], 16)
+
+
 def _read_table(path: str) -> list[list[Any]]:
     """The stored columns of one Parquet table (``created_us`` first), as Python lists."""
     import pyarrow as pa
@@ -210,9 +270,20 @@ def _read_table(path: str) -> list[list[Any]]:
     from .records import IMAGE_RECORD_SCHEMA
 
     try:
-        table = ds.dataset(path, schema=IMAGE_RECORD_SCHEMA, format="parquet").to_table(
-            columns=[*STORED_COLUMNS, "created_at"]
-        )
+        if is_local_base(path):
+            dataset = ds.dataset(path, schema=IMAGE_RECORD_SCHEMA, format="parquet")
+        else:
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(path)
+            with storage_access(path, "read record table"):
+                dataset = ds.dataset(
+                    root, schema=IMAGE_RECORD_SCHEMA, format="parquet", filesystem=fs
+                )
+        with storage_access(path, "read record table"):
+            table = dataset.to_table(columns=[*STORED_COLUMNS, "created_at"])
+    except StorageAccessError:
+        raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise RecordTableError(
             f"cannot read record table {path} with the ImageRecord schema: {exc}. "
@@ -377,7 +448,7 @@ def _sync(conn: sqlite3.Connection, tables: str) -> SyncStats:
                 conn.execute("DELETE FROM tables WHERE id = ?", (stored[path][0],))
             for path in changed:
                 mtime_ns, size = found[path]
-                columns = _read_table(os.path.join(tables, path))
+                columns = _read_table(_join(tables, path))
                 rows = len(columns[0])
                 if path in stored:
                     file_id = stored[path][0]
@@ -412,31 +483,56 @@ def _sync(conn: sqlite3.Connection, tables: str) -> SyncStats:
     return stats
 
 
+def _join(tables: str, relative: str) -> str:
+    return os.path.join(tables, relative) if is_local_base(tables) else f"{tables}/{relative}"
+
+
 def _delete_file(conn: sqlite3.Connection, file_id: int) -> None:
     first = file_id << _ROW_BITS
     conn.execute("DELETE FROM records WHERE id >= ? AND id < ?", (first, first + (1 << _ROW_BITS)))
 
 
-def sync(base: str | os.PathLike[str]) -> SyncStats:
-    """Bring ``<base>/tables/_lineage.sqlite`` up to date with the Parquet tables.
+def sync(
+    base: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+) -> SyncStats:
+    """Bring the index of ``base`` (:func:`index_path`) up to date with the Parquet tables.
 
-    New or changed tables (size or mtime) are re-read, vanished ones dropped, all in
-    one transaction; when nothing changed only the files are stat-ed.
+    New or changed tables (size or mtime; ETag for an object store) are re-read,
+    vanished ones dropped, all in one transaction; when nothing changed only the
+    files are stat-ed (listed).
     """
-    index = open_index(base)
+    index = open_index(base, cache_dir=cache_dir)
     try:
         return index.stats
     finally:
         index.close()
 
 
-def open_index(base: str | os.PathLike[str]) -> IndexedLineage:
-    """The synced index of a local ``base``, ready for queries (close it when done).
+def open_index(
+    base: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+) -> IndexedLineage:
+    """The synced index of ``base``, ready for queries (close it when done).
 
-    A store without a ``tables`` folder gets an empty in-memory index (nothing to cache).
+    A local store without a ``tables`` folder gets an empty in-memory index (nothing
+    to cache). An fsspec URL's index lives in the local cache folder (:func:`cache_root`,
+    or ``cache_dir``), never under the URL; a ``memory://`` one only in memory.
     """
-    tables = os.path.join(_local(base), "tables")
-    path = index_path(base) if os.path.isdir(tables) else ":memory:"
+    if is_local_base(base):
+        tables = os.path.join(_local(base), "tables")
+        path = index_path(base) if os.path.isdir(tables) else ":memory:"
+    elif os.fspath(base).startswith("memory://"):  # lives and dies with this process
+        tables = f"{os.fspath(base).rstrip('/')}/tables"
+        path = ":memory:"
+    else:
+        tables = f"{os.fspath(base).rstrip('/')}/tables"
+        path = index_path(base, cache_dir)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as exc:
+            raise IndexUnavailableError(
+                f"cannot create the lineage cache folder {os.path.dirname(path)}: {exc}; "
+                f"set --cache-dir or {CACHE_DIR_ENV}, or run with --no-index"
+            ) from exc
     conn = _connect(path)
     try:
         stats = _sync(conn, tables)

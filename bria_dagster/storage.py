@@ -17,12 +17,18 @@ Postgres (:func:`resolve_journal_url`), else the SQLite file above.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import fsspec
 
+from .errors import AWS_VARIABLES, StorageAccessError, storage_access
 from .store import ImageStore
 
 __all__ = ["PipelineStorage", "instance_postgres_url", "resolve_journal_url"]
@@ -94,8 +100,47 @@ class PipelineStorage:
         own = self.table_path(asset_key, partition)
         fs, root = fsspec.core.url_to_fs(self.table_folder(asset_key))
         protocol = "" if "://" not in self.base else self.base.split("://", 1)[0] + "://"
-        others = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []
+        with storage_access(self.table_folder(asset_key), "list record tables"):
+            others = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []
         return [own, *sorted(protocol + p for p in others if not own.endswith(p))]
+
+    @contextlib.contextmanager
+    def failures(self) -> Iterator[None]:
+        """Inside an asset: a :class:`StorageAccessError` becomes one ``dg.Failure`` naming
+        the storage and what to check (no retry: wrong credentials stay wrong)."""
+        try:
+            yield
+        except StorageAccessError as exc:
+            raise dg.Failure(
+                description=str(exc),
+                metadata={
+                    "storage": self.base,
+                    "url": exc.url,
+                    "action": exc.action,
+                    "error_class": type(exc).__name__,
+                    "cause": exc.cause,
+                    "check": ", ".join(AWS_VARIABLES),
+                },
+                allow_retries=False,
+            ) from None
+
+    def guarded(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` (an asset body, plain or generator) under :meth:`failures`."""
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                with self.failures():
+                    yield from fn(*args, **kwargs)
+
+            return generator
+
+        @functools.wraps(fn)
+        def plain(*args: Any, **kwargs: Any) -> Any:
+            with self.failures():
+                return fn(*args, **kwargs)
+
+        return plain
 
 
 def instance_postgres_url(instance: dg.DagsterInstance | None) -> str | None:

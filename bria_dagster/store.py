@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from .errors import storage_access
+
 __all__ = ["ImageStore", "StoredImage"]
 
 _EXTENSIONS = {
@@ -83,11 +85,15 @@ class ImageStore:
                     if os.path.exists(tmp):
                         os.unlink(tmp)
             else:
-                self.fs.pipe_file(path, data)
+                with storage_access(self.uri_for(sha, content_type), "store image"):
+                    self.fs.pipe_file(path, data)  # one PUT: whole or absent
         return StoredImage(self.uri_for(sha, content_type), sha, len(data), content_type)
 
     def _exists(self, path: str) -> bool:
-        return os.path.exists(path) if self._local else self.fs.exists(path)
+        if self._local:
+            return os.path.exists(path)
+        with storage_access(self._url(path), "look up image"):
+            return self.fs.exists(path)
 
     def _find(self, sha256: str, content_type: str | None = None) -> str:
         types = (*_EXTENSIONS, "application/octet-stream")
@@ -113,5 +119,12 @@ class ImageStore:
     def get(self, sha256_or_uri: str) -> bytes:
         """The bytes of an image, by sha256 or by the uri :meth:`put` returned."""
         if len(sha256_or_uri) == 64 and all(c in "0123456789abcdef" for c in sha256_or_uri):
-            return self.fs.cat_file(self._find(sha256_or_uri))
-        return self.fs.cat_file(sha256_or_uri)
+            path = self._find(sha256_or_uri)
+        else:
+            path = sha256_or_uri
+        with storage_access(self._url(path), "read image"):
+            return self.fs.cat_file(path)
+
+    def _url(self, path: str) -> str:
+        """``path`` as users see it (with its ``s3://``) for messages."""
+        return path if self._local or "://" in path else self._prefix + path.lstrip("/")

@@ -14,6 +14,7 @@ import pytest
 
 from tests.fal_server import FalTestServer, reserve_port
 from tests.pg_server import PostgresTestServer
+from tests.s3_server import S3Server, running_s3_server
 
 FAL_PORT = reserve_port()
 _CA_DIR = tempfile.mkdtemp(prefix="bria-fal-ca-")
@@ -28,6 +29,10 @@ os.environ.update(
     }
 )
 os.environ.pop("FAL_KEY", None)  # tests choose their backend explicitly
+# The lineage index of an s3:// base lives in a local cache folder: never the user's own.
+_CACHE_DIR = tempfile.mkdtemp(prefix="bria-cache-")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+os.environ["BRIA_DAGSTER_CACHE_DIR"] = _CACHE_DIR
 
 DEFAULT_KNOBS = dict(
     latency=0.0, max_in_progress=0, rate_429=0.0, rate_5xx=0.0, rate_drop=0.0,
@@ -56,3 +61,21 @@ def postgres_server() -> Iterator[PostgresTestServer]:
     per session and stopped (its data deleted) at the end."""
     with PostgresTestServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server_session() -> Iterator[S3Server]:
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server_session: S3Server, request: pytest.FixtureRequest) -> str:
+    """A new, empty bucket on the loopback S3 server; returns ``s3://<bucket>``."""
+    import fsspec
+
+    s3_server_session.fresh_filesystems()
+    name = "bria-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50]
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(name.rstrip("-"))
+    return f"s3://{name.rstrip('-')}"

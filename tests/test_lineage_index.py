@@ -277,13 +277,14 @@ def test_cli_with_a_current_index_does_not_import_pandas(base):
     assert "expand" in done.stdout
 
 
-def test_cli_keeps_fsspec_urls_on_the_pandas_path(rows, capsys):
+def test_cli_indexes_a_memory_url_in_memory_only(rows, capsys, tmp_path):
     url = "memory://lineage-index-test"
     write_store(url, records_to_frame(rows))
     try:
-        status, out, _ = run(["lineage", "derived", "sku-a", "--base", url], capsys)
+        args = ["lineage", "derived", "sku-a", "--base", url, "--cache-dir", str(tmp_path)]
+        status, out, _ = run(args, capsys)
         assert status == 0 and "images derived from sku-a" in out
-        assert not os.path.exists(index_path(url))
+        assert not os.path.exists(index_path(url, tmp_path)) and not os.listdir(tmp_path)
     finally:
         import fsspec
 
