@@ -183,7 +183,7 @@ class ReuseIndex:
         for shard, wanted in sorted(shards.items()):
             table = self._read_shard(shard, sorted(wanted))
             for row in table.to_pylist():
-                found.setdefault(row.pop(FINGERPRINT), []).append(row)
+                found.setdefault(row[FINGERPRINT], []).append(row)
         return found
 
     def _read_shard(self, shard: str, wanted: list[str]) -> pa.Table:
