@@ -179,9 +179,14 @@ class ReuseIndex:
         for fingerprint in fingerprints:
             if fingerprint:
                 shards[fingerprint[:2]].add(fingerprint)
+        jobs = [(shard, sorted(wanted)) for shard, wanted in sorted(shards.items())]
+        if self._local or len(jobs) < 2:
+            tables = [self._read_shard(*job) for job in jobs]
+        else:  # object stores: a few GETs per shard, several shards at once
+            with ThreadPoolExecutor(8) as pool:
+                tables = list(pool.map(lambda job: self._read_shard(*job), jobs))
         found: dict[str, list[dict[str, Any]]] = {}
-        for shard, wanted in sorted(shards.items()):
-            table = self._read_shard(shard, sorted(wanted))
+        for table in tables:
             for row in table.to_pylist():
                 found.setdefault(row[FINGERPRINT], []).append(row)
         return found
@@ -212,9 +217,22 @@ class ReuseIndex:
 
     def _read(self, path: str, wanted: list[str] | None = None) -> pa.Table:
         filters = None if wanted is None else [(FINGERPRINT, "in", wanted)]
-        return pq.read_table(
-            path, filesystem=None if self._local else self.fs, schema=INDEX_SCHEMA, filters=filters
-        )
+        try:
+            return pq.read_table(
+                path,
+                filesystem=None if self._local else self.fs,
+                schema=INDEX_SCHEMA,
+                filters=filters,
+            )
+        except FileNotFoundError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            if not self.fs.exists(path):
+                raise FileNotFoundError(path) from exc
+            # Index files are written without fsync: a crash can leave one unreadable.
+            logger.warning("reuse index file %s is unreadable (%s); dropping it", path, exc)
+            _remove(self.fs, [path])
+            return INDEX_SCHEMA.empty_table()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -235,8 +253,10 @@ class ReuseIndex:
         self._mark(posixpath.basename(root), stamp)
         return added
 
-    def sync(self) -> int:
-        """Index the asset's tables that have no current mark; the number of tables indexed."""
+    def sync(self, *, level: int = 0) -> int:
+        """Index the asset's tables that have no current mark; the number of tables indexed.
+
+        ``level``: of the files written (:func:`rebuild` writes its own top level)."""
         try:
             listing = self._tables_fs.ls(self._tables, detail=True)
         except FileNotFoundError:
@@ -269,16 +289,18 @@ class ReuseIndex:
             done.append(name)
             rows += len(entries)
             if rows >= SYNC_CHUNK_ROWS:
-                self._flush(pending, done, tables)
+                self._flush(pending, done, tables, level)
                 pending, done, rows = [], [], 0
-        self._flush(pending, done, tables)
+        self._flush(pending, done, tables, level)
         if todo:
             logger.info("reuse index %s: indexed %d table(s)", self.name, len(todo))
         return len(todo)
 
-    def _flush(self, pending: list[pa.Table], names: list[str], stamps: dict[str, str]) -> None:
+    def _flush(
+        self, pending: list[pa.Table], names: list[str], stamps: dict[str, str], level: int
+    ) -> None:
         if pending:
-            self._write(pa.concat_tables(pending), level=0)
+            self._write(pa.concat_tables(pending), level=level)
         for name in names:
             self._mark(name, stamps[name])
 
@@ -295,7 +317,7 @@ class ReuseIndex:
         return marks
 
     def _mark(self, table: str, stamp: str) -> None:
-        write_bytes(self.fs, f"{self.root}/{MARKS}/{table}~{stamp}", b"")
+        write_bytes(self.fs, f"{self.root}/{MARKS}/{table}~{stamp}", b"", durable=False)
 
     def _write(self, entries: pa.Table, *, level: int, key: int | None = None) -> None:
         """Write ``entries`` as one new file per shard they touch."""
@@ -323,7 +345,7 @@ class ReuseIndex:
     def _write_file(self, path: str, table: pa.Table) -> None:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP)
-        write_bytes(self.fs, path, sink.getvalue().to_pybytes())
+        write_bytes(self.fs, path, sink.getvalue().to_pybytes(), durable=False)
 
     # -- compaction ------------------------------------------------------------------------
 
@@ -350,10 +372,10 @@ class ReuseIndex:
         _remove(self.fs, files)
 
     def compact(self) -> None:
-        """Merge every shard into one file (what :func:`rebuild` ends with)."""
+        """Merge each shard into one file (what :func:`rebuild` ends with)."""
         for shard in self._shards():
             files = self._files(shard)
-            if len(files) > 1 or (files and _parse(files[0])[0] != REBUILT_LEVEL):
+            if len(files) > 1:
                 self._merge(files, REBUILT_LEVEL)
 
     def _shards(self) -> Iterator[str]:
@@ -391,7 +413,7 @@ def rebuild(
     for name in asset_keys:
         index = ReuseIndex(storage, name)
         index.clear()
-        done[name] = index.sync()
+        done[name] = index.sync(level=REBUILT_LEVEL)
         index.compact()
     return done
 

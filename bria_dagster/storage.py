@@ -166,9 +166,13 @@ def resolve_journal_url(
     return storage.journal_file(), "PipelineStorage.base"
 
 
-def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def write_bytes(
+    fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, durable: bool = True
+) -> None:
     """Write ``data`` at ``path`` so that no reader ever sees part of it: a local file is
-    written under a temporary name and renamed into place, an object is one PUT."""
+    written under a temporary name and renamed into place, an object is one PUT.
+
+    ``durable=False`` skips the local fsync: for derived data that a crash may lose."""
     if isinstance(fs, LocalFileSystem):
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
@@ -176,8 +180,9 @@ def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -140,6 +140,17 @@ def test_compaction_merges_a_shard_and_keeps_every_entry(tmp_path):
     assert index.lookup(fps)[fps[0]][0]["run_id"] == "rerun"
 
 
+def test_an_unreadable_index_file_costs_its_entries_only(tmp_path):
+    index = ReuseIndex(str(tmp_path), ASSET)
+    good, lost = fingerprint("good", shard="ab"), fingerprint("lost", shard="ab")
+    index.add(frame(record(good)))
+    index.add(frame(record(lost)))
+    newest = shard_files(index, "ab")[0]
+    Path(newest).write_bytes(b"torn by a crash")  # index files are written without fsync
+    assert set(index.lookup([good, lost])) == {good}
+    assert not Path(newest).exists()
+
+
 def _add_many(base: str, worker: int, count: int) -> None:
     index = ReuseIndex(base, ASSET, compact_at=3)
     for i in range(count):
