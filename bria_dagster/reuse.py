@@ -284,6 +284,9 @@ class ReuseIndex:
                 records = _read_records(self._tables_fs, f"{self._tables}/{name}")
             except FileNotFoundError:
                 continue
+            except (pa.ArrowException, OSError) as exc:  # left unmarked: tried again next time
+                logger.warning("reuse index %s: cannot read table %s (%s)", self.name, name, exc)
+                continue
             entries = entries_of(records)
             pending.append(entries)
             done.append(name)
