@@ -179,11 +179,12 @@ def main() -> int:
 
         catalogs = work / "catalogs"
         stamp = time.strftime("%H%M%S")
+        seed_base = int(time.time()) % 100_000 * 10_000  # never an earlier run's products
         empty, history = [], []
         for run in range(args.runs):
             for kind, runs in (("empty", empty), ("history", history)):
                 batch = f"new-{kind}-{stamp}-{run}"
-                seed0 = 100_000 * (1 + run) + (50_000 if kind == "history" else 0)
+                seed0 = seed_base + 1_000 * run + (500 if kind == "history" else 0)
                 write_catalog(catalogs, batch, args.products, args.size, seed0)
                 storage = str(work / f"empty-{run}") if kind == "empty" else str(base)
                 out = run_worker(catalogs, storage, batch)
@@ -204,7 +205,7 @@ def main() -> int:
         )
 
         batch = f"rerun-{stamp}"
-        write_catalog(catalogs, batch, args.rerun_products, args.size, 900_000)
+        write_catalog(catalogs, batch, args.rerun_products, args.size, seed_base + 5_000)
         first = run_worker(catalogs, str(base), batch)
         again = run_worker(catalogs, str(base), batch)
         print(

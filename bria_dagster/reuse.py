@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import logging
 import posixpath
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -96,6 +97,7 @@ VERSION = "v1"
 MARKS = "_tables"
 REBUILT_LEVEL = 9  # a rebuilt shard: merged again only by the next rebuild
 ROW_GROUP = 2048  # rows per row group of a shard file (what a lookup reads at least)
+WHOLE_SHARD_BYTES = 1 << 20  # a shard this small is read whole once per index object
 SYNC_CHUNK_ROWS = 500_000  # entries held at once while indexing unmarked tables
 _RETRIES = 3
 
@@ -161,6 +163,9 @@ class ReuseIndex:
         self._local = isinstance(self.fs, LocalFileSystem)
         self._tables_fs, tables = fsspec.core.url_to_fs(self.storage.table_folder(self.name))
         self._tables = tables.rstrip("/")
+        self._lock = threading.RLock()
+        self._synced = False
+        self._shards: dict[str, pa.Table | list[str]] = {}
 
     def __repr__(self) -> str:
         return f"ReuseIndex({self.storage.base!r}, {self.name!r})"
@@ -171,10 +176,14 @@ class ReuseIndex:
         """fingerprint -> the output rows (ordered by output) of the newest indexed request
         with that fingerprint, for those of ``fingerprints`` that have one.
 
-        Indexes unmarked tables first (:meth:`sync`). Reads only the shards of
-        ``fingerprints``; whether the images are still in the store is the caller's check.
+        The first lookup of an index object indexes unmarked tables (:meth:`sync`). Reads
+        only the shards of ``fingerprints``; a shard read once is kept by this object (make
+        one per step run). Whether the images are still in the store is the caller's check.
         """
-        self.sync()
+        with self._lock:
+            if not self._synced:
+                self.sync()
+                self._synced = True
         shards: dict[str, set[str]] = defaultdict(set)
         for fingerprint in fingerprints:
             if fingerprint:
@@ -191,29 +200,58 @@ class ReuseIndex:
                 found.setdefault(row[FINGERPRINT], []).append(row)
         return found
 
+    def get(self, fingerprint: str) -> list[dict[str, Any]] | None:
+        """:meth:`lookup` of one fingerprint (``None``: no earlier request has it)."""
+        return self.lookup([fingerprint]).get(fingerprint)
+
     def _read_shard(self, shard: str, wanted: list[str]) -> pa.Table:
-        """The newest entries of ``wanted`` in one shard (compacting it when due)."""
+        """The newest entries of ``wanted`` in one shard (compacting it when due).
+
+        A small shard is read whole once and kept; a large one (a long history) is kept as
+        its file list, and each lookup reads only the row groups that can hold ``wanted``.
+        """
+        with self._lock:
+            cached = self._shards.get(shard)
+        if cached is None:
+            cached = self._load_shard(shard)
+            with self._lock:
+                self._shards[shard] = cached
+        if isinstance(cached, pa.Table):
+            return cached.filter(pc.is_in(cached[FINGERPRINT], pa.array(wanted, pa.string())))
         for _ in range(_RETRIES):
-            files = self._files(shard)
             try:
-                parts = [self._read(path, wanted) for path in files]
+                return _newest([self._read(path, wanted) for path in cached])
             except FileNotFoundError:  # compacted away under us: list again
-                continue
-            if files:
-                self._maybe_compact(files)
-            return _newest(parts)
+                cached = self._files(shard)[0]
+                with self._lock:
+                    self._shards[shard] = cached
         logger.warning("reuse index shard %s/%s kept changing; no reuse from it", self.root, shard)
         return INDEX_SCHEMA.empty_table()
 
-    def _files(self, shard: str) -> list[str]:
-        """The shard's entry files, newest first."""
+    def _load_shard(self, shard: str) -> pa.Table | list[str]:
+        for _ in range(_RETRIES):
+            files, size = self._files(shard)
+            if files:
+                self._maybe_compact(files)
+            if size > WHOLE_SHARD_BYTES:
+                return files
+            try:
+                return _newest([self._read(path) for path in files])
+            except FileNotFoundError:  # compacted away under us: list again
+                continue
+        logger.warning("reuse index shard %s/%s kept changing; no reuse from it", self.root, shard)
+        return INDEX_SCHEMA.empty_table()
+
+    def _files(self, shard: str) -> tuple[list[str], int]:
+        """The shard's entry files, newest first, and their total size."""
         folder = f"{self.root}/{shard}"
         try:
-            names = self.fs.ls(folder, detail=False)
+            listing = self.fs.ls(folder, detail=True)
         except FileNotFoundError:
-            return []
-        files = [p for p in names if _parse(p) is not None]
-        return sorted(files, key=lambda p: (_parse(p)[1], posixpath.basename(p)), reverse=True)
+            return [], 0
+        files = {i["name"]: i.get("size") or 0 for i in listing if _parse(i["name"]) is not None}
+        order = sorted(files, key=lambda p: (_parse(p)[1], posixpath.basename(p)), reverse=True)
+        return order, sum(files.values())
 
     def _read(self, path: str, wanted: list[str] | None = None) -> pa.Table:
         filters = None if wanted is None else [(FINGERPRINT, "in", wanted)]
@@ -331,6 +369,9 @@ class ReuseIndex:
         shard = pc.utf8_slice_codeunits(entries[FINGERPRINT], 0, 2).to_numpy(zero_copy_only=False)
         starts = [0, *(i for i in range(1, len(shard)) if shard[i] != shard[i - 1]), len(shard)]
         writer = uuid.uuid4().hex[:12]
+        with self._lock:  # read again on the next lookup
+            for a in starts[:-1]:
+                self._shards.pop(shard[a], None)
         jobs = [
             (
                 f"{self.root}/{shard[a]}/L{level}-{key:016x}-{writer}.parquet",
@@ -376,12 +417,12 @@ class ReuseIndex:
 
     def compact(self) -> None:
         """Merge each shard into one file (what :func:`rebuild` ends with)."""
-        for shard in self._shards():
-            files = self._files(shard)
+        for shard in self._shard_names():
+            files, _ = self._files(shard)
             if len(files) > 1:
                 self._merge(files, REBUILT_LEVEL)
 
-    def _shards(self) -> Iterator[str]:
+    def _shard_names(self) -> Iterator[str]:
         try:
             names = self.fs.ls(self.root, detail=False)
         except FileNotFoundError:

@@ -70,7 +70,7 @@ def frame(*rows: dict):
 
 
 def shard_files(index: ReuseIndex, shard: str) -> list[str]:
-    return index._files(shard)
+    return index._files(shard)[0]
 
 
 # -- the index on its own -------------------------------------------------------------------
@@ -186,8 +186,10 @@ def test_tables_without_index_entries_are_indexed_before_a_lookup(tmp_path):
 
     new = fingerprint("new")
     write_table(path, frame(record(new), record(old, run_id="run-2")))
+    index = ReuseIndex(base, ASSET)  # one object per step run: it syncs on its first lookup
     assert set(index.lookup([new, old])) == {new, old}
-    assert index.lookup([old])[old][0]["run_id"] == "run-2"
+    assert index.get(old)[0]["run_id"] == "run-2"
+    assert index.get(fingerprint("never")) is None
 
 
 def test_memory_storage(tmp_path):
