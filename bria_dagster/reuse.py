@@ -96,7 +96,7 @@ _READ_COLUMNS = ["status", "variant", FINGERPRINT, *KEPT]
 VERSION = "v1"
 MARKS = "_tables"
 REBUILT_LEVEL = 9  # a rebuilt shard: merged again only by the next rebuild
-ROW_GROUP = 2048  # rows per row group of a shard file (what a lookup reads at least)
+ROW_GROUP = 512  # rows per row group of a shard file (what a lookup reads at least)
 WHOLE_SHARD_BYTES = 1 << 20  # a shard this small is read whole once per index object
 SYNC_CHUNK_ROWS = 500_000  # entries held at once while indexing unmarked tables
 _RETRIES = 3
@@ -166,6 +166,7 @@ class ReuseIndex:
         self._lock = threading.RLock()
         self._synced = False
         self._shards: dict[str, pa.Table | list[str]] = {}
+        self._footers: dict[str, tuple[pq.FileMetaData, list[tuple[str, str]]]] = {}
 
     def __repr__(self) -> str:
         return f"ReuseIndex({self.storage.base!r}, {self.name!r})"
@@ -254,14 +255,14 @@ class ReuseIndex:
         return order, sum(files.values())
 
     def _read(self, path: str, wanted: list[str] | None = None) -> pa.Table:
-        filters = None if wanted is None else [(FINGERPRINT, "in", wanted)]
+        """The entries of one file (``wanted``: only theirs, reading only the row groups
+        whose fingerprint range holds one; the file's footer is parsed once per object)."""
         try:
-            return pq.read_table(
-                path,
-                filesystem=None if self._local else self.fs,
-                schema=INDEX_SCHEMA,
-                filters=filters,
-            )
+            if wanted is None:
+                return pq.read_table(
+                    path, filesystem=None if self._local else self.fs, schema=INDEX_SCHEMA
+                )
+            return self._read_wanted(path, wanted)
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as exc:
@@ -271,6 +272,32 @@ class ReuseIndex:
             logger.warning("reuse index file %s is unreadable (%s); dropping it", path, exc)
             _remove(self.fs, [path])
             return INDEX_SCHEMA.empty_table()
+
+    def _read_wanted(self, path: str, wanted: list[str]) -> pa.Table:
+        with self._lock:
+            known = self._footers.get(path)
+        with contextlib.ExitStack() as stack:
+            source = path if self._local else stack.enter_context(self.fs.open(path, "rb"))
+            if known is None:
+                parquet = pq.ParquetFile(source)
+                known = (parquet.metadata, _ranges(parquet.metadata))
+                with self._lock:
+                    self._footers[path] = known
+            metadata, ranges = known
+            groups = [
+                i for i, (low, high) in enumerate(ranges) if any(low <= w <= high for w in wanted)
+            ]
+            if not groups:
+                return INDEX_SCHEMA.empty_table()
+            parquet = pq.ParquetFile(source, metadata=metadata)
+            # The fingerprints first (a new request's lookup ends there), then whole rows
+            # of the groups that hold one.
+            keys = parquet.read_row_groups(groups, columns=[FINGERPRINT])
+            if not pc.any(pc.is_in(keys[FINGERPRINT], pa.array(wanted, pa.string()))).as_py():
+                return INDEX_SCHEMA.empty_table()
+            table = parquet.read_row_groups(groups)
+        table = table.filter(pc.is_in(table[FINGERPRINT], pa.array(wanted, pa.string())))
+        return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -479,6 +506,19 @@ def _newest(parts: list[pa.Table]) -> pa.Table:
     return kept.select(INDEX_SCHEMA.names).sort_by(
         [(FINGERPRINT, "ascending"), ("output", "ascending")]
     )
+
+
+def _ranges(metadata: pq.FileMetaData) -> list[tuple[str, str]]:
+    """Each row group's (lowest, highest) fingerprint (the whole range when unknown)."""
+    column = metadata.schema.names.index(FINGERPRINT)
+    ranges = []
+    for i in range(metadata.num_row_groups):
+        stats = metadata.row_group(i).column(column).statistics
+        if stats is not None and stats.has_min_max:
+            ranges.append((str(stats.min), str(stats.max)))
+        else:
+            ranges.append(("", "\uffff"))
+    return ranges
 
 
 def _parse(path: str) -> tuple[int, int] | None:

@@ -313,3 +313,23 @@ def test_a_lost_index_heals_from_the_tables_and_lost_images_are_made_again(
     again = batch_table(storage, "product_scenes", "b1")
     assert set(again.status) == {OK}
     assert all(any((two_batches / "data" / "images").rglob(f"{s}.*")) for s in again.image_sha256)
+
+
+def test_a_large_shard_is_read_by_row_group(tmp_path, monkeypatch):
+    """A long history's shards are not read whole: a lookup reads the fingerprints of the
+    row groups that can hold each one, and whole rows only where one is there."""
+    from bria_dagster import reuse
+
+    monkeypatch.setattr(reuse, "WHOLE_SHARD_BYTES", 0)
+    monkeypatch.setattr(reuse, "ROW_GROUP", 4)
+    fps = [fingerprint(str(i), shard="ab") for i in range(40)]
+    rows = (record(fp, run_id=f"r{i}") for i, fp in enumerate(fps))
+    ReuseIndex(str(tmp_path), ASSET).add(frame(*rows))
+    index = ReuseIndex(str(tmp_path), ASSET)
+    index.add(frame(record(fps[3], run_id="newer")))
+    absent = fingerprint("absent", shard="ab")
+    found = index.lookup([*fps[:10], absent])
+    assert set(found) == set(fps[:10])
+    assert found[fps[3]][0]["run_id"] == "newer" and found[fps[7]][0]["run_id"] == "r7"
+    assert [index.get(fp)[0]["run_id"] for fp in fps[20:23]] == ["r20", "r21", "r22"]
+    assert index.get(absent) is None
