@@ -4,8 +4,10 @@ A step answers a request from earlier records when an ok (or reused) request wit
 the same fingerprint made images that are still in the store. Finding those
 records must not cost more as history grows, so each asset keeps an index beside
 its tables, sharded by the first two hex digits of the fingerprint; a step reads
-only the shards of the fingerprints it needs, and in each file only the row groups
-whose fingerprint range can hold them (shard files are sorted by fingerprint).
+only the shards of the fingerprints it needs. A small shard is read whole once per
+index object (one object per step run); in a large one (a long history) a lookup
+reads, per file, only the fingerprints of the row group whose range can hold the one
+it wants (files are sorted by fingerprint), and whole rows only on a hit.
 
 Layout under the pipeline's base (a local folder or any fsspec URL)::
 
@@ -21,11 +23,12 @@ that lists a file then finds it gone reads the shard again).
 
 The tables stay the source of truth; the index is derived data. Every table the IO
 manager writes is indexed at once (:meth:`ReuseIndex.add_table`) and marked by its
-size and modification stamp. Before a lookup, :meth:`ReuseIndex.sync` lists the
-asset's tables and the marks and indexes any table without a current mark: a table
-written by an older version, by hand, or whose entries were lost. A missing or
-stale index therefore costs at most reuse hits (a request is paid again), never a
-wrong answer: an entry only ever says which images a fingerprint's request made.
+size and modification stamp. Before its first lookup, an index object lists the
+asset's tables and the marks (:meth:`ReuseIndex.sync`) and indexes any table without
+a current mark: a table written by an older version, by hand, or whose entries were
+lost. A missing or stale index therefore costs at most reuse hits (a request is paid
+again), never a wrong answer: an entry only ever says which images a fingerprint's
+request made.
 ``bria-dagster reuse rebuild --base DIR`` drops the index and derives it again from
 the tables, one compacted file per shard (do it while no run is writing).
 """
