@@ -101,6 +101,7 @@ MARKS = "_tables"
 REBUILT_LEVEL = 9  # a rebuilt shard: merged again only by the next rebuild
 ROW_GROUP = 512  # rows per row group of a shard file (what a lookup reads at least)
 WHOLE_SHARD_BYTES = 1 << 20  # a shard this small is read whole once per index object
+WHOLE_FILE_BYTES = 1 << 16  # in a larger shard, files this small are read whole once
 SYNC_CHUNK_ROWS = 500_000  # entries held at once while indexing unmarked tables
 _RETRIES = 3
 
@@ -211,51 +212,61 @@ class ReuseIndex:
     def _read_shard(self, shard: str, wanted: list[str]) -> pa.Table:
         """The newest entries of ``wanted`` in one shard (compacting it when due).
 
-        A small shard is read whole once and kept; a large one (a long history) is kept as
-        its file list, and each lookup reads only the row groups that can hold ``wanted``.
+        What is read of a shard is kept by this object: a small shard whole; of a large
+        one (a long history) its small files whole and its large files' footers, each
+        lookup then reading only the row groups of a large file that can hold ``wanted``.
         """
-        with self._lock:
-            cached = self._shards.get(shard)
-        if cached is None:
-            cached = self._load_shard(shard)
-            with self._lock:
-                self._shards[shard] = cached
-        if isinstance(cached, pa.Table):
-            return cached.filter(pc.is_in(cached[FINGERPRINT], pa.array(wanted, pa.string())))
+        keys = pa.array(wanted, pa.string())
         for _ in range(_RETRIES):
-            try:
-                return _newest([self._read(path, wanted) for path in cached])
-            except FileNotFoundError:  # compacted away under us: list again
-                cached = self._files(shard)[0]
+            with self._lock:
+                cached = self._shards.get(shard)
+            if cached is None:
+                cached = self._load_shard(shard)
                 with self._lock:
                     self._shards[shard] = cached
+            try:
+                return _newest(
+                    [
+                        part.filter(pc.is_in(part[FINGERPRINT], keys))
+                        if isinstance(part, pa.Table)
+                        else self._read(part, wanted)
+                        for part in cached
+                    ]
+                )
+            except FileNotFoundError:  # compacted away under us: list again
+                with self._lock:
+                    self._shards.pop(shard, None)
         logger.warning("reuse index shard %s/%s kept changing; no reuse from it", self.root, shard)
         return INDEX_SCHEMA.empty_table()
 
-    def _load_shard(self, shard: str) -> pa.Table | list[str]:
+    def _load_shard(self, shard: str) -> list[pa.Table | str]:
+        """The shard's parts, newest first: decoded tables, or paths of large files."""
         for _ in range(_RETRIES):
-            files, size = self._files(shard)
+            files = self._files(shard)
             if files:
-                self._maybe_compact(files)
-            if size > WHOLE_SHARD_BYTES:
-                return files
+                self._maybe_compact(list(files))
             try:
-                return _newest([self._read(path) for path in files])
+                if sum(files.values()) <= WHOLE_SHARD_BYTES:
+                    return [_newest([self._read(path) for path in files])]
+                return [
+                    self._read(path) if size <= WHOLE_FILE_BYTES else path
+                    for path, size in files.items()
+                ]
             except FileNotFoundError:  # compacted away under us: list again
                 continue
         logger.warning("reuse index shard %s/%s kept changing; no reuse from it", self.root, shard)
-        return INDEX_SCHEMA.empty_table()
+        return []
 
-    def _files(self, shard: str) -> tuple[list[str], int]:
-        """The shard's entry files, newest first, and their total size."""
+    def _files(self, shard: str) -> dict[str, int]:
+        """The shard's entry files, newest first, with their sizes."""
         folder = f"{self.root}/{shard}"
         try:
             listing = self.fs.ls(folder, detail=True)
         except FileNotFoundError:
-            return [], 0
-        files = {i["name"]: i.get("size") or 0 for i in listing if _parse(i["name"]) is not None}
-        order = sorted(files, key=lambda p: (_parse(p)[1], posixpath.basename(p)), reverse=True)
-        return order, sum(files.values())
+            return {}
+        sizes = {i["name"]: i.get("size") or 0 for i in listing if _parse(i["name"]) is not None}
+        order = sorted(sizes, key=lambda p: (_parse(p)[1], posixpath.basename(p)), reverse=True)
+        return {path: sizes[path] for path in order}
 
     def _read(self, path: str, wanted: list[str] | None = None) -> pa.Table:
         """The entries of one file (``wanted``: only theirs, reading only the row groups
@@ -448,7 +459,7 @@ class ReuseIndex:
     def compact(self) -> None:
         """Merge each shard into one file (what :func:`rebuild` ends with)."""
         for shard in self._shard_names():
-            files, _ = self._files(shard)
+            files = list(self._files(shard))
             if len(files) > 1:
                 self._merge(files, REBUILT_LEVEL)
 

@@ -70,7 +70,7 @@ def frame(*rows: dict):
 
 
 def shard_files(index: ReuseIndex, shard: str) -> list[str]:
-    return index._files(shard)[0]
+    return list(index._files(shard))
 
 
 # -- the index on its own -------------------------------------------------------------------
@@ -315,12 +315,14 @@ def test_a_lost_index_heals_from_the_tables_and_lost_images_are_made_again(
     assert all(any((two_batches / "data" / "images").rglob(f"{s}.*")) for s in again.image_sha256)
 
 
-def test_a_large_shard_is_read_by_row_group(tmp_path, monkeypatch):
+@pytest.mark.parametrize("whole_file_bytes", [0, 1 << 16])
+def test_a_large_shard_is_read_by_row_group(tmp_path, monkeypatch, whole_file_bytes):
     """A long history's shards are not read whole: a lookup reads the fingerprints of the
     row groups that can hold each one, and whole rows only where one is there."""
     from bria_dagster import reuse
 
     monkeypatch.setattr(reuse, "WHOLE_SHARD_BYTES", 0)
+    monkeypatch.setattr(reuse, "WHOLE_FILE_BYTES", whole_file_bytes)
     monkeypatch.setattr(reuse, "ROW_GROUP", 4)
     fps = [fingerprint(str(i), shard="ab") for i in range(40)]
     rows = (record(fp, run_id=f"r{i}") for i, fp in enumerate(fps))
