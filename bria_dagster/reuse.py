@@ -104,6 +104,7 @@ WHOLE_SHARD_BYTES = 1 << 20  # a shard this small is read whole once per index o
 WHOLE_FILE_BYTES = 1 << 16  # in a larger shard, files this small are read whole once
 SYNC_CHUNK_ROWS = 500_000  # entries held at once while indexing unmarked tables
 _RETRIES = 3
+_FEW = 256  # rows below which the newest-part rule runs in Python
 
 
 def entries_of(records: pd.DataFrame | pa.Table) -> pa.Table:
@@ -273,9 +274,10 @@ class ReuseIndex:
         whose fingerprint range holds one; the file's footer is parsed once per object)."""
         try:
             if wanted is None:
-                return pq.read_table(
-                    path, filesystem=None if self._local else self.fs, schema=INDEX_SCHEMA
-                )
+                with contextlib.ExitStack() as stack:
+                    source = path if self._local else stack.enter_context(self.fs.open(path, "rb"))
+                    table = pq.ParquetFile(source).read()
+                return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
             return self._read_wanted(path, wanted)
         except FileNotFoundError:
             raise
@@ -511,6 +513,20 @@ def _newest(parts: list[pa.Table]) -> pa.Table:
         return INDEX_SCHEMA.empty_table()
     if len(parts) == 1:
         return parts[0].sort_by([(FINGERPRINT, "ascending"), ("output", "ascending")])
+    if sum(len(p) for p in parts) <= _FEW:  # a lookup's few rows: cheaper than a join
+        seen: dict[str, int] = {}
+        for rank, part in enumerate(parts):
+            for fingerprint in part[FINGERPRINT].to_pylist():
+                seen.setdefault(fingerprint, rank)
+        kept_parts = [
+            part.filter(
+                pa.array([seen[f] == rank for f in part[FINGERPRINT].to_pylist()], pa.bool_())
+            )
+            for rank, part in enumerate(parts)
+        ]
+        return pa.concat_tables(kept_parts).sort_by(
+            [(FINGERPRINT, "ascending"), ("output", "ascending")]
+        )
     ranked = pa.concat_tables(
         p.append_column("_rank", pa.array([i] * len(p), pa.int32())) for i, p in enumerate(parts)
     )
