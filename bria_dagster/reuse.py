@@ -57,6 +57,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from .errors import storage_access
 from .records import IMAGE_RECORD_SCHEMA, OK, REUSED, frame_to_table
 from .storage import PipelineStorage, write_bytes
 
@@ -163,7 +164,8 @@ class ReuseIndex:
         self.name = asset_key if isinstance(asset_key, str) else "__".join(asset_key.path)
         self.compact_at = max(2, compact_at)
         base = self.storage.base.rstrip("/")
-        self.fs, root = fsspec.core.url_to_fs(f"{base}/reuse/{VERSION}/{self.name}")
+        self.url = f"{base}/reuse/{VERSION}/{self.name}"
+        self.fs, root = fsspec.core.url_to_fs(self.url)
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
         self._tables_fs, tables = fsspec.core.url_to_fs(self.storage.table_folder(self.name))
@@ -186,7 +188,7 @@ class ReuseIndex:
         only the shards of ``fingerprints``; a shard read once is kept by this object (make
         one per step run). Whether the images are still in the store is the caller's check.
         """
-        with self._lock:
+        with storage_access(self.url, "read the reuse index"), self._lock:
             if not self._synced:
                 self.sync()
                 self._synced = True
@@ -195,11 +197,12 @@ class ReuseIndex:
             if fingerprint:
                 shards[fingerprint[:2]].add(fingerprint)
         jobs = [(shard, sorted(wanted)) for shard, wanted in sorted(shards.items())]
-        if self._local or len(jobs) < 2:
-            tables = [self._read_shard(*job) for job in jobs]
-        else:  # object stores: a few GETs per shard, several shards at once
-            with ThreadPoolExecutor(8) as pool:
-                tables = list(pool.map(lambda job: self._read_shard(*job), jobs))
+        with storage_access(self.url, "read the reuse index"):
+            if self._local or len(jobs) < 2:
+                tables = [self._read_shard(*job) for job in jobs]
+            else:  # object stores: a few GETs per shard, several shards at once
+                with ThreadPoolExecutor(8) as pool:
+                    tables = list(pool.map(lambda job: self._read_shard(*job), jobs))
         found: dict[str, list[dict[str, Any]]] = {}
         for table in tables:
             for row in table.to_pylist():
