@@ -53,8 +53,13 @@ def random_shas(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.array([raw[i : i + 64] for i in range(0, 64 * n, 64)], dtype=object)
 
 
-def generate(base: Path, n_records: int, n_batches: int, seed: int = 7) -> dict[str, str]:
-    """Write the synthetic store; return sample names to query."""
+def generate(
+    base: Path, n_records: int, n_batches: int, seed: int = 7, asset_prefix: str = ""
+) -> dict[str, str]:
+    """Write the synthetic store; return sample names to query.
+
+    ``asset_prefix``: put before each table folder's name, e.g. ``product_images__`` for
+    the tables of the pipeline ``product_images`` (``benchmarks/history.py``)."""
     rng = np.random.default_rng(seed)
     n_skus = n_records // len(STEPS)
     skus = np.array([f"SKU-{i:07d}" for i in range(n_skus)], dtype=object)
@@ -134,7 +139,7 @@ def generate(base: Path, n_records: int, n_batches: int, seed: int = 7) -> dict[
                 },
                 schema=IMAGE_RECORD_SCHEMA,
             )
-            folder = base / "tables" / asset
+            folder = base / "tables" / f"{asset_prefix}{asset}"
             folder.mkdir(parents=True, exist_ok=True)
             name = partition if variants[k] != "0-16:9" else f"{partition}-wide"
             pq.write_table(table, folder / f"{name}.parquet")

@@ -33,7 +33,8 @@ from .metadata import definition_metadata, materialization_metadata
 from .planning import StepPlanner
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
 from .resource import BriaResource
-from .steps import StepContext, StepReport, reuse_index, source_row
+from .reuse import ReuseIndex
+from .steps import StepContext, StepReport, source_row
 from .storage import PipelineStorage, resolve_journal_url
 from .translator import STEP_ASSETS
 
@@ -136,7 +137,6 @@ def build_product_image_assets(
             asset_key=key.to_user_string(),
             code_version=__version__,
             step=step,
-            tables=storage.asset_tables(key, context.partition_key),
         )
 
     def asset_args(step: str) -> dict[str, Any]:
@@ -189,7 +189,8 @@ def build_product_image_assets(
                 )
             )
         refresh = context.run.tags.get(REFRESH_TAG) == "1"
-        previous = {} if refresh else _previous_sources(ctx.tables[:1])
+        own = storage.table_path(context.asset_key, context.partition_key)
+        previous = {} if refresh else _previous_sources(own)
         entries = batch.valid.to_dict("records")
 
         def reuse(entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -339,9 +340,7 @@ def _image_steps(
                     ChainStep(
                         ctx=step_context(context, step, specs[step].key),
                         plan=StepPlanner(settings, step).jobs,
-                        reuse=reuse_index(
-                            storage.asset_tables(specs[step].key, context.partition_key)
-                        ).get,
+                        reuse=ReuseIndex(storage, specs[step].key).get,
                     )
                     for step in group
                 ],
@@ -393,14 +392,11 @@ def _stored_parents(
     return frame
 
 
-def _previous_sources(tables: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(sku, source url) -> the usable source record of an earlier run."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in tables:
-        table = read_records(path)
-        if table is None:
-            continue
-        usable = pc.is_in(table["status"], pa.array([OK, REUSED]))
-        for row in table.filter(usable).to_pylist():
-            out[(row["sku"], row["root_source_uri"])] = row
-    return out
+def _previous_sources(path: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """(sku, source url) -> the usable source record of an earlier run of the partition
+    whose table is at ``path`` (sources are reused within their own batch only)."""
+    table = read_records(path)
+    if table is None:
+        return {}
+    usable = pc.is_in(table["status"], pa.array([OK, REUSED]))
+    return {(row["sku"], row["root_source_uri"]): row for row in table.filter(usable).to_pylist()}

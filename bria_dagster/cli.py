@@ -6,6 +6,8 @@
     bria-dagster batches add [BATCH ...] [--pipeline NAME] [--catalog-dir DIR]
     bria-dagster batches list [--pipeline NAME]
         (batches are the pipeline's partitions in the Dagster instance at $DAGSTER_HOME)
+    bria-dagster reuse rebuild [--base DIR] [--asset NAME ...]
+        (drops the reuse index and derives it again from the record tables)
     bria-dagster demo [--base DIR]
 
 The queries run over a SQLite cache of the record tables, brought up to date
@@ -133,6 +135,21 @@ def _parser() -> argparse.ArgumentParser:
             "--pipeline", default="product_images", help="pipeline name (default: product_images)"
         )
 
+    reuse = commands.add_parser("reuse", help="maintain the index of earlier requests")
+    reuse_actions = reuse.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rebuild = reuse_actions.add_parser(
+        "rebuild",
+        help="drop the reuse index and derive it again from the record tables "
+        "(while no run is writing)",
+    )
+    _add_base(rebuild)
+    rebuild.add_argument(
+        "--asset",
+        action="append",
+        help="an asset's table folder name, e.g. product_images__product_cutouts "
+        "(repeatable; default: every asset with tables)",
+    )
+
     demo = commands.add_parser("demo", help="run the offline demo pipeline end to end")
     _add_base(demo)
     return parser
@@ -158,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args.base)
         if args.command == "batches":
             return _batches(args, sys.stdout)
+        if args.command == "reuse":
+            return _reuse(args, sys.stdout)
         return _lineage(args, sys.stdout)
     except BriaError as exc:
         print(f"bria-dagster: error: {exc}", file=sys.stderr)
@@ -193,6 +212,14 @@ def _batches(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"added {name}\n")
     for name in known:
         out.write(f"already there: {name}\n")
+    return 0
+
+
+def _reuse(args: argparse.Namespace, out: TextIO) -> int:
+    from .reuse import rebuild
+
+    for asset, tables in rebuild(args.base, args.asset).items():
+        out.write(f"{asset}: {tables} table(s) indexed\n")
     return 0
 
 

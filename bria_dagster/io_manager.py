@@ -4,13 +4,12 @@ Each asset partition is one Parquet file at
 ``<base>/tables/<asset name>/<partition>.parquet`` (asset key path joined by
 ``__``), written with :data:`~bria_dagster.records.IMAGE_RECORD_SCHEMA`. The
 base is a local folder by default or any fsspec URL. Local writes are atomic.
+Every table written is added to its asset's reuse index (:mod:`bria_dagster.reuse`).
 """
 
 from __future__ import annotations
 
 import io
-import os
-import uuid
 
 import dagster as dg
 import fsspec
@@ -21,7 +20,8 @@ from pydantic import Field
 
 from .errors import storage_access
 from .records import IMAGE_RECORD_SCHEMA, frame_to_table, records_to_frame
-from .storage import PipelineStorage
+from .reuse import ReuseIndex
+from .storage import PipelineStorage, write_bytes
 
 __all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_folder", "table_path"]
 
@@ -56,22 +56,11 @@ def read_table(path: str) -> pd.DataFrame | None:
 
 
 def write_table(path: str, frame: pd.DataFrame) -> None:
-    table = frame_to_table(frame)
     fs, root = fsspec.core.url_to_fs(path)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
-        os.makedirs(os.path.dirname(root), exist_ok=True)
-        tmp = f"{root}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root)
-    else:  # one PUT of the whole table: an object store never shows part of it
-        with storage_access(path, "write record table"):
-            fs.makedirs(os.path.dirname(root), exist_ok=True)
-            fs.pipe_file(root, buf.getvalue())
+    pq.write_table(frame_to_table(frame), buf, compression="zstd")
+    with storage_access(path, "write record table"):
+        write_bytes(fs, root, buf.getvalue())
 
 
 class ImageRecordIOManager(dg.ConfigurableIOManager):
@@ -86,6 +75,13 @@ class ImageRecordIOManager(dg.ConfigurableIOManager):
         path = table_path(self.base_dir, context.asset_key, partition)
         with PipelineStorage(self.base_dir).failures():
             write_table(path, obj)
+        try:  # derived data: without these entries the table is indexed before the next lookup
+            ReuseIndex(self.base_dir, context.asset_key).add_table(path, obj)
+        except Exception as exc:
+            context.log.warning(
+                f"reuse index not updated for {path} ({type(exc).__name__}: {exc}); "
+                "the next lookup indexes the table"
+            )
         context.add_output_metadata({"table": dg.MetadataValue.path(path)})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:

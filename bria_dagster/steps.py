@@ -7,7 +7,8 @@ runs them):
    request (with a stand-in for the input image, so no bytes are read yet) and
    its fingerprint, or a failure (invalid parameters, failed parent);
 2. *reuse*: a job whose fingerprint matches an ok record of an earlier run whose
-   image is still in the store is answered from that record (no call);
+   image is still in the store is answered from that record (no call), found through
+   the asset's :class:`~bria_dagster.reuse.ReuseIndex`;
 3. *run*: the rest go to the backend, each input read from the store only when its
    request is sent; every output image goes into the store as it arrives and
    becomes one record.
@@ -20,9 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from .backends.base import BackendResult
 from .endpoints import (
     BriaRequest,
@@ -33,11 +31,9 @@ from .endpoints import (
 )
 from .errors import BriaError
 from .images import sha256_hex
-from .io_manager import read_records
 from .records import (
     FAILED,
     OK,
-    REUSED,
     canonical_json,
     make_record_id,
     reused_record,
@@ -71,8 +67,6 @@ class StepContext:
     asset_key: str
     code_version: str
     step: str
-    tables: list[str] = field(default_factory=list)
-    """Paths of this asset's earlier tables (any partition): the reuse index."""
 
 
 @dataclass
@@ -190,33 +184,6 @@ class _Validated:
         return fingerprint_of(self.request.endpoint_id, inputs, self.parameters)
 
 
-def _output_index(variant: str) -> str:
-    """``scene#1`` -> ``1``: which of a request's several outputs a row holds."""
-    return variant.rpartition("#")[2] if "#" in variant else ""
-
-
-def reuse_index(tables: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """fingerprint -> the output rows of one earlier request with that fingerprint."""
-    index: dict[str, list[dict[str, Any]]] = {}
-    for path in tables:
-        table = read_records(path)
-        if table is None or not table.num_rows:
-            continue
-        usable = pc.and_(
-            pc.is_in(table["status"], pa.array([OK, REUSED])),
-            pc.is_valid(table["request_fingerprint"]),
-        )
-        found: dict[str, dict[str, dict[str, Any]]] = {}
-        for row in table.filter(usable).to_pylist():
-            found.setdefault(row["request_fingerprint"], {}).setdefault(
-                _output_index(row["variant"]), row
-            )
-        for fingerprint, outputs in found.items():
-            if fingerprint not in index:
-                index[fingerprint] = [outputs[k] for k in sorted(outputs)]
-    return index
-
-
 def _base_row(ctx: StepContext, job: Job) -> dict[str, Any]:
     parent = job.parent
     return {
@@ -242,7 +209,7 @@ def _base_row(ctx: StepContext, job: Job) -> dict[str, Any]:
 
 def _output_variant(job: Job, index: int, count: int) -> str:
     """The variant of output ``index`` of ``count`` (``scene#1`` when a request has several);
-    :func:`_output_index` reads the index back."""
+    :func:`~bria_dagster.reuse.entries_of` reads the index back."""
     return job.variant if count == 1 else f"{job.variant}#{index}"
 
 

@@ -8,6 +8,7 @@ Layout under ``base`` (a local folder or any fsspec URL)::
 
     images/sha256/ab/abcdef....png           content-addressed images
     tables/<asset key parts joined by __>/<partition>.parquet
+    reuse/v1/<asset>/...                     reuse index (see bria_dagster.reuse)
     journal.sqlite                           request journal (local bases only)
 
 The request journal is a SQLite file or a PostgreSQL table (``journal_url``); by default
@@ -21,17 +22,19 @@ import contextlib
 import functools
 import inspect
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from .errors import AWS_VARIABLES, StorageAccessError, storage_access
+from .errors import AWS_VARIABLES, StorageAccessError
 from .store import ImageStore
 
-__all__ = ["PipelineStorage", "instance_postgres_url", "resolve_journal_url"]
+__all__ = ["PipelineStorage", "instance_postgres_url", "resolve_journal_url", "write_bytes"]
 
 UNPARTITIONED = "__all__"
 
@@ -94,15 +97,6 @@ class PipelineStorage:
     def table_path(self, asset_key: dg.AssetKey | str, partition: str | None) -> str:
         """Where the records of one asset partition live."""
         return f"{self.table_folder(asset_key)}/{partition or UNPARTITIONED}.parquet"
-
-    def asset_tables(self, asset_key: dg.AssetKey | str, partition: str) -> list[str]:
-        """Every table of ``asset_key``, the ``partition``'s own first (reuse looks there first)."""
-        own = self.table_path(asset_key, partition)
-        fs, root = fsspec.core.url_to_fs(self.table_folder(asset_key))
-        protocol = "" if "://" not in self.base else self.base.split("://", 1)[0] + "://"
-        with storage_access(self.table_folder(asset_key), "list record tables"):
-            others = fs.glob(f"{root}/*.parquet") if fs.exists(root) else []
-        return [own, *sorted(protocol + p for p in others if not own.endswith(p))]
 
     @contextlib.contextmanager
     def failures(self) -> Iterator[None]:
@@ -170,3 +164,29 @@ def resolve_journal_url(
     if url is not None:
         return url, "the Dagster instance's postgres storage (dagster.yaml storage: postgres:)"
     return storage.journal_file(), "PipelineStorage.base"
+
+
+def write_bytes(
+    fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, durable: bool = True
+) -> None:
+    """Write ``data`` at ``path`` so that no reader ever sees part of it: a local file is
+    written under a temporary name and renamed into place, an object is one PUT.
+
+    ``durable=False`` skips the local fsync: for derived data that a crash may lose."""
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.pipe_file(path, data)
