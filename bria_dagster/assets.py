@@ -340,7 +340,7 @@ def _image_steps(
                     ChainStep(
                         ctx=step_context(context, step, specs[step].key),
                         plan=StepPlanner(settings, step).jobs,
-                        reuse=ReuseIndex(storage, specs[step].key).get,
+                        reuse=ReuseIndex(storage, specs[step].key).lookup,
                     )
                     for step in group
                 ],

@@ -44,8 +44,12 @@ __all__ = ["ChainStep", "StepChain"]
 
 logger = logging.getLogger("bria_dagster.chain")
 
-Reuse = Callable[[str], list[dict[str, Any]] | None]
-"""fingerprint -> the output rows of an earlier request with it (``None``: none)."""
+Reuse = Callable[[list[str]], dict[str, list[dict[str, Any]]]]
+"""fingerprints -> the output rows of an earlier request with each (absent: none); one
+call per group of jobs (:meth:`bria_dagster.reuse.ReuseIndex.lookup`)."""
+
+INITIAL_GROUP = 256
+"""Catalog rows settled together: their jobs' reuse is looked up in one call."""
 
 
 @dataclass
@@ -131,11 +135,11 @@ class StepChain:
             with self._lock:
                 key = self._next_ready()
                 while key is None and not self._initial_done:
-                    parent = next(self._initial, None)
-                    if parent is None:
+                    group = list(itertools.islice(self._initial, INITIAL_GROUP))
+                    if not group:
                         self._initial_done = True
                     else:
-                        self._settle(0, parent)
+                        self._settle(0, group)
                         key = self._next_ready()
                 if key is None and self._initial_done and self._outstanding == 0:
                     return
@@ -158,40 +162,44 @@ class StepChain:
 
     # -- settling jobs --------------------------------------------------------------------
 
-    def _settle(self, level: int, parent: dict[str, Any]) -> None:
-        """Plan ``parent``'s jobs in step ``level``: record what needs no call (failures,
-        reuse) and queue the rest."""
+    def _settle(self, level: int, parents: list[dict[str, Any]]) -> None:
+        """Plan ``parents``' jobs in step ``level``: record what needs no call (failures,
+        reuse: looked up once for the group) and queue the rest."""
+        if not parents:
+            return
         step = self.steps[level]
-        for job in step.plan(parent):
+        jobs = [job for parent in parents for job in step.plan(parent)]
+        earlier = step.reuse(
+            [j.fingerprint for j in jobs if j.request is not None and j.fingerprint]
+        )
+        settled: list[dict[str, Any]] = []
+        for job in jobs:
             if job.request is None:
                 error = job.error
-                self._emit(
-                    level,
+                settled.append(
                     failed_row(
                         step.ctx,
                         job,
                         job.error_class or (type(error).__name__ if error else "BriaError"),
                         str(error) if error else "no request could be built",
-                    ),
+                    )
                 )
                 continue
-            earlier = step.reuse(job.fingerprint or "")
-            if earlier and all(
-                self.store.exists(r["image_sha256"], r["content_type"]) for r in earlier
-            ):
-                for row in reused_rows(step.ctx, job, earlier):
-                    self._emit(level, row)
+            rows = earlier.get(job.fingerprint or "")
+            if rows and all(self.store.exists(r["image_sha256"], r["content_type"]) for r in rows):
+                settled.extend(reused_rows(step.ctx, job, rows))
                 continue
             key = next(self._keys)
             self._pending[key] = (level, job)
             self._ready[level].append(key)
             step.report.estimated_cost_usd += self.prices.cost_usd(job.request)
+        self._emit(level, settled)
 
-    def _emit(self, level: int, row: dict[str, Any]) -> None:
-        """A finished row of step ``level``; the next step plans from it at once."""
-        self.steps[level].rows.append(row)
+    def _emit(self, level: int, rows: list[dict[str, Any]]) -> None:
+        """Finished rows of step ``level``; the next step plans from them at once."""
+        self.steps[level].rows.extend(rows)
         if level + 1 < len(self.steps):
-            self._settle(level + 1, row)
+            self._settle(level + 1, rows)
 
     def _on_outcome(self, outcome: ItemOutcome) -> None:
         """A request came back (runs in a worker thread: storing images takes time)."""
@@ -212,8 +220,7 @@ class StepChain:
                 step.report.images_written += len(rows)
                 if not outcome.shared:
                     step.report.usage.add(result)
-            for row in rows:
-                self._emit(level, row)
+            self._emit(level, rows)
             self._outstanding -= 1
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)

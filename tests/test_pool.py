@@ -16,16 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_path, fal_server):
-    # p1's fal step lasts ~7.5 s: long enough for p2 to start (a cold Python + Dagster
-    # import, seconds on a busy machine) and find the pool slot taken.
+    # p1's fal step lasts ~15 s (24 products, 4 at a time, 2.5 s each): long enough for p2
+    # to start (a cold Python + Dagster import: seconds, many on a busy machine) and find
+    # the pool slot taken. p2 is smaller so the test stays short.
     fal_server.configure(latency=2.5)
-    for offset, batch in enumerate(("p1", "p2")):
+    for offset, (batch, count) in enumerate((("p1", 24), ("p2", 8))):
         rows = [
             {
                 "sku": f"{batch}-{i}",
                 "image_url": product(tmp_path, f"{batch}-{i}", 100 * offset + i),
             }
-            for i in range(12)
+            for i in range(count)
         ]
         write_catalog(tmp_path, rows, batch=batch)
     home = tmp_path / "dagster_home"
@@ -65,7 +66,7 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
     assert "blocked by limit for pool bria" in outputs[1]  # p2 really waited for the pool
 
     stats = fal_server.stats()
-    assert stats["submissions"] == 24
+    assert stats["submissions"] == 32
     assert stats["duplicate_submissions"] == 0
     # Each step keeps <= 4 requests in flight (max_concurrency); the pool keeps the two
     # runs' steps apart, so the service never saw more than 4 at once from this key.

@@ -105,7 +105,7 @@ def test_records_carry_the_unit_price_and_local_calls_cost_nothing(tmp_path: Pat
         ctx = StepContext(
             partition="b1", run_id="run-1", asset_key=name, code_version="1", step=name
         )
-        return ChainStep(ctx, StepPlanner(settings, name).jobs, reuse=lambda fp: None)
+        return ChainStep(ctx, StepPlanner(settings, name).jobs, reuse=lambda fingerprints: {})
 
     try:
         (cutouts, removed), (scenes, replaced) = StepChain(
