@@ -131,11 +131,11 @@ def main() -> None:
         show("unchanged after it", after, after_s, after_calls)
         assert after.asset_events == [] and after_calls["get_object"] == 0
 
-    listing_s = unchanged_calls["list_objects_v2_s"]
+    listing_s, pages = unchanged_calls["list_objects_v2_s"], unchanged_calls["list_objects_v2"]
     print(
-        f"unchanged tick: {listing_s:.2f} s waiting for the listing "
-        f"({unchanged_calls['list_objects_v2']} ListObjectsV2 pages from moto, whose "
-        f"serializer takes ~1 s per 1,000 keys), {unchanged_s - listing_s:.2f} s the rest"
+        f"unchanged tick: {listing_s:.2f} s waiting for the listing ({pages} ListObjectsV2 "
+        f"pages, {listing_s / max(pages, 1):.2f} s each from this server), "
+        f"{unchanged_s - listing_s:.2f} s the sensor's own work"
     )
     print(
         f"SENSOR files={args.files} first_tick_s={first_s:.2f} "
@@ -144,8 +144,10 @@ def main() -> None:
         f"lost_cursor_tick_s={lost_s:.2f} bodies_read_lost_cursor={lost_calls['get_object']} "
         f"cursor_kb={len(after.cursor) / 1024:.1f}"
     )
-    verdict = "PASS" if unchanged_s < 5 and unchanged_calls["get_object"] == 0 else "FAIL"
-    print(f"{verdict}: an unchanged tick reads no object body and takes under 5 s")
+    bodies = unchanged_calls["get_object"]
+    print(f"{'PASS' if bodies == 0 else 'FAIL'}: an unchanged tick reads no object body ({bodies})")
+    fast = "PASS" if unchanged_s < 5 else "FAIL"
+    print(f"{fast}: an unchanged tick under 5 s ({unchanged_s:.2f} s)")
 
 
 if __name__ == "__main__":
