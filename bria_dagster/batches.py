@@ -17,7 +17,13 @@ import fsspec
 from .catalog import FORMATS
 from .errors import CatalogError, ConfigurationError
 
-__all__ = ["add_batches", "catalog_batches", "list_batches", "partitions_name"]
+__all__ = [
+    "add_batches",
+    "catalog_batches",
+    "catalog_listing",
+    "list_batches",
+    "partitions_name",
+]
 
 
 def partitions_name(pipeline: str) -> str:
@@ -27,18 +33,31 @@ def partitions_name(pipeline: str) -> str:
 
 def catalog_batches(catalog_dir: str) -> dict[str, str]:
     """batch name -> catalog file, for every catalog file in ``catalog_dir``."""
+    return {batch: info["path"] for batch, info in catalog_listing(catalog_dir).items()}
+
+
+def catalog_listing(catalog_dir: str) -> dict[str, dict]:
+    """batch name -> the listing entry of its catalog file (``fs.ls(detail=True)``: size,
+    mtime / ETag / LastModified, ...), with ``"path"`` the file's full path or URL.
+
+    One fresh listing: the filesystem's listing cache for the folder is dropped first
+    (s3fs keeps listings forever by default, so a long-lived process would miss new files).
+    """
     fs, root = fsspec.core.url_to_fs(catalog_dir)
+    fs.invalidate_cache(root)
     if not fs.isdir(root):
         raise CatalogError(
             f"catalog_dir {catalog_dir} does not exist or is not a folder: create it and put "
             f"one <batch>{{{','.join(FORMATS)}}} file per batch in it"
         )
     prefix = catalog_dir.split("://", 1)[0] + "://" if "://" in catalog_dir else ""
-    found: dict[str, str] = {}
-    for path in sorted(fs.ls(root, detail=False)):
-        name = PurePosixPath(path)
-        if name.suffix.lower() in FORMATS and not name.name.startswith("."):
-            found.setdefault(name.stem, prefix + path)
+    found: dict[str, dict] = {}
+    for info in sorted(fs.ls(root, detail=True), key=lambda entry: entry["name"]):
+        name = PurePosixPath(info["name"])
+        if info.get("type", "file") != "directory" and (
+            name.suffix.lower() in FORMATS and not name.name.startswith(".")
+        ):
+            found.setdefault(name.stem, {**info, "path": prefix + info["name"]})
     return found
 
 

@@ -4,9 +4,11 @@ from the standard AWS environment variables (botocore reads ``AWS_ENDPOINT_URL``
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -58,3 +60,29 @@ def running_s3_server() -> Iterator[S3Server]:
                 os.environ[name] = value
         s3.fresh_filesystems()
         server.stop()
+
+
+@contextlib.contextmanager
+def counting_s3_requests() -> Iterator[collections.Counter[str]]:
+    """Counts the S3 API calls s3fs makes (``get_object``, ``list_objects_v2``, ...) while
+    inside: every request of every s3fs filesystem goes through ``_call_s3``. The key
+    ``"<method>_s"`` adds up the seconds spent in that call (concurrent calls overlap)."""
+    import s3fs
+
+    counts: collections.Counter[str] = collections.Counter()
+    original = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        name = getattr(method, "__name__", method)
+        counts[name] += 1
+        started = time.perf_counter()
+        try:
+            return await original(self, method, *args, **kwargs)
+        finally:
+            counts[f"{name}_s"] += time.perf_counter() - started
+
+    s3fs.S3FileSystem._call_s3 = counted
+    try:
+        yield counts
+    finally:
+        s3fs.S3FileSystem._call_s3 = original
