@@ -83,6 +83,9 @@ class SoakConfig:
     timeout_s: float = 900.0
     seed: int = 11
     faults: dict[str, float] = dataclasses.field(default_factory=lambda: dict(FAULT_RATES))
+    image_px: int = 64  # side of the synthetic product photos
+    on_terminate: str = "cancel_queued"  # BriaResource.on_terminate of the workers
+    termination_grace_s: float = 20.0  # BriaResource.termination_grace_s of the workers
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -103,6 +106,8 @@ def worker(catalog_dir: str, storage: str, partition: str, journal: str, config:
         max_concurrency=knobs["max_concurrency"],
         poll_interval_s=knobs["poll_interval_s"],
         retry_base_delay_s=knobs["retry_base_delay_s"],
+        on_terminate=knobs.get("on_terminate", "cancel_queued"),
+        termination_grace_s=knobs.get("termination_grace_s", 20.0),
     )
     storage = PipelineStorage(storage, journal_path=journal)
     defs = build_definitions(settings, storage=storage, bria=bria, operations=False)
@@ -158,7 +163,8 @@ def write_batches(workdir: Path, config: SoakConfig) -> list[str]:
             seed = b * 1_000_000 + i
             sku = f"{batch}-{i:05d}"
             path = workdir / "images" / f"{sku}.jpg"
-            path.write_bytes(make_product_photo(cats[i % len(cats)], seed, (64, 64))[0])
+            size = (config.image_px, config.image_px)
+            path.write_bytes(make_product_photo(cats[i % len(cats)], seed, size)[0])
             rows.append({"sku": sku, "image_url": f"../images/{sku}.jpg"})
         with (workdir / "catalogs" / f"{batch}.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["sku", "image_url"])
@@ -208,6 +214,8 @@ class Runs:
                 "max_concurrency": config.max_concurrency,
                 "poll_interval_s": config.poll_interval_s,
                 "retry_base_delay_s": config.retry_base_delay_s,
+                "on_terminate": config.on_terminate,
+                "termination_grace_s": config.termination_grace_s,
             }
         )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
