@@ -83,6 +83,9 @@ class SoakConfig:
     timeout_s: float = 900.0
     seed: int = 11
     faults: dict[str, float] = dataclasses.field(default_factory=lambda: dict(FAULT_RATES))
+    image_px: int = 64  # side of the synthetic product photos
+    on_terminate: str = "cancel_queued"  # BriaResource.on_terminate of the workers
+    termination_grace_s: float = 20.0  # BriaResource.termination_grace_s of the workers
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -103,6 +106,8 @@ def worker(catalog_dir: str, storage: str, partition: str, journal: str, config:
         max_concurrency=knobs["max_concurrency"],
         poll_interval_s=knobs["poll_interval_s"],
         retry_base_delay_s=knobs["retry_base_delay_s"],
+        on_terminate=knobs.get("on_terminate", "cancel_queued"),
+        termination_grace_s=knobs.get("termination_grace_s", 20.0),
     )
     storage = PipelineStorage(storage, journal_path=journal)
     defs = build_definitions(settings, storage=storage, bria=bria, operations=False)
@@ -158,7 +163,8 @@ def write_batches(workdir: Path, config: SoakConfig) -> list[str]:
             seed = b * 1_000_000 + i
             sku = f"{batch}-{i:05d}"
             path = workdir / "images" / f"{sku}.jpg"
-            path.write_bytes(make_product_photo(cats[i % len(cats)], seed, (64, 64))[0])
+            size = (config.image_px, config.image_px)
+            path.write_bytes(make_product_photo(cats[i % len(cats)], seed, size)[0])
             rows.append({"sku": sku, "image_url": f"../images/{sku}.jpg"})
         with (workdir / "catalogs" / f"{batch}.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["sku", "image_url"])
@@ -208,6 +214,8 @@ class Runs:
                 "max_concurrency": config.max_concurrency,
                 "poll_interval_s": config.poll_interval_s,
                 "retry_base_delay_s": config.retry_base_delay_s,
+                "on_terminate": config.on_terminate,
+                "termination_grace_s": config.termination_grace_s,
             }
         )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -558,6 +566,88 @@ def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
     return figures
 
 
+def kill_mid_burst(
+    workdir: Path,
+    *,
+    rows: int = 96,
+    in_flight: int = 32,
+    latency: float = 2.0,
+    image_px: int = 256,
+    kill_at: int | None = None,
+) -> dict[str, Any]:
+    """SIGKILL one run in the middle of a submit burst (no quiet moment chosen); re-run it.
+
+    ``in_flight`` requests at once, ``latency`` s per job on fal, ``image_px`` photos sent
+    inline or uploaded as the backend decides. The kill comes the moment fal has accepted
+    ``kill_at`` submissions (default: half-way into the second burst, when the first
+    burst's results are being fetched and the next submits go out); ``kill_at=0`` kills
+    between bursts instead (the first burst all journaled, the next not yet sent).
+    Returns accepted (fal's submissions at the kill), journaled, and paid_twice (the
+    re-run's duplicate submissions: accepted requests the journal did not record).
+    """
+    between = kill_at == 0
+    kill_at = kill_at or in_flight + in_flight // 2
+    config = SoakConfig(
+        batches=1,
+        rows=rows,
+        latency=latency,
+        max_concurrency=in_flight,
+        server_slots=0,
+        kill=False,
+        faults={k: 0.0 for k in FAULT_RATES},
+        image_px=image_px,
+    )
+    (partition,) = write_batches(workdir, config)
+    home = make_home(workdir, [partition], pool_limit=1)
+    server = _server_class()(workdir, key="burst-key", latency=latency, max_in_progress=0)
+    try:
+        env = {**os.environ, **server.env, "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+        runs = Runs(workdir, env, config)
+        journal = runs.journal(partition)
+        runs.start(partition, "victim")
+        proc = runs.procs["victim"]
+        deadline = time.monotonic() + config.timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            if between:
+                if len(journal_rows(journal)) >= in_flight:
+                    break
+            elif server.stats()["submissions"] >= kill_at:
+                break
+            time.sleep(0.005)
+        if proc.poll() is not None:
+            raise RuntimeError("the victim finished before the kill:\n" + runs.tail("victim"))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(0.5)  # bytes already in the socket reach the server meanwhile
+        accepted = server.stats()["submissions"]
+        journaled = len(journal_rows(journal))
+        # The dead run's jobs finish on fal (billed); its pool slot is freed, as an operator
+        # would, before the re-run.
+        release_killed_run(home, partition, server, config.timeout_s)
+        runs.start(partition, "rerun")
+        try:
+            runs.procs["rerun"].wait(600)
+        finally:
+            if runs.procs["rerun"].poll() is None:
+                runs.procs["rerun"].kill()
+        final = server.stats()
+    finally:
+        server.stop()
+    frame = read_partition(workdir / "data", partition)
+    return {
+        "when": "between bursts" if between else f"at {kill_at} accepted",
+        "rows": rows,
+        "in_flight": in_flight,
+        "latency_s": latency,
+        "image_px": image_px,
+        "accepted": accepted,
+        "journaled": journaled,
+        "paid_twice": final["duplicate_submissions"],
+        "rerun_rows_ok": None if frame is None else int((frame["status"] == "ok").sum()),
+        "billed_jobs": final["billed_jobs"],
+    }
+
+
 def print_report(figures: dict[str, Any]) -> None:
     cfg = figures["config"]
     print(
@@ -604,8 +694,24 @@ def main(argv: list[str] | None = None) -> int:
         help="start the other runs once the first holds the pool (avoids a Dagster SQLite race)",
     )
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--kill-mid-burst",
+        action="store_true",
+        help="only the SIGKILL-mid-burst figure (32 in flight, 2 s latency, 256 px photos), "
+        "and the same kill between bursts",
+    )
     parser.add_argument("--workdir", default=None, help="kept afterwards (default: a temp dir)")
     args = parser.parse_args(argv)
+    if args.kill_mid_burst:
+        for label, kill_at in (("KILL-MID-BURST", None), ("KILL-BETWEEN-BURSTS", 0)):
+            with tempfile.TemporaryDirectory(prefix="bria-burst-") as tmp:
+                fig = kill_mid_burst(Path(tmp), kill_at=kill_at)
+            print(
+                f"{label} accepted={fig['accepted']} journaled={fig['journaled']} "
+                f"paid_twice={fig['paid_twice']}  {json.dumps(fig)}",
+                flush=True,
+            )
+        return 0
     config = SoakConfig(
         batches=args.batches,
         rows=args.rows,

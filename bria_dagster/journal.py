@@ -18,6 +18,7 @@ Two stores, one interface (:func:`open_journal` picks by URL):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -88,6 +89,10 @@ class RequestJournal:
                 "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)",
                 (fingerprint, endpoint_id, request_id, PENDING, time.time()),
             )
+
+    async def accepted_async(self, fingerprint: str, endpoint_id: str, request_id: str) -> None:
+        """:meth:`accepted` from the event loop (durable when the await returns)."""
+        await asyncio.to_thread(self.accepted, fingerprint, endpoint_id, request_id)
 
     def completed(self, fingerprint: str) -> None:
         """The result was fetched and verified; a re-run can still re-read it by id."""

@@ -94,6 +94,20 @@ class BriaResource(dg.ConfigurableResource):
     inline_max_bytes: int = Field(
         default=2 * 1024 * 1024, description="Local inputs up to this size go as data URIs."
     )
+    on_terminate: Literal["cancel_queued", "keep"] = Field(
+        default="cancel_queued",
+        description="When a run is terminated (UI Terminate, SIGINT/SIGTERM): submits in "
+        "flight always land in the journal first; then 'cancel_queued' cancels accepted "
+        "requests still waiting in fal's queue (fal does not bill those; running ones are "
+        "kept for re-attach), 'keep' leaves every accepted request for the next run to "
+        "re-attach to.",
+    )
+    termination_grace_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="How long a terminated step waits for its requests to wind down "
+        "(keep it under the pod's terminationGracePeriodSeconds, 30 by default).",
+    )
     max_pixels: int = Field(default=50_000_000, description="Decompression-bomb limit.")
     allow_private_networks: bool = Field(
         default=False, description="Let input URLs reach loopback/private addresses."
@@ -167,6 +181,7 @@ class BriaResource(dg.ConfigurableResource):
                 max_pixels=self.max_pixels,
                 max_connections=self.max_concurrency,
                 prices=self.price_table(),
+                on_terminate=self.on_terminate,
             )
         matte_model = None
         if self.onnx_model_path:
@@ -197,7 +212,11 @@ class BriaResource(dg.ConfigurableResource):
         """
         with self._session_lock:
             if self._session is None:
-                self._session = BriaSession(self.make_backend, max_concurrency=self.max_concurrency)
+                self._session = BriaSession(
+                    self.make_backend,
+                    max_concurrency=self.max_concurrency,
+                    grace_s=self.termination_grace_s,
+                )
                 atexit.register(self.close)
             return self._session
 

@@ -5,12 +5,21 @@ A :class:`BriaSession` owns a private event loop on a daemon thread. The backend
 once and reused by every call, from sync code (:meth:`run`, which works even inside
 a running event loop) and async code alike (:meth:`arun`, awaitable from any loop).
 A semaphore on the session loop bounds the requests in flight across all calls.
+
+Termination: Dagster delivers a run's termination (the UI's Terminate, SIGINT/SIGTERM to
+the run worker) as an exception raised in the step's thread, which is blocked in
+:meth:`run` while the requests live on the session loop. :meth:`run` then cancels the
+call on the session loop, so it stops sending new requests and lets every submit in
+flight land in the journal (the backend's ``on_terminate`` decides what happens to
+accepted requests), waits for that up to ``grace_s`` seconds, and re-raises.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -20,6 +29,7 @@ from .journal import RequestJournal, open_journal
 __all__ = ["BriaSession"]
 
 T = TypeVar("T")
+logger = logging.getLogger("bria_dagster.session")
 
 
 class BriaSession:
@@ -28,9 +38,17 @@ class BriaSession:
     Args:
         make_backend: builds the backend; called once, on the session loop.
         max_concurrency: requests in flight at once across every call of the session.
+        grace_s: how long :meth:`run`, interrupted, waits for its call to wind down.
     """
 
-    def __init__(self, make_backend: Callable[[], Backend], *, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        make_backend: Callable[[], Backend],
+        *,
+        max_concurrency: int,
+        grace_s: float = 20.0,
+    ) -> None:
+        self.grace_s = grace_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="bria-session", daemon=True
@@ -59,11 +77,55 @@ class BriaSession:
         return self._journals[url]
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the session loop and wait for it (blocking this thread)."""
+        """Run ``coroutine`` on the session loop and wait for it (blocking this thread).
+
+        Interrupted while waiting (a ``KeyboardInterrupt``, Dagster's
+        ``DagsterExecutionInterruptedError``), it cancels the coroutine's task, waits up to
+        ``grace_s`` for it to wind down, and re-raises the interruption.
+        """
         if self._closed:
             coroutine.close()
             raise RuntimeError("this BriaSession is closed")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        ended = threading.Event()
+        running: list[asyncio.Task[Any]] = []
+
+        async def call() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            running.append(task)
+            try:
+                return await coroutine
+            finally:
+                ended.set()
+
+        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            if future.done():
+                raise
+            started = time.monotonic()
+
+            def cancel() -> None:
+                if running:
+                    running[0].cancel()
+                else:  # not started yet: it never will
+                    future.cancel()
+                    coroutine.close()
+                    ended.set()
+
+            self._loop.call_soon_threadsafe(cancel)
+            if ended.wait(self.grace_s):
+                logger.warning(
+                    "interrupted: stopped sending requests and wound down in %.1fs",
+                    time.monotonic() - started,
+                )
+            else:
+                logger.warning(
+                    "interrupted: still winding down after the %.0fs grace period; leaving",
+                    self.grace_s,
+                )
+            raise
 
     def arun(self, coroutine: Coroutine[Any, Any, T]) -> Awaitable[T]:
         """Run ``coroutine`` on the session loop; await the result from any event loop."""

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import fal_client.client
@@ -100,6 +100,13 @@ class FalBackend:
             CDN together (set it to the number of requests run at once); all of them
             stay alive between requests, so a long batch pays each TLS handshake once.
         prices: what a completed request costs (``BackendResult.cost_usd``).
+        on_terminate: what happens to a request fal accepted when its task is cancelled
+            (a run terminated, a batch ended early): ``"cancel_queued"`` asks fal to cancel
+            it (fal does not bill a request cancelled while still queued; the journal entry
+            is dropped once fal confirms the cancellation, else kept for re-attach: a
+            running job is billed anyway, so the next run collects its result);
+            ``"keep"`` leaves it running and journaled, for the next run to re-attach to.
+            Either way a submit in flight is first allowed to land and be journaled.
     """
 
     name = "fal"
@@ -118,6 +125,7 @@ class FalBackend:
         max_pixels: int = 50_000_000,
         max_connections: int = 64,
         prices: PriceTable = LIST_PRICES,
+        on_terminate: Literal["cancel_queued", "keep"] = "cancel_queued",
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
@@ -136,6 +144,9 @@ class FalBackend:
         self.max_output_bytes = max_output_bytes
         self.max_pixels = max_pixels
         self.max_connections = max_connections
+        if on_terminate not in ("cancel_queued", "keep"):
+            raise ValueError(f"on_terminate must be cancel_queued or keep, not {on_terminate!r}")
+        self.on_terminate = on_terminate
         # The one HTTP client: queue calls, uploads and downloads. The key goes on
         # queue and storage calls only, never to a result file's host.
         self._http = httpx.AsyncClient(
@@ -285,8 +296,7 @@ class FalBackend:
                 request_id=queued.request_id,
             ) from None
         except asyncio.CancelledError:
-            await self._cancel(queued)
-            journal.forget(fingerprint)
+            await self._wind_down(queued, fingerprint, journal)
             raise
         except BriaError:
             journal.forget(fingerprint)
@@ -321,7 +331,7 @@ class FalBackend:
                 handle.request_id, handle.status_url, handle.response_url, handle.cancel_url
             )
             try:
-                await self._status(known, log)
+                status = await self._status(known, log)
             except FalRequestError as exc:
                 if exc.status_code not in (404, 410):
                     raise
@@ -332,29 +342,68 @@ class FalBackend:
                 )
                 journal.forget(fingerprint)
             else:
-                logger.info("re-attached to journaled request %s", entry.request_id)
-                return known, True
+                if _was_cancelled(status):
+                    logger.info(
+                        "journaled request %s was cancelled before it ran; submitting again",
+                        entry.request_id,
+                    )
+                    journal.forget(fingerprint)
+                else:
+                    logger.info("re-attached to journaled request %s", entry.request_id)
+                    return known, True
         arguments = await self._arguments(request, log)
-        submit = asyncio.ensure_future(self._submit(request.endpoint_id, arguments, log))
+        # The submit and its journal write run as one task that a cancellation of this one
+        # does not interrupt: an accepted id is always journaled, and nothing else (no
+        # other step of this request) comes between fal's answer and the journal write.
+        submit = asyncio.ensure_future(
+            self._submit_and_journal(request.endpoint_id, arguments, fingerprint, journal, log)
+        )
         try:
             queued = await asyncio.shield(submit)
         except asyncio.CancelledError:
-            # Cancelled mid-submit: let the submit land, then cancel what fal accepted,
-            # so no job runs (and bills) unobserved.
+            # Cancelled mid-submit (a run terminated): let the submit land and be journaled,
+            # then treat what fal accepted as any accepted request (cancel if queued, or keep).
             try:
-                accepted = await asyncio.wait_for(submit, timeout=30)
+                accepted = await asyncio.wait_for(asyncio.shield(submit), timeout=30)
             except Exception:
                 submit.cancel()
             else:
-                await self._cancel(accepted)
+                await self._wind_down(accepted, fingerprint, journal)
             raise
-        # Durable before we await anything else: a crash from here on re-attaches. The
-        # fsync runs in a thread so that the other requests' polls go on meanwhile; it
-        # completes even if this task is cancelled while waiting for it.
-        await asyncio.shield(
-            asyncio.to_thread(journal.accepted, fingerprint, request.endpoint_id, queued.request_id)
-        )
         return queued, False
+
+    async def _submit_and_journal(
+        self,
+        endpoint_id: str,
+        arguments: dict[str, Any],
+        fingerprint: str,
+        journal: RequestJournal,
+        log: RetryLog,
+    ) -> _Queued:
+        queued = await self._submit(endpoint_id, arguments, log)
+        # Durable before we await anything else: a crash from here on re-attaches. The
+        # fsync runs in the journal's own writer thread (grouped with other requests'
+        # writes), so that the other requests' polls go on meanwhile.
+        await journal.accepted_async(fingerprint, endpoint_id, queued.request_id)
+        return queued
+
+    async def _wind_down(self, queued: _Queued, fingerprint: str, journal: RequestJournal) -> None:
+        """A request fal accepted whose task is being cancelled (``on_terminate``)."""
+        if self.on_terminate == "keep":
+            logger.info("kept fal request %s for the next run to re-attach", queued.request_id)
+            return
+        await self._cancel(queued)
+        try:
+            status = await asyncio.wait_for(self._status(queued, RetryLog()), timeout=10)
+        except Exception:
+            return  # unknown: keep the entry, the next run re-attaches and sees
+        if status.get("status") == "COMPLETED" and status.get("error"):
+            journal.forget(fingerprint)  # cancelled while queued: never billed
+        else:
+            logger.info(
+                "fal request %s was already running (billed); journaled for re-attach",
+                queued.request_id,
+            )
 
     async def _submit(self, endpoint_id: str, arguments: dict[str, Any], log: RetryLog) -> _Queued:
         url = fal_client.client.QUEUE_URL_FORMAT + endpoint_id
@@ -481,6 +530,14 @@ class FalBackend:
             )
             content_type = image.content_type or sniff_content_type(data)
         return verify_output(data, content_type, image, max_pixels=self.max_pixels)
+
+
+def _was_cancelled(status: dict[str, Any]) -> bool:
+    """A status of a request that ended cancelled (never run, never billed)."""
+    return (
+        status.get("status") == "COMPLETED"
+        and "cancel" in str(status.get("error_type") or "").lower()
+    )
 
 
 class _LatencyModel:
