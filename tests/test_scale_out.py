@@ -53,3 +53,9 @@ def test_daemon_runs_four_partitions_at_once_and_the_pool_bounds_requests_in_fli
     assert 0 < result["peak_in_flight"] <= result["bound"] == 8, result
     assert result["submissions"] == 48 and result["duplicates"] == 0, result
     assert result["paid_twice"] == 0 and result["billed_jobs"] == 48, result
+
+
+def test_readme_shows_the_tested_dagster_yaml():
+    scale_out = load_scale_out()
+    tested = scale_out.DAGSTER_YAML.format(runs_at_once=4, run_buffer=2)
+    assert f"```yaml\n{tested}```" in (REPO / "README.md").read_text()
