@@ -178,6 +178,7 @@ class _Stats:
         self.billed_micro_usd = 0
         self.billed_jobs = 0
         self.max_in_progress_by_key: dict[str, int] = {}
+        self.max_outstanding_by_key: dict[str, int] = {}
         self.status_calls = 0
         self.result_calls = 0
         self.cancel_calls = 0
@@ -396,6 +397,7 @@ class FalTestServer:
         self._jobs: dict[str, _Job] = {}
         self._queues: dict[str, collections.deque[str]] = {}
         self._running: dict[str, int] = {}
+        self._outstanding: dict[str, int] = {}  # accepted, not completed (queued + running)
         self._tasks: set[asyncio.Task[None]] = set()
         self._files: collections.OrderedDict[str, _File] = collections.OrderedDict()
         self._cdn_tokens: set[str] = set()
@@ -546,6 +548,8 @@ class FalTestServer:
             self._stats.requests_in_flight = in_flight
             for key, running in list(self._running.items()):
                 self._stats.max_in_progress_by_key[key] = running
+            for key, outstanding in list(self._outstanding.items()):
+                self._stats.max_outstanding_by_key[key] = outstanding
 
     def stats(self) -> dict[str, Any]:
         """A JSON-able snapshot of the counters.
@@ -555,7 +559,10 @@ class FalTestServer:
         ``duplicate_submissions`` is the sum of (count - 1) over them. ``billed_cost_usd``
         adds list prices of successfully completed jobs (remove 0.018, replace 0.023 per
         image, expand 0.04). ``max_in_progress_by_key`` is the peak of concurrently
-        running jobs per API key, ``max_in_progress_seen`` the largest of those.
+        running jobs per API key, ``max_in_progress_seen`` the largest of those;
+        ``max_outstanding_by_key`` the peak of accepted jobs not yet completed (IN_QUEUE
+        plus IN_PROGRESS) per key: what a client had in flight at the service, also when
+        ``max_in_progress`` makes the excess wait in the queue.
         ``faults`` counts injected faults by kind (``faults_by_op`` by ``op:kind``).
         ``requests_by_op`` counts every HTTP attempt at ``submit``, ``status``,
         ``result``, ``file`` (GET of a result file) and ``upload`` (CDN upload),
@@ -579,6 +586,7 @@ class FalTestServer:
                 "billed_cost_usd": round(s.billed_micro_usd / 1e6, 6),
                 "max_in_progress_seen": max(per_key.values(), default=0),
                 "max_in_progress_by_key": per_key,
+                "max_outstanding_by_key": dict(s.max_outstanding_by_key),
                 "in_progress": sum(list(self._running.values())),
                 "in_queue": sum(len(q) for q in list(self._queues.values())),
                 "status_calls": s.status_calls,
@@ -773,6 +781,7 @@ class FalTestServer:
         if not errors:
             queue = self._queues.setdefault(key, collections.deque())
             queue.append(request_id)
+            self._count_outstanding(key, +1)
             self._pump(key)
             position = queue.index(request_id) if request_id in queue else 0
         with self._lock:
@@ -872,6 +881,7 @@ class FalTestServer:
             queue = self._queues.get(job.key)
             if queue is not None and rid in queue:
                 queue.remove(rid)
+                self._count_outstanding(job.key, -1)
             job.cancelled = True
             job.state = "COMPLETED"
             self._fail(job, _JobFailed(400, "Request was cancelled", "request_cancelled", ""))
@@ -888,6 +898,12 @@ class FalTestServer:
         job.error_detail = exc.detail
 
     # ------------------------------------------------------------------ scheduling
+
+    def _count_outstanding(self, key: str, delta: int) -> None:
+        with self._lock:
+            now = self._outstanding[key] = self._outstanding.get(key, 0) + delta
+            seen = self._stats.max_outstanding_by_key
+            seen[key] = max(seen.get(key, 0), now)
 
     def _pump_all(self) -> None:
         for key in list(self._queues):
@@ -937,6 +953,7 @@ class FalTestServer:
         finally:
             with self._lock:
                 self._running[job.key] -= 1
+            self._count_outstanding(job.key, -1)
             self._pump(job.key)
 
     # ------------------------------------------------------------------ files & uploads

@@ -1,0 +1,423 @@
+"""Scale out: many catalog batches at once through Dagster's run queue on a Postgres instance.
+
+    .venv/bin/python benchmarks/scale_out.py [--batches 8] [--rows 250] [--latency 0.5]
+        [--server-slots 32] [--runs-at-once 4] [--pool-limit 2] [--max-concurrency 16]
+        [--workdir DIR]
+
+What runs, all of it Dagster's own machinery (no hand-started run processes):
+
+1. A real PostgreSQL (tests/pg_server.py) holds the instance: runs, event logs, schedules,
+   pool slots, and the request journal (it defaults to the instance's database).
+2. tests/fal_server.py in its own process: ``--latency`` s per job, ``--server-slots`` jobs
+   in progress per key (the excess waits IN_QUEUE, as on fal).
+3. A code location (``definitions.py`` + ``workspace.yaml``) and a ``dagster.yaml`` with
+   Postgres storage, the ``QueuedRunCoordinator``, ``concurrency: runs: max_concurrent_runs``
+   and op-granularity pools; the pool ``bria`` gets ``--pool-limit`` slots (what
+   ``dagster instance concurrency set bria N`` does).
+4. ``dagster job backfill --partitions ...`` submits one run per batch to the queue, then
+   ``dagster-daemon run`` starts and launches them (DefaultRunLauncher: each run in its own
+   process), at most ``--runs-at-once`` at a time. (With the daemon already running, its
+   first pass may take the queue while the CLI is still submitting and launch fewer.)
+5. Once every run has ended, the figures come from the instance (run records, step events)
+   and the fal server's counters.
+
+Why pool limit 2 x max_concurrency 16 (bound 32) rather than 4 x 8: with 4 runs at once and
+2 pool slots, two runs are always started, past their Python imports and catalog step, and
+waiting for a slot; a finished image step hands its slot to a warm run instead of to a run
+the daemon has yet to launch. The job runs in-process (one process per run, the run worker):
+the multiprocess executor would start a fresh Python process per step *after* the step has
+claimed its pool slot, so a slot would sit idle through every process start.
+
+Printed: one line
+``SCALE-OUT batches=.. rows=.. runs_at_once=.. wall_s=.. ratio=.. peak_in_flight=.. bound=..
+duplicates=.. paid_twice=..`` (ratio = wall / ideal, ideal = rows x latency /
+min(bound, server slots); wall runs from the daemon's first launch (RUN_STARTING) to the
+last run's end, so run-process starts count and the daemon's own start does not; the
+figures also give ``enqueued_to_end_s``), then the checks, PASS/FAIL with the true figures,
+the CPU seconds of the Dagster side (daemon, code server, run workers: those reaped, so a
+lower bound) and of the fal server, and the load average: on a shared 2-core machine the
+run workers' per-row work, not the queue or the pool, is what stretches the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = "product_images"
+POOL = "bria"
+STEP = f"{PIPELINE}_image_steps"
+TABLE = f"{PIPELINE}__product_cutouts"
+
+# The tested dagster.yaml (README, "Deploying"): the Postgres URL comes from the environment.
+DAGSTER_YAML = """\
+storage:
+  postgres:
+    postgres_url:
+      env: DAGSTER_PG_URL
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+    dequeue_use_threads: true
+    dequeue_num_workers: 4
+concurrency:
+  runs:
+    max_concurrent_runs: {runs_at_once}
+  pools:
+    granularity: op
+    op_granularity_run_buffer: {run_buffer}
+telemetry:
+  enabled: false
+"""
+
+WORKSPACE_YAML = """\
+load_from:
+  - python_file:
+      relative_path: definitions.py
+      location_name: bria_images
+      working_directory: .
+"""
+
+DEFINITIONS_PY = '''\
+"""The code location: one Bria pipeline whose fal step runs in the pool 'bria'."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from bria_dagster import BriaResource, PipelineSettings, build_definitions
+
+HERE = Path(__file__).resolve().parent
+bria = BriaResource(
+    backend="fal",
+    fal_key=dg.EnvVar("FAL_KEY"),
+    max_concurrency={max_concurrency},  # requests in flight per run (per pool slot)
+    file_roots=[str(HERE)],
+    poll_interval_s=0.05,
+)
+settings = PipelineSettings(catalog_dir=str(HERE / "catalogs"), steps=("remove",))
+defs = dg.Definitions.merge(
+    build_definitions(settings, storage=str(HERE / "data"), bria=bria, operations=False),
+    # One process per run (the run worker); its steps wait on fal, not on the CPU.
+    dg.Definitions(executor=dg.in_process_executor),
+)
+'''
+
+
+def write_project(
+    workdir: Path,
+    *,
+    batches: int,
+    rows: int,
+    runs_at_once: int,
+    pool_limit: int,
+    max_concurrency: int,
+) -> list[str]:
+    """Catalogs, images, the code location, workspace.yaml and DAGSTER_HOME/dagster.yaml."""
+    from bria_dagster.engine.synthetic import CATEGORIES, make_product_photo
+
+    cats = sorted(CATEGORIES)
+    (workdir / "catalogs").mkdir(parents=True)
+    (workdir / "images").mkdir()
+    names = []
+    for b in range(batches):
+        batch = f"batch{b}"
+        with (workdir / "catalogs" / f"{batch}.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["sku", "image_url"])
+            writer.writeheader()
+            for i in range(rows):
+                sku = f"{batch}-{i:05d}"
+                photo = make_product_photo(cats[i % len(cats)], b * 1_000_000 + i, (64, 64))[0]
+                (workdir / "images" / f"{sku}.jpg").write_bytes(photo)
+                writer.writerow({"sku": sku, "image_url": f"../images/{sku}.jpg"})
+        names.append(batch)
+    (workdir / "definitions.py").write_text(DEFINITIONS_PY.format(max_concurrency=max_concurrency))
+    (workdir / "workspace.yaml").write_text(WORKSPACE_YAML)
+    home = workdir / "dagster_home"
+    home.mkdir()
+    run_buffer = max(0, runs_at_once - pool_limit)  # runs started while waiting for a slot
+    (home / "dagster.yaml").write_text(
+        DAGSTER_YAML.format(runs_at_once=runs_at_once, run_buffer=run_buffer)
+    )
+    return names
+
+
+def _overlap(spans: list[tuple[float, float]]) -> int:
+    """The largest number of spans open at one instant (an end before a start at a tie)."""
+    points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    best = now = 0
+    for _, delta in points:
+        now += delta
+        best = max(best, now)
+    return best
+
+
+def _run_events(
+    instance: Any, run_id: str
+) -> tuple[list[tuple[float, float]], set[int], float | None]:
+    """Of one run: the image step's (start, end), the pids Dagster's engine events name, and
+    when the daemon launched it (RUN_STARTING)."""
+    times: dict[str, float] = {}
+    pids: set[int] = set()
+    launched = None
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.event_type_value == "RUN_STARTING":
+            launched = entry.timestamp
+        if entry.step_key == STEP and event.event_type_value in (
+            "STEP_START",
+            "STEP_SUCCESS",
+            "STEP_FAILURE",
+        ):
+            times["start" if event.event_type_value == "STEP_START" else "end"] = entry.timestamp
+        if event.is_engine_event and event.engine_event_data:
+            value = (event.engine_event_data.metadata or {}).get("pid")
+            if value is not None:
+                pids.add(int(getattr(value, "value", value)))
+    span = [(times["start"], times["end"])] if len(times) == 2 else []
+    return span, pids, launched
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:]
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> str:
+    done = subprocess.run(
+        args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(
+            f"{' '.join(args[:3])} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        )
+    return done.stdout
+
+
+def run_scale_out(
+    workdir: Path,
+    *,
+    pg_url: str,
+    fal_env: dict[str, str],
+    fal_stats: Any,
+    batches: int,
+    rows: int,
+    latency: float,
+    server_slots: int,
+    runs_at_once: int = 4,
+    pool_limit: int = 2,
+    max_concurrency: int = 16,
+    timeout_s: float = 900,
+) -> dict[str, Any]:
+    """Everything but the servers: project, daemon, submission, wait, figures."""
+    import dagster as dg
+    import pandas as pd
+
+    partitions = write_project(
+        workdir,
+        batches=batches,
+        rows=rows,
+        runs_at_once=runs_at_once,
+        pool_limit=pool_limit,
+        max_concurrency=max_concurrency,
+    )
+    home = workdir / "dagster_home"
+    env = {
+        **os.environ,
+        **fal_env,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": pg_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ["DAGSTER_PG_URL"] = pg_url  # for this process' own instance (reads only)
+    instance = dg.DagsterInstance.from_config(str(home))
+    bin_dir = Path(sys.executable).parent
+    daemon = None
+    log = (workdir / "daemon.log").open("wb")
+    try:
+        instance.add_dynamic_partitions(f"{PIPELINE}_batches", partitions)
+        instance.event_log_storage.set_concurrency_slots(POOL, pool_limit)
+        # Every run is in the queue before the daemon takes it: its first pass launches
+        # max_concurrent_runs of them at once.
+        _cli(
+            [
+                *(str(bin_dir / "dagster"), "job", "backfill", "-w", "workspace.yaml"),
+                *("-j", PIPELINE, "--partitions", ",".join(partitions), "--noprompt"),
+            ],
+            env,
+            workdir,
+        )
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        daemon = subprocess.Popen(
+            [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            env=env,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        done_states = {
+            dg.DagsterRunStatus.SUCCESS,
+            dg.DagsterRunStatus.FAILURE,
+            dg.DagsterRunStatus.CANCELED,
+        }
+        while True:
+            records = instance.get_run_records()
+            if len(records) == batches and all(
+                r.dagster_run.status in done_states for r in records
+            ):
+                break
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise RuntimeError(
+                    f"runs not done: {[r.dagster_run.status.value for r in records]}; daemon log:\n"
+                    + _tail(workdir / "daemon.log")
+                )
+            time.sleep(0.5)
+
+        run_spans, step_spans, launches, pids, ok_rows, failed_runs = [], [], [], {}, 0, []
+        created = min(r.create_timestamp.timestamp() for r in records)
+        for record in records:
+            run = record.dagster_run
+            if run.status != dg.DagsterRunStatus.SUCCESS:
+                failed_runs.append(run.run_id)
+            run_spans.append((record.start_time, record.end_time))
+            span, pids[run.run_id], launched = _run_events(instance, run.run_id)
+            step_spans += span
+            launches.append(launched if launched is not None else record.start_time)
+            partition = run.tags.get("dagster/partition")
+            table = workdir / "data" / "tables" / TABLE / f"{partition}.parquet"
+            if table.exists():
+                ok_rows += int((pd.read_parquet(table)["status"] == "ok").sum())
+        end = max(r.end_time for r in records)
+        wall, from_queue = end - min(launches), end - created
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGTERM)  # the daemon and its code server
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait()
+        log.close()
+        instance.dispose()
+    # CPU of the daemon, its code server and the run workers (descendants reaped on exit).
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    dagster_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+    stats = fal_stats()
+    key = fal_env["FAL_KEY"]
+    total = batches * rows
+    bound = pool_limit * max_concurrency
+    ideal = total * latency / (min(bound, server_slots) if server_slots > 0 else bound)
+    distinct_pids = set().union(*pids.values()) if pids else set()
+    return {
+        "batches": batches,
+        "rows": total,
+        "runs_at_once": _overlap(run_spans),
+        "wall_s": round(wall, 2),
+        "enqueued_to_end_s": round(from_queue, 2),
+        "ideal_s": round(ideal, 2),
+        "ratio": round(wall / ideal, 3),
+        "peak_in_flight": stats["max_outstanding_by_key"].get(key, 0),
+        "bound": bound,
+        "duplicates": stats["duplicate_submissions"],
+        "paid_twice": max(0, stats["billed_jobs"] - stats["distinct_requests"]),
+        "submissions": stats["submissions"],
+        "billed_jobs": stats["billed_jobs"],
+        "ok_rows": ok_rows,
+        "failed_runs": failed_runs,
+        "pool_limit": pool_limit,
+        "pool_peak": _overlap(step_spans),
+        "image_steps": len(step_spans),
+        "run_processes": len(distinct_pids),
+        "pids_per_run": {k: sorted(v) for k, v in pids.items()},
+        "max_concurrent_runs": runs_at_once,
+        "dagster_side_cpu_s": round(dagster_cpu, 1),
+    }
+
+
+def scale_out_line(r: dict[str, Any]) -> str:
+    return (
+        f"SCALE-OUT batches={r['batches']} rows={r['rows']} runs_at_once={r['runs_at_once']} "
+        f"wall_s={r['wall_s']:.1f} ratio={r['ratio']:.2f} peak_in_flight={r['peak_in_flight']} "
+        f"bound={r['bound']} duplicates={r['duplicates']} paid_twice={r['paid_twice']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=250, help="products per batch")
+    parser.add_argument("--latency", type=float, default=0.5)
+    parser.add_argument("--server-slots", type=int, default=32)
+    parser.add_argument("--runs-at-once", type=int, default=4)
+    parser.add_argument("--pool-limit", type=int, default=2)
+    parser.add_argument("--max-concurrency", type=int, default=16)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from tests.fal_server import FalServerProcess
+    from tests.pg_server import PostgresTestServer
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bria-scale-out-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = FalServerProcess(
+        workdir, key="scale-out-key", latency=args.latency, max_in_progress=args.server_slots
+    )
+    try:
+        with PostgresTestServer() as pg:
+            result = run_scale_out(
+                workdir / "project",
+                pg_url=pg.create_database("scale_out"),
+                fal_env=server.env,
+                fal_stats=server.stats,
+                batches=args.batches,
+                rows=args.rows,
+                latency=args.latency,
+                server_slots=args.server_slots,
+                runs_at_once=args.runs_at_once,
+                pool_limit=args.pool_limit,
+                max_concurrency=args.max_concurrency,
+            )
+        server_cpu = server.cpu_seconds()
+    finally:
+        server.stop()
+    print(scale_out_line(result))
+    checks = {
+        "every row ok": result["ok_rows"] == result["rows"] and not result["failed_runs"],
+        "runs at once == max_concurrent_runs": result["runs_at_once"] == args.runs_at_once,
+        "one process per run": result["run_processes"] == args.batches,
+        "pool never over its limit": result["pool_peak"] <= result["pool_limit"],
+        "peak in flight <= bound": result["peak_in_flight"] <= result["bound"],
+        "no duplicate submission": result["duplicates"] == 0,
+        "submissions == rows": result["submissions"] == result["rows"],
+        "none paid twice": result["paid_twice"] == 0,
+        "wall <= 1.3x ideal": result["ratio"] <= 1.3,
+    }
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'} {name}")
+    figures = {k: v for k, v in result.items() if k != "pids_per_run"}
+    figures["fal_server_cpu_s"] = round(server_cpu, 1)
+    print("figures " + json.dumps(figures))
+    print("load average (1, 5, 15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
