@@ -333,7 +333,12 @@ class ReuseIndex:
         stamp = _stamp(fs.info(root))
         if records is None:
             records = _read_records(fs, root)
-        added = self.add(records)
+        # Only what this table's run made: its reused rows' entries are already indexed
+        # from the table that first recorded them (an unchanged re-run writes nothing
+        # here). sync() and rebuild() index reused rows too: there, their producing table
+        # may have been rewritten since.
+        table = records if isinstance(records, pa.Table) else frame_to_table(records)
+        added = self.add(table.filter(pc.equal(table["status"], OK)))
         self._mark(posixpath.basename(root), stamp)
         return added
 
