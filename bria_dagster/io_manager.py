@@ -21,7 +21,8 @@ from pydantic import Field
 from .errors import storage_access
 from .records import IMAGE_RECORD_SCHEMA, frame_to_table, records_to_frame
 from .reuse import ReuseIndex
-from .storage import PipelineStorage, write_bytes
+from .storage import PipelineStorage
+from .store import write_bytes
 
 __all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_folder", "table_path"]
 

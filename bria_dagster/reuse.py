@@ -59,7 +59,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import storage_access
 from .records import IMAGE_RECORD_SCHEMA, OK, REUSED, frame_to_table
-from .storage import PipelineStorage, write_bytes
+from .storage import PipelineStorage
+from .store import write_bytes
 
 __all__ = ["INDEX_SCHEMA", "ReuseIndex", "entries_of", "rebuild"]
 

@@ -22,19 +22,16 @@ import contextlib
 import functools
 import inspect
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from .errors import AWS_VARIABLES, StorageAccessError
 from .store import ImageStore
 
-__all__ = ["PipelineStorage", "instance_postgres_url", "resolve_journal_url", "write_bytes"]
+__all__ = ["PipelineStorage", "instance_postgres_url", "resolve_journal_url"]
 
 UNPARTITIONED = "__all__"
 
@@ -164,29 +161,3 @@ def resolve_journal_url(
     if url is not None:
         return url, "the Dagster instance's postgres storage (dagster.yaml storage: postgres:)"
     return storage.journal_file(), "PipelineStorage.base"
-
-
-def write_bytes(
-    fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, durable: bool = True
-) -> None:
-    """Write ``data`` at ``path`` so that no reader ever sees part of it: a local file is
-    written under a temporary name and renamed into place, an object is one PUT.
-
-    ``durable=False`` skips the local fsync: for derived data that a crash may lose."""
-    if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                if durable:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    else:
-        fs.makedirs(os.path.dirname(path), exist_ok=True)
-        fs.pipe_file(path, data)

@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import storage_access
 
-__all__ = ["ImageStore", "StoredImage"]
+__all__ = ["ImageStore", "StoredImage", "write_bytes"]
 
 _EXTENSIONS = {
     "image/png": "png",
@@ -71,22 +71,9 @@ class ImageStore:
         sha = hashlib.sha256(data).hexdigest()
         path = self._path(sha, content_type)
         if not self._exists(path):
-            if self._local:
-                folder = os.path.dirname(path)
-                os.makedirs(folder, exist_ok=True)
-                tmp = os.path.join(folder, f".{sha}.{uuid.uuid4().hex}.tmp")
-                try:
-                    with open(tmp, "wb") as fh:
-                        fh.write(data)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    os.replace(tmp, path)  # atomic; identical content if raced
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-            else:
-                with storage_access(self.uri_for(sha, content_type), "store image"):
-                    self.fs.pipe_file(path, data)  # one PUT: whole or absent
+            # Atomic (identical content if two writers race); one PUT on an object store.
+            with storage_access(self.uri_for(sha, content_type), "store image"):
+                write_bytes(self.fs, path, data)
         return StoredImage(self.uri_for(sha, content_type), sha, len(data), content_type)
 
     def _exists(self, path: str) -> bool:
@@ -128,3 +115,29 @@ class ImageStore:
     def _url(self, path: str) -> str:
         """``path`` as users see it (with its ``s3://``) for messages."""
         return path if self._local or "://" in path else self._prefix + path.lstrip("/")
+
+
+def write_bytes(
+    fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, durable: bool = True
+) -> None:
+    """Write ``data`` at ``path`` so that no reader ever sees part of it: a local file is
+    written under a temporary name and renamed into place, an object is one PUT.
+
+    ``durable=False`` skips the local fsync: for derived data that a crash may lose."""
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        fs.pipe_file(path, data)
