@@ -24,20 +24,12 @@ from .reuse import ReuseIndex
 from .storage import PipelineStorage
 from .store import write_bytes
 
-__all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_folder", "table_path"]
-
-UNPARTITIONED = "__all__"
-
-
-def table_folder(base: str, asset_key: dg.AssetKey | str) -> str:
-    """The folder of one asset's tables (a prefixed key's parts joined by ``__``)."""
-    name = asset_key if isinstance(asset_key, str) else "__".join(asset_key.path)
-    return f"{base.rstrip('/')}/tables/{name}"
+__all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_path"]
 
 
 def table_path(base: str, asset_key: dg.AssetKey | str, partition: str | None) -> str:
-    """Where the records of one asset partition live."""
-    return f"{table_folder(base, asset_key)}/{partition or UNPARTITIONED}.parquet"
+    """Where the records of one asset partition live (:meth:`PipelineStorage.table_path`)."""
+    return PipelineStorage.of(base).table_path(asset_key, partition)
 
 
 def read_records(path: str) -> pa.Table | None:
