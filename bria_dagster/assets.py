@@ -350,7 +350,10 @@ def _image_steps(
                 log=context.log.info,
             )
             expected = list(parents["sku"])
-            for step, (frame, report) in zip(group, chain.run(frame_rows(parents)), strict=True):
+            # Each step's table is stored, described and checked as soon as the step is
+            # complete, while the products still in later steps go on.
+            for index, frame, report in chain.stream(frame_rows(parents)):
+                step = group[index]
                 key = specs[step].key
                 yield dg.Output(
                     frame,

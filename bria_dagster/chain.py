@@ -3,7 +3,9 @@
 A cutout's replace request is sent the moment the cutout is stored, not when the
 batch's last cutout is; so a run carries every product through every selected step
 without waiting for a step's slowest request (the per-step tail that made small
-batches slower than a hand-written loop). Ready requests of later steps go first, so
+batches slower than a hand-written loop). Ready requests of earlier steps go first (every
+product's chain starts early: the shortest batch) until later steps hold a backlog of
+``BACKLOG_PER_SLOT`` jobs per request slot; then later steps go first, so
 products finish early and few half-done products pile up.
 
 All steps share one bound on requests in flight (the resource's session) and one
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -47,6 +50,12 @@ logger = logging.getLogger("bria_dagster.chain")
 Reuse = Callable[[list[str]], dict[str, list[dict[str, Any]]]]
 """fingerprints -> the output rows of an earlier request with each (absent: none); one
 call per group of jobs (:meth:`bria_dagster.reuse.ReuseIndex.lookup`)."""
+
+_END = object()
+
+BACKLOG_PER_SLOT = 2
+"""Jobs of later steps (waiting or in flight), per request slot, above which the chain
+sends later steps' requests before new products' first ones."""
 
 INITIAL_GROUP = 256
 """Catalog rows settled together: their jobs' reuse is looked up in one call."""
@@ -101,6 +110,11 @@ class StepChain:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_log = 0.0
+        self._started = time.perf_counter()
+        self._queued = [0] * len(steps)  # jobs sent or waiting, per step
+        self._backlog = BACKLOG_PER_SLOT * bria.max_concurrency
+        self._done_through = -1  # the last step known complete
+        self._complete: queue.Queue[int] = queue.Queue()
 
     # -- the run --------------------------------------------------------------------------
 
@@ -109,25 +123,67 @@ class StepChain:
 
         Returns each step's record table and report, in step order.
         """
-        started = time.perf_counter()
+        return [(frame, report) for _, frame, report in self.stream(parents)]
+
+    def stream(
+        self, parents: Iterable[dict[str, Any]]
+    ) -> Iterator[tuple[int, pd.DataFrame, StepReport]]:
+        """:meth:`run`, yielding each step's ``(index, table, report)`` as soon as the step
+        is complete (no job of it or of a step before it is pending), while later steps
+        go on: the caller stores and checks a finished step's table meanwhile.
+
+        Interrupted (or closed) while the batch runs, it stops the batch the way a
+        terminated run does (submits in flight land in the journal) and re-raises.
+        """
+        self._started = time.perf_counter()
         self._initial = iter(parents)
-        self.bria.run_batch(self._requests(), self._on_outcome, journal=self.journal)
-        results = []
-        for step in self.steps:
-            report = step.report
-            frame = records_to_frame(sorted(step.rows, key=lambda r: (r["sku"], r["variant"])))
-            report.ok = int((frame["status"] == OK).sum())
-            report.failed = int((frame["status"] == FAILED).sum())
-            report.reused = int((frame["status"] == REUSED).sum())
-            report.calls = sum(report.usage.calls.values())
-            report.cost_usd = sum(report.usage.cost_usd.values())
-            report.duration_s = time.perf_counter() - started
-            results.append((frame, report))
+        call = self.bria.start_batch(self._requests(), self._on_outcome, journal=self.journal)
+        emitted = 0
+        try:
+            while emitted < len(self.steps) and not call.done():
+                try:
+                    complete = self._complete.get(timeout=0.25)
+                except queue.Empty:
+                    continue
+                while emitted <= complete:
+                    yield emitted, *self._finish(emitted)
+                    emitted += 1
+            call.result()  # the batch's own error, if it ended with one
+            while emitted < len(self.steps):
+                yield emitted, *self._finish(emitted)
+                emitted += 1
+        except BaseException:
+            call.stop()
+            raise
         self._log_progress(final=True)
-        return results
+
+    def _finish(self, level: int) -> tuple[pd.DataFrame, StepReport]:
+        step = self.steps[level]
+        with self._lock:
+            rows = list(step.rows)
+        report = step.report
+        frame = records_to_frame(sorted(rows, key=lambda r: (r["sku"], r["variant"])))
+        report.ok = int((frame["status"] == OK).sum())
+        report.failed = int((frame["status"] == FAILED).sum())
+        report.reused = int((frame["status"] == REUSED).sum())
+        report.calls = sum(report.usage.calls.values())
+        report.cost_usd = sum(report.usage.cost_usd.values())
+        report.duration_s = time.perf_counter() - self._started
+        return frame, report
+
+    def _note_complete(self) -> None:
+        """Under the lock: tell :meth:`stream` about steps that just became complete."""
+        if not self._initial_done:
+            return
+        level = self._done_through
+        while level + 1 < len(self.steps) and self._queued[level + 1] == 0:
+            level += 1
+        if level > self._done_through:
+            self._done_through = level
+            self._complete.put(level)
 
     async def _requests(self) -> AsyncIterator[tuple[int, BriaRequest]]:
-        """Ready requests, later steps first; ends once every sent request is settled."""
+        """Ready requests (see :meth:`_next_ready`); ends once every sent request is settled."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         while True:
@@ -136,11 +192,14 @@ class StepChain:
                 key = self._next_ready()
                 while key is None and not self._initial_done:
                     group = list(itertools.islice(self._initial, INITIAL_GROUP))
-                    if not group:
+                    following = next(self._initial, _END)  # known at once: the first step
+                    if following is _END:  # may be complete long before the batch is
                         self._initial_done = True
                     else:
-                        self._settle(0, group)
-                        key = self._next_ready()
+                        self._initial = itertools.chain([following], self._initial)
+                    self._settle(0, group)
+                    self._note_complete()
+                    key = self._next_ready()
                 if key is None and self._initial_done and self._outstanding == 0:
                     return
                 if key is not None:
@@ -155,7 +214,12 @@ class StepChain:
             yield key, job.request.model_copy(update={"image_url": data})
 
     def _next_ready(self) -> int | None:
-        for ready in reversed(self._ready):
+        """Earlier steps first (each product's remaining chain starts as early as it can:
+        the shortest batch), unless the later steps already hold ``backlog`` jobs: then
+        later steps first, so half-done products do not pile up."""
+        backlog = sum(self._queued[1:])
+        levels = self._ready if backlog < self._backlog else reversed(self._ready)
+        for ready in levels:
             if ready:
                 return ready.popleft()
         return None
@@ -192,6 +256,7 @@ class StepChain:
             key = next(self._keys)
             self._pending[key] = (level, job)
             self._ready[level].append(key)
+            self._queued[level] += 1
             step.report.estimated_cost_usd += self.prices.cost_usd(job.request)
         self._emit(level, settled)
 
@@ -222,6 +287,8 @@ class StepChain:
                     step.report.usage.add(result)
             self._emit(level, rows)
             self._outstanding -= 1
+            self._queued[level] -= 1
+            self._note_complete()
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
         self._log_progress()

@@ -30,7 +30,7 @@ from .errors import ConfigurationError
 from .fetch import FetchPolicy
 from .retry import RetryPolicy
 from .runner import BatchProgress, ItemOutcome, Usage, run_batch
-from .session import BriaSession
+from .session import BriaSession, SessionCall
 
 __all__ = ["BriaResource", "PriceSettings"]
 
@@ -262,6 +262,21 @@ class BriaResource(dg.ConfigurableResource):
 
         ``journal``: the pipeline's request journal file. Returns the batch's usage.
         """
+        return self.start_batch(
+            items, on_outcome, total=total, on_progress=on_progress, journal=journal
+        ).result()
+
+    def start_batch(
+        self,
+        items: Iterable[tuple[Hashable, BriaRequest]] | AsyncIterable[tuple[Hashable, BriaRequest]],
+        on_outcome: Callable[[ItemOutcome], None],
+        *,
+        total: int | None = None,
+        on_progress: Callable[[BatchProgress], None] | None = None,
+        journal: str | None = None,
+    ) -> SessionCall[Usage]:
+        """:meth:`run_batch` without waiting: the calling thread may do other work (write a
+        finished step's table) while the batch runs; ``.result()`` waits for its usage."""
         session = self.session()
         usage = Usage()
 
@@ -295,8 +310,11 @@ class BriaResource(dg.ConfigurableResource):
                 if handling:
                     await asyncio.gather(*handling)
 
-        session.run(drive())
-        return usage
+        async def batch() -> Usage:
+            await drive()
+            return usage
+
+        return session.start(batch())
 
     # -- single images (any op or asset) ------------------------------------------------
 

@@ -21,12 +21,12 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .backends.base import Backend
 from .journal import RequestJournal, open_journal
 
-__all__ = ["BriaSession"]
+__all__ = ["BriaSession", "SessionCall"]
 
 T = TypeVar("T")
 logger = logging.getLogger("bria_dagster.session")
@@ -83,49 +83,16 @@ class BriaSession:
         ``DagsterExecutionInterruptedError``), it cancels the coroutine's task, waits up to
         ``grace_s`` for it to wind down, and re-raises the interruption.
         """
+        return self.start(coroutine).result()
+
+    def start(self, coroutine: Coroutine[Any, Any, T]) -> SessionCall[T]:
+        """Start ``coroutine`` on the session loop; wait for it with :meth:`SessionCall.result`
+        (or poll :meth:`SessionCall.done` while doing other work in this thread, and
+        :meth:`SessionCall.stop` it if that work is interrupted)."""
         if self._closed:
             coroutine.close()
             raise RuntimeError("this BriaSession is closed")
-        ended = threading.Event()
-        running: list[asyncio.Task[Any]] = []
-
-        async def call() -> T:
-            task = asyncio.current_task()
-            assert task is not None
-            running.append(task)
-            try:
-                return await coroutine
-            finally:
-                ended.set()
-
-        future = asyncio.run_coroutine_threadsafe(call(), self._loop)
-        try:
-            return future.result()
-        except BaseException:
-            if future.done():
-                raise
-            started = time.monotonic()
-
-            def cancel() -> None:
-                if running:
-                    running[0].cancel()
-                else:  # not started yet: it never will
-                    future.cancel()
-                    coroutine.close()
-                    ended.set()
-
-            self._loop.call_soon_threadsafe(cancel)
-            if ended.wait(self.grace_s):
-                logger.warning(
-                    "interrupted: stopped sending requests and wound down in %.1fs",
-                    time.monotonic() - started,
-                )
-            else:
-                logger.warning(
-                    "interrupted: still winding down after the %.0fs grace period; leaving",
-                    self.grace_s,
-                )
-            raise
+        return SessionCall(self._loop, coroutine, self.grace_s)
 
     def arun(self, coroutine: Coroutine[Any, Any, T]) -> Awaitable[T]:
         """Run ``coroutine`` on the session loop; await the result from any event loop."""
@@ -151,3 +118,72 @@ class BriaSession:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+class SessionCall(Generic[T]):
+    """A coroutine running on a session's loop, seen from the thread that started it."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T], grace_s: float
+    ) -> None:
+        self._loop = loop
+        self._coroutine = coroutine
+        self._grace_s = grace_s
+        self._ended = threading.Event()
+        self._running: list[asyncio.Task[Any]] = []
+
+        async def call() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.append(task)
+            try:
+                return await coroutine
+            finally:
+                self._ended.set()
+
+        self._future = asyncio.run_coroutine_threadsafe(call(), loop)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the result; interrupted while waiting, :meth:`stop` and re-raise."""
+        try:
+            return self._future.result(timeout)
+        except BaseException:
+            if not self._future.done():
+                self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Cancel the call (it stops sending requests; submits in flight still land in the
+        journal) and wait up to the grace period for it to wind down."""
+        if self._future.done():
+            return
+        started = time.monotonic()
+        coroutine, running, future, ended = (
+            self._coroutine,
+            self._running,
+            self._future,
+            self._ended,
+        )
+
+        def cancel() -> None:
+            if running:
+                running[0].cancel()
+            else:  # not started yet: it never will
+                future.cancel()
+                coroutine.close()
+                ended.set()
+
+        self._loop.call_soon_threadsafe(cancel)
+        if ended.wait(self._grace_s):
+            logger.warning(
+                "interrupted: stopped sending requests and wound down in %.1fs",
+                time.monotonic() - started,
+            )
+        else:
+            logger.warning(
+                "interrupted: still winding down after the %.0fs grace period; leaving",
+                self._grace_s,
+            )

@@ -453,6 +453,7 @@ class FalBackend:
             return max(delay, min(aim, longest))
 
         await asyncio.sleep(next_wait())
+        steady_until = time.monotonic() + STEADY_POLL_S
         while True:
             status = await self._status(queued, log)
             state = status.get("status")
@@ -471,7 +472,8 @@ class FalBackend:
                     request_id=queued.request_id,
                 )
             await asyncio.sleep(next_wait())
-            delay = min(delay * 1.5, self.max_poll_interval_s)
+            if time.monotonic() > steady_until:  # a long job: poll less and less often
+                delay = min(delay * 1.5, self.max_poll_interval_s)
         if accepted is not None:
             took = time.monotonic() - accepted
             self._latency[endpoint_id].observe(took)
@@ -538,6 +540,12 @@ def _was_cancelled(status: dict[str, Any]) -> bool:
         status.get("status") == "COMPLETED"
         and "cancel" in str(status.get("error_type") or "").lower()
     )
+
+
+STEADY_POLL_S = 2.0
+"""For this long after its first status call a request is polled every ``delay`` (at most
+``poll_interval_s`` while nothing is known yet), then the delay grows 1.5x per poll up to
+``max_poll_interval_s``: a short job is not left waiting behind a long back-off step."""
 
 
 class _LatencyModel:
