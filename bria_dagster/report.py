@@ -259,7 +259,7 @@ def write_audit_report(
     target = os.fspath(out) if out is not None else default_report_path(base, batch, pipeline)
     fs, path = fsspec.core.url_to_fs(target)
     local = isinstance(fs, LocalFileSystem)
-    url = Path(path).as_uri() if local else fs.unstrip_protocol(path)
+    url = Path(path).as_uri() if local else target
     with storage_access(url, "write audit report"):
         size = _write_atomically(fs, path, lambda write: data.render(write, thumbnail_px))
     return data.summary(path=path if local else url, url=url, size_bytes=size)
@@ -311,7 +311,7 @@ class _Tables:
             others = sorted({f.split("__", 1)[0] for f, _, _ in self.all if "__" in f})
             hint = "it has no tables there"
             if others:
-                hint += f" (tables there belong to pipeline(s) {', '.join(others)}: --pipeline)"
+                hint += f" (the tables there are of pipeline(s) {', '.join(others)})"
             else:
                 hint += " (run the pipeline first, or check the storage base)"
         raise UnknownBatchError(f"no batch {batch!r} in {where}; {hint}", batch=batch, known=known)
@@ -935,7 +935,7 @@ def thumbnail_data_uri(data: bytes, px: int = THUMBNAIL_PX) -> tuple[str, int, i
             img = rgba if alpha else rgba.convert("RGB")
         buffer = io.BytesIO()
         if alpha:
-            img.quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, "PNG", optimize=True)
+            _palette_png(img, buffer)
             kind = "image/png"
         else:
             img.convert("RGB").save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
@@ -943,6 +943,20 @@ def thumbnail_data_uri(data: bytes, px: int = THUMBNAIL_PX) -> tuple[str, int, i
         width, height = img.size
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f"data:{kind};base64,{encoded}", width, height, alpha
+
+
+def _palette_png(img: Image.Image, buffer: io.BytesIO) -> None:
+    """``img`` (RGBA) as a 256-colour PNG with alpha, about a third of a full RGBA PNG.
+
+    The quantizer also rounds alpha: nearly opaque or clear palette entries are snapped
+    back to 255 or 0, so the product does not show the checkerboard through it.
+    """
+    quantized = img.quantize(256, method=Image.Quantize.FASTOCTREE)
+    palette = bytearray(quantized.getpalette("RGBA") or b"")
+    for k in range(3, len(palette), 4):
+        palette[k] = 255 if palette[k] >= 248 else 0 if palette[k] <= 7 else palette[k]
+    quantized.putpalette(palette, "RGBA")
+    quantized.save(buffer, "PNG", optimize=True)
 
 
 # --------------------------------------------------------------------------- writing
