@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "derived": "lineage",
     "load_records": "lineage",
     "trace": "lineage",
+    "write_audit_report": "report",
 }
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "derived",
     "load_records",
     "trace",
+    "write_audit_report",
 ]
 
 
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
     from .lineage import derived, load_records, trace
     from .pipeline import ProductImagePipeline, build_definitions
     from .records import IMAGE_RECORD_SCHEMA
+    from .report import write_audit_report
     from .resource import BriaResource
     from .storage import PipelineStorage
     from .translator import BriaStepProps, BriaTranslator

@@ -3,6 +3,8 @@
     bria-dagster lineage trace <image path | sha256> [--base DIR] [--format table|json|csv]
     bria-dagster lineage derived <sku | source sha256 | uri> [--base DIR] [--format ...]
         (both take --no-index: skip the SQLite index and read the Parquet tables with pandas)
+    bria-dagster lineage report --batch NAME [--out FILE.html] [--base DIR] [--pipeline NAME]
+        (one self-contained HTML page: failures, cost per step, every sku's chain of images)
     bria-dagster batches add [BATCH ...] [--pipeline NAME] [--catalog-dir DIR]
     bria-dagster batches list [--pipeline NAME]
         (batches are the pipeline's partitions in the Dagster instance at $DAGSTER_HOME)
@@ -98,6 +100,29 @@ def _parser() -> argparse.ArgumentParser:
     derived.add_argument(
         "--include-failed", action="store_true", help="also list failed rows (flagged)"
     )
+    report = queries.add_parser(
+        "report",
+        help="write a batch's audit report: one self-contained HTML page",
+        description="Write the audit report of one catalog batch: failures in full, cost per "
+        "step, runs, and every sku's chain of images with thumbnails, in one HTML file that "
+        "needs nothing else to open.",
+    )
+    report.add_argument("--batch", required=True, help="the catalog batch (partition key)")
+    report.add_argument(
+        "--out",
+        help="where to write the page: a path or fsspec URL "
+        "(default: <base>/reports/<pipeline>/<batch>.html)",
+    )
+    report.add_argument(
+        "--pipeline", default="product_images", help="pipeline name (default: product_images)"
+    )
+    report.add_argument(
+        "--thumbnail-px",
+        type=int,
+        default=160,
+        help="longest side of the thumbnails, in pixels (default: 160)",
+    )
+    _add_base(report)
     for sub in (trace, derived):
         _add_base(sub)
         sub.add_argument(
@@ -223,7 +248,32 @@ def _reuse(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, out: TextIO) -> int:
+    from .report import write_audit_report
+
+    if args.thumbnail_px < 16:
+        print("bria-dagster: error: --thumbnail-px must be at least 16", file=sys.stderr)
+        return EXIT_USAGE
+    report = write_audit_report(
+        args.base, args.batch, args.out, pipeline=args.pipeline, thumbnail_px=args.thumbnail_px
+    )
+    out.write(
+        f"wrote {report.path} ({report.size_bytes:,} bytes): {report.products} products, "
+        f"{report.images} images, {report.failures} failures, "
+        f"cost {report.cost_usd:.4f} USD (list price {report.list_price_usd:.4f} USD)\n"
+    )
+    if report.missing_images:
+        print(
+            f"bria-dagster: note: {report.missing_images} image(s) named by the tables are "
+            "missing from the store (marked in the report)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _lineage(args: argparse.Namespace, out: TextIO) -> int:
+    if args.query == "report":
+        return _report(args, out)
     if not args.no_index:
         from . import lineage_index  # sqlite only: no pandas/pyarrow while the index is current
 
