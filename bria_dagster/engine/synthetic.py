@@ -1,11 +1,13 @@
 """Deterministic synthetic product photos with exact ground-truth alpha.
 
 Used by tests, benchmarks and the example catalog, so the project never needs
-downloaded images. :func:`make_cutout` draws the same products as the remove step's
-output would be: an RGBA PNG with exact anti-aliased alpha on a transparent canvas. A product (bottle, box, mug with a handle hole, or lamp) is
+downloaded images. A product (bottle, box, mug with a handle hole, or lamp) is
 drawn with shading and anti-aliased edges and composited onto a studio
 background of one of the categories below. Every backdrop except the textured
 one gets a soft contact shadow under the product (coloured paper too).
+
+:func:`make_cutout` draws the same products as the remove step would output them:
+an RGBA PNG with exact anti-aliased alpha on a transparent canvas.
 """
 
 from __future__ import annotations
