@@ -31,13 +31,15 @@ Rules on the cutout (when ``cutout=`` is given; product pixels: alpha > 8/255):
 ``empty_cutout``          product pixels cover less than :data:`EMPTY_SHARE` of the cutout.
 ``product_touches_edge``  the product's bounding box touches the cutout's own edge: the
                           product is probably cut off in the source photo.
-``halo``                  the visible semi-transparent fringe outside the product's opaque
-                          core (left-over backdrop, e.g. a grey ring) is on average wider
-                          than :data:`HALO_MAX` of the product's longer side. Measured as
-                          fringe pixels / core perimeter; a fringe pixel has 8 < alpha < 230
-                          and, composited over the background, differs from it by more
-                          than the tolerance. Not measured when the product has no opaque
-                          core (an all-translucent product such as clear glass).
+``halo``                  the fringe around the product (left-over backdrop, e.g. a
+                          grey ring) is on average wider than :data:`HALO_MAX` of the
+                          product's longer side. Fringe pixels: 8 < alpha < 230, outside the
+                          product's opaque core (holes filled), visible over the background
+                          (alpha x colour difference above the tolerance) and flat (alpha
+                          changes by less than :data:`HALO_SLOPE` levels per px): a plateau
+                          of partial alpha, not the ramp of an anti-aliased or soft edge.
+                          Width = fringe pixels / perimeter of the core. Not measured when the
+                          product has no opaque core (clear glass, say).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ __all__ = [
     "BORDER_SHARE",
     "EMPTY_SHARE",
     "HALO_MAX",
+    "HALO_SLOPE",
     "PURITY_MIN",
     "ComplianceIssue",
     "check_packshot",
@@ -77,6 +80,9 @@ EMPTY_SHARE = 0.005
 HALO_MAX = 0.02
 """Largest mean width of the visible semi-transparent fringe, as a share of the product's
 longer side."""
+HALO_SLOPE = 8
+"""A semi-transparent pixel whose alpha changes by less than this per px (0..255 scale) is
+part of a plateau (left-over backdrop), not of an edge ramp."""
 LINE_MIN_SHARE = 0.001
 """A row/column belongs to the product when this share of its pixels is off-background."""
 
@@ -280,7 +286,13 @@ def _halo_width(rgba: np.ndarray, box: tuple[int, int, int, int], bg: tuple[int,
         return 0.0
     diff = cv2.absdiff(np.ascontiguousarray(region[..., :3]), np.array(bg, np.uint8)).max(axis=2)
     visible = diff.astype(np.uint16) * alpha > BACKGROUND_TOLERANCE * 255
-    fringe = int(np.count_nonzero(visible & (semi > 0)))
+    # a 3x3 Sobel filter gives 8 x the slope: |gx| + |gy| < 8 * HALO_SLOPE is a plateau
+    slope = cv2.add(
+        cv2.convertScaleAbs(cv2.Sobel(alpha, cv2.CV_16S, 1, 0)),
+        cv2.convertScaleAbs(cv2.Sobel(alpha, cv2.CV_16S, 0, 1)),
+    )
+    flat = slope < 8 * HALO_SLOPE
+    fringe = int(np.count_nonzero(visible & flat & (semi > 0)))
     return fringe / max(1, perimeter)
 
 

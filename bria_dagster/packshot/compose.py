@@ -130,12 +130,12 @@ def _contact_shadow(canvas: Image.Image, layout: _Layout) -> None:
     W, H = canvas.size
     bottom = layout.y + layout.height
     room = H - bottom - math.ceil(BORDER_SHARE * min(W, H)) - 2
-    ry = min(max(2.0, 0.04 * layout.width), room / 1.75)
+    ry = min(max(2.0, 0.04 * layout.width), room / 2.25)  # reaches bottom + 2.25 ry
     if ry < 1.5:
         return  # no room below the product: the shadow would be hidden or touch the border
-    rx = 0.46 * layout.width
     sigma = ry / 2
-    spread = math.ceil(2 * sigma) + 1
+    rx = max(ry, 0.48 * layout.width - 3 * sigma)  # blurred, it stays within the product
+    spread = math.ceil(3 * sigma) + 1
     mask = Image.new("L", (math.ceil(2 * rx) + 2 * spread, math.ceil(2 * ry) + 2 * spread), 0)
     ImageDraw.Draw(mask).ellipse(
         (spread, spread, spread + 2 * rx, spread + 2 * ry), fill=round(255 * SHADOW_OPACITY)

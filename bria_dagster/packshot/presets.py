@@ -125,7 +125,9 @@ class ChannelPreset(pydantic.BaseModel):
         0.0,
         ge=0.0,
         lt=1.0,
-        description="Bottom placement: share of the height left below the product's bbox.",
+        description="Bottom placement: share of the height left below the product's bbox "
+        "(0 sets it on the edge, which background_purity reports; 0.03 or more leaves the "
+        "border strip clear).",
     )
     shadow: bool = Field(False, description="Soft contact shadow under the product.")
     format: Literal["jpeg", "png", "webp"] = "jpeg"
