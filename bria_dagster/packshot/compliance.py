@@ -284,7 +284,8 @@ def _halo_width(rgba: np.ndarray, box: tuple[int, int, int, int], bg: tuple[int,
     semi = cv2.bitwise_and(semi, cv2.bitwise_not(solid))
     if not cv2.countNonZero(semi):
         return 0.0
-    diff = cv2.absdiff(np.ascontiguousarray(region[..., :3]), np.array(bg, np.uint8)).max(axis=2)
+    red, green, blue, _ = cv2.split(cv2.absdiff(np.ascontiguousarray(region), (*bg, 0)))
+    diff = cv2.max(cv2.max(red, green), blue)
     visible = diff.astype(np.uint16) * alpha > BACKGROUND_TOLERANCE * 255
     # a 3x3 Sobel filter gives 8 x the slope: |gx| + |gy| < 8 * HALO_SLOPE is a plateau
     slope = cv2.add(

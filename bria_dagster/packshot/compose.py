@@ -11,8 +11,9 @@ Steps (one pass at the output size, every image op on 8-bit data):
    canvas: OpenCV bicubic when enlarging, area averaging when reducing (the standard
    pair: sharp without ringing halos, alias-free). Resampling premultiplied pixels
    keeps the colour of transparent pixels (often black) out of the edges: no dark fringe;
-5. a solid canvas of the background colour (transparent when ``allow_alpha``), the
-   optional contact shadow, then the product composited over it ("over" operator);
+5. one uint8 canvas (numpy, handed to the encoder without a copy) of the background
+   colour (transparent when ``allow_alpha``); the optional contact shadow, then the
+   product, composited over it in premultiplied form ("over" operator, OpenCV);
 6. encode (:func:`~.encode.encode_packshot`): sRGB ICC profile embedded, quality lowered
    step by step only if ``max_bytes`` requires it.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -83,8 +85,8 @@ def _layout(box_w: int, box_h: int, preset: ChannelPreset) -> _Layout:
 
 def _scaled_product(
     image: Image.Image, box: tuple[int, int, int, int], layout: _Layout
-) -> tuple[Image.Image, int, int]:
-    """The product, premultiplied-resampled to its canvas size, as straight RGBA, with the
+) -> tuple[np.ndarray, int, int]:
+    """The product resampled to its canvas size, premultiplied RGBA (HxWx4 uint8), with the
     canvas position of its top-left corner (the padding included)."""
     left, top, right, bottom = box
     crop = image.crop((left - _PAD, top - _PAD, right + _PAD, bottom + _PAD))
@@ -95,8 +97,7 @@ def _scaled_product(
     premultiplied = np.asarray(crop.convert("RGBa"))
     interpolation = cv2.INTER_CUBIC if layout.scale >= 1.0 else cv2.INTER_AREA
     resized = cv2.resize(premultiplied, size, interpolation=interpolation)
-    product = Image.fromarray(resized, "RGBa").convert("RGBA")
-    return product, layout.x - pad_x, layout.y - pad_y
+    return resized, layout.x - pad_x, layout.y - pad_y
 
 
 def _clip(
@@ -111,23 +112,58 @@ def _clip(
     return (x0, y0), (x0 - x, y0 - y, x1 - x, y1 - y)
 
 
-def _composite(canvas: Image.Image, layer: Image.Image, x: int, y: int) -> None:
-    """``layer`` (straight RGBA) over ``canvas`` at ``(x, y)``, clipped to the canvas."""
-    placed = _clip(x, y, layer.size, canvas.size)
+def _canvas(preset: ChannelPreset) -> np.ndarray:
+    """HxWx4 uint8, premultiplied: the opaque background (4th channel 255, encoded as RGBX),
+    or all transparent when the preset allows alpha."""
+    shape = (preset.height, preset.width)
+    if preset.allow_alpha:
+        return np.zeros((*shape, 4), np.uint8)
+    pixel = np.array([*preset.background_rgb, 255], np.uint8).view(np.uint32)[0]
+    return np.full(shape, pixel, np.uint32).view(np.uint8).reshape(*shape, 4)
+
+
+def _over(
+    canvas: np.ndarray,
+    layer: np.ndarray,
+    x: int,
+    y: int,
+    uniform: tuple[int, int, int] | None = None,
+) -> None:
+    """Composite ``layer`` (premultiplied RGBA) over ``canvas`` at ``(x, y)``, in place:
+    ``canvas = layer + canvas x (1 - layer alpha)``, clipped to the canvas.
+
+    ``uniform``: the opaque canvas under the layer is known to be this colour everywhere,
+    so ``canvas x (1 - alpha)`` is a lookup table of alpha (the fast path; the encoder
+    ignores the fourth channel of an opaque canvas)."""
+    placed = _clip(x, y, (layer.shape[1], layer.shape[0]), (canvas.shape[1], canvas.shape[0]))
     if placed is None:
         return
-    dest, source = placed
-    if canvas.mode == "RGBA":
-        canvas.alpha_composite(layer, dest, source)
+    (dx, dy), (x0, y0, x1, y1) = placed
+    source = layer[y0:y1, x0:x1]
+    target = canvas[dy : dy + y1 - y0, dx : dx + x1 - x0]
+    alpha = cv2.extractChannel(source, 3)
+    if uniform is None:
+        kept = cv2.multiply(target, cv2.merge([cv2.bitwise_not(alpha)] * 4), scale=1 / 255)
+    elif len(set(uniform)) == 1:
+        kept = cv2.cvtColor(cv2.LUT(alpha, _kept_table(uniform[0])), cv2.COLOR_GRAY2RGBA)
     else:
-        part = layer if source == (0, 0, *layer.size) else layer.crop(source)
-        canvas.paste(part, dest, part)
+        planes = [cv2.LUT(alpha, _kept_table(value)) for value in uniform]
+        kept = cv2.merge([*planes, planes[0]])
+    cv2.add(source, kept, dst=target)
 
 
-def _contact_shadow(canvas: Image.Image, layout: _Layout) -> None:
+@lru_cache(maxsize=64)
+def _kept_table(value: int) -> np.ndarray:
+    """What is left of a background channel ``value`` under alpha 0..255 (the lookup table
+    of ``value x (255 - alpha) / 255``, rounded)."""
+    alpha = np.arange(256, dtype=np.uint32)
+    return ((value * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _contact_shadow(canvas: np.ndarray, layout: _Layout) -> None:
     """A soft elliptical shadow under the product's base, kept out of the border strip the
     background_purity rule measures."""
-    W, H = canvas.size
+    H, W = canvas.shape[:2]
     bottom = layout.y + layout.height
     room = H - bottom - math.ceil(BORDER_SHARE * min(W, H)) - 2
     ry = min(max(2.0, 0.04 * layout.width), room / 2.25)  # reaches bottom + 2.25 ry
@@ -141,13 +177,21 @@ def _contact_shadow(canvas: Image.Image, layout: _Layout) -> None:
         (spread, spread, spread + 2 * rx, spread + 2 * ry), fill=round(255 * SHADOW_OPACITY)
     )
     mask = mask.filter(ImageFilter.GaussianBlur(sigma))
+    layer = np.zeros((mask.height, mask.width, 4), np.uint8)  # black, premultiplied
+    layer[..., 3] = np.asarray(mask)
     cx = layout.x + layout.width / 2
     cy = bottom - 0.25 * ry
-    x = round(cx - rx) - spread
-    y = round(cy - ry) - spread
-    layer = Image.new("RGBA", mask.size, (0, 0, 0, 0))
-    layer.putalpha(mask)
-    _composite(canvas, layer, x, y)
+    _over(canvas, layer, round(cx - rx) - spread, round(cy - ry) - spread)
+
+
+def _image(canvas: np.ndarray, preset: ChannelPreset) -> Image.Image:
+    """The canvas as a Pillow image to encode: RGBX shares the array's memory (JPEG takes it
+    as is); RGB for PNG/WebP; straight RGBA when alpha is allowed."""
+    size = (canvas.shape[1], canvas.shape[0])
+    if preset.allow_alpha:
+        return Image.frombuffer("RGBa", size, canvas, "raw", "RGBa", 0, 1).convert("RGBA")
+    image = Image.frombuffer("RGBX", size, canvas, "raw", "RGBX", 0, 1)
+    return image if preset.format == "jpeg" else image.convert("RGB")
 
 
 def render_packshot(cutout: bytes | Image.Image, preset: ChannelPreset) -> Packshot:
@@ -167,15 +211,12 @@ def render_packshot(cutout: bytes | Image.Image, preset: ChannelPreset) -> Packs
         )
     layout = _layout(box[2] - box[0], box[3] - box[1], preset)
     product, x, y = _scaled_product(image, box, layout)
-    size = (preset.width, preset.height)
-    if preset.allow_alpha:
-        canvas = Image.new("RGBA", size, (*preset.background_rgb, 0))
-    else:
-        canvas = Image.new("RGB", size, preset.background_rgb)
+    canvas = _canvas(preset)
     if preset.shadow:
         _contact_shadow(canvas, layout)
-    _composite(canvas, product, x, y)
-    data, quality = encode_packshot(canvas, preset)
+    uniform = None if preset.shadow or preset.allow_alpha else preset.background_rgb
+    _over(canvas, product, x, y, uniform)
+    data, quality = encode_packshot(_image(canvas, preset), preset)
     fill = max(layout.width / preset.width, layout.height / preset.height)
     return Packshot(
         data=data,
