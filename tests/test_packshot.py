@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 
 import cv2
 import numpy as np
@@ -379,6 +380,68 @@ def test_an_almost_empty_cutout_is_reported_and_an_empty_one_cannot_render():
         render_packshot(speck, preset()).data, preset(), cutout=blank.getvalue()
     )
     assert next(i for i in issues if i.rule == "empty_cutout").measured == 0.0
+
+
+def rgb_icc(description: str, red, green, blue, gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 RGB display profile (matrix + gamma curves, D50)."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(values) -> bytes:
+        return b"XYZ " + bytes(4) + b"".join(s15(v) for v in values)
+
+    text = description.encode("ascii") + b"\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    curve = b"curv" + bytes(4) + struct.pack(">I", 1) + struct.pack(">H", round(gamma * 256))
+    curve += bytes(2)
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"rXYZ", xyz(red)),
+        (b"gXYZ", xyz(green)),
+        (b"bXYZ", xyz(blue)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += bytes(-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = struct.pack(">I", size) + bytes(4) + struct.pack(">I", 0x02100000)
+    header += b"mntrRGB XYZ " + bytes(12) + b"acsp" + bytes(4 + 4 + 4 + 4 + 8 + 4)
+    header += s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(4 + 16 + 28)
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+# Adobe RGB (1998) primaries, adapted to D50
+WIDE_GAMUT = rgb_icc(
+    "wide gamut test profile",
+    (0.6097, 0.3111, 0.0195),
+    (0.2053, 0.6257, 0.0609),
+    (0.1492, 0.0632, 0.7446),
+)
+
+
+def test_a_cutout_in_another_colour_space_is_converted_to_srgb():
+    plain = make_test_cutout(colour=(90, 160, 90), soft=0)
+    image = decode(plain)
+    image.info["icc_profile"] = WIDE_GAMUT
+    channel = preset(format="png")
+    assert is_srgb_profile(WIDE_GAMUT) is False
+    converted = decode(render_packshot(image, channel).data).getpixel((500, 500))
+    untagged = decode(render_packshot(plain, channel).data).getpixel((500, 500))
+    expected = ImageCms.profileToProfile(
+        Image.new("RGB", (1, 1), untagged),
+        ImageCms.ImageCmsProfile(io.BytesIO(WIDE_GAMUT)),
+        ImageCms.createProfile("sRGB"),
+    ).getpixel((0, 0))
+    assert max(abs(a - b) for a, b in zip(converted, untagged, strict=True)) > 10
+    assert converted == pytest.approx(expected, abs=2)
 
 
 # --- file rules on files made elsewhere --------------------------------------------------
