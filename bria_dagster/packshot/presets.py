@@ -11,7 +11,7 @@ Fill
 ``fill`` is the share of the canvas the product's bounding box spans along its
 limiting axis: ``max(bbox_width / canvas_width, bbox_height / canvas_height)``. The
 bounding box is that of the cutout's pixels with alpha > 8/255 (see
-``compose.ALPHA_THRESHOLD``). On a square canvas it is the product's longer side over
+``cutout.ALPHA_THRESHOLD``). On a square canvas it is the product's longer side over
 the canvas side, which is how "the product fills 85% of the frame" is usually read.
 The renderer scales the product uniformly so the measured value equals ``fill``;
 the checker measures the same quantity on the output file (bounding box of the
@@ -19,46 +19,77 @@ pixels that differ from the background) and wants it within ``[min_fill, max_fil
 
 Built-in presets and where their rules come from
 ------------------------------------------------
-No internet here: the official help pages could not be opened. The stored-copy
-search (``search`` tool, corpus "pages", 2026-11-30) found the official eBay policy
-page and the official Google ``image_link`` page (its image section cut off in the
-stored excerpt); everything else comes from third-party pages that quote the
-official rules, or from memory. "Ours" marks a choice of this project, not a
-channel rule.
+No internet here: no official help page could be opened. A search of stored page
+copies (2026-11-30) found the official eBay picture policy and the official Google
+``image_link`` page (its image requirements cut off in the stored excerpt); the other
+figures come from third-party pages quoting the official rules, or from memory. The
+URLs in ``source`` are the official pages as I know them; only the eBay and Google ones
+were seen in the stored copies. "ours" marks a choice of this project, not a rule.
+Confidence: *confirmed* = read in a stored copy of the official page; *3rd-party* =
+several stored third-party copies agree; *memory* = not confirmed offline.
 
-============== ========================================================= ==========================
-preset         rule (value used)                                         confidence
-============== ========================================================= ==========================
-amazon_main    pure white #FFFFFF background                             third-party copies agree;
-               product fills >= 85% of the frame (min_fill 0.85,         official page G1881 not
-               render at 0.88; max_fill 0.95 is ours: leaves the 2%      found offline
-               border pure); >= 1000 px long side for zoom (min 500      third-party copies
-               accepted, we require 1000); JPEG preferred; sRGB;         third-party copies
-               <= 10 MB (10,000,000 bytes); 2000x2000 square (ours,      one copy says 10 MB,
-               zoom-friendly)                                            not confirmed
-shopify        2048x2048 square recommended; < 20 MB (20,000,000);       third-party copies agree;
-               min_long_side 800 ("zoom needs 800 px", third-party);     official help pages not
-               background and fill not mandated (white, 0.85 ours);      found offline; max pixel
-               max 5000x5000 / 25 MP (one copy says 4472x4472)           size: copies disagree
-google_shopping min 100x100, apparel 250x250 (min_long_side 250);        official page 6324350
-               <= 16 MB (16,000,000), <= 64 MP; no watermarks, text,     stored but its image
-               borders; background not mandated (white, ours); framing   section not in the
-               75-90% advised (fill 0.83, bounds 0.75-0.90); >= 1500     excerpt: numbers from
-               px recommended (2000x2000 ours). One copy announces a     third-party copies
-               500x500 minimum from 2027-01-31: not confirmed, not used  quoting it
-ebay           >= 500 px on the longest side (min_long_side 500)         confirmed: official
-                                                                         picture-policy page
-               no borders, added text or watermarks                      (stored copy)
-               1600x1600 recommended                                     third-party copies
-               white/light background suggested (white, ours)            from memory
-               max file size: copies say 12 MB or 7 MB; we use the       not confirmed
-               lower (7,000,000)
-etsy           2000 px recommended on the shortest side (2000x2000,      from memory, not
-               min_long_side 2000 = the recommendation, not a hard       confirmed offline (one
-               limit); square thumbnails; background and fill not        third-party copy says
-               mandated (white, fill 0.80 ours, room for thumbnail       "longest side"); file
-               crops); file size limit unknown (max_bytes None)          size limit unknown
-============== ========================================================= ==========================
+amazon_main (Seller Central "Product image requirements", G1881)
+
+===================================== ======================== ===========================
+rule                                  value used               confidence
+===================================== ======================== ===========================
+pure white background RGB 255,255,255 #FFFFFF                  3rd-party
+product fills >= 85% of the frame     min_fill 0.85, fill 0.88 3rd-party
+room to the edge (ours)               max_fill 0.95            ours: 2% border stays pure
+>= 1000 px long side (zoom); 500 min  min_long_side 1000       3rd-party
+JPEG preferred, sRGB                  jpeg q90, sRGB ICC       3rd-party
+file size <= 10 MB                    max_bytes 10,000,000     one 3rd-party copy
+square, 1600+ px recommended          2000x2000 (ours)         3rd-party (recommendation)
+===================================== ======================== ===========================
+
+shopify (help.shopify.com: product media types; theme images)
+
+===================================== ======================== ===========================
+rule                                  value used               confidence
+===================================== ======================== ===========================
+2048x2048 square recommended          2048x2048                3rd-party
+file < 20 MB                          max_bytes 20,000,000     3rd-party
+zoom needs >= 800 px                  min_long_side 800        3rd-party (not a hard rule)
+max 5000x5000 / 25 MP (or 4472x4472)  (not checked)            3rd-party copies disagree
+background, fill: not mandated        #FFFFFF, fill 0.85       ours
+===================================== ======================== ===========================
+
+google_shopping (Merchant Center help: image_link [image_link], answer 6324350)
+
+===================================== ======================== ===========================
+rule                                  value used               confidence
+===================================== ======================== ===========================
+min 100x100, apparel 250x250          min_long_side 250        3rd-party quoting the page
+file <= 16 MB, <= 64 MP               max_bytes 16,000,000     3rd-party quoting the page
+no watermark, promo text, border      (not checked)            3rd-party
+product covers 75-90% of the image    fill 0.83, 0.75..0.90    3rd-party (advice)
+>= 1500x1500 recommended              2000x2000 (ours)         3rd-party
+background: white advised, not rule   #FFFFFF                  ours
+500x500 minimum from 2027-01-31       not used                 one 3rd-party page only
+===================================== ======================== ===========================
+
+ebay (eBay help: picture policy)
+
+===================================== ======================== ===========================
+rule                                  value used               confidence
+===================================== ======================== ===========================
+>= 500 px on the longest side         min_long_side 500        confirmed
+no added borders, text, watermarks    (not checked)            confirmed
+1600x1600 recommended                 1600x1600                3rd-party
+white or light background suggested   #FFFFFF, fill 0.85       memory / ours
+max file size 12 MB (or 7 MB)         max_bytes 7,000,000      3rd-party copies disagree
+===================================== ======================== ===========================
+
+etsy (Etsy help: listing photo tips; exact article not known)
+
+===================================== ======================== ===========================
+rule                                  value used               confidence
+===================================== ======================== ===========================
+2000 px on the shortest side advised  2000x2000                memory (one copy: longest)
+the same, as the compliance bar       min_long_side 2000       ours (advice, not a limit)
+square thumbnails; no bg/fill rule    #FFFFFF, fill 0.80       memory / ours
+file size limit                       unknown: max_bytes None  not found
+===================================== ======================== ===========================
 
 Zalando is not built in: its partner image specifications (size, grey background)
 could not be found offline and I do not remember them reliably. Define it as a
