@@ -220,6 +220,15 @@ def test_an_impossible_max_bytes_stops_at_the_floor_and_the_check_reports_it(cut
     assert "2000" in issues[0].message.replace(",", "")
 
 
+def test_png_over_max_bytes_is_optimised_and_still_reported_when_too_big(cutout):
+    plain = render_packshot(cutout, preset(format="png"))
+    channel = preset(format="png", max_bytes=len(plain.data) - 1)
+    shot = render_packshot(cutout, channel)
+    assert shot.quality is None and len(shot.data) < len(plain.data)  # zlib level 9
+    tiny = preset(format="png", max_bytes=500)
+    assert rules(check_packshot(render_packshot(cutout, tiny).data, tiny)) == ["max_bytes"]
+
+
 @pytest.mark.parametrize("fmt", ["png", "webp"])
 def test_png_and_webp_keep_transparency_only_when_allowed(fmt, cutout):
     opaque = decode(render_packshot(cutout, preset(format=fmt)).data)
