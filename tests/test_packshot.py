@@ -24,7 +24,7 @@ from bria_dagster.packshot import (
     resolve_preset,
 )
 from bria_dagster.packshot.cutout import is_srgb_profile
-from bria_dagster.packshot.encode import QUALITY_FLOOR
+from bria_dagster.packshot.encode import QUALITY_FLOOR, jpeg_with_icc
 
 
 def make_test_cutout(
@@ -218,6 +218,22 @@ def test_an_impossible_max_bytes_stops_at_the_floor_and_the_check_reports_it(cut
     assert issues[0].measured == float(len(shot.data))
     assert str(len(shot.data)) in issues[0].message.replace(",", "")
     assert "2000" in issues[0].message.replace(",", "")
+
+
+def test_an_icc_profile_larger_than_one_jpeg_segment_is_split_and_read_back_whole(cutout):
+    jpeg = render_packshot(cutout, preset(width=300, height=300, min_long_side=300)).data
+    big = bytes(range(256)) * 600  # 153,600 bytes: three APP2 segments
+    stripped = decode(jpeg_with_icc(decode_to_plain_jpeg(jpeg), big))
+    assert stripped.info["icc_profile"] == big
+    with pytest.raises(ValueError, match="SOI"):
+        jpeg_with_icc(b"PNG...", big)
+
+
+def decode_to_plain_jpeg(data: bytes) -> bytes:
+    """The same picture as a JPEG without any ICC profile."""
+    buf = io.BytesIO()
+    decode(data).save(buf, "JPEG")
+    return buf.getvalue()
 
 
 def test_png_over_max_bytes_is_optimised_and_still_reported_when_too_big(cutout):

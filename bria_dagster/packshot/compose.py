@@ -12,11 +12,15 @@ Steps (one pass at the output size, every image op on 8-bit data):
    Lanczos, and several times faster than Pillow's resamplers), area averaging when
    reducing (alias-free). Resampling premultiplied pixels keeps the colour of
    transparent pixels (often black) out of the edges: no dark fringe;
-5. one uint8 canvas (numpy, handed to the encoder without a copy) of the background
+5. one uint8 canvas (numpy) of the background
    colour (transparent when ``allow_alpha``); the optional contact shadow, then the
    product, composited over it in premultiplied form ("over" operator, OpenCV);
-6. encode (:func:`~.encode.encode_packshot`): sRGB ICC profile embedded, quality lowered
-   step by step only if ``max_bytes`` requires it.
+6. encode (:func:`~.encode.encode_packshot`; JPEG by OpenCV, which releases the GIL):
+   sRGB ICC profile embedded, quality lowered step by step only if ``max_bytes``
+   requires it.
+
+Every heavy step (resample, composite, JPEG encode) runs in OpenCV without the GIL, so
+renders in a thread pool use several cores; decoding the PNG (Pillow) is the exception.
 
 Placement: ``center`` centres the bounding box; ``bottom`` centres it horizontally and
 puts its lower edge ``margin`` x height above the canvas' bottom edge.
@@ -185,16 +189,6 @@ def _contact_shadow(canvas: np.ndarray, layout: _Layout) -> None:
     _over(canvas, layer, round(cx - rx) - spread, round(cy - ry) - spread)
 
 
-def _image(canvas: np.ndarray, preset: ChannelPreset) -> Image.Image:
-    """The canvas as a Pillow image to encode: RGBX shares the array's memory (JPEG takes it
-    as is); RGB for PNG/WebP; straight RGBA when alpha is allowed."""
-    size = (canvas.shape[1], canvas.shape[0])
-    if preset.allow_alpha:
-        return Image.frombuffer("RGBa", size, canvas, "raw", "RGBa", 0, 1).convert("RGBA")
-    image = Image.frombuffer("RGBX", size, canvas, "raw", "RGBX", 0, 1)
-    return image if preset.format == "jpeg" else image.convert("RGB")
-
-
 def render_packshot(cutout: bytes | Image.Image, preset: ChannelPreset) -> Packshot:
     """Render ``cutout`` (RGBA PNG bytes or image; alpha = product matte) as ``preset``'s
     packshot file.
@@ -217,7 +211,7 @@ def render_packshot(cutout: bytes | Image.Image, preset: ChannelPreset) -> Packs
         _contact_shadow(canvas, layout)
     uniform = None if preset.shadow or preset.allow_alpha else preset.background_rgb
     _over(canvas, product, x, y, uniform)
-    data, quality = encode_packshot(_image(canvas, preset), preset)
+    data, quality = encode_packshot(canvas, preset)
     fill = max(layout.width / preset.width, layout.height / preset.height)
     return Packshot(
         data=data,
