@@ -16,6 +16,7 @@ __all__ = [
     "BriaError",
     "BudgetExceededError",
     "CatalogError",
+    "EmptyCutoutError",
     "EngineError",
     "FalRequestError",
     "FalServiceError",
@@ -24,6 +25,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "OutputVerificationError",
+    "PresetError",
     "RequestValidationError",
     "RetriesExhaustedError",
     "SecretInConfigError",
@@ -119,6 +121,16 @@ class CatalogError(BriaError, ValueError):
 
 class ConfigurationError(BriaError, ValueError):
     """A pipeline or component setting is invalid or unsafe."""
+
+
+class PresetError(BriaError, ValueError):
+    """A channel preset (packshot) is unknown or invalid: the message names the preset, the
+    field and what is allowed."""
+
+
+class EmptyCutoutError(BriaError, ValueError):
+    """A cutout has no product pixels at all (its alpha is transparent everywhere), so there
+    is nothing to place on a packshot."""
 
 
 class SecretInConfigError(BriaError):

@@ -110,7 +110,7 @@ def decode_image(
 
 
 def _normalise(img: Image.Image) -> Image.Image:
-    img = ImageOps.exif_transpose(img) or img
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when nothing to turn
     mode = img.mode
     if mode in ("RGB", "RGBA"):
         return img

@@ -5,6 +5,9 @@ downloaded images. A product (bottle, box, mug with a handle hole, or lamp) is
 drawn with shading and anti-aliased edges and composited onto a studio
 background of one of the categories below. Every backdrop except the textured
 one gets a soft contact shadow under the product (coloured paper too).
+
+:func:`make_cutout` draws the same products as the remove step would output them:
+an RGBA PNG with exact anti-aliased alpha on a transparent canvas.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["CATEGORIES", "SHAPES", "make_product_photo"]
+__all__ = ["CATEGORIES", "SHAPES", "make_cutout", "make_product_photo"]
 
 CATEGORIES = ("white_studio", "gray_gradient", "colored", "low_contrast", "textured")
 SHAPES = ("bottle", "box", "mug", "lamp")
@@ -107,3 +110,37 @@ def make_product_photo(
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(rng.integers(85, 93)))
     return buf.getvalue(), alpha
+
+
+def make_cutout(
+    seed: int,
+    size: tuple[int, int] = (1024, 1024),
+    *,
+    shape: str | None = None,
+    texture: float = 4.0,
+    compress_level: int = 1,
+) -> bytes:
+    """An RGBA PNG cutout of one shaded product (a shape of :data:`SHAPES`) with its exact
+    anti-aliased alpha; transparent pixels are black, as many matting tools write them.
+    ``texture`` is about the standard deviation of the per-pixel grain (0: flat colour)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    shape = shape or SHAPES[int(rng.integers(len(SHAPES)))]
+    alpha = _shape_mask(shape, w, h, rng)
+    colour = rng.uniform(30, 220, 3)
+    xx = np.arange(w)
+    shade = 0.8 + 0.35 * np.cos((xx / w - 0.45) * np.pi * 2.2) ** 2
+    row = np.clip(colour[None, :] * shade[:, None], 0, 255).astype(np.uint8)  # shading along x
+    rgb = np.ascontiguousarray(np.broadcast_to(row[None], (h, w, 3)))
+    a8 = np.clip(alpha * 255 + 0.5, 0, 255).astype(np.uint8)
+    spread = round(texture * 1.7)  # uniform grain with about this standard deviation
+    if spread:
+        grain = rng.integers(0, 2 * spread + 1, (h, w), dtype=np.uint8)
+        rgb = cv2.add(rgb, cv2.merge([grain, grain, grain]))
+        rgb = cv2.subtract(rgb, np.full((h, w, 3), spread, np.uint8))
+    out = cv2.cvtColor(cv2.bitwise_and(rgb, rgb, mask=(a8 > 0).view(np.uint8)), cv2.COLOR_RGB2RGBA)
+    out[..., 3] = a8
+    img = Image.fromarray(out, "RGBA")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
