@@ -30,10 +30,11 @@ threads the baseline's encodes would queue behind each other while ours (OpenCV,
 GIL-free) would not; a process pool gives both sides both cores, at the price of a
 second copy of the libraries (about 100 MB per worker). Inputs and outputs cross
 as a path and a byte count. ``--pool thread`` runs the same jobs in threads (it
-favours ours). The four timed phases (2 channels x 2 sides) alternate which side
-runs first, after a warm-up of a few images per side, so slow drifts in the
-machine's load (shared with other jobs; the 1-minute load average is printed)
-affect both.
+favours ours). After a warm-up of a few images per side, the images go in runs of
+50, ours and the baseline taking turns run by run (alternating which goes first),
+and each side's wall times are summed: the machine is shared with other jobs (the
+1-minute load average is printed), and a burst of their load then hits both sides
+alike instead of one whole phase.
 
 Printed last, one line: ``PACKSHOTS n=... images_per_s=... baseline_images_per_s=...
 ratio=... peak_rss_mb=...`` with ratio = ours / baseline. Peak RSS, from
@@ -70,6 +71,7 @@ from bria_dagster.packshot import (  # noqa: E402
 )
 
 CHANNELS = ("amazon_main", "shopify")
+CHUNK = 50  # images per timed run; the sides alternate run by run
 WARMUP = 4
 SPOT_CHECKS = 10
 
@@ -171,19 +173,32 @@ def main() -> None:
             for name in CHANNELS:  # warm-up: imports, OpenCV and LittleCMS initialisation
                 for fn in (ours, baseline):
                     _run(pool, fn, paths[:WARMUP], BUILTIN_PRESETS[name])
-            for index, name in enumerate(CHANNELS):
+            turn = 0
+            for name in CHANNELS:
                 preset = BUILTIN_PRESETS[name]
-                sides = [("ours", ours), ("baseline", baseline)]
-                for side, fn in sides if index % 2 == 0 else sides[::-1]:
-                    wall, total = _run(pool, fn, paths, preset)
+                phase = {"ours": 0.0, "baseline": 0.0}
+                for start in range(0, len(paths), CHUNK):
+                    chunk = paths[start : start + CHUNK]
+                    sides = [("ours", ours), ("baseline", baseline)]
+                    for side, fn in sides if turn % 2 == 0 else sides[::-1]:
+                        wall, total = _run(pool, fn, chunk, preset)
+                        phase[side] += wall
+                        output_bytes[side] += total
+                    turn += 1
+                for side, wall in phase.items():
                     walls[side] += wall
-                    output_bytes[side] += total
                     print(
-                        f"{name:<12} {side:<8} {args.n / wall:7.1f} images/s "
-                        f"({wall:.1f} s, mean JPEG {total / args.n / 1e3:.0f} kB)",
+                        f"{name:<12} {side:<8} {args.n / wall:7.1f} images/s ({wall:.1f} s)",
                         file=log,
                     )
 
+        print(
+            "mean JPEG size: "
+            + ", ".join(
+                f"{side} {b / (2 * args.n) / 1e3:.0f} kB" for side, b in output_bytes.items()
+            ),
+            file=log,
+        )
         for name in CHANNELS:  # spot-check: our packshots pass the channel's own checks
             preset = BUILTIN_PRESETS[name]
             failures = 0
