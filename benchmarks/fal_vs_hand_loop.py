@@ -1,7 +1,7 @@
 """bria-dagster against the loop a user would write by hand, on the fal protocol test server.
 
-    .venv/bin/python benchmarks/fal_vs_hand_loop.py [--sizes 50 400 2000] [--latency 0.5] [--repeat 5]
-        [--slots 32]
+    .venv/bin/python benchmarks/fal_vs_hand_loop.py [--sizes 50 400 2000] [--latency 0.5]
+        [--slots 32] [--repeat 5]
 
 The hand-written loop: plain ``fal_client.AsyncClient`` (submit, then ``handle.get()``),
 one ``asyncio.Semaphore(slots)``, and each product carried remove -> replace -> expand
@@ -146,7 +146,10 @@ def client_ours(folder: str, slots: int) -> dict[str, Any]:
     pipeline = ProductImagePipeline(
         name="bench",
         settings=PipelineSettings(
-            catalog_dir=f"{folder}/catalogs", prompt_template=PROMPT, aspect_ratios=RATIOS
+            catalog_dir=f"{folder}/catalogs",
+            prompt_template=PROMPT,
+            aspect_ratios=RATIOS,
+            report=False,  # what the hand loop does too: no audit report (its own asset)
         ),
         storage=f"{folder}/data",
     )

@@ -74,7 +74,10 @@ def worker(folder: str, storage: str, batch: str) -> dict[str, Any]:
 
     from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
 
-    settings = PipelineSettings(catalog_dir=f"{folder}/catalogs", aspect_ratios=RATIOS)
+    # No audit report: what grows with history (reuse lookups) is what is measured.
+    settings = PipelineSettings(
+        catalog_dir=f"{folder}/catalogs", aspect_ratios=RATIOS, report=False
+    )
     pipeline = ProductImagePipeline(name=PIPELINE, settings=settings, storage=storage)
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(pipeline.partitions_def.name, [batch])

@@ -141,7 +141,10 @@ def _setup(workdir: Path, steps: tuple[str, ...], bria_kwargs: dict[str, Any], b
     pipeline = ProductImagePipeline(
         name=PIPELINE,
         settings=PipelineSettings(
-            catalog_dir=str(workdir / "catalogs"), steps=steps, aspect_ratios=RATIOS
+            catalog_dir=str(workdir / "catalogs"),
+            steps=steps,
+            aspect_ratios=RATIOS,
+            report=False,  # the steps' figures; the audit report's cost is in the README
         ),
         storage=storage,
     )

@@ -23,20 +23,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._version import __version__
 from .catalog import FORMATS, load_catalog, row_json
 from .chain import ChainStep, StepChain
-from .checks import CheckSettings, check_specs_for, evaluate_checks
+from .checks import CheckSettings, check_specs_for, compliance_results, evaluate_checks
 from .endpoints import AspectRatio
 from .errors import BriaError, CatalogError
+from .export import export_channel
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
 from .io_manager import read_records, read_table
 from .metadata import definition_metadata, materialization_metadata
+from .packshot_step import COMPLIANCE_ERROR, PackshotSettings, run_packshots
 from .planning import StepPlanner
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
+from .report import write_audit_report
 from .resource import BriaResource
 from .reuse import ReuseIndex
 from .steps import StepContext, StepReport, source_row
 from .storage import PipelineStorage, resolve_journal_url
-from .translator import STEP_ASSETS
+from .translator import API_STEPS
 
 if TYPE_CHECKING:
     from .pipeline import ProductImagePipeline
@@ -80,6 +83,14 @@ class PipelineSettings(BaseModel):
     )
     fetch_concurrency: int = Field(default=16, ge=1, description="Source images fetched at once.")
     checks: CheckSettings = Field(default_factory=CheckSettings, description="Check thresholds.")
+    packshots: PackshotSettings = Field(
+        default_factory=PackshotSettings,
+        description="Channel packshots from the cutouts, and their export (none by default).",
+    )
+    report: bool = Field(
+        default=True,
+        description="Write each batch's audit report (HTML) as the asset audit_report.",
+    )
 
 
 def find_catalog_file(catalog_dir: str, batch: str) -> str:
@@ -114,7 +125,7 @@ def build_product_image_assets(
     """
     settings = pipeline.settings
     storage = pipeline.store
-    order = [s for s in STEP_ASSETS if s != "source"]
+    order = list(API_STEPS)
     unknown = [s for s in settings.steps if s not in order]
     if unknown:
         raise ValueError(f"unknown step(s) {unknown}; choose from {order}")
@@ -274,9 +285,139 @@ def build_product_image_assets(
             context.asset_key, "source", frame, expected, store, settings.checks
         )
 
-    if not settings.steps:
-        return [catalog_batch]
-    return [catalog_batch, _image_steps(pipeline, specs, asset_args, step_context, pool)]
+    assets = [catalog_batch]
+    if settings.steps:
+        assets.append(_image_steps(pipeline, specs, asset_args, step_context, pool))
+    if settings.packshots.channels:
+        if "remove" not in settings.steps:
+            raise ValueError(
+                "packshots need the remove step (a packshot is a cutout on a channel's "
+                "canvas): add 'remove' to steps, or leave packshots.channels empty"
+            )
+        assets.extend(_packshot_assets(pipeline, specs["remove"].key, step_context))
+    if settings.report:
+        assets.append(_report_asset(pipeline, [a.keys for a in assets]))
+    return assets
+
+
+def _packshot_assets(
+    pipeline: "ProductImagePipeline",
+    cutouts_key: dg.AssetKey,
+    step_context: Callable[[AssetExecutionContext, str, dg.AssetKey], StepContext],
+) -> list[dg.AssetsDefinition]:
+    """``product_packshots`` (records, reuse, per-channel compliance checks) and
+    ``channel_exports`` (files and manifests per channel)."""
+    settings, storage = pipeline.settings, pipeline.store
+    packshots = settings.packshots
+    presets = packshots.resolved()  # an unknown channel fails here, when definitions load
+    channels = [p.name for p in presets]
+    spec = pipeline.asset_spec("packshot")
+    key = spec.key
+
+    @dg.asset(
+        key=key,
+        description=spec.description,
+        group_name=spec.group_name,
+        owners=spec.owners,
+        tags=spec.tags,
+        kinds=spec.kinds,
+        metadata={
+            **definition_metadata(),
+            **spec.metadata,
+            "bria/channels": ", ".join(channels),
+        },
+        check_specs=check_specs_for(key, "packshot", settings.checks, channels=channels),
+        partitions_def=pipeline.partitions_def,
+        io_manager_key=pipeline.io_manager_key,
+        code_version=__version__,
+        ins={"cutouts": dg.AssetIn(key=cutouts_key)},
+    )
+    @storage.guarded
+    def product_packshots(context: AssetExecutionContext, cutouts: pd.DataFrame):
+        store = storage.image_store()
+        frame, report = run_packshots(
+            step_context(context, "packshot", key),
+            frame_rows(cutouts),
+            presets,
+            store,
+            ReuseIndex(storage, key).lookup,
+            workers=packshots.workers,
+        )
+        context.log.info(
+            f"packshots for {len(channels)} channel(s): {report.ok} made, "
+            f"{report.reused} reused, {report.failed} failed"
+        )
+        yield dg.Output(
+            frame, metadata=materialization_metadata(frame, report, backend="local", store=store)
+        )
+        yield from evaluate_checks(
+            key, "packshot", frame, list(cutouts["sku"]), store, settings.checks
+        )
+        yield from compliance_results(key, frame, channels, COMPLIANCE_ERROR)
+
+    export_spec = pipeline.asset_spec("export")
+    export_to = packshots.export_to or f"{storage.base.rstrip('/')}/exports"
+
+    @dg.asset(
+        key=export_spec.key,
+        description=export_spec.description,
+        group_name=export_spec.group_name,
+        owners=export_spec.owners,
+        tags=export_spec.tags,
+        kinds=export_spec.kinds,
+        metadata={**export_spec.metadata, "bria/export_to": dg.MetadataValue.path(export_to)},
+        partitions_def=pipeline.partitions_def,
+        code_version=__version__,
+        ins={"packshots": dg.AssetIn(key=key, input_manager_key=pipeline.io_manager_key)},
+    )
+    @storage.guarded
+    def channel_exports(context: AssetExecutionContext, packshots: pd.DataFrame):
+        store = storage.image_store()
+        meta: dict[str, Any] = {}
+        written = 0
+        for channel in channels:
+            done = export_channel(
+                packshots,
+                channel,
+                batch=context.partition_key,
+                export_to=export_to,
+                store=store,
+                filename_template=settings.packshots.filename_template,
+            )
+            written += len(done.written)
+            meta.update(done.metadata())
+            meta[f"{channel}.manifest"] = dg.MetadataValue.path(done.manifest)
+        meta["files_written"] = written
+        meta["export_to"] = dg.MetadataValue.path(export_to)
+        return dg.MaterializeResult(metadata=meta)
+
+    return [product_packshots, channel_exports]
+
+
+def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.AssetsDefinition:
+    """``audit_report``: the batch's HTML audit report, linked from its metadata."""
+    storage = pipeline.store
+    spec = pipeline.asset_spec("report")
+    deps = sorted({k for keys in upstream for k in keys}, key=lambda k: k.to_user_string())
+
+    @dg.asset(
+        key=spec.key,
+        description=spec.description,
+        group_name=spec.group_name,
+        owners=spec.owners,
+        tags=spec.tags,
+        kinds=spec.kinds,
+        metadata=dict(spec.metadata),
+        deps=deps,
+        partitions_def=pipeline.partitions_def,
+        code_version=__version__,
+    )
+    @storage.guarded
+    def audit_report(context: AssetExecutionContext) -> dg.MaterializeResult:
+        written = write_audit_report(storage, context.partition_key, pipeline=pipeline.name)
+        return dg.MaterializeResult(metadata=written.metadata())
+
+    return audit_report
 
 
 def _image_steps(

@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from .records import FAILED, OK
+from .records import FAILED, OK, REUSED
 from .store import ImageStore
 
 __all__ = ["CheckSettings", "check_specs_for", "evaluate_checks"]
@@ -55,19 +55,38 @@ _DESCRIPTIONS = {
     "checks.min_foreground..checks.max_foreground: not empty, not the whole frame.",
 }
 
+COMPLIANCE_PREFIX = "compliance_"
+"""Packshot assets have one check per channel, ``compliance_<channel>``."""
+
+
+def compliance_description(channel: str) -> str:
+    return (
+        f"Every packshot of channel {channel!r} meets the channel's rules (background purity "
+        "at the border, product fill within bounds, minimum long side, file size, no alpha "
+        "where forbidden, format and sRGB); each failure names the sku, the rule and the "
+        "measured value."
+    )
+
 
 def check_specs_for(
-    asset_key: dg.AssetKey, step: str, settings: CheckSettings | None = None
+    asset_key: dg.AssetKey,
+    step: str,
+    settings: CheckSettings | None = None,
+    *,
+    channels: Sequence[str] = (),
 ) -> list[dg.AssetCheckSpec]:
     """The checks of one step's asset, each with its description; ``failure_rate`` blocks
-    the steps after it when its severity is ERROR."""
+    the steps after it when its severity is ERROR. ``channels``: the packshot step's
+    channels, one ``compliance_<channel>`` check each."""
     settings = settings or CheckSettings()
     names = ["every_sku_accounted", "failure_rate"]
-    if step != "source":
+    if step == "packshot":
+        names.append("outputs_decode")
+    elif step != "source":
         names += ["outputs_decode", "within_budget"]
     if step == "remove":
         names.append("cutouts_have_alpha")
-    return [
+    specs = [
         dg.AssetCheckSpec(
             name,
             asset=asset_key,
@@ -76,6 +95,42 @@ def check_specs_for(
         )
         for name in names
     ]
+    specs += [
+        dg.AssetCheckSpec(
+            f"{COMPLIANCE_PREFIX}{channel}",
+            asset=asset_key,
+            description=compliance_description(channel),
+        )
+        for channel in channels
+    ]
+    return specs
+
+
+def compliance_results(
+    asset_key: dg.AssetKey, frame: pd.DataFrame, channels: Sequence[str], failed_class: str
+) -> list[dg.AssetCheckResult]:
+    """One ``compliance_<channel>`` result per channel: passed when none of its packshots
+    broke a rule; the metadata lists each failure (sku, rule, measured value)."""
+    results = []
+    for channel in channels:
+        rows = frame[frame["variant"] == channel]
+        bad = rows[rows["error_class"] == failed_class]
+        results.append(
+            dg.AssetCheckResult(
+                asset_key=asset_key,
+                check_name=f"{COMPLIANCE_PREFIX}{channel}",
+                passed=bad.empty,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "checked": int(rows["status"].isin([OK, REUSED]).sum()) + len(bad),
+                    "failing": len(bad),
+                    "failures": dg.MetadataValue.md(
+                        "\n".join(f"- {m}" for m in bad["error_message"].head(50)) or "none"
+                    ),
+                },
+            )
+        )
+    return results
 
 
 def _expected_mode(step: str) -> Sequence[str]:
@@ -162,6 +217,8 @@ def evaluate_checks(
             range=f"{settings.min_foreground:.2f}..{settings.max_foreground:.2f}",
             median_foreground=round(float(np.median(foreground)), 4) if foreground else 0.0,
         )
+    if step == "packshot":
+        return results
     held_back = int((frame["error_class"] == "BudgetExceededError").sum())
     result("within_budget", held_back == 0, "WARN", requests_held_back=held_back)
     return results

@@ -54,6 +54,7 @@ from .assets import PipelineSettings
 from .checks import CheckSettings
 from .endpoints import PriceTable
 from .errors import ConfigurationError, SecretInConfigError
+from .packshot_step import PackshotSettings
 from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline
 from .resource import BriaResource
 from .translator import BriaStepProps, BriaTranslator
@@ -234,14 +235,28 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         "see {{ pipeline }}, {{ step }}, {{ asset_name }}, {{ props }} and {{ spec }}.",
         json_schema_extra=_name_unknown_keys,
     )
+    packshots: _typed(PackshotSettings) = Field(  # type: ignore[valid-type]
+        default=None,
+        description="Channel packshots from the cutouts and their export (PackshotSettings): "
+        "channels, custom presets, export_to (relative: to the project root), "
+        "filename_template.",
+        json_schema_extra=_name_unknown_keys,
+    )
+    report: bool = Field(
+        default=True, description="Write each batch's HTML audit report (asset audit_report)."
+    )
     operations: bool = Field(
         default=True, description="Also build the catalog sensor and the two schedules."
     )
 
-    @field_validator("checks", "resource", mode="before")
+    @field_validator("checks", "resource", "packshots", mode="before")
     @classmethod
     def _settings_models(cls, value: Any, info: ValidationInfo) -> Any:
-        model = {"checks": CheckSettings, "resource": BriaResourceSettings}[info.field_name]
+        model = {
+            "checks": CheckSettings,
+            "resource": BriaResourceSettings,
+            "packshots": PackshotSettings,
+        }[info.field_name]
         return value if value is None or isinstance(value, model) else model.model_validate(value)
 
     def get_asset_spec(self, props: BriaStepProps) -> dg.AssetSpec:
@@ -255,7 +270,16 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         given = {name: value for name, value in given.items() if value is not None}
         if self.checks is not None:
             given["checks"] = self.checks
-        return PipelineSettings(catalog_dir=_under(root, self.catalog_dir), **given)
+        if self.packshots is not None:
+            packshots = self.packshots
+            if packshots.export_to is not None:
+                packshots = packshots.model_copy(
+                    update={"export_to": _under(root, packshots.export_to)}
+                )
+            given["packshots"] = packshots
+        return PipelineSettings(
+            catalog_dir=_under(root, self.catalog_dir), report=self.report, **given
+        )
 
     def bria_resource(self, root: Path) -> BriaResource:
         """The :class:`BriaResource`: ``resource`` settings, the key from ``FAL_KEY``."""

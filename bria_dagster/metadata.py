@@ -172,12 +172,17 @@ def summary_markdown(frame: pd.DataFrame, report: StepReport, backend: str) -> s
     made, reused, failed = report.ok, report.reused, report.failed
     parts = [f"{made} {'fetched' if source else 'made'} by this run"]
     if reused:
-        again = "not fetched again" if source else "no call"
+        again = {"source": "not fetched again", "packshot": "not rendered again"}.get(
+            _step(frame) or "", "no call"
+        )
         parts.append(f"{reused} reused from earlier runs ({again})")
     parts.append(f"{failed} failed" + (" (see `failures`)" if failed else ""))
     lines = [f"**{_plural(n, 'row')}**: {', '.join(parts)}."]
     if source:
         lines.append("Source images come from the catalog's URLs: no Bria calls, nothing paid.")
+        return "\n\n".join(lines)
+    if _step(frame) == "packshot":
+        lines.append("Packshots are composed here from the cutouts: no Bria calls, nothing paid.")
         return "\n\n".join(lines)
     calls = f"{_plural(report.calls, 'call')} to the {backend} backend"
     calls += f", {_usd(report.cost_usd)} paid"
@@ -271,8 +276,16 @@ def failures_markdown(frame: pd.DataFrame, limit: int = FAILURES_SHOWN) -> str |
 _CALL_KEYS = frozenset({"backend_calls", "cost_usd", "list_price_usd", "bria.retries"})
 
 
+def _step(frame: pd.DataFrame) -> str | None:
+    return str(frame["step"].iloc[0]) if len(frame) else None
+
+
 def _is_source(frame: pd.DataFrame) -> bool:
-    return len(frame) > 0 and str(frame["step"].iloc[0]) == "source"
+    return _step(frame) == "source"
+
+
+LOCAL_STEPS = ("source", "packshot")
+"""Steps that call no backend: their metadata has no calls, cost or prices."""
 
 
 def materialization_metadata(
@@ -292,12 +305,12 @@ def materialization_metadata(
     if failures:
         meta["failures"] = dg.MetadataValue.md(failures)
     meta["dagster/row_count"] = len(frame)
-    source = _is_source(frame)
-    if not source:
+    local = _step(frame) in LOCAL_STEPS
+    if not local:
         meta["backend"] = backend
     for key, value in report.metadata().items():
-        if source and key in _CALL_KEYS:
-            continue  # the source step fetches URLs: no backend, calls or prices
+        if local and key in _CALL_KEYS:
+            continue  # source fetches URLs, packshot composes: no backend, calls or prices
         meta[key] = value
         if key == "list_price_usd":
             meta["saved_by_reuse_usd"] = _saved_by_reuse(frame)

@@ -34,7 +34,7 @@ from .errors import ConfigurationError
 from .io_manager import ImageRecordIOManager
 from .resource import BriaResource
 from .storage import PipelineStorage
-from .translator import BriaStepProps, BriaTranslator
+from .translator import API_STEPS, BriaStepProps, BriaTranslator
 
 __all__ = ["DEFAULT_PIPELINE_NAME", "ProductImagePipeline", "build_definitions"]
 
@@ -102,11 +102,11 @@ class ProductImagePipeline:
         return dg.DynamicPartitionsDefinition(name=partitions_name(self.name))
 
     def asset_spec(self, step: str) -> dg.AssetSpec:
-        """The translated spec of ``step`` (``source``, ``remove``, ``replace``, ``expand``)."""
+        """The translated spec of ``step`` (a key of ``translator.STEP_ASSETS``)."""
         props = BriaStepProps(
             pipeline=self.name,
             step=step,
-            endpoint_id=None if step == "source" else endpoint_for(step).endpoint_id,
+            endpoint_id=endpoint_for(step).endpoint_id if step in API_STEPS else None,
         )
         return self.translator.get_asset_spec(props)
 

@@ -18,15 +18,24 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-__all__ = ["STEP_ASSETS", "BriaStepProps", "BriaTranslator"]
+__all__ = ["API_STEPS", "STEP_ASSETS", "BriaStepProps", "BriaTranslator"]
 
 STEP_ASSETS = {
     "source": "catalog_batch",
     "remove": "product_cutouts",
     "replace": "product_scenes",
     "expand": "product_expansions",
+    "packshot": "product_packshots",
+    "export": "channel_exports",
+    "report": "audit_report",
 }
-"""Each step's default asset name."""
+"""Each step's default asset name (``packshot`` and ``export`` exist when the pipeline has
+packshot channels; ``report`` unless ``report=False``)."""
+
+API_STEPS = ("remove", "replace", "expand")
+"""The steps that call a Bria endpoint, in chain order."""
+
+_KINDS = {"export": {"bria", "csv"}, "report": {"bria", "html"}}
 
 _DESCRIPTIONS = {
     "source": "The catalog batch: one source record per row (fetched, hashed, stored) and a "
@@ -34,6 +43,12 @@ _DESCRIPTIONS = {
     "remove": "Background removed: one RGBA PNG cutout per source image.",
     "replace": "New backgrounds: num_images scenes per cutout, from a prompt or reference image.",
     "expand": "Expanded formats: one image per scene and aspect ratio.",
+    "packshot": "Channel packshots: each cutout on each channel's canvas (background, size, "
+    "fill, format, file-size limit), checked against the channel's rules; composed locally.",
+    "export": "The compliant packshots of the batch as files per channel, named by "
+    "filename_template, with a manifest.csv each; only changed files are written.",
+    "report": "The batch's audit report: one self-contained HTML page with every sku's chain "
+    "(thumbnails, parameters, backend, request ids, cost, producing run) and every failure.",
 }
 
 
@@ -44,7 +59,8 @@ class BriaStepProps:
     pipeline: str
     """The pipeline's name."""
     step: str
-    """``source``, ``remove``, ``replace`` or ``expand``."""
+    """``source``, ``remove``, ``replace``, ``expand``, ``packshot``, ``export`` or
+    ``report``."""
     endpoint_id: str | None
     """The Bria endpoint the step calls (``None`` for ``source``)."""
 
@@ -65,6 +81,6 @@ class BriaTranslator:
             key=dg.AssetKey([props.pipeline, props.asset_name]),
             group_name=props.pipeline,
             description=_DESCRIPTIONS[props.step],
-            kinds={"bria", "parquet"},
+            kinds=_KINDS.get(props.step, {"bria", "parquet"}),
             metadata=metadata,
         )

@@ -195,6 +195,7 @@ def test_a_warn_severity_failure_rate_lets_the_run_go_on(tmp_path):
     result = _run_with_failures(tmp_path, "WARN")
     assert result.success
     assert _materialized(result) == [
+        "audit_report",
         "catalog_batch",
         "product_cutouts",
         "product_expansions",

@@ -74,7 +74,12 @@ def test_yaml_builds_the_prefixed_assets_job_checks_and_operations(loaded, monke
     )
     assert isinstance(component, ProductImagesComponent)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert keys == {"spring/catalog_batch", "spring/product_cutouts", "spring/product_scenes"}
+    assert keys == {
+        "spring/catalog_batch",
+        "spring/product_cutouts",
+        "spring/product_scenes",
+        "spring/audit_report",
+    }
     assert defs.resolve_job_def("spring") is not None
     assert {s.name for s in defs.sensors or []} == {"spring_catalog_sensor"}
     assert {s.name for s in defs.schedules or []} == {
@@ -185,6 +190,7 @@ def test_translation_changes_every_step_asset_and_its_dependencies(loaded):
         "shop/spring/catalog_batch",
         "shop/spring/product_cutouts",
         "shop/spring/product_scenes",
+        "shop/spring/audit_report",
     }
     cutouts = graph.get(dg.AssetKey(["shop", "spring", "product_cutouts"]))
     assert cutouts.group_name == "catalog" and cutouts.owners == ["team:catalog"]

@@ -151,8 +151,9 @@ def test_assets_carry_the_schema_and_each_materialization_its_row_count(catalog)
     pipeline = ProductImagePipeline(settings=PipelineSettings(), storage=str(catalog / "x"))
     for asset in pipeline.build_assets():
         for spec in asset.specs:
-            assert spec.metadata["dagster/column_schema"].schema == column_schema()
             assert "bria" in spec.kinds
+            if "parquet" in spec.kinds:  # the record tables (not the HTML audit report)
+                assert spec.metadata["dagster/column_schema"].schema == column_schema()
 
     _, instance = materialize(catalog)
     result, _ = materialize(catalog, instance=instance)  # unchanged: every image reused

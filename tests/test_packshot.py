@@ -159,7 +159,8 @@ def test_bottom_placement_sets_the_product_on_the_margin_line(cutout):
     channel = preset(placement="bottom", margin=0.05, fill=0.6)
     image = decode(render_packshot(cutout, channel).data)
     left, top, right, bottom = product_box(image)
-    assert bottom == pytest.approx(950, abs=3)
+    # The half-opaque edge sits on the line; the soft fringe below it may show a few px.
+    assert bottom == pytest.approx(950, abs=6)
     assert top > 300  # well below the centred position (200)
     assert abs((left + right) / 2 - 500) <= 3
     assert check_packshot(render_packshot(cutout, channel).data, channel) == []

@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from ..errors import EmptyCutoutError
 from .compliance import BORDER_SHARE
-from .cutout import ALPHA_THRESHOLD, load_cutout, product_bbox, to_srgb
+from .cutout import ALPHA_THRESHOLD, load_cutout, product_bbox, product_edge_bbox, to_srgb
 from .encode import encode_packshot
 from .presets import ChannelPreset
 
@@ -89,20 +89,24 @@ def _layout(box_w: int, box_h: int, preset: ChannelPreset) -> _Layout:
 
 
 def _scaled_product(
-    image: Image.Image, box: tuple[int, int, int, int], layout: _Layout
+    image: Image.Image,
+    box: tuple[int, int, int, int],
+    edge: tuple[int, int, int, int],
+    layout: _Layout,
 ) -> tuple[np.ndarray, int, int]:
     """The product resampled to its canvas size, premultiplied RGBA (HxWx4 uint8), with the
-    canvas position of its top-left corner (the padding included)."""
-    left, top, right, bottom = box
-    crop = image.crop((left - _PAD, top - _PAD, right + _PAD, bottom + _PAD))
-    crop = to_srgb(crop)
-    pad_x = round(_PAD * layout.width / (right - left))
-    pad_y = round(_PAD * layout.height / (bottom - top))
-    size = (layout.width + 2 * pad_x, layout.height + 2 * pad_y)
+    canvas position of its top-left corner. ``edge`` (the half-opaque box) is what the
+    layout places; everything in ``box`` (every product pixel, padded) comes along."""
+    left, top = max(0, box[0] - _PAD), max(0, box[1] - _PAD)
+    right, bottom = min(image.width, box[2] + _PAD), min(image.height, box[3] + _PAD)
+    crop = to_srgb(image.crop((left, top, right, bottom)))
+    sx = layout.width / (edge[2] - edge[0])
+    sy = layout.height / (edge[3] - edge[1])
+    size = (max(1, round((right - left) * sx)), max(1, round((bottom - top) * sy)))
     premultiplied = np.asarray(crop.convert("RGBa"))
     interpolation = cv2.INTER_CUBIC if layout.scale >= 1.0 else cv2.INTER_AREA
     resized = cv2.resize(premultiplied, size, interpolation=interpolation)
-    return resized, layout.x - pad_x, layout.y - pad_y
+    return resized, layout.x - round((edge[0] - left) * sx), layout.y - round((edge[1] - top) * sy)
 
 
 def _clip(
@@ -204,8 +208,11 @@ def render_packshot(cutout: bytes | Image.Image, preset: ChannelPreset) -> Packs
             f"value is <= {ALPHA_THRESHOLD}/255, so there is nothing to place on the "
             f"{preset.name!r} packshot; check the background removal of this image"
         )
-    layout = _layout(box[2] - box[0], box[3] - box[1], preset)
-    product, x, y = _scaled_product(image, box, layout)
+    # The product's edge is where it is half opaque: a soft matte's faint fringe (a few
+    # pixels of low alpha) neither counts toward the fill nor shows on the background.
+    edge = product_edge_bbox(image) or box
+    layout = _layout(edge[2] - edge[0], edge[3] - edge[1], preset)
+    product, x, y = _scaled_product(image, box, edge, layout)
     canvas = _canvas(preset)
     if preset.shadow:
         _contact_shadow(canvas, layout)

@@ -23,6 +23,7 @@ __all__ = [
     "is_srgb_profile",
     "load_cutout",
     "product_bbox",
+    "product_edge_bbox",
     "product_mask_lut",
     "srgb_icc",
     "to_srgb",
@@ -63,6 +64,18 @@ def product_bbox(image: Image.Image) -> tuple[int, int, int, int] | None:
     """``(left, top, right, bottom)`` of the product pixels of an RGBA image, or None when
     there are none."""
     return image.getchannel("A").point(_PRODUCT_LUT).getbbox()
+
+
+EDGE_ALPHA = 128
+"""Alpha from which a pixel is inside the product's visible edge (half opaque)."""
+
+_EDGE_LUT = [0] * EDGE_ALPHA + [255] * (256 - EDGE_ALPHA)
+
+
+def product_edge_bbox(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """``(left, top, right, bottom)`` of the pixels with alpha >= :data:`EDGE_ALPHA`: the
+    box the renderer scales to ``fill`` (None when no pixel is half opaque)."""
+    return image.getchannel("A").point(_EDGE_LUT).getbbox()
 
 
 @lru_cache(maxsize=1)

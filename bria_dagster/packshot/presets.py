@@ -10,8 +10,9 @@ Fill
 ----
 ``fill`` is the share of the canvas the product's bounding box spans along its
 limiting axis: ``max(bbox_width / canvas_width, bbox_height / canvas_height)``. The
-bounding box is that of the cutout's pixels with alpha > 8/255 (see
-``cutout.ALPHA_THRESHOLD``). On a square canvas it is the product's longer side over
+bounding box is that of the cutout's half-opaque pixels (alpha >= 128, see
+``cutout.EDGE_ALPHA``): the product's visible edge, so a soft matte's faint fringe does
+not shrink the product. On a square canvas it is the product's longer side over
 the canvas side, which is how "the product fills 85% of the frame" is usually read.
 The renderer scales the product uniformly so the measured value equals ``fill``;
 the checker measures the same quantity on the output file (bounding box of the
@@ -119,7 +120,7 @@ __all__ = [
 FILL_TOLERANCE = 0.05
 """Default compliance band around ``fill`` when ``min_fill``/``max_fill`` are not given."""
 
-RENDERER_VERSION = "bria_dagster.packshot/1"
+RENDERER_VERSION = "bria_dagster.packshot/2"
 """Changes whenever the renderer's output for the same cutout and preset changes; part of
 :meth:`ChannelPreset.parameters`, so stored packshots are not reused across versions."""
 
