@@ -291,6 +291,7 @@ def run_scale_out(
             time.sleep(0.5)
 
         run_spans, step_spans, launches, pids, ok_rows, failed_runs = [], [], [], {}, 0, []
+        timeline: list[tuple[float | None, ...]] = []
         created = min(r.create_timestamp.timestamp() for r in records)
         for record in records:
             run = record.dagster_run
@@ -299,6 +300,15 @@ def run_scale_out(
             run_spans.append((record.start_time, record.end_time))
             span, pids[run.run_id], launched = _run_events(instance, run.run_id)
             step_spans += span
+            timeline.append(
+                (
+                    launched if launched is not None else record.start_time,
+                    record.start_time,
+                    span[0][0] if span else None,
+                    span[0][1] if span else None,
+                    record.end_time,
+                )
+            )
             launches.append(launched if launched is not None else record.start_time)
             partition = run.tags.get("dagster/partition")
             table = workdir / "data" / "tables" / TABLE / f"{partition}.parquet"
@@ -326,7 +336,19 @@ def run_scale_out(
     bound = pool_limit * max_concurrency
     ideal = total * latency / (min(bound, server_slots) if server_slots > 0 else bound)
     distinct_pids = set().union(*pids.values()) if pids else set()
+    first = min(launches)
+    runs = [
+        "launched {:.1f} started {:.1f} image step {}-{} ended {:.1f}".format(
+            launched - first,
+            started - first,
+            "?" if step_start is None else f"{step_start - first:.1f}",
+            "?" if step_end is None else f"{step_end - first:.1f}",
+            ended - first,
+        )
+        for launched, started, step_start, step_end, ended in sorted(timeline)
+    ]
     return {
+        "timeline": runs,
         "batches": batches,
         "rows": total,
         "runs_at_once": _overlap(run_spans),
@@ -413,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'} {name}")
-    figures = {k: v for k, v in result.items() if k != "pids_per_run"}
+    print("runs (s after the first launch):")
+    for line in result["timeline"]:
+        print("  " + line)
+    figures = {k: v for k, v in result.items() if k not in ("pids_per_run", "timeline")}
     figures["fal_server_cpu_s"] = round(server_cpu, 1)
     print("figures " + json.dumps(figures))
     print("load average (1, 5, 15 min): " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
