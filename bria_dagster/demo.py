@@ -67,6 +67,9 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
             mat = event.materialization
             meta = mat.metadata if mat else {}
             name = mat.asset_key.to_user_string() if mat else "?"
+            if "audit_report" in meta:  # the batch's HTML page, not a record table
+                counts.append(f"{name}: {_v(meta['audit_report'])}")
+                continue
             ok = meta.get("rows_ok")
             reused = meta.get("rows_reused")
             failed = meta.get("rows_failed")
