@@ -64,9 +64,10 @@ COLUMN_DESCRIPTIONS = {
     "record_id": "Stable id of the row: partition, step, sku, variant and request fingerprint.",
     "partition": "The catalog batch (Dagster partition) the row belongs to.",
     "sku": "The product's SKU from the catalog.",
-    "step": "source, remove, replace or expand.",
+    "step": "source, remove, replace, expand or packshot.",
     "variant": "Which output of the sku: source, cutout, scene (scene#0, scene#1, ... with "
-    "several num_images), or a scene in one aspect ratio (scene@1:1, ...).",
+    "several num_images), a scene in one aspect ratio (scene@1:1, ...), or a packshot's "
+    "channel (amazon_main, ...).",
     "status": "ok: made by the run in run_id; reused: answered from an earlier record "
     "without a call (see reused_in_run_id); failed: see error_class and error_message.",
     "error_class": "Why the row failed (e.g. FetchFailedError, UpstreamFailed); null when ok.",
