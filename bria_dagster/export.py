@@ -25,7 +25,7 @@ import fsspec
 import pandas as pd
 
 from .records import OK, REUSED
-from .store import ImageStore, write_bytes
+from .store import ImageStore, extension_for, write_bytes
 
 __all__ = ["MANIFEST_COLUMNS", "MANIFEST_NAME", "ChannelExport", "export_channel"]
 
@@ -41,7 +41,6 @@ MANIFEST_COLUMNS = (
     "source_sha256",
     "run_id",
 )
-_EXT = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 
 
 @dataclass
@@ -94,7 +93,7 @@ def export_channel(
     entries: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
     for row in rows.to_dict("records"):
-        ext = _EXT.get(row["content_type"], "bin")
+        ext = extension_for(row["content_type"])
         name = filename_template.format(
             sku=row["sku"], channel=channel, ext=ext, batch=batch, variant=row["variant"]
         )

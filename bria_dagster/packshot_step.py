@@ -45,7 +45,6 @@ __all__ = [
     "COMPLIANCE_ERROR",
     "PACKSHOT_ENDPOINT",
     "PackshotSettings",
-    "compliance_failures",
     "packshot_fingerprint",
     "run_packshots",
 ]
@@ -252,9 +251,3 @@ def _render_one(
 def _packshot_row(row: dict[str, Any], preset: ChannelPreset) -> dict[str, Any]:
     row.update(endpoint_id=PACKSHOT_ENDPOINT, parameters=canonical_json(preset.parameters()))
     return row
-
-
-def compliance_failures(frame: pd.DataFrame, channel: str) -> list[str]:
-    """``sku: message`` of every packshot of ``channel`` that broke one of its rules."""
-    bad = frame[(frame["variant"] == channel) & (frame["error_class"] == COMPLIANCE_ERROR)]
-    return [str(m) for m in bad["error_message"]]

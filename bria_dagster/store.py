@@ -18,7 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import storage_access
 
-__all__ = ["ImageStore", "StoredImage", "write_bytes"]
+__all__ = ["ImageStore", "StoredImage", "extension_for", "write_bytes"]
 
 _EXTENSIONS = {
     "image/png": "png",
@@ -28,6 +28,11 @@ _EXTENSIONS = {
     "image/avif": "avif",
     "image/tiff": "tiff",
 }
+
+
+def extension_for(content_type: str) -> str:
+    """The file extension of an image's content type (``bin`` for one not listed)."""
+    return _EXTENSIONS.get(content_type, "bin")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +64,7 @@ class ImageStore:
         return self._prefix + self.root if not self._local else self.root
 
     def _path(self, sha256: str, content_type: str) -> str:
-        ext = _EXTENSIONS.get(content_type, "bin")
-        return f"{self.root}/sha256/{sha256[:2]}/{sha256}.{ext}"
+        return f"{self.root}/sha256/{sha256[:2]}/{sha256}.{extension_for(content_type)}"
 
     def uri_for(self, sha256: str, content_type: str) -> str:
         path = self._path(sha256, content_type)
