@@ -153,17 +153,10 @@ def build_product_image_assets(
     def asset_args(step: str) -> dict[str, Any]:
         spec = specs[step]
         return dict(
-            key=spec.key,
-            description=spec.description,
-            group_name=spec.group_name,
-            owners=spec.owners,
-            tags=spec.tags,
-            kinds=spec.kinds,
+            **_spec_args(pipeline, spec),
             metadata={**definition_metadata(), **spec.metadata},
             check_specs=check_specs_for(spec.key, step, settings.checks),
-            partitions_def=pipeline.partitions_def,
             io_manager_key=pipeline.io_manager_key,
-            code_version=__version__,
         )
 
     @dg.asset(**asset_args("source"))
@@ -300,6 +293,21 @@ def build_product_image_assets(
     return assets
 
 
+def _spec_args(pipeline: "ProductImagePipeline", spec: dg.AssetSpec) -> dict[str, Any]:
+    """What every pipeline asset takes from its translated spec, and its partitions and
+    code version (the caller adds metadata, checks, IO manager, inputs)."""
+    return dict(
+        key=spec.key,
+        description=spec.description,
+        group_name=spec.group_name,
+        owners=spec.owners,
+        tags=spec.tags,
+        kinds=spec.kinds,
+        partitions_def=pipeline.partitions_def,
+        code_version=__version__,
+    )
+
+
 def _packshot_assets(
     pipeline: "ProductImagePipeline",
     cutouts_key: dg.AssetKey,
@@ -308,28 +316,21 @@ def _packshot_assets(
     """``product_packshots`` (records, reuse, per-channel compliance checks) and
     ``channel_exports`` (files and manifests per channel)."""
     settings, storage = pipeline.settings, pipeline.store
-    packshots = settings.packshots
-    presets = packshots.resolved()  # an unknown channel fails here, when definitions load
+    options = settings.packshots
+    presets = options.resolved()  # an unknown channel fails here, when definitions load
     channels = [p.name for p in presets]
     spec = pipeline.asset_spec("packshot")
     key = spec.key
 
     @dg.asset(
-        key=key,
-        description=spec.description,
-        group_name=spec.group_name,
-        owners=spec.owners,
-        tags=spec.tags,
-        kinds=spec.kinds,
+        **_spec_args(pipeline, spec),
         metadata={
             **definition_metadata(),
             **spec.metadata,
             "bria/channels": ", ".join(channels),
         },
         check_specs=check_specs_for(key, "packshot", settings.checks, channels=channels),
-        partitions_def=pipeline.partitions_def,
         io_manager_key=pipeline.io_manager_key,
-        code_version=__version__,
         ins={"cutouts": dg.AssetIn(key=cutouts_key)},
     )
     @storage.guarded
@@ -341,7 +342,7 @@ def _packshot_assets(
             presets,
             store,
             ReuseIndex(storage, key).lookup,
-            workers=packshots.workers,
+            workers=options.workers,
         )
         context.log.info(
             f"packshots for {len(channels)} channel(s): {report.ok} made, "
@@ -356,18 +357,11 @@ def _packshot_assets(
         yield from compliance_results(key, frame, channels, COMPLIANCE_ERROR)
 
     export_spec = pipeline.asset_spec("export")
-    export_to = packshots.export_to or f"{storage.base.rstrip('/')}/exports"
+    export_to = options.export_to or f"{storage.base.rstrip('/')}/exports"
 
     @dg.asset(
-        key=export_spec.key,
-        description=export_spec.description,
-        group_name=export_spec.group_name,
-        owners=export_spec.owners,
-        tags=export_spec.tags,
-        kinds=export_spec.kinds,
+        **_spec_args(pipeline, export_spec),
         metadata={**export_spec.metadata, "bria/export_to": dg.MetadataValue.path(export_to)},
-        partitions_def=pipeline.partitions_def,
-        code_version=__version__,
         ins={"packshots": dg.AssetIn(key=key, input_manager_key=pipeline.io_manager_key)},
     )
     @storage.guarded
@@ -382,7 +376,7 @@ def _packshot_assets(
                 batch=context.partition_key,
                 export_to=export_to,
                 store=store,
-                filename_template=settings.packshots.filename_template,
+                filename_template=options.filename_template,
             )
             written += len(done.written)
             meta.update(done.metadata())
@@ -400,18 +394,7 @@ def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.A
     spec = pipeline.asset_spec("report")
     deps = sorted({k for keys in upstream for k in keys}, key=lambda k: k.to_user_string())
 
-    @dg.asset(
-        key=spec.key,
-        description=spec.description,
-        group_name=spec.group_name,
-        owners=spec.owners,
-        tags=spec.tags,
-        kinds=spec.kinds,
-        metadata=dict(spec.metadata),
-        deps=deps,
-        partitions_def=pipeline.partitions_def,
-        code_version=__version__,
-    )
+    @dg.asset(**_spec_args(pipeline, spec), metadata=dict(spec.metadata), deps=deps)
     @storage.guarded
     def audit_report(context: AssetExecutionContext) -> dg.MaterializeResult:
         written = write_audit_report(storage, context.partition_key, pipeline=pipeline.name)
