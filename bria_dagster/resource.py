@@ -81,7 +81,7 @@ class BriaResource(dg.ConfigurableResource):
     request_timeout_s: float = Field(
         default=900.0, gt=0, description="Per request, queue wait included; then cancelled."
     )
-    poll_interval_s: float = Field(default=0.1, gt=0, description="First status poll delay.")
+    poll_interval_s: float = Field(default=0.1, gt=0, description="Status poll delay (first 2 s).")
     max_poll_interval_s: float = Field(default=1.0, gt=0, description="Status poll delay cap.")
     budget_usd: float | None = Field(
         default=None, ge=0, description="Cost cap per materialization at `prices` (None: none)."

@@ -435,8 +435,9 @@ class FalBackend:
         what any endpoint took (in a streaming run, a product's first replace follows its
         remove, so remove's times are known by then). A wait is never longer than
         ``4 x max_poll_interval_s``, so an estimate from a busier moment costs little.
-        Until there is anything to learn from, and for re-attached requests, polling
-        backs off from ``poll_interval_s`` to ``max_poll_interval_s`` as before.
+        Until there is anything to learn from, and for re-attached requests, polls come
+        every ``poll_interval_s`` for :data:`STEADY_POLL_S`, then back off to
+        ``max_poll_interval_s``.
         """
         expected = None
         if accepted is not None:
