@@ -21,18 +21,19 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import BriaError
 from .images import sha256_hex
 from .packshot import (
     ChannelPreset,
+    PresetFields,
     check_packshot,
     render_packshot,
     resolve_preset,
@@ -68,10 +69,11 @@ class PackshotSettings(BaseModel):
         description="Channel presets to make, by name: built-in (see "
         "bria_dagster.packshot.BUILTIN_PRESETS) or defined under `presets`.",
     )
-    presets: dict[str, ChannelPreset] = Field(
+    presets: dict[str, PresetFields] = Field(
         default_factory=dict,
-        description="Custom channel presets by name (the same fields as the built-in ones); "
-        "a name here overrides a built-in preset of that name.",
+        description="Custom channel presets by name (the same fields as the built-in ones, "
+        "`name` from the key; `extends: <preset>` starts from another one); a name here "
+        "overrides a built-in preset of that name.",
     )
     export_to: str | None = Field(
         default=None,
@@ -91,14 +93,25 @@ class PackshotSettings(BaseModel):
 
     @field_validator("presets", mode="before")
     @classmethod
-    def _named(cls, value: Any) -> Any:
-        # A YAML mapping name -> fields: the name is the key, so `name:` may be left out.
-        if isinstance(value, dict):
+    def _as_fields(cls, value: Any) -> Any:
+        # A ChannelPreset given in Python is the same fields, all of them set.
+        if isinstance(value, Mapping):
             return {
-                key: ({"name": key, **preset} if isinstance(preset, dict) else preset)
+                key: preset.model_dump() if isinstance(preset, ChannelPreset) else preset
                 for key, preset in value.items()
             }
         return value
+
+    @model_validator(mode="after")
+    def _presets_resolve(self) -> PackshotSettings:
+        custom = self.custom_presets()
+        for name in custom:  # each one complete and valid now, not when a run starts
+            resolve_preset(name, custom)
+        return self
+
+    def custom_presets(self) -> dict[str, dict[str, Any]]:
+        """``presets`` as the mappings :func:`~bria_dagster.packshot.resolve_preset` takes."""
+        return {name: fields.model_dump(exclude_none=True) for name, fields in self.presets.items()}
 
     @field_validator("filename_template")
     @classmethod
@@ -119,7 +132,8 @@ class PackshotSettings(BaseModel):
 
     def resolved(self) -> list[ChannelPreset]:
         """The presets of ``channels``, in order (an unknown name: :class:`PresetError`)."""
-        return [resolve_preset(name, self.presets) for name in self.channels]
+        custom = self.custom_presets()
+        return [resolve_preset(name, custom) for name in self.channels]
 
 
 def packshot_fingerprint(cutout_sha256: str, preset: ChannelPreset) -> str:

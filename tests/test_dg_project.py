@@ -188,3 +188,37 @@ def test_dg_check_yaml_names_each_unknown_key(tmp_path):
         assert f"{path}.{key} Additional properties are not allowed ('{key}' was unexpected)" in (
             output
         ), output
+
+
+def test_dg_checks_custom_packshot_presets_as_yaml_writes_them(tmp_path):
+    """A custom preset in YAML takes its name from its key, its fill bounds from its fill
+    and the rest from ``extends``: ``dg check yaml`` accepts that, and names a typo."""
+    defs = dg_project(tmp_path)
+    (tmp_path / "catalogs").mkdir()
+    (defs / "shop").mkdir()
+    text = textwrap.dedent(
+        f"""
+        type: {TYPE}
+        attributes:
+          name: shop
+          catalog_dir: catalogs
+          steps: [remove]
+          packshots:
+            channels: [amazon_main, kiosk, tall]
+            presets:
+              kiosk: {{width: 1200, height: 900, format: png}}
+              tall: {{extends: ebay, fill: 0.7}}
+        """
+    )
+    (defs / "shop" / "defs.yaml").write_text(text)
+    for command in ("yaml", "defs"):
+        check = dg(tmp_path, "check", command)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+    (defs / "shop" / "defs.yaml").write_text(text.replace("height: 900", "heigth: 900"))
+    check = dg(tmp_path, "check", "yaml")
+    output = check.stdout + check.stderr
+    assert check.returncode == 1, output
+    assert (
+        "attributes.packshots.presets.kiosk.heigth Additional properties are not allowed" in output
+    ), output

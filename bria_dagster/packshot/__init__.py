@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from .compliance import ComplianceIssue, check_packshot
 from .compose import Packshot, render_packshot
-from .presets import BUILTIN_PRESETS, ChannelPreset, resolve_preset
+from .presets import BUILTIN_PRESETS, ChannelPreset, PresetFields, resolve_preset
 
 __all__ = [
     "BUILTIN_PRESETS",
     "ChannelPreset",
     "ComplianceIssue",
     "Packshot",
+    "PresetFields",
     "check_packshot",
     "render_packshot",
     "resolve_preset",

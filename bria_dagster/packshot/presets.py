@@ -309,6 +309,28 @@ BUILTIN_PRESETS: dict[str, ChannelPreset] = {
 
 _EXTENDS = "extends"
 
+PresetFields = pydantic.create_model(
+    "PresetFields",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    __doc__="A custom preset as written in YAML (every field optional; "
+    ":func:`resolve_preset` fills the rest: ``name`` from its key, fill bounds from "
+    "``fill``, and everything else from the preset named in ``extends``).",
+    extends=(
+        str | None,
+        Field(
+            None,
+            description="Start from this preset (built-in or custom) and change "
+            "only the fields given.",
+        ),
+    ),
+    **{
+        name: (info.annotation | None, Field(None, description=info.description))
+        for name, info in ChannelPreset.model_fields.items()
+    },
+)
+"""The mapping form of a :class:`ChannelPreset` (unknown keys refused): its JSON schema is
+what ``dg check yaml`` validates a component's custom presets against."""
+
 
 def _field_errors(exc: pydantic.ValidationError) -> str:
     parts = []
