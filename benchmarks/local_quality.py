@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from bria_dagster.engine.matte import MatteConfig, remove_background
-from bria_dagster.engine.synthetic import CATEGORIES, make_product_photo
+from bria_dagster.engine.synthetic import CATEGORIES, HARD_CATEGORIES, make_product_photo
 
 TUNING_SEEDS_START = 0
 HELD_OUT_SEEDS_START = 100_000  # disjoint from tuning; never used to choose parameters
@@ -183,7 +183,7 @@ def tuning_report(count: int, size: int) -> bool:
     for name, seeds in splits.items():
         print(f"\n{name} ({seeds.start}..{seeds.stop - 1})")
         print(f"{'category':<14}{'IoU':>8}{'min IoU':>9}{'MAE':>9}   target")
-        for category in CATEGORIES:
+        for category in CATEGORIES + HARD_CATEGORIES:
             iou, mae, worst, times = evaluate(category, seeds, size)
             all_times += times
             if category in TARGET_CATEGORIES:

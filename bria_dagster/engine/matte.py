@@ -8,9 +8,15 @@ Method, at a reduced working size:
    compared in Lab with that colour scaled by the best gain k in
    [1 - shadow_depth, 1], so a cast shadow (the backdrop colour, darker) is
    backdrop on white and on coloured paper alike; using the gain costs a little.
+   When the border does not predict the whole backdrop (a hot spot, a strong
+   off-centre vignette), the surface is refitted, at degree 4, on every pixel
+   found to be backdrop so far.
    A textured backdrop (busy border) is instead a palette of border colours
    (k-means in Lab) and a pixel's score is its distance to the nearest one,
-   scaled by the border's own spread.
+   scaled by the border's own spread. A busy backdrop that is out of focus
+   (bokeh: no smooth surface fits its border, yet its edges are soft) is found
+   by what it lacks: the product is the sharp outline, and the convex hull of
+   the sharp outlines away from the border is the probable subject.
 2. Mask. The score is thresholded with hysteresis, cleaned morphologically,
    small non-backdrop holes are filled and specks dropped; true holes (a mug
    handle) stay transparent.
@@ -19,11 +25,13 @@ Method, at a reduced working size:
    edges of the high-pass image are closed into outlines and enclosed regions
    whose residual is above the backdrop noise are added.
 4. GrabCut (OpenCV's ``cv2.grabCut``) refines the mask where the backdrop model is
-   unsure: always on textured backdrops (a palette only approximates wood or
-   marble), and on smooth ones when little of the mask scores far above the
-   threshold (a white product on white). Seeds: the border is sure background,
-   the mask's confident interior sure foreground, the rest of the mask probable
-   foreground. On a smooth backdrop GrabCut may only add to the mask. Enclosed
+   unsure: always on textured and out-of-focus backdrops (a palette only
+   approximates wood or marble), on a refitted smooth backdrop (patches of the hot
+   spot may remain), and on other smooth ones when little of the mask scores far
+   above the threshold (a white product on white). Seeds: the border is sure
+   background, the mask's confident interior (or the interiors the sharp outlines
+   enclose) sure foreground, the rest of the mask probable foreground. On a smooth
+   backdrop the border predicted, GrabCut may only add to the mask. Enclosed
    slivers of background (cracks, not handles) are then filled.
 5. Alpha, at full size, on the refined mask. In a band around the mask edge the local product and
    backdrop colours F and B (shadow included) are averaged from the sure pixels
@@ -90,6 +98,28 @@ class MatteConfig:
     """Least RGB distance between local product and backdrop colours to trust the solve."""
     guided_radius: int = 4
     guided_eps: float = 1e-3
+    refit_rounds: int = 2
+    """Refits of a smooth backdrop's surface on all pixels found to be backdrop (0: the
+    border fit only)."""
+    refit_degree: int = 4
+    """Polynomial degree of that refit (it sees the whole backdrop, not just the border)."""
+    busy_residual: float = 8.0
+    """90th percentile of the border's Lab distance to its fitted surface above which a
+    backdrop without sharp texture is busy but out of focus (bokeh)."""
+    busy_edge_noise: float = 3.0
+    """On a busy out-of-focus backdrop, a product edge is this many times sharper than
+    the border's 99th-percentile edge (no hysteresis: blurred discs stay out)."""
+    busy_edge_weak: float = 0.7
+    """Fraction of that threshold down to which a connected edge counts."""
+    busy_outline_gap: int = 9
+    """Diameter (work pixels) of the closing that bridges gaps in those outlines."""
+    busy_sure_fraction: float = 0.3
+    """Enclosed interiors at least this fraction of the largest are sure foreground
+    (a handle's hole is smaller than the body)."""
+    busy_min_outline: float = 0.0005
+    """Least area (fraction of the image) of a sharp outline that may be the subject."""
+    refit_min_change: float = 2.0
+    """A refit that moves the backdrop surface less than this (RGB levels) is not used."""
     grabcut: str = "auto"
     """When the backdrop model's mask is refined with GrabCut: ``"always"``, ``"never"``,
     or ``"auto"`` (only where the backdrop model is unsure; see ``_should_refine``)."""
@@ -130,60 +160,95 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
 
 
 def _least_squares(design: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Six-coefficient least squares by the normal equations.
+    """Least squares with a few coefficients by the normal equations.
 
-    ``einsum`` and a 6x6 solve stay out of the BLAS thread pool, which on a busy
+    ``einsum`` and a small solve stay out of the BLAS thread pool, which on a busy
     2-core machine fights OpenCV's threads and doubled remove's wall time.
     """
     gram = np.einsum("ij,ik->jk", design, design) + 1e-9 * np.eye(design.shape[1])
     return np.linalg.solve(gram, np.einsum("ij,i->j", design, values))
 
 
-def _background_surface(img: np.ndarray, border: int) -> np.ndarray:
-    """Quadratic surface per channel fitted to the border (robust to a subject there)."""
+_FIT_POINTS = 6000
+
+
+def _poly_terms(degree: int) -> list[tuple[int, int]]:
+    """Exponents (i, j) of the monomials x**i * y**j up to ``degree``."""
+    return [(i, d - i) for d in range(degree + 1) for i in range(d, -1, -1)]
+
+
+def _background_surface(
+    img: np.ndarray, border: int, fit: np.ndarray | None = None, degree: int = 2
+) -> np.ndarray:
+    """Polynomial surface per channel fitted to the backdrop pixels.
+
+    By default a quadratic fitted to the border (robust refit without the worst
+    border pixels: a subject touching the edge). ``fit`` (bool HxW) names the
+    pixels to fit instead, for a refit on all the backdrop found so far.
+    """
     h, w = img.shape[:2]
-    mask = np.zeros((h, w), bool)
-    mask[:border], mask[-border:], mask[:, :border], mask[:, -border:] = True, True, True, True
-    mask[1::2] = False  # every other row and column is plenty for six coefficients
+    if fit is None:
+        mask = np.zeros((h, w), bool)
+        mask[:border], mask[-border:], mask[:, :border], mask[:, -border:] = True, True, True, True
+    else:
+        mask = fit.copy()
+    mask[1::2] = False  # every other row and column is plenty for a few coefficients
     mask[:, 1::2] = False
     ys, xs = np.nonzero(mask)
+    if len(ys) > _FIT_POINTS:  # a smooth surface needs a few thousand samples, not all
+        step = len(ys) / _FIT_POINTS
+        pick = (np.arange(_FIT_POINTS) * step).astype(np.intp)
+        ys, xs = ys[pick], xs[pick]
     yn, xn = ys / h - 0.5, xs / w - 0.5
-    design = np.stack([np.ones_like(xn), xn, yn, xn * yn, xn**2, yn**2], axis=1)
+    terms = _poly_terms(degree)
+    design = np.stack([xn**i * yn**j for i, j in terms], axis=1)
     gy = (np.arange(h, dtype=np.float32) / h - 0.5)[:, None]
     gx = (np.arange(w, dtype=np.float32) / w - 0.5)[None, :]
     surface = np.empty_like(img)
     for c in range(3):
         values = img[ys, xs, c]
         coef = _least_squares(design, values)
-        # One refit without the worst border pixels (a subject touching the edge).
-        resid = np.abs(np.einsum("ij,j->i", design, coef) - values)
+        # One refit without the worst pixels (a subject touching the edge).
+        resid = np.abs(design @ coef - values)
         keep = resid <= np.percentile(resid, 85)
-        c0, c1, c2, c3, c4, c5 = _least_squares(design[keep], values[keep])
-        surface[..., c] = (c0 + c2 * gy + c5 * gy**2) + (c1 * gx + c4 * gx**2) + c3 * gy * gx
+        coef = _least_squares(design[keep], values[keep])
+        # sum_j y**j * (sum_i c_ij x**i): one row polynomial per power of y.
+        rows = np.zeros((degree + 1, w), np.float32)
+        for (i, j), cij in zip(terms, coef, strict=True):
+            rows[j] += np.float32(cij) * gx[0] ** i
+        powers = np.concatenate([gy**j for j in range(degree + 1)], axis=1)  # h x (degree+1)
+        surface[..., c] = powers @ rows
     return surface
 
 
-def _foreground_distance(
-    small: np.ndarray, border: int, cfg: MatteConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Lab distance of each pixel to the backdrop, allowing for cast shadows.
+class _SmoothBackdrop:
+    """Scores pixels against a smooth backdrop surface (the photo's Lab kept once)."""
 
-    A shadow scales the backdrop colour by a gain k < 1 in every channel (on
-    white and on coloured paper alike). Each pixel is compared with the shadowed
-    backdrop ``k * B`` for the best gain within ``shadow_depth``; the darkening
-    used costs ``shadow_weight`` per lightness unit, so deep or coloured changes
-    stay foreground. Returns that score and the bare residual (no shadow cost),
-    which is near zero on the backdrop whether lit or shadowed.
-    """
-    img = small.astype(np.float32) / 255.0
-    bg = np.clip(_background_surface(img, border), 1e-3, 1.0)
-    gain = (img * bg).sum(axis=-1) / (bg * bg).sum(axis=-1)
-    gain = np.clip(gain, 1.0 - cfg.shadow_depth, 1.0)
-    shadowed = bg * gain[..., None]
-    lab_img = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
-    lab_bg = cv2.cvtColor(shadowed, cv2.COLOR_RGB2LAB)
-    residual = np.sqrt(((lab_img - lab_bg) ** 2).sum(axis=-1))
-    return residual + cfg.shadow_weight * 100.0 * (1.0 - gain), residual
+    def __init__(self, small: np.ndarray, border: int, cfg: MatteConfig) -> None:
+        self.img = small.astype(np.float32) / 255.0
+        self.lab = cv2.cvtColor(self.img, cv2.COLOR_RGB2LAB)
+        self.border, self.cfg = border, cfg
+
+    def surface(self, fit: np.ndarray | None = None, degree: int = 2) -> np.ndarray:
+        return np.clip(_background_surface(self.img, self.border, fit, degree), 1e-3, 1.0)
+
+    def distance(self, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lab distance of each pixel to the backdrop ``bg``, allowing for cast shadows.
+
+        A shadow scales the backdrop colour by a gain k < 1 in every channel (on
+        white and on coloured paper alike). Each pixel is compared with the shadowed
+        backdrop ``k * B`` for the best gain within ``shadow_depth``; the darkening
+        used costs ``shadow_weight`` per lightness unit, so deep or coloured changes
+        stay foreground. Returns that score and the bare residual (no shadow cost),
+        which is near zero on the backdrop whether lit or shadowed.
+        """
+        cfg = self.cfg
+        gain = np.einsum("ijc,ijc->ij", self.img, bg) / np.einsum("ijc,ijc->ij", bg, bg)
+        gain = np.clip(gain, 1.0 - cfg.shadow_depth, 1.0)
+        shadowed = bg * gain[..., None]
+        diff = self.lab - cv2.cvtColor(shadowed, cv2.COLOR_RGB2LAB)
+        residual = np.sqrt(np.einsum("ijc,ijc->ij", diff, diff))
+        return residual + cfg.shadow_weight * 100.0 * (1.0 - gain), residual
 
 
 def _ring(shape: tuple[int, ...], border: int) -> np.ndarray:
@@ -248,18 +313,115 @@ class _BackdropModel:
     """Score: distance to the backdrop (foreground above ``high``, backdrop below ``low``)."""
     border: int
     textured: bool
+    refitted: bool = False
+    sure: np.ndarray | None = None
+    """Pixels known to be foreground besides those scoring far above ``high``."""
+    """The border did not predict the whole smooth backdrop (a hot spot, a strong
+    vignette): its surface was refitted, and the mask may hold backdrop patches."""
 
 
 def _backdrop_mask(small: np.ndarray, cfg: MatteConfig) -> _BackdropModel:
     """Steps 1-3: score against the backdrop model, hysteresis, clean-up, outlines."""
     sh, sw = small.shape[:2]
     border = max(2, round(min(sh, sw) * cfg.border))
-    textured = _is_textured(small, border, cfg)
-    if textured:
-        dist = residual = _texture_distance(small, border, cfg)
-    else:
-        dist, residual = _foreground_distance(small, border, cfg)
+    if not _is_textured(small, border, cfg):
+        backdrop = _SmoothBackdrop(small, border, cfg)
+        bg = backdrop.surface()
+        dist, residual = backdrop.distance(bg)
+        # A backdrop no smooth surface fits, though without sharp texture (bokeh), is
+        # modelled as a textured one.
+        fit = np.percentile(residual[_ring(residual.shape, border)], 90)
+        if fit <= cfg.busy_residual:
+            mask = _hysteresis_mask(dist, cfg)
+            mask, dist, residual, refitted = _refit(backdrop, bg, mask, dist, residual)
+            mask = _close_outlines(small, residual, mask, border, cfg)
+            return _BackdropModel(mask, dist, border, textured=False, refitted=refitted)
+    dist = _texture_distance(small, border, cfg)
+    # The colour blur spreads the product over its outline by about its sigma.
+    size = 2 * round(cfg.texture_blur * cfg.texture_shrink) + 1
+    mask = cv2.erode(
+        _hysteresis_mask(dist, cfg), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    )
+    subject = _sharp_subject(small, border, cfg)
+    if subject is None:
+        return _BackdropModel(mask, dist, border, textured=True)
+    # Out of focus: the sharp subject, not the palette's stray colours.
+    return _BackdropModel(subject[0], dist, border, textured=True, sure=subject[1])
 
+
+def _refit(
+    backdrop: _SmoothBackdrop,
+    bg: np.ndarray,
+    mask: np.ndarray,
+    dist: np.ndarray,
+    residual: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Refit a smooth backdrop on everything found to be backdrop, not just the border.
+
+    A hot spot or a strong vignette that the border cannot predict is then backdrop
+    too. Returns (mask, score, residual, whether the refit was used); a refit that
+    moves the surface less than ``refit_min_change`` is not used.
+    """
+    cfg, border = backdrop.cfg, backdrop.border
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * border + 1, 2 * border + 1))
+    refitted = False
+    for _ in range(cfg.refit_rounds if mask.any() else 0):
+        fit = cv2.dilate(mask, grow) == 0
+        if fit.mean() < 0.2:
+            break
+        refit = backdrop.surface(fit, cfg.refit_degree)
+        if float(np.abs(refit - bg).max()) < cfg.refit_min_change / 255.0:
+            break  # the border already predicted the whole backdrop
+        bg, refitted = refit, True
+        dist, residual = backdrop.distance(bg)
+        remask = _hysteresis_mask(dist, cfg)
+        if np.array_equal(remask, mask):
+            break
+        mask = remask
+    return mask, dist, residual, refitted
+
+
+def _sharp_subject(
+    small: np.ndarray, border: int, cfg: MatteConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where a busy but out-of-focus backdrop (bokeh) shows a sharp subject.
+
+    Such a backdrop has soft edges only, so the product is what is sharp: edges
+    ``busy_edge_noise`` times above the border's own, closed into outlines, away
+    from the border. Returns (probable, sure) uint8 masks: the convex hull of those
+    outlines, and the eroded interiors they enclose; None when the border itself is
+    sharp (wood, fabric) or no sharp outline was found.
+    """
+    empty = np.zeros(small.shape[:2], np.uint8)
+    outline = _sharp_outlines(
+        small, empty, border, cfg, cfg.busy_edge_noise, cfg.busy_edge_weak, cfg.busy_outline_gap
+    )
+    if outline is None:
+        return None
+    sh, sw = outline.shape
+    _, parts, stats, _ = cv2.connectedComponentsWithStats(outline, connectivity=8)
+    touching = np.unique(np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]]))
+    keep = stats[:, cv2.CC_STAT_AREA] >= cfg.busy_min_outline * sh * sw
+    keep[touching] = False
+    keep[0] = False
+    if not keep.any():
+        return None
+    edges = keep[parts].astype(np.uint8)
+    probable = np.zeros_like(edges)
+    hull = cv2.convexHull(cv2.findNonZero(edges))
+    cv2.fillConvexPoly(probable, hull, 1)
+    labels, enclosed, sizes = _enclosed(edges)
+    # The body, not a handle's hole: only interiors near the largest one's size are sure.
+    if enclosed.any():
+        enclosed &= sizes >= cfg.busy_sure_fraction * sizes[enclosed].max()
+    sure = cv2.erode(enclosed[labels].astype(np.uint8),
+                     cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))  # fmt: skip
+    return probable, sure
+
+
+def _hysteresis_mask(dist: np.ndarray, cfg: MatteConfig) -> np.ndarray:
+    """Hysteresis on the score, morphological clean-up, non-backdrop holes filled."""
+    sh, sw = dist.shape
     strong = (dist > cfg.high).astype(np.uint8)
     weak = (dist > cfg.low).astype(np.uint8)
     count, labels = cv2.connectedComponents(weak, connectivity=8)
@@ -277,13 +439,7 @@ def _backdrop_mask(small: np.ndarray, cfg: MatteConfig) -> _BackdropModel:
         region = labels == label
         if dist[region].mean() > cfg.low and region.sum() < 0.01 * sh * sw:
             mask[region] = 1
-    if textured:
-        # The colour blur spreads the product over its outline by about its sigma.
-        size = 2 * round(cfg.texture_blur * cfg.texture_shrink) + 1
-        mask = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size)))
-    else:
-        mask = _close_outlines(small, residual, mask, border, cfg)
-    return _BackdropModel(mask=mask, dist=dist, border=border, textured=textured)
+    return mask
 
 
 def _should_refine(model: _BackdropModel, cfg: MatteConfig) -> bool:
@@ -300,7 +456,7 @@ def _should_refine(model: _BackdropModel, cfg: MatteConfig) -> bool:
         return True
     if cfg.grabcut == "never" or not model.mask.any():
         return False
-    if model.textured:
+    if model.textured or model.refitted:
         return True
     inner = cv2.erode(model.mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0
     if not inner.any():
@@ -347,8 +503,11 @@ def _grabcut_refine(small: np.ndarray, model: _BackdropModel, cfg: MatteConfig) 
     k = 2 * cfg.grabcut_erode + 1
     inner = cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     seeds[(inner > 0) & (dist > cfg.grabcut_sure * cfg.high)] = cv2.GC_FGD
-    if not (seeds == cv2.GC_BGD).any():
-        return model.mask
+    if model.sure is not None:
+        sure = cv2.resize(model.sure[y0:y1, x0:x1], size, interpolation=cv2.INTER_NEAREST)
+        seeds[sure > 0] = cv2.GC_FGD
+    if not (seeds == cv2.GC_BGD).any() or not (seeds % 2).any():
+        return model.mask  # no sure backdrop, or the subject vanished at GrabCut's size
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
     cv2.grabCut(img, seeds, None, bgd, fgd, cfg.grabcut_iters, cv2.GC_INIT_WITH_MASK)
@@ -357,7 +516,7 @@ def _grabcut_refine(small: np.ndarray, model: _BackdropModel, cfg: MatteConfig) 
         fg = cv2.resize(fg, (cw, ch), interpolation=cv2.INTER_LINEAR)
     refined = model.mask.copy()
     refined[y0:y1, x0:x1] = fg >= 0.5
-    if not model.textured and not cfg.grabcut_remove_smooth:
+    if not (model.textured or model.refitted or cfg.grabcut_remove_smooth):
         refined |= model.mask  # on a smooth backdrop the model's mask is already right
     if cfg.grabcut_min_change > 1:
         change = cv2.bitwise_xor(refined, model.mask)
@@ -396,6 +555,57 @@ def _drop_specks(mask: np.ndarray) -> np.ndarray:
     return big[labels].astype(np.float32)
 
 
+def _sharp_outlines(
+    small: np.ndarray,
+    mask: np.ndarray,
+    border: int,
+    cfg: MatteConfig,
+    noise: float | None = None,
+    weak_fraction: float | None = None,
+    gap: int | None = None,
+) -> np.ndarray | None:
+    """Sharp edges (and ``mask``) closed into outlines; None when the border is busy.
+
+    The gradient of the high-pass image keeps steps (a product's outline) and drops
+    smooth shading, soft shadows and out-of-focus backdrops. Edges count above
+    ``edge_noise`` times the border's own 99th percentile, fainter stretches when
+    connected to clear ones; gaps up to ``outline_gap`` are bridged. ``noise`` and
+    ``weak_fraction`` override ``edge_noise`` and ``edge_weak``.
+    """
+    f = small.astype(np.float32)
+    f = f - cv2.GaussianBlur(f, (0, 0), cfg.edge_scale)
+    gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
+    mag = np.sqrt(gx * gx + gy * gy).max(axis=-1)
+    ring = _ring(mag.shape, border)
+    if np.median(mag[ring]) > cfg.smooth_backdrop:
+        return None
+    noise = cfg.edge_noise if noise is None else noise
+    threshold = max(cfg.edge_min, noise * float(np.percentile(mag[ring], 99)))
+    # Hysteresis: faint stretches of an outline count when connected to clear ones.
+    weak = cfg.edge_weak if weak_fraction is None else weak_fraction
+    weak_level = max(cfg.edge_min, weak * threshold)
+    weak = ((mag > weak_level) | (mask > 0)).astype(np.uint8)
+    count, labels = cv2.connectedComponents(weak, connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[np.unique(labels[(mag > threshold) | (mask > 0)])] = True
+    keep[0] = False
+    outline = keep[labels].astype(np.uint8)
+    gap = cfg.outline_gap if gap is None else gap
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (gap, gap))
+    return cv2.morphologyEx(outline, cv2.MORPH_CLOSE, kernel)
+
+
+def _enclosed(outline: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Regions enclosed by ``outline``: (labels, per-label "enclosed" flags, sizes)."""
+    count, labels = cv2.connectedComponents(1 - outline, connectivity=4)
+    touching = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    enclosed = np.ones(count, bool)
+    enclosed[touching] = False
+    enclosed[0] = False  # label 0 is the outline itself
+    return labels, enclosed, np.bincount(labels.ravel(), minlength=count)
+
+
 def _close_outlines(
     small: np.ndarray, residual: np.ndarray, mask: np.ndarray, border: int, cfg: MatteConfig
 ) -> np.ndarray:
@@ -409,38 +619,16 @@ def _close_outlines(
     enclosed by the product's foot matches the backdrop).
     Skipped on textured backdrops, where edges are everywhere.
     """
-    # Gradient of the high-pass image: steps stay, smooth shading and shadows vanish.
-    f = small.astype(np.float32)
-    f = f - cv2.GaussianBlur(f, (0, 0), cfg.edge_scale)
-    gx = cv2.Sobel(f, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(f, cv2.CV_32F, 0, 1, ksize=3)
-    mag = np.sqrt(gx * gx + gy * gy).max(axis=-1)
-    ring = np.ones(mag.shape, bool)
-    ring[border:-border, border:-border] = False
-    if np.median(mag[ring]) > cfg.smooth_backdrop:
+    outline = _sharp_outlines(small, mask, border, cfg)
+    if outline is None:
         return mask
-    threshold = max(cfg.edge_min, cfg.edge_noise * float(np.percentile(mag[ring], 99)))
-    # Hysteresis: faint stretches of an outline count when connected to clear ones.
-    weak_level = max(cfg.edge_min, cfg.edge_weak * threshold)
-    weak = ((mag > weak_level) | (mask > 0)).astype(np.uint8)
-    count, labels = cv2.connectedComponents(weak, connectivity=8)
-    keep = np.zeros(count, bool)
-    keep[np.unique(labels[(mag > threshold) | (mask > 0)])] = True
-    keep[0] = False
-    outline = keep[labels].astype(np.uint8)
-    gap = (cfg.outline_gap, cfg.outline_gap)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, gap)
-    outline = cv2.morphologyEx(outline, cv2.MORPH_CLOSE, kernel)
-    count, labels = cv2.connectedComponents(1 - outline, connectivity=4)
-    touching = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    sizes = np.bincount(labels.ravel(), minlength=count)
-    means = np.bincount(labels.ravel(), weights=residual.ravel(), minlength=count) / np.maximum(
-        sizes, 1
+    labels, product, sizes = _enclosed(outline)
+    means = np.bincount(labels.ravel(), weights=residual.ravel(), minlength=len(sizes))
+    means /= np.maximum(sizes, 1)
+    hole_level = max(
+        cfg.hole_dist, cfg.hole_noise * float(residual[_ring(mask.shape, border)].mean())
     )
-    hole_level = max(cfg.hole_dist, cfg.hole_noise * float(residual[ring].mean()))
-    product = means > hole_level
-    product[touching] = False
-    product[0] = False  # label 0 is the outline itself
+    product &= means > hole_level
     # The enclosed interiors stop short of the edge by about the closing radius; grow
     # them back by that much (the edge band is solved exactly afterwards).
     grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))

@@ -6,6 +6,11 @@ drawn with shading and anti-aliased edges and composited onto a studio
 background of one of the categories below. Every backdrop except the textured
 one gets a soft contact shadow under the product (coloured paper too).
 
+:data:`HARD_CATEGORIES` are two harder backdrops for tuning the offline matte (not
+used by the sample catalog): ``vignette``, a two-tone sweep under a strong off-centre
+radial vignette with neutral (grey or black) products half the time, and ``bokeh``,
+out-of-focus discs of light behind the product.
+
 :func:`make_cutout` draws the same products as the remove step would output them:
 an RGBA PNG with exact anti-aliased alpha on a transparent canvas.
 """
@@ -18,9 +23,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["CATEGORIES", "SHAPES", "make_cutout", "make_product_photo"]
+__all__ = ["CATEGORIES", "HARD_CATEGORIES", "SHAPES", "make_cutout", "make_product_photo"]
 
 CATEGORIES = ("white_studio", "gray_gradient", "colored", "low_contrast", "textured")
+HARD_CATEGORIES = ("vignette", "bokeh")
 SHAPES = ("bottle", "box", "mug", "lamp")
 _SS = 4  # supersampling factor for anti-aliased edges
 
@@ -73,6 +79,26 @@ def _background(category: str, w: int, h: int, rng: np.random.Generator) -> np.n
             np.broadcast_to(colour, (h, w, 3)).astype(np.float32)
             * (0.92 + 0.08 * yy / h)[..., None]
         )
+    elif category == "vignette":  # two-tone sweep, strong off-centre radial fall-off
+        top, bottom = rng.uniform(150, 215), rng.uniform(200, 245)
+        g = top + (bottom - top) * np.clip(yy / h + rng.uniform(-0.2, 0.2), 0, 1)
+        cx, cy = rng.uniform(0.35, 0.65), rng.uniform(0.3, 0.6)
+        r2 = ((xx / w - cx) ** 2 + (yy / h - cy) ** 2) / rng.uniform(0.15, 0.35)
+        vignette = 1 - rng.uniform(0.2, 0.45) * (1 - np.exp(-r2))
+        tint = rng.uniform(0.94, 1.0, 3)
+        bg = (g * vignette)[..., None] * tint
+    elif category == "bokeh":  # out-of-focus discs of light on a dim, coloured base
+        base = rng.uniform(20, 120, 3)
+        layer = np.zeros((h, w, 3), np.float32)
+        for _ in range(int(rng.integers(25, 70))):
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            radius = int(min(w, h) * rng.uniform(0.02, 0.09))
+            colour = tuple(float(v) for v in rng.uniform(40, 255, 3) * rng.uniform(0.3, 1))
+            cv2.circle(layer, centre, radius, colour, -1, lineType=cv2.LINE_AA)
+        layer = cv2.GaussianBlur(layer, (0, 0), min(w, h) * rng.uniform(0.006, 0.02))
+        haze = cv2.GaussianBlur(rng.uniform(0, 1, (8, 8)).astype(np.float32), (0, 0), 1.5)
+        haze = cv2.resize(haze, (w, h), interpolation=cv2.INTER_CUBIC)[..., None]
+        bg = np.clip(base * (0.6 + 0.8 * haze) + 0.8 * layer, 0, 255)
     else:  # textured: wood-like stripes plus noise
         base = rng.uniform(120, 190, 3)
         stripes = 18 * np.sin(xx / rng.uniform(6, 14) + 3 * np.sin(yy / 40))
@@ -85,8 +111,9 @@ def make_product_photo(
     category: str, seed: int, size: tuple[int, int] = (512, 512), *, shape: str | None = None
 ) -> tuple[bytes, np.ndarray]:
     """``(jpeg_bytes, alpha)``: a product photo and its exact float32 alpha (HxW)."""
-    if category not in CATEGORIES:
-        raise ValueError(f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
+    if category not in CATEGORIES + HARD_CATEGORIES:
+        known = ", ".join(CATEGORIES + HARD_CATEGORIES)
+        raise ValueError(f"unknown category {category!r}; choose from {known}")
     rng = np.random.default_rng(seed)
     w, h = size
     shape = shape or SHAPES[int(rng.integers(len(SHAPES)))]
@@ -102,6 +129,8 @@ def make_product_photo(
             bg *= (1 - 0.25 * shadow)[..., None]
     light = category == "low_contrast"  # a white product on white
     colour = rng.uniform(225, 240, 3) if light else rng.uniform(30, 220, 3)
+    if category == "vignette" and rng.uniform() < 0.5:  # a grey or black product
+        colour = np.full(3, rng.uniform(15, 170)) * rng.uniform(0.97, 1.03, 3)
     xx = np.mgrid[0:h, 0:w][1].astype(np.float32)
     shade = 0.8 + 0.35 * np.cos((xx / w - 0.45) * np.pi * 2.2) ** 2
     product = np.clip(colour * shade[..., None], 0, 255)
