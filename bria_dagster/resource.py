@@ -73,7 +73,8 @@ class BriaResource(dg.ConfigurableResource):
         default=16,
         ge=1,
         le=512,
-        description="Requests in flight at once (and HTTP connections kept open) per execution.",
+        description="Requests at fal (queued or running) at once per execution; a finished "
+        "request's download does not hold a slot. Also the HTTP connections kept open.",
     )
     max_attempts: int = Field(default=6, ge=1, le=50, description="Attempts per network step.")
     retry_base_delay_s: float = Field(default=0.5, gt=0, description="First retry backoff.")

@@ -162,14 +162,24 @@ async def run_batch(
     async def work(key: Hashable, request: BriaRequest, fingerprint: str) -> None:
         result: BackendResult | None = None
         error: BriaError | None = None
+        held = True
+
+        def release() -> None:
+            # A request holds its slot while it is at the service; its result download
+            # and verification do not keep the next request waiting.
+            nonlocal held
+            if held:
+                held = False
+                state["in_flight"] -= 1
+                slots.release()
+
         try:
-            result = await backend.run(request, journal=journal)
+            result = await backend.run(request, journal=journal, on_service_done=release)
         except Exception as exc:
             error = _as_bria_error(exc)
             logger.warning("%s for %s failed: %s", request.endpoint_id, key, error)
         finally:
-            state["in_flight"] -= 1
-            slots.release()
+            release()
         if result is not None:
             state["cost"] += result.cost_usd
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -52,13 +53,20 @@ class Backend(Protocol):
     name: str
 
     async def run(
-        self, request: BriaRequest, *, journal: RequestJournal | None = None
+        self,
+        request: BriaRequest,
+        *,
+        journal: RequestJournal | None = None,
+        on_service_done: Callable[[], None] | None = None,
     ) -> BackendResult:
         """Run one validated request to completion and return verified outputs.
 
         ``journal`` records an accepted remote request id before it is awaited, so a
         re-run re-attaches instead of paying again; a backend with nothing remote to
-        record ignores it.
+        record ignores it. ``on_service_done`` is called once the request no longer
+        occupies the service (fal reports it finished) and only its result remains to
+        be downloaded and verified: a caller bounding requests in flight may send the
+        next one then. A backend may not call it at all.
 
         Raises a :class:`~bria_dagster.errors.BriaError` subclass on failure.
         """

@@ -273,9 +273,16 @@ class FalBackend:
     # -- one request --------------------------------------------------------------------
 
     async def run(
-        self, request: BriaRequest, *, journal: RequestJournal | None = None
+        self,
+        request: BriaRequest,
+        *,
+        journal: RequestJournal | None = None,
+        on_service_done: Callable[[], None] | None = None,
     ) -> BackendResult:
-        """Run one request; ``journal`` (else the backend's own) records its fal id."""
+        """Run one request; ``journal`` (else the backend's own) records its fal id.
+
+        ``on_service_done`` is called when fal reports the request finished, before its
+        result is fetched and its images downloaded."""
         journal = journal if journal is not None else self.journal
         spec = endpoint_for(request)
         log = RetryLog()
@@ -285,7 +292,9 @@ class FalBackend:
         accepted = None if reattached else time.monotonic()
         try:
             async with asyncio.timeout(self.request_timeout_s):
-                payload = await self._await_result(queued, log, request.endpoint_id, accepted)
+                payload = await self._await_result(
+                    queued, log, request.endpoint_id, accepted, on_service_done
+                )
         except TimeoutError:
             await self._cancel(queued)
             journal.forget(fingerprint)
@@ -425,7 +434,12 @@ class FalBackend:
         return body
 
     async def _await_result(
-        self, queued: _Queued, log: RetryLog, endpoint_id: str, accepted: float | None
+        self,
+        queued: _Queued,
+        log: RetryLog,
+        endpoint_id: str,
+        accepted: float | None,
+        on_service_done: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Poll until COMPLETED, then fetch the result.
 
@@ -439,19 +453,19 @@ class FalBackend:
         every ``poll_interval_s`` for :data:`STEADY_POLL_S`, then back off to
         ``max_poll_interval_s``.
         """
-        expected = None
-        if accepted is not None:
-            expected = self._latency[endpoint_id].mean or self._latency_any.mean
         longest = 4 * self.max_poll_interval_s
         delay = self.poll_interval_s
-        if expected is not None:
-            delay = min(max(delay, 0.05 * expected), self.max_poll_interval_s)
 
         def next_wait() -> float:
-            if expected is None or accepted is None:
+            if accepted is None:
                 return delay
+            # Read at every poll: the first wave of a run learns from its first finisher.
+            expected = self._latency[endpoint_id].mean or self._latency_any.mean
+            if expected is None:
+                return delay
+            step = min(max(delay, 0.05 * expected), self.max_poll_interval_s)
             aim = 0.85 * expected - (time.monotonic() - accepted)
-            return max(delay, min(aim, longest))
+            return max(step, min(aim, longest))
 
         await asyncio.sleep(next_wait())
         steady_until = time.monotonic() + STEADY_POLL_S
@@ -466,6 +480,8 @@ class FalBackend:
                         f"{status.get('error_type') or 'error'}: {error}",
                         request_id=queued.request_id,
                     )
+                if on_service_done is not None:
+                    on_service_done()
                 break
             if state not in ("IN_QUEUE", "IN_PROGRESS"):
                 raise FalServiceError(

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,14 @@ class LocalBackend:
         return (await fetch_bytes(text, self.fetch_policy)).data, f"{what} {text[:200]}"
 
     async def run(
-        self, request: BriaRequest, *, journal: RequestJournal | None = None
+        self,
+        request: BriaRequest,
+        *,
+        journal: RequestJournal | None = None,
+        on_service_done: Callable[[], None] | None = None,
     ) -> BackendResult:
-        """Run one request in-process; ``journal`` is ignored (nothing remote to re-attach)."""
+        """Run one request in-process; ``journal`` and ``on_service_done`` are unused
+        (nothing remote to re-attach; the work is the whole request)."""
         spec = endpoint_for(request)
         started = time.perf_counter()
         image = await self._fetch(request.image_url, "image_url")
