@@ -10,6 +10,7 @@ it never cancels the others.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable, Iterable
@@ -106,6 +107,15 @@ async def _each(
             yield item
 
 
+def _accepts(function: Callable[..., object], name: str) -> bool:
+    """Whether ``function`` takes the keyword argument ``name``."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def _as_bria_error(exc: Exception) -> BriaError:
     if isinstance(exc, BriaError):
         return exc
@@ -141,6 +151,7 @@ async def run_batch(
     slots = slots or asyncio.Semaphore(max_concurrency)
     state = {"done": 0, "failed": 0, "in_flight": 0, "dedup": 0, "cost": 0.0, "committed": 0.0}
     tasks: set[asyncio.Task[None]] = set()
+    tells_service_done = _accepts(backend.run, "on_service_done")
 
     def report() -> None:
         if on_progress is not None:
@@ -174,7 +185,10 @@ async def run_batch(
                 slots.release()
 
         try:
-            result = await backend.run(request, journal=journal, on_service_done=release)
+            if tells_service_done:
+                result = await backend.run(request, journal=journal, on_service_done=release)
+            else:  # a backend written before on_service_done: its slot ends with the call
+                result = await backend.run(request, journal=journal)
         except Exception as exc:
             error = _as_bria_error(exc)
             logger.warning("%s for %s failed: %s", request.endpoint_id, key, error)

@@ -60,3 +60,33 @@ async def test_a_slot_is_free_once_the_service_is_done_not_after_the_download():
     # The third request went out when the first two left the service (0.1 s), not when
     # their downloads ended (0.4 s).
     assert backend.started[2] - backend.started[0] < 0.25
+
+
+class _OldBackend:
+    """A backend written against the protocol before on_service_done."""
+
+    name = "old"
+
+    async def run(self, request, *, journal=None) -> BackendResult:
+        await asyncio.sleep(0.01)
+        return BackendResult(
+            endpoint_id="fal-ai/bria/background/remove",
+            backend=self.name,
+            request_id="r",
+            response=None,
+            images=[],
+            seed=None,
+            cost_usd=0.0,
+            duration_s=0.01,
+        )
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_backend_without_on_service_done_still_runs():
+    items = [
+        (i, RemoveBackgroundRequest(image_url=f"https://example.com/{i}.jpg")) for i in range(3)
+    ]
+    outcomes = [o async for o in run_batch(_OldBackend(), items, max_concurrency=2)]
+    assert sorted(o.key for o in outcomes) == [0, 1, 2] and all(o.ok for o in outcomes)

@@ -66,7 +66,8 @@ class Backend(Protocol):
         record ignores it. ``on_service_done`` is called once the request no longer
         occupies the service (fal reports it finished) and only its result remains to
         be downloaded and verified: a caller bounding requests in flight may send the
-        next one then. A backend may not call it at all.
+        next one then. A backend may not call it at all; ``run_batch`` still drives a
+        backend whose ``run`` does not take it (its slot then ends with the call).
 
         Raises a :class:`~bria_dagster.errors.BriaError` subclass on failure.
         """
