@@ -314,10 +314,10 @@ class _BackdropModel:
     border: int
     textured: bool
     refitted: bool = False
-    sure: np.ndarray | None = None
-    """Pixels known to be foreground besides those scoring far above ``high``."""
     """The border did not predict the whole smooth backdrop (a hot spot, a strong
     vignette): its surface was refitted, and the mask may hold backdrop patches."""
+    sure: np.ndarray | None = None
+    """Pixels known to be foreground besides those scoring far above ``high``."""
 
 
 def _backdrop_mask(small: np.ndarray, cfg: MatteConfig) -> _BackdropModel:
@@ -569,8 +569,9 @@ def _sharp_outlines(
     The gradient of the high-pass image keeps steps (a product's outline) and drops
     smooth shading, soft shadows and out-of-focus backdrops. Edges count above
     ``edge_noise`` times the border's own 99th percentile, fainter stretches when
-    connected to clear ones; gaps up to ``outline_gap`` are bridged. ``noise`` and
-    ``weak_fraction`` override ``edge_noise`` and ``edge_weak``.
+    connected to clear ones; gaps up to ``outline_gap`` are bridged. ``noise``,
+    ``weak_fraction`` and ``gap`` override ``edge_noise``, ``edge_weak`` and
+    ``outline_gap``.
     """
     f = small.astype(np.float32)
     f = f - cv2.GaussianBlur(f, (0, 0), cfg.edge_scale)
