@@ -10,6 +10,25 @@ from bria_dagster.endpoints import RemoveBackgroundRequest
 from bria_dagster.runner import run_batch
 
 
+def _result(backend: str, duration_s: float) -> BackendResult:
+    return BackendResult(
+        endpoint_id="fal-ai/bria/background/remove",
+        backend=backend,
+        request_id="r",
+        response=None,
+        images=[],
+        seed=None,
+        cost_usd=0.0,
+        duration_s=duration_s,
+    )
+
+
+def _items(n: int) -> list[tuple[int, RemoveBackgroundRequest]]:
+    return [
+        (i, RemoveBackgroundRequest(image_url=f"https://example.com/{i}.jpg")) for i in range(n)
+    ]
+
+
 class _SlowDownloads:
     """A backend whose requests spend 0.1 s at the service, then 0.3 s downloading."""
 
@@ -30,16 +49,7 @@ class _SlowDownloads:
             on_service_done()
             on_service_done()  # a second call must not free a second slot
         await asyncio.sleep(0.3)
-        return BackendResult(
-            endpoint_id="fal-ai/bria/background/remove",
-            backend=self.name,
-            request_id="r",
-            response=None,
-            images=[],
-            seed=None,
-            cost_usd=0.0,
-            duration_s=0.4,
-        )
+        return _result(self.name, 0.4)
 
     async def aclose(self) -> None:
         pass
@@ -47,12 +57,10 @@ class _SlowDownloads:
 
 async def test_a_slot_is_free_once_the_service_is_done_not_after_the_download():
     backend = _SlowDownloads()
-    items = [
-        (i, RemoveBackgroundRequest(image_url=f"https://example.com/{i}.jpg")) for i in range(6)
-    ]
     progress = []
     outcomes = [
-        o async for o in run_batch(backend, items, max_concurrency=2, on_progress=progress.append)
+        o
+        async for o in run_batch(backend, _items(6), max_concurrency=2, on_progress=progress.append)
     ]
     assert len(outcomes) == 6 and all(o.ok for o in outcomes)
     assert backend.peak_at_service == 2  # the bound holds at the service
@@ -63,30 +71,19 @@ async def test_a_slot_is_free_once_the_service_is_done_not_after_the_download():
 
 
 class _OldBackend:
-    """A backend written against the protocol before on_service_done."""
+    """A backend written against the protocol before on_service_done (as
+    tests/test_prices.py's PaidNothing is)."""
 
     name = "old"
 
     async def run(self, request, *, journal=None) -> BackendResult:
         await asyncio.sleep(0.01)
-        return BackendResult(
-            endpoint_id="fal-ai/bria/background/remove",
-            backend=self.name,
-            request_id="r",
-            response=None,
-            images=[],
-            seed=None,
-            cost_usd=0.0,
-            duration_s=0.01,
-        )
+        return _result(self.name, 0.01)
 
     async def aclose(self) -> None:
         pass
 
 
 async def test_a_backend_without_on_service_done_still_runs():
-    items = [
-        (i, RemoveBackgroundRequest(image_url=f"https://example.com/{i}.jpg")) for i in range(3)
-    ]
-    outcomes = [o async for o in run_batch(_OldBackend(), items, max_concurrency=2)]
+    outcomes = [o async for o in run_batch(_OldBackend(), _items(3), max_concurrency=2)]
     assert sorted(o.key for o in outcomes) == [0, 1, 2] and all(o.ok for o in outcomes)
