@@ -1,7 +1,7 @@
 """``bria-dagster demo``: materialize every sample catalog batch end to end, offline.
 
 Uses a real Dagster instance (``DAGSTER_HOME``, default ``./.dagster_home``), so
-``dagster dev -f definitions.py`` afterwards shows the same runs, partitions
+``make ui`` (``dg dev -f definitions.py``) afterwards shows the same runs, partitions
 and materializations.
 """
 
@@ -84,10 +84,7 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
     print(f"\nimages:  {storage}/images   (content-addressed, sha256/<ab>/<sha>.<ext>)")
     print(f"lineage: {storage}/tables/<asset>/<batch>.parquet   (one ImageRecord row per image)")
     print(f"dagster: {home}   (runs, partitions and materializations of this demo)")
-    print(
-        f"\nsee it in the UI:  make ui   (= DAGSTER_HOME={home} "
-        ".venv/bin/dagster dev -f definitions.py)"
-    )
+    print(f"\nsee it in the UI:  make ui   (= DAGSTER_HOME={home} dg dev -f definitions.py)")
     try:
         from .lineage import load_records
 
@@ -97,11 +94,32 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
             sha = outputs.iloc[0]["image_sha256"]
             chain = trace(sha, records)
             steps = " <- ".join(str(s) for s in chain["step"])
-            print(f"\ntrace example: bria-dagster lineage trace {sha[:12]} --base {base}")
+            cli = _cli_command()
+            print(f"\ntrace example: {cli} lineage trace {sha[:12]} --base {base}")
             print(f"  {steps}")
     except Exception as exc:  # the demo's last line is a hint, never a crash
         print(f"(trace example unavailable: {exc})", file=sys.stderr)
     return 1 if failed_runs else 0
+
+
+def _cli_command() -> str:
+    """``bria-dagster`` as it can be typed from here: the script beside this interpreter
+    (``.venv/bin/bria-dagster`` after ``make demo``, whose venv is not activated), else
+    ``python -m bria_dagster.cli`` with this interpreter."""
+    bindir = Path(sys.executable).parent
+    script = bindir / "bria-dagster"
+    if os.environ.get("VIRTUAL_ENV") and Path(os.environ["VIRTUAL_ENV"]) == bindir.parent:
+        return "bria-dagster"  # an activated venv has it on PATH
+    if script.exists():
+        return _relative(script)
+    return f"{_relative(Path(sys.executable))} -m bria_dagster.cli"
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _v(entry: object) -> object:
