@@ -1,7 +1,11 @@
 """Asset checks evaluated with every materialization of a step table.
 
 They run on the table just produced (no second read), so each partition's
-materialization carries its own verdict:
+materialization carries its own verdict. They describe the batch as it stands, not only
+what this run made: a ``reused`` row's image is re-read from the store like a new one
+(rows made by the run first, up to ``decode_sample``), so a fully reused re-run reports
+the figures of the run that made the images, and each result's description says how
+many rows were made by the run and how many reused:
 
 - ``every_sku_accounted``: every catalog sku has an output or a recorded failure;
 - ``outputs_decode``: output images decode with the expected mode and size;
@@ -12,6 +16,7 @@ materialization carries its own verdict:
 
 import io
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import dagster as dg
@@ -38,7 +43,10 @@ class CheckSettings(BaseModel):
         default="WARN", description="Severity when the failure rate is over the threshold."
     )
     decode_sample: int = Field(
-        default=50, ge=0, description="New output images decoded per materialization."
+        default=50,
+        ge=0,
+        description="Output images decoded per materialization: the rows made by the run "
+        "first, then reused rows (re-read from the store).",
     )
 
 
@@ -48,8 +56,9 @@ _DESCRIPTIONS = {
     "failure_rate": "Failed rows / all rows is at most checks.max_failure_rate. With "
     "failure_severity ERROR the check blocks: a batch over the threshold stops the steps "
     "after it and fails the run.",
-    "outputs_decode": "Up to checks.decode_sample new output images decode, with the "
-    "expected mode (RGBA cutouts, RGB scenes) and the recorded width and height.",
+    "outputs_decode": "Up to checks.decode_sample output images decode (those made by the "
+    "run first, then reused ones re-read from the store), with the expected mode (RGBA "
+    "cutouts, RGB scenes) and the recorded width and height.",
     "within_budget": "No request was held back because it would have exceeded budget_usd.",
     "cutouts_have_alpha": "Each checked cutout's foreground share (alpha >= 128) lies within "
     "checks.min_foreground..checks.max_foreground: not empty, not the whole frame.",
@@ -106,23 +115,41 @@ def check_specs_for(
     return specs
 
 
+def _rows_text(rows: pd.DataFrame, noun: str = "rows") -> str:
+    """``"5 rows: 2 made by this run, 3 reused from earlier runs, 0 failed"``."""
+    status = rows["status"]
+    return (
+        f"{len(rows)} {noun}: {int((status == OK).sum())} made by this run, "
+        f"{int((status == REUSED).sum())} reused from earlier runs, "
+        f"{int((status == FAILED).sum())} failed"
+    )
+
+
 def compliance_results(
     asset_key: dg.AssetKey, frame: pd.DataFrame, channels: Sequence[str], failed_class: str
 ) -> list[dg.AssetCheckResult]:
     """One ``compliance_<channel>`` result per channel: passed when none of its packshots
-    broke a rule; the metadata lists each failure (sku, rule, measured value)."""
+    broke a rule; the metadata lists each failure (sku, rule, measured value).
+
+    A reused packshot counts as checked: it was checked when it was made, and one that
+    broke a rule is a failed row, never reused."""
     results = []
     for channel in channels:
         rows = frame[frame["variant"] == channel]
         bad = rows[rows["error_class"] == failed_class]
+        good = rows[rows["status"].isin([OK, REUSED])]
+        reused = int((good["status"] == REUSED).sum())
         results.append(
             dg.AssetCheckResult(
                 asset_key=asset_key,
                 check_name=f"{COMPLIANCE_PREFIX}{channel}",
                 passed=bad.empty,
                 severity=dg.AssetCheckSeverity.WARN,
+                description=f"{len(good) + len(bad)} packshot(s) of {channel!r} checked: "
+                f"{len(good) - reused + len(bad)} made by this run, {reused} reused (checked "
+                f"when made); {len(bad)} broke a rule.",
                 metadata={
-                    "checked": int(rows["status"].isin([OK, REUSED]).sum()) + len(bad),
+                    "checked": len(good) + len(bad),
                     "failing": len(bad),
                     "failures": dg.MetadataValue.md(
                         "\n".join(f"- {m}" for m in bad["error_message"].head(50)) or "none"
@@ -139,6 +166,29 @@ def _expected_mode(step: str) -> Sequence[str]:
     )
 
 
+def _image_sample(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """Up to ``limit`` rows with an image: those made by this run first, then reused ones
+    (in table order), so a fully reused re-run samples the rows its producer sampled."""
+    with_image = frame[frame["image_sha256"].notna()]
+    made = with_image[with_image["status"] == OK]
+    reused = with_image[with_image["status"] == REUSED]
+    return pd.concat([made, reused]).head(limit)
+
+
+def _inspect(row: dict, step: str, store: ImageStore) -> tuple[str | None, float | None]:
+    """(problem or None, foreground share of a cutout or None) for one stored image."""
+    try:
+        img = Image.open(io.BytesIO(store.get(row["image_sha256"])))
+        img.load()
+    except Exception as exc:
+        return f"{row['sku']}/{row['variant']}: {exc}", None
+    if img.mode not in _expected_mode(step) or img.size != (row["width"], row["height"]):
+        return f"{row['sku']}/{row['variant']}: {img.mode} {img.size[0]}x{img.size[1]}", None
+    if step != "remove":
+        return None, None
+    return None, float((np.asarray(img.getchannel("A")) >= 128).mean())
+
+
 def evaluate_checks(
     asset_key: dg.AssetKey,
     step: str,
@@ -147,24 +197,30 @@ def evaluate_checks(
     store: ImageStore,
     settings: CheckSettings,
 ) -> list[dg.AssetCheckResult]:
-    """The check results for one freshly produced step table."""
+    """The check results for one freshly produced step table (its reused rows included)."""
     results = []
+    rows_text = _rows_text(frame)
 
-    def result(name: str, passed: bool, severity: str = "ERROR", **metadata) -> None:
+    def result(
+        name: str, passed: bool, description: str, severity: str = "ERROR", **metadata
+    ) -> None:
         results.append(
             dg.AssetCheckResult(
                 asset_key=asset_key,
                 check_name=name,
                 passed=bool(passed),
                 severity=dg.AssetCheckSeverity(severity),
+                description=description,
                 metadata=metadata,
             )
         )
 
-    missing = sorted(set(expected_skus) - set(frame["sku"]))
+    expected = set(expected_skus)
+    missing = sorted(expected - set(frame["sku"]))
     result(
         "every_sku_accounted",
         not missing,
+        f"{len(expected)} sku(s) expected, {len(missing)} without a row; {rows_text}.",
         missing_skus=len(missing),
         examples=", ".join(missing[:10]) or "none",
     )
@@ -175,6 +231,7 @@ def evaluate_checks(
     result(
         "failure_rate",
         rate <= settings.max_failure_rate,
+        f"{rate:.1%} failed; {rows_text}.",
         settings.failure_severity,
         failure_rate=round(rate, 4),
         threshold=settings.max_failure_rate,
@@ -183,42 +240,59 @@ def evaluate_checks(
     if step == "source":
         return results
 
-    fresh = frame[frame["status"] == OK].head(settings.decode_sample)
-    bad: list[str] = []
-    foreground: list[float] = []
-    for row in fresh.to_dict("records"):
-        try:
-            img = Image.open(io.BytesIO(store.get(row["image_sha256"])))
-            img.load()
-        except Exception as exc:
-            bad.append(f"{row['sku']}/{row['variant']}: {exc}")
-            continue
-        if img.mode not in _expected_mode(step) or img.size != (row["width"], row["height"]):
-            bad.append(f"{row['sku']}/{row['variant']}: {img.mode} {img.size[0]}x{img.size[1]}")
-            continue
-        if step == "remove":
-            alpha = np.asarray(img.getchannel("A"))
-            foreground.append(float((alpha >= 128).mean()))
+    sample = _image_sample(frame, settings.decode_sample)
+    records = sample.to_dict("records")
+    if records:  # decoding releases the GIL: a few threads cut a re-run's wall time
+        with ThreadPoolExecutor(min(4, len(records))) as pool:
+            seen = list(pool.map(lambda row: _inspect(row, step, store), records))
+    else:
+        seen = []
+    bad = [problem for problem, _ in seen if problem]
+    foreground = [share for _, share in seen if share is not None]
+    if records:
+        reused = int((sample["status"] == REUSED).sum())
+        covered = (
+            f"{len(records)} image(s) read: {len(records) - reused} made by this run, "
+            f"{reused} reused (re-read from the store)"
+        )
+    else:
+        covered = "no image to read"
     result(
         "outputs_decode",
         not bad,
-        decoded=len(fresh) - len(bad),
+        f"{covered} (of {rows_text}); {len(bad)} did not decode as expected.",
+        decoded=len(records) - len(bad),
         problems="; ".join(bad[:5]) or "none",
     )
     if step == "remove":
         out_of_range = [
             f for f in foreground if not settings.min_foreground <= f <= settings.max_foreground
         ]
+        measured = (
+            f"foreground share of {len(foreground)} cutout(s) measured; {covered}"
+            if foreground
+            else f"no cutout to measure ({covered}), so no median_foreground"
+        )
+        figures: dict[str, float] = {}
+        if foreground:  # no figure rather than a 0 that reads as an empty matte
+            figures["median_foreground"] = round(float(np.median(foreground)), 4)
         result(
             "cutouts_have_alpha",
             not out_of_range,
+            f"{measured}; {len(out_of_range)} outside the range.",
             checked=len(foreground),
             out_of_range=len(out_of_range),
             range=f"{settings.min_foreground:.2f}..{settings.max_foreground:.2f}",
-            median_foreground=round(float(np.median(foreground)), 4) if foreground else 0.0,
+            **figures,
         )
     if step == "packshot":
         return results
     held_back = int((frame["error_class"] == "BudgetExceededError").sum())
-    result("within_budget", held_back == 0, "WARN", requests_held_back=held_back)
+    result(
+        "within_budget",
+        held_back == 0,
+        f"{held_back} request(s) held back by budget_usd; {rows_text}.",
+        "WARN",
+        requests_held_back=held_back,
+    )
     return results

@@ -696,7 +696,8 @@ class _Batch:
                 paid[run] += row["cost_usd"] or 0.0
             elif row["status"] == FAILED:
                 failed[run] += 1
-            else:
+            else:  # a reused row still names the run that made its image
+                made[run] += 1
                 reused_from[run] += 1
                 if row["reused_in_run_id"]:
                     reused_in[str(row["reused_in_run_id"])] += 1
@@ -718,7 +719,12 @@ class _Batch:
             '<section id="runs"><h2>Runs</h2>\n<table class="runs"><thead><tr><th>run_id</th>'
             "<th>earliest row</th><th>rows made</th><th>rows failed</th>"
             "<th>its images reused here</th><th>rows it reused</th><th>cost_usd</th></tr>"
-            f"</thead><tbody>\n{body}</tbody></table></section>\n"
+            f"</thead><tbody>\n{body}</tbody></table>\n"
+            '<p class="note">rows made: rows whose image the run made (their '
+            "<code>run_id</code>), including those a later run now shows as reused (its "
+            "images reused here); rows it reused: rows it answered from earlier records "
+            "(their <code>reused_in_run_id</code>); cost_usd: paid on the rows still shown "
+            "as made by a call (a reused row costs 0).</p></section>\n"
         )
 
     def _product(self, n: int, product: _Product, thumbs: _Thumbnails, totals: AuditReport) -> str:

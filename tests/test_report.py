@@ -333,6 +333,46 @@ def test_page_shows_every_sku_step_run_and_the_whole_failure(runs):
     assert not page.attrs("link") and not page.attrs("script") and "url(http" not in text
 
 
+def runs_table(text: str) -> dict[str, dict[str, int]]:
+    """The Runs table: run_id -> {column header: count} (the count columns)."""
+    section = re.search(r'<section id="runs">(.*?)</section>', text, re.S).group(1)
+    headers = re.findall(r"<th>(.*?)</th>", section)
+    table = {}
+    for run, cells in re.findall(r'<tr data-run="([^"]+)">(.*?)</tr>', section, re.S):
+        values = dict(zip(headers, re.findall(r"<td[^>]*>(.*?)</td>", cells), strict=True))
+        table[run] = {h: int(values[h]) for h in headers if values[h].isdigit()}
+    return table
+
+
+def test_runs_table_credits_each_run_with_the_rows_it_made(runs, tmp_path):
+    records = load_records(runs.base)
+    table = runs_table(render_audit_report(runs.base, BATCH))
+    for run in (runs.first, runs.second):  # rows made: its run_id, whether ok or reused now
+        mine = records[records["run_id"] == run]
+        assert table[run]["rows made"] == mine["status"].isin(["ok", "reused"]).sum()
+        assert table[run]["rows it reused"] == (records["reused_in_run_id"] == run).sum()
+    # The second run made or reused every image row: the first run's rows are all reused.
+    assert table[runs.first]["rows made"] == table[runs.first]["its images reused here"] > 0
+    assert table[runs.second]["rows made"] > 0  # A2's new scene and expansion
+    assert table[runs.second]["rows it reused"] > 0
+
+    # A fully reused re-run: the producing run still shows every image it made.
+    write_catalog(tmp_path, [{"sku": "F1", "image_url": product(tmp_path, "F1", 1)}])
+    settings = PipelineSettings(catalog_dir=str(tmp_path / "catalogs"), aspect_ratios=("1:1",))
+    first, instance = materialize(tmp_path, settings=settings)
+    second, _ = materialize(tmp_path, settings=settings, instance=instance)
+    base = str(tmp_path / "data")
+    records = load_records(base)
+    images = records[records["step"] != "source"]
+    assert set(images["status"]) == {"reused"} and set(images["run_id"]) == {first.run_id}
+    table = runs_table(render_audit_report(base, BATCH))
+    made = table[first.run_id]
+    assert made["rows made"] == (records["run_id"] == first.run_id).sum() >= 4  # 4 steps
+    assert made["its images reused here"] == made["rows made"] and made["rows failed"] == 0
+    assert table[second.run_id]["rows made"] == 0
+    assert table[second.run_id]["rows it reused"] == made["rows made"]
+
+
 def test_costs_a_later_step_and_shared_images(synthetic, monkeypatch):
     made: list[int] = []
     original = thumbnail_data_uri
