@@ -10,8 +10,9 @@ products finish early and few half-done products pile up.
 
 All steps share one bound on requests in flight (the resource's session) and one
 budget; each step keeps its own records, reuse and report. Every planned job ends
-as rows of its step: ok, reused (from an earlier run, no call) or failed; a failed
-row still flows on, so the steps after it record the sku as ``UpstreamFailed``.
+as rows of its step: ok (made by a call, or a no-op recorded without one), reused (from
+an earlier run, no call) or failed; a failed row still flows on, so the steps after it
+record the sku as ``UpstreamFailed``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from .endpoints import BriaRequest, PriceTable
-from .records import FAILED, OK, REUSED, records_to_frame
+from .records import FAILED, NOOP_BACKEND, OK, REUSED, records_to_frame
 from .resource import BriaResource
 from .runner import ItemOutcome
 from .steps import (
@@ -38,6 +39,7 @@ from .steps import (
     StepContext,
     StepReport,
     failed_row,
+    noop_row,
     ok_rows,
     reused_rows,
 )
@@ -166,6 +168,7 @@ class StepChain:
         report.ok = int((frame["status"] == OK).sum())
         report.failed = int((frame["status"] == FAILED).sum())
         report.reused = int((frame["status"] == REUSED).sum())
+        report.noop = int(((frame["status"] == OK) & (frame["backend"] == NOOP_BACKEND)).sum())
         report.calls = sum(report.usage.calls.values())
         report.cost_usd = sum(report.usage.cost_usd.values())
         report.duration_s = time.perf_counter() - self._started
@@ -252,6 +255,9 @@ class StepChain:
             rows = earlier.get(job.fingerprint or "")
             if rows and all(self.store.exists(r["image_sha256"], r["content_type"]) for r in rows):
                 settled.extend(reused_rows(step.ctx, job, rows))
+                continue
+            if job.noop is not None:  # recorded, not sent: no call, no estimate, no budget
+                settled.append(noop_row(step.ctx, job))
                 continue
             key = next(self._keys)
             self._pending[key] = (level, job)

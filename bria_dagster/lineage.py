@@ -276,16 +276,27 @@ class LineageIndex(_index_module.ImageResolver):
         frame = self.frame
         hops: list[int] = []
         positions: list[int] = []
-        seen: set[str] = set()
+        # A no-op row (recorded, not sent) holds its parent's image: its hop comes first,
+        # then the hop of the row that made that image. So a hop is an image and whether
+        # it was reached through a no-op row.
+        seen: set[tuple[str, bool]] = set()
         current: str | None = sha
-        while current and current not in seen:
+        through_noop = False
+        while current and (current, through_noop) not in seen:
             rows = self._image_rows(current)
+            noop = (frame["parent_sha256"].iloc[rows] == current).fillna(False)
+            noop = noop.to_numpy(dtype=bool)
+            if through_noop:
+                rows, noop = rows[~noop], noop[~noop]
             if not len(rows):
                 break
-            seen.add(current)
-            chosen = rows if all_records else rows[:1]
+            order = np.argsort(~noop, kind="stable")  # no-op rows first, order kept
+            rows, noop = rows[order], noop[order]
+            seen.add((current, through_noop))
+            chosen = rows[noop == noop[0]] if all_records else rows[:1]
             hops.extend([len(seen) - 1] * len(chosen))
             positions.extend(chosen.tolist())
+            through_noop = bool(noop[0])
             parent = frame["parent_sha256"].iat[rows[0]]
             current = None if pd.isna(parent) else str(parent)
 

@@ -60,7 +60,7 @@ __all__ = [
 
 INDEX_NAME = "_lineage.sqlite"
 CACHE_DIR_ENV = "BRIA_DAGSTER_CACHE_DIR"
-SCHEMA_VERSION = 3  # 3: reused_in_run_id and unit_price_usd
+SCHEMA_VERSION = 4  # 3: reused_in_run_id and unit_price_usd; 4: noop_reason
 BUSY_TIMEOUT_S = 60.0
 MIN_PREFIX = 8
 STEP_ORDER = {"source": 0, "remove": 1, "replace": 2, "expand": 3}
@@ -78,6 +78,7 @@ TRACE_COLUMNS = (
     "parameters",
     "seed",
     "request_id",
+    "noop_reason",
     "cost_usd",
     "unit_price_usd",
     "run_id",
@@ -101,6 +102,7 @@ DERIVED_COLUMNS = (
     "parameters",
     "seed",
     "request_id",
+    "noop_reason",
     "cost_usd",
     "unit_price_usd",
     "run_id",
@@ -130,6 +132,7 @@ STORED_COLUMNS = (
     "parameters",
     "seed",
     "request_id",
+    "noop_reason",
     "cost_usd",
     "unit_price_usd",
     "run_id",
@@ -764,13 +767,23 @@ class IndexedLineage(ImageResolver):
         """The chain from ``image`` back to its catalog source (see ``LineageIndex.trace``)."""
         sha = self.resolve_image(image)
         chain: list[dict[str, Any]] = []
-        seen: set[str] = set()
+        # A no-op row holds its parent's image: its hop first, then the image's maker
+        # (as LineageIndex.trace does).
+        seen: set[tuple[str, bool]] = set()
         current: str | None = sha
-        while current and current not in seen:
-            rows = self._image_rows(current)
+        through_noop = False
+        while current and (current, through_noop) not in seen:
+            image = current
+            rows = self._image_rows(image)
+            if through_noop:
+                rows = [r for r in rows if r["parent_sha256"] != image]
             if not rows:
                 break
-            seen.add(current)
+            rows.sort(key=lambda r: r["parent_sha256"] != image)  # stable: no-op rows first
+            seen.add((image, through_noop))
+            through_noop = rows[0]["parent_sha256"] == image
+            if all_records:
+                rows = [r for r in rows if (r["parent_sha256"] == image) == through_noop]
             for row in rows if all_records else rows[:1]:
                 chain.append({**row, "hop": len(seen) - 1})
             current = rows[0]["parent_sha256"]

@@ -14,9 +14,11 @@ lists keys in this order):
 - ``failures``: every failed row with its full error (only when some row failed);
 - ``dagster/row_count`` and the counts ``rows_ok`` (images made by this run),
   ``rows_reused`` (answered from an earlier run's record, no call), ``rows_failed``;
-- steps that call Bria only: ``backend``, ``backend_calls``, ``cost_usd`` (paid by this
-  run; 0 on the local engine), ``list_price_usd`` (this run's calls at list price),
-  ``saved_by_reuse_usd`` (the reused images at the list price they were made at), the
+- steps that call Bria only: ``rows_noop`` (of the ``rows_ok``, those recorded without
+  a call because it would not change the image: nothing paid), ``backend``,
+  ``backend_calls``, ``cost_usd`` (paid by this run; 0 on the local engine),
+  ``list_price_usd`` (this run's calls at list price), ``saved_by_reuse_usd`` (the
+  reused images at the list price they were made at), the
   ``bria.<endpoint>.calls|images|cost_usd`` and ``bria.retries`` usage keys;
 - ``duration_s``, ``images_per_s`` (images written per second), ``failures_by_class``
   and ``image_store``.
@@ -68,7 +70,8 @@ COLUMN_DESCRIPTIONS = {
     "variant": "Which output of the sku: source, cutout, scene (scene#0, scene#1, ... with "
     "several num_images), a scene in one aspect ratio (scene@1:1, ...), or a packshot's "
     "channel (amazon_main, ...).",
-    "status": "ok: made by the run in run_id; reused: answered from an earlier record "
+    "status": "ok: made by the run in run_id (by a call, or recorded without one when the call "
+    "would not change the image: see noop_reason); reused: answered from an earlier record "
     "without a call (see reused_in_run_id); failed: see error_class and error_message.",
     "error_class": "Why the row failed (e.g. FetchFailedError, UpstreamFailed); null when ok.",
     "error_message": "The full error of a failed row.",
@@ -81,11 +84,14 @@ COLUMN_DESCRIPTIONS = {
     "root_source_uri": "The catalog's image URL this chain started from.",
     "root_source_sha256": "SHA-256 of that catalog image.",
     "endpoint_id": "The Bria endpoint that made the image.",
-    "backend": "fal or local: where the call ran.",
+    "backend": "fal or local: where the call ran; noop: no call was made (see noop_reason).",
     "parameters": "The exact request parameters, as canonical JSON.",
     "request_fingerprint": "Hash of endpoint, parameters and inputs: equal fingerprints reuse.",
     "seed": "The seed the backend used.",
     "request_id": "The backend's request id of the producing call.",
+    "noop_reason": "Why no request was sent (backend noop): the call would have returned its "
+    "input unchanged, e.g. an expansion to the ratio the image already has. The image is the "
+    "parent's (same sha256); nothing was paid. Null for every other row.",
     "cost_usd": "Paid for this row by its run (0 on the local engine and for reused rows).",
     "unit_price_usd": "List price per output image of the producing call, from the price table.",
     "duration_s": "Seconds the producing call took.",
@@ -172,6 +178,8 @@ def summary_markdown(frame: pd.DataFrame, report: StepReport, backend: str) -> s
     source = _is_source(frame)
     made, reused, failed = report.ok, report.reused, report.failed
     parts = [f"{made} {'fetched' if source else 'made'} by this run"]
+    if report.noop:
+        parts[0] += f" ({report.noop} not sent: the call would not change the image)"
     if reused:
         again = {"source": "not fetched again", "packshot": "not rendered again"}.get(
             _step(frame) or "", "no call"
@@ -274,7 +282,7 @@ def failures_markdown(frame: pd.DataFrame, limit: int = FAILURES_SHOWN) -> str |
     return "\n".join(lines)
 
 
-_CALL_KEYS = frozenset({"backend_calls", "cost_usd", "list_price_usd", "bria.retries"})
+_CALL_KEYS = frozenset({"rows_noop", "backend_calls", "cost_usd", "list_price_usd", "bria.retries"})
 
 
 def _step(frame: pd.DataFrame) -> str | None:

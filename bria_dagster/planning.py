@@ -100,19 +100,26 @@ class StepPlanner:
         jobs = []
         for ratio in self._ratios(catalog):
             variant = f"{parent['variant']}@{ratio}"
+            size = (int(parent["width"]), int(parent["height"]))
             try:
-                canvas = plan_expand(
-                    (int(parent["width"]), int(parent["height"])),
-                    canvas_size=None,
-                    aspect_ratio=ratio,
-                ).canvas
+                # The local engine's placement, which follows fal's: the same canvas.
+                placement = plan_expand(size, canvas_size=None, aspect_ratio=ratio)
             except BriaError as exc:
                 jobs.append(Job(parent["sku"], variant, parent, error=exc))
                 continue
-            arguments: dict[str, Any] = {"aspect_ratio": ratio, "canvas_size": list(canvas)}
+            arguments: dict[str, Any] = {
+                "aspect_ratio": ratio,
+                "canvas_size": list(placement.canvas),
+            }
             if seed is not None:
                 arguments["seed"] = int(seed)
-            jobs.append(self._planner.plan(parent["sku"], variant, parent, "expand", arguments))
+            job = self._planner.plan(parent["sku"], variant, parent, "expand", arguments)
+            if job.request is not None and placement.unchanged(size):
+                job.noop = (
+                    f"the image is already {size[0]}x{size[1]}, the {ratio} canvas: "
+                    "expand would return it unchanged, so it was not sent"
+                )
+            jobs.append(job)
         return jobs
 
     def _prompt(self, catalog: dict[str, Any]) -> str:

@@ -11,6 +11,11 @@ answers a request from an earlier record writes a ``reused`` row (see
 ``reused_in_run_id``; its ``cost_usd`` is 0, as nothing was paid for it, so summing
 ``cost_usd`` over any set of tables counts each paid call once.
 
+A request that would not change its image (an expansion to the ratio the image already
+has) is recorded, not sent: an ``ok`` row with backend :data:`NOOP_BACKEND`, the
+parent's image (same sha256) as its own, no request id, ``cost_usd`` and
+``unit_price_usd`` 0, and the reason in ``noop_reason``.
+
 Columns added after the first release are nullable, so tables written before them
 still read with this schema (the missing column reads as nulls).
 """
@@ -28,6 +33,7 @@ import pyarrow as pa
 __all__ = [
     "FAILED",
     "IMAGE_RECORD_SCHEMA",
+    "NOOP_BACKEND",
     "OK",
     "REUSED",
     "STEPS",
@@ -40,6 +46,10 @@ __all__ = [
 ]
 
 OK, FAILED, REUSED = "ok", "failed", "reused"
+NOOP_BACKEND = "noop"
+"""The ``backend`` of an ok row whose request was not sent because it would not change
+its image (an expansion to the ratio the image already has): its image is the parent's
+bytes, its cost and unit price 0, and ``noop_reason`` says why."""
 STEPS = ("source", "remove", "replace", "expand")
 
 IMAGE_RECORD_SCHEMA = pa.schema(
@@ -66,6 +76,9 @@ IMAGE_RECORD_SCHEMA = pa.schema(
         pa.field("request_fingerprint", pa.string()),
         pa.field("seed", pa.int64()),
         pa.field("request_id", pa.string()),
+        # Why no request was sent for this ok row (backend "noop"): the call would have
+        # returned its input unchanged. Null for every other row.
+        pa.field("noop_reason", pa.string()),
         pa.field("cost_usd", pa.float64(), nullable=False),
         # The list price per output image (or per call) that applied to the producing
         # call, from the price table in force; null for source and failed rows and for

@@ -53,6 +53,7 @@ from ._version import __version__
 from .errors import BriaError, StorageAccessError, storage_access, storage_access_error
 from .lineage_index import STEP_ORDER, RecordTableError
 from .records import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED
+from .records import NOOP_BACKEND as NOOP
 from .store import ImageStore
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ _READ_COLUMNS = (
     "parameters",
     "seed",
     "request_id",
+    "noop_reason",
     "cost_usd",
     "unit_price_usd",
     "duration_s",
@@ -143,6 +145,9 @@ class StepSummary:
     unit_prices_usd: tuple[float, ...]
     backends: tuple[str, ...]
     endpoints: tuple[str, ...]
+    noop: int = 0
+    """Of the ``ok`` rows, those recorded without a call (backend ``noop``): the request
+    would have returned its input unchanged, so it was not sent (nothing paid)."""
 
 
 @dataclass(frozen=True)
@@ -389,7 +394,8 @@ class _Batch:
             for i in indices:
                 row = self.rows[i]
                 sha = row["image_sha256"]
-                if sha and row["status"] != FAILED:
+                # A no-op row holds its parent's image: the parent's row shows that image.
+                if sha and row["status"] != FAILED and row["parent_sha256"] != sha:
                     held = owner.get(sha)
                     if held is None or (self.rows[held]["status"] != OK and row["status"] == OK):
                         owner[sha] = i
@@ -490,8 +496,11 @@ class _Batch:
             unit_prices_usd=tuple(
                 sorted({row["unit_price_usd"] for row in priced if row["unit_price_usd"]})
             ),
-            backends=tuple(sorted({row["backend"] for row in priced if row["backend"]})),
+            backends=tuple(
+                sorted({row["backend"] for row in priced if row["backend"] not in (None, NOOP)})
+            ),
             endpoints=tuple(sorted({row["endpoint_id"] for row in priced if row["endpoint_id"]})),
+            noop=sum(1 for row in made if row["backend"] == NOOP),
         )
 
     def summary(self, *, path: str | None, url: str | None, size_bytes: int) -> AuditReport:
@@ -647,8 +656,9 @@ class _Batch:
 
     def _costs_section(self, totals: AuditReport) -> str:
         head = (
-            "<tr><th>step</th><th>asset</th><th>rows</th><th>ok</th><th>reused</th>"
-            "<th>failed</th><th>backend calls</th><th>cost_usd</th><th>list price</th>"
+            "<tr><th>step</th><th>asset</th><th>rows</th><th>ok</th><th>not sent</th>"
+            "<th>reused</th><th>failed</th><th>backend calls</th><th>cost_usd</th>"
+            "<th>list price</th>"
             "<th>unit price</th><th>backend</th><th>endpoint</th></tr>"
         )
         body = []
@@ -658,7 +668,7 @@ class _Batch:
             body.append(
                 f'<tr data-asset="{_e(s.asset)}" data-step="{_e(s.step)}">'
                 f"<td>{_e(s.step)}</td><td>{_e(s.asset)}</td><td>{s.rows}</td><td>{s.ok}</td>"
-                f"<td>{s.reused}</td><td{bad}>{s.failed}</td>"
+                f'<td class="noop">{s.noop}</td><td>{s.reused}</td><td{bad}>{s.failed}</td>'
                 f"<td>{s.backend_calls if s.endpoints or s.backend_calls else '—'}</td>"
                 f'<td class="num" data-cost="{s.cost_usd:.6f}">{_usd(s.cost_usd)}</td>'
                 f'<td class="num">{_usd(s.list_price_usd)}</td><td class="num">{_e(unit)}</td>'
@@ -669,6 +679,7 @@ class _Batch:
         body.append(
             '<tr class="sum"><td>total</td><td></td>'
             f"<td>{sum(s.rows for s in self.steps)}</td><td>{sum(s.ok for s in self.steps)}</td>"
+            f"<td>{sum(s.noop for s in self.steps)}</td>"
             f"<td>{sum(s.reused for s in self.steps)}</td><td>{totals.failures}</td>"
             f"<td>{calls}</td>"
             f'<td class="num" data-cost="{totals.cost_usd:.6f}">{_usd(totals.cost_usd)}</td>'
@@ -677,7 +688,9 @@ class _Batch:
         return (
             '<section id="costs"><h2>Cost per step</h2>\n'
             f'<table class="costs"><thead>{head}</thead><tbody>\n{"".join(body)}</tbody></table>'
-            '<p class="note">ok: made by a call of the run in <code>run_id</code>; reused: '
+            '<p class="note">ok: made by the run in <code>run_id</code>; not sent: ok rows '
+            "whose request would have returned its input unchanged (an expansion to the ratio "
+            "the image already has), recorded with the reason and not paid; reused: "
             "answered from an earlier record without a call (nothing paid); backend calls: "
             "distinct request ids of the ok rows.</p></section>\n"
         )
@@ -806,6 +819,8 @@ class _Batch:
         if row["backend"] or row["endpoint_id"]:
             made_by = (str(v) for v in (row["backend"], row["endpoint_id"]) if v)
             facts.append(("backend", _e(" · ".join(made_by))))
+        if row["noop_reason"]:
+            facts.append(("not sent", f'<span class="noop-reason">{_e(row["noop_reason"])}</span>'))
         if row["request_id"]:
             facts.append(("request", f'<code class="request-id">{_e(row["request_id"])}</code>'))
         if row["seed"] is not None:

@@ -83,6 +83,7 @@ KEPT = (
     "parameters",
     "seed",
     "request_id",
+    "noop_reason",
     "unit_price_usd",
     "duration_s",
     "attempts",
@@ -281,7 +282,7 @@ class ReuseIndex:
                 with contextlib.ExitStack() as stack:
                     source = path if self._local else stack.enter_context(self.fs.open(path, "rb"))
                     table = pq.ParquetFile(source).read()
-                return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+                return _conform(table)
             return self._read_wanted(path, wanted)
         except FileNotFoundError:
             raise
@@ -317,7 +318,7 @@ class ReuseIndex:
                 return INDEX_SCHEMA.empty_table()
             table = parquet.read_row_groups(groups)
         table = table.filter(pc.is_in(table[FINGERPRINT], pa.array(wanted, pa.string())))
-        return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+        return _conform(table)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -512,6 +513,15 @@ def rebuild(
         done[name] = index.sync(level=REBUILT_LEVEL)
         index.compact()
     return done
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """Index entries as :data:`INDEX_SCHEMA`; a nullable column added after the file was
+    written (``noop_reason``) reads as nulls, which is what its rows held."""
+    for field in INDEX_SCHEMA:
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
 
 
 def _newest(parts: list[pa.Table]) -> pa.Table:

@@ -9,7 +9,9 @@ runs them):
 2. *reuse*: a job whose fingerprint matches an ok record of an earlier run whose
    image is still in the store is answered from that record (no call), found through
    the asset's :class:`~bria_dagster.reuse.ReuseIndex`;
-3. *run*: the rest go to the backend, each input read from the store only when its
+3. *no-op*: a job whose request would return its input unchanged (``Job.noop``: an
+   expansion to the ratio the image already has) is recorded, not sent (:func:`noop_row`);
+4. *run*: the rest go to the backend, each input read from the store only when its
    request is sent; every output image goes into the store as it arrives and
    becomes one record.
 """
@@ -33,6 +35,7 @@ from .errors import BriaError
 from .images import sha256_hex
 from .records import (
     FAILED,
+    NOOP_BACKEND,
     OK,
     canonical_json,
     make_record_id,
@@ -47,6 +50,7 @@ __all__ = [
     "StepContext",
     "StepReport",
     "failed_row",
+    "noop_row",
     "ok_rows",
     "reused_rows",
     "source_row",
@@ -80,6 +84,9 @@ class Job:
     fingerprint: str | None = None
     error: BriaError | None = None
     error_class: str | None = None
+    noop: str | None = None
+    """Why ``request`` would return its input unchanged: it is recorded, not sent
+    (:func:`noop_row`)."""
 
 
 @dataclass
@@ -89,6 +96,7 @@ class StepReport:
     ok: int = 0
     failed: int = 0
     reused: int = 0
+    noop: int = 0
     calls: int = 0
     estimated_cost_usd: float = 0.0
     cost_usd: float = 0.0
@@ -97,13 +105,16 @@ class StepReport:
     usage: Usage = field(default_factory=Usage)
 
     def metadata(self) -> dict[str, Any]:
-        """``rows_ok``: images made by this run; ``rows_reused``: answered from an earlier
-        run's record without a call; ``rows_failed``; ``backend_calls``: calls made;
+        """``rows_ok``: images made by this run; ``rows_noop``: those of them recorded
+        without a call, as the call would not have changed the image (counted in
+        ``rows_ok``); ``rows_reused``: answered from an earlier run's record without a
+        call; ``rows_failed``; ``backend_calls``: calls made;
         ``cost_usd``: what they cost (0 on the local engine); ``list_price_usd``: what
         they cost at list price (the price table), whatever the backend."""
         seconds = max(self.duration_s, 1e-9)
         return {
             "rows_ok": self.ok,
+            "rows_noop": self.noop,
             "rows_reused": self.reused,
             "rows_failed": self.failed,
             "backend_calls": self.calls,
@@ -229,6 +240,30 @@ def failed_row(
         error_class=error_class,
         error_message=message,
         attempts=attempts,
+    )
+    return row
+
+
+def noop_row(ctx: StepContext, job: Job) -> dict[str, Any]:
+    """``job`` recorded, not sent: its request would return the parent image unchanged
+    (``job.noop`` says why). The row's image is the parent's (same bytes and sha256,
+    ``parent_sha256`` still names it, so lineage walks on); no backend, request id, cost
+    or unit price."""
+    assert job.request is not None and job.noop is not None
+    parent = job.parent
+    row = _base_row(ctx, job)
+    row.update(
+        record_id=_record_id(ctx, job, job.variant),
+        variant=job.variant,
+        status=OK,
+        image_uri=parent.get("image_uri"),
+        image_sha256=parent.get("image_sha256"),
+        width=parent.get("width"),
+        height=parent.get("height"),
+        content_type=parent.get("content_type"),
+        backend=NOOP_BACKEND,
+        noop_reason=job.noop,
+        unit_price_usd=0.0,
     )
     return row
 

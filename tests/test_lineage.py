@@ -21,12 +21,15 @@ from bria_dagster.lineage import (
     derived,
     derived_images,
     load_records,
+    plain_rows,
     trace,
     trace_image,
 )
+from bria_dagster.lineage_index import open_index
 from bria_dagster.records import (
     FAILED,
     IMAGE_RECORD_SCHEMA,
+    NOOP_BACKEND,
     OK,
     canonical_json,
     frame_to_table,
@@ -431,3 +434,55 @@ def test_a_recorded_catalog_source_ends_the_chain_once(rows):
     assert chain.attrs["source_uri"] == "https://cdn.example/sku-a.jpg"
     assert "source" not in derived("sku-a", frame)["step"].tolist()
     assert "source" not in derived(sha("source-sku-a"), frame)["step"].tolist()
+
+
+def noop_expansion(sku: str, image: str, *, run_id: str = "run-1") -> dict[str, Any]:
+    """An expansion recorded, not sent: its image is its parent's (same sha), nothing paid."""
+    row = record("expand", sku, image, image, variant="0-4:3", minutes=2, run_id=run_id)
+    row.update(
+        backend=NOOP_BACKEND,
+        noop_reason="the image is already 640x480, the 4:3 canvas: not sent",
+        request_id=None,
+        cost_usd=0.0,
+        unit_price_usd=0.0,
+        attempts=0,
+        duration_s=0.0,
+    )
+    return row
+
+
+def test_trace_of_a_noop_expansion_walks_on_to_the_source(tmp_path, rows):
+    scene = sha("scene-sku-a-0")
+    noop = noop_expansion("sku-a", scene)
+    later = reused_record(
+        noop,
+        "run-2",
+        record_id=make_record_id("batch-2", "expand", "sku-a", "0-4:3", "reused"),
+        partition="batch-2",
+    )
+    frame = records_to_frame([*rows, noop, later])
+    write_store(str(tmp_path), frame)
+    pandas_index = LineageIndex.load(tmp_path)
+    with open_index(tmp_path) as index:
+        chain = trace(scene, pandas_index)
+        assert plain_rows(chain) == index.trace(scene).rows  # the SQLite index agrees
+        # The no-op hop first (the image is that expansion), then the row that made it.
+        assert chain["step"].tolist() == ["expand", "replace", "remove", "source"]
+        assert chain["image_sha256"].tolist()[:2] == [scene, scene]
+        hop = chain.iloc[0]
+        assert hop["backend"] == NOOP_BACKEND and "4:3 canvas" in hop["noop_reason"]
+        assert hop["cost_usd"] == 0.0 and pd.isna(hop["request_id"])
+        assert chain["parent_sha256"].iloc[1] == sha("cutout-sku-a")
+        assert chain.attrs["total_cost_usd"] == pytest.approx(0.023 + 0.018)
+
+        every = trace(scene, pandas_index, all_records=True)
+        assert plain_rows(every) == index.trace(scene, all_records=True).rows
+        first = every[every["hop"] == 0]
+        assert first["backend"].tolist() == [NOOP_BACKEND, NOOP_BACKEND]
+        assert first["reused_in_run_id"].tolist()[1] == "run-2"
+        assert every[every["hop"] == 1]["step"].tolist() == ["replace"]
+        assert every["hop"].max() == 3
+
+        family = derived(scene, pandas_index)
+        assert plain_rows(family) == index.derived(scene).rows
+        assert family["step"].tolist().count("expand") == 4  # 2 made, 1 no-op, its reuse

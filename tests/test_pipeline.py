@@ -21,7 +21,8 @@ from bria_dagster import (
 )
 from bria_dagster.backends.local import LocalBackend
 from bria_dagster.engine.synthetic import make_product_photo
-from bria_dagster.records import COLUMNS
+from bria_dagster.records import COLUMNS, NOOP_BACKEND
+from bria_dagster.report import write_audit_report
 
 BATCH = "b1"
 
@@ -37,10 +38,16 @@ def write_catalog(folder: Path, rows: list[dict[str, str]], batch: str = BATCH) 
     return path
 
 
-def product(folder: Path, sku: str, seed: int, category: str = "white_studio") -> str:
+def product(
+    folder: Path,
+    sku: str,
+    seed: int,
+    category: str = "white_studio",
+    size: tuple[int, int] = (128, 112),
+) -> str:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     image = folder / "images" / f"{sku}.jpg"
-    image.write_bytes(make_product_photo(category, seed, (128, 112))[0])
+    image.write_bytes(make_product_photo(category, seed, size)[0])
     return f"../images/{sku}.jpg"
 
 
@@ -311,3 +318,126 @@ def test_invalid_parameters_fail_before_any_call(catalog, monkeypatch):
     a1 = scenes[scenes.sku == "A1"].iloc[0]
     assert a1.status == "failed" and "material" in a1.error_message
     assert counter.calls.count("fal-ai/bria/background/replace") == 1  # only A2 (own prompt)
+
+
+EXPAND = "fal-ai/bria/expand"
+
+
+@pytest.fixture
+def square_catalog(tmp_path: Path) -> Path:
+    """SQ: a square photo (its scene is square); WD: a wider one (128x112)."""
+    rows = [
+        {"sku": "SQ", "image_url": product(tmp_path, "SQ", 5, size=(128, 128))},
+        {"sku": "WD", "image_url": product(tmp_path, "WD", 6)},
+    ]
+    write_catalog(tmp_path, rows)
+    return tmp_path
+
+
+def noop_expansion(storage: str) -> tuple[pd.Series, pd.Series]:
+    """SQ's 1:1 expansion and the scene it was made from."""
+    expansions = table(storage, "product_expansions")
+    scenes = table(storage, "product_scenes")
+    row = expansions[(expansions.sku == "SQ") & (expansions.variant == "scene@1:1")]
+    return row.iloc[0], scenes[scenes.sku == "SQ"].iloc[0]
+
+
+def assert_recorded_not_sent(row: pd.Series, scene: pd.Series) -> None:
+    assert row.status == "ok" and row.backend == NOOP_BACKEND
+    assert row.image_sha256 == row.parent_sha256 == scene.image_sha256  # the scene's bytes
+    assert row.image_uri == scene.image_uri and row.content_type == scene.content_type
+    assert (row.width, row.height) == (scene.width, scene.height) == (128, 128)
+    assert row.cost_usd == 0.0 and row.unit_price_usd == 0.0 and pd.isna(row.request_id)
+    assert "already 128x128" in row.noop_reason and "1:1" in row.noop_reason
+    parameters = json.loads(row.parameters)
+    assert parameters["aspect_ratio"] == "1:1" and parameters["canvas_size"] == [128, 128]
+    assert row.root_source_uri.endswith("images/SQ.jpg") and pd.isna(row.error_class)
+
+
+def test_an_expansion_to_the_ratio_the_scene_has_is_recorded_not_sent(square_catalog, monkeypatch):
+    counter = CountingBackends(monkeypatch)
+    result, instance = materialize(square_catalog)  # aspect_ratios ("1:1", "4:5")
+    storage = str(square_catalog / "data")
+    # SQ@4:5, WD@1:1 and WD@4:5 are sent; SQ@1:1 would give the square scene back.
+    assert counter.calls.count(EXPAND) == 3
+    row, scene = noop_expansion(storage)
+    assert_recorded_not_sent(row, scene)
+    assert row.run_id == result.run_id
+    expansions = table(storage, "product_expansions")
+    wide = expansions[(expansions.sku == "WD") & (expansions.variant == "scene@1:1")].iloc[0]
+    assert wide.backend == "local" and (wide.width, wide.height) == (128, 128)
+    assert wide.unit_price_usd == 0.04 and wide.parent_sha256 != wide.image_sha256
+
+    # The usage and the estimate count the three calls only; the checks accept the no-op.
+    m = meta(result, "product_expansions")
+    assert (m["rows_ok"], m["rows_noop"], m["backend_calls"], m["bria.expand.calls"]) == (
+        4,
+        1,
+        3,
+        3,
+    )
+    assert m["list_price_usd"] == pytest.approx(3 * 0.04)
+    assert "1 not sent" in m["summary"]
+    assert meta(result, "product_scenes")["rows_noop"] == 0
+    checks = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key.path[-1] == "product_expansions"
+    ]
+    assert checks and all(e.passed for e in checks), [(e.check_name, e.passed) for e in checks]
+
+    # trace from the expanded image: the no-op hop, then the scene's own chain.
+    chain = trace(row.image_sha256, storage)
+    assert list(chain.step) == ["expand", "replace", "remove", "source"]
+    assert chain.backend.iloc[0] == NOOP_BACKEND and chain.noop_reason.iloc[0] == row.noop_reason
+    assert chain.attrs["total_cost_usd"] == 0.0  # the local engine; the no-op is free anyway
+
+    # The audit report shows it as not sent, with its reason; the list price leaves it out.
+    report = write_audit_report(storage, BATCH)
+    expand = next(s for s in report.steps if s.asset == "product_expansions")
+    assert (expand.ok, expand.noop, expand.backend_calls) == (4, 1, 3)
+    assert expand.list_price_usd == pytest.approx(3 * 0.04) and expand.backends == ("local",)
+    page = Path(report.path).read_text()
+    assert "<dt>not sent</dt>" in page and row.noop_reason in page
+
+    # An unchanged re-run makes no call and reuses the no-op with its reason.
+    counter.calls.clear()
+    second, _ = materialize(square_catalog, instance=instance)
+    assert counter.calls == []
+    again, _ = noop_expansion(storage)
+    assert again.status == "reused" and again.backend == NOOP_BACKEND
+    assert again.noop_reason == row.noop_reason and again.reused_in_run_id == second.run_id
+    assert again.image_sha256 == row.image_sha256 and again.cost_usd == 0.0
+    assert list(trace(again.image_sha256, storage).step) == [
+        "expand",
+        "replace",
+        "remove",
+        "source",
+    ]
+
+
+def test_on_fal_no_expand_request_is_sent_for_the_ratio_the_scene_has(
+    square_catalog, fal_server, tmp_path
+):
+    storage = str(tmp_path / "fal-noop")
+    bria = fal_resource(storage, square_catalog, retry_base_delay_s=0.02)
+    result, _ = materialize(square_catalog, storage=storage, bria=bria)
+    stats = fal_server.stats()
+    sent = [key.split(" ")[0] for key in stats["submissions_per_request"]]
+    assert sent.count(EXPAND) == 3  # SQ@4:5, WD@1:1, WD@4:5: none for SQ@1:1
+    assert stats["submissions"] == 2 + 2 + 3 and stats["duplicate_submissions"] == 0
+    assert stats["billed_cost_usd"] == pytest.approx(2 * 0.018 + 2 * 0.023 + 3 * 0.04)
+
+    row, scene = noop_expansion(storage)
+    assert_recorded_not_sent(row, scene)
+    expansions = table(storage, "product_expansions")
+    paid = expansions[expansions.backend == "fal"]
+    assert sorted(paid.sku + paid.variant) == ["SQscene@4:5", "WDscene@1:1", "WDscene@4:5"]
+    assert (paid.cost_usd == 0.04).all() and paid.request_id.notna().all()
+    assert expansions.cost_usd.sum() == pytest.approx(3 * 0.04)
+    m = meta(result, "product_expansions")
+    assert m["bria.expand.calls"] == 3 and m["cost_usd"] == pytest.approx(3 * 0.04)
+    assert m["list_price_usd"] == pytest.approx(3 * 0.04) and m["rows_noop"] == 1
+    chain = trace(row.image_sha256, storage)
+    assert list(chain.step) == ["expand", "replace", "remove", "source"]
+    assert chain.attrs["total_cost_usd"] == pytest.approx(0.023 + 0.018)  # the scene's chain

@@ -6,10 +6,15 @@ import hashlib
 
 import pytest
 
-from bria_dagster import steps
-from bria_dagster.endpoints import build_request, request_fingerprint
+from bria_dagster import PipelineSettings, steps
+from bria_dagster.endpoints import EXPAND, build_request, request_fingerprint
+from bria_dagster.engine.outpaint import plan_expand
 from bria_dagster.errors import RequestValidationError
+from bria_dagster.planning import StepPlanner
+from bria_dagster.records import NOOP_BACKEND, records_to_frame
 from bria_dagster.steps import RequestPlanner
+
+EXPAND_ID = EXPAND.endpoint_id
 
 IMAGE = b"\x89PNG stand-in for a parent image"
 PARENT = {"sku": "SKU-1", "image_sha256": hashlib.sha256(IMAGE).hexdigest()}
@@ -71,3 +76,55 @@ def test_invalid_arguments_become_a_failed_job_for_every_row_that_has_them():
         assert job.request is None and job.fingerprint is None
         assert isinstance(job.error, RequestValidationError)
         assert "num_images" in str(job.error)
+
+
+def _scene(width: int, height: int) -> dict:
+    return {
+        "sku": "S1",
+        "variant": "scene",
+        "status": "ok",
+        "width": width,
+        "height": height,
+        "image_sha256": hashlib.sha256(f"{width}x{height}".encode()).hexdigest(),
+        "image_uri": "store/scene.jpg",
+        "content_type": "image/jpeg",
+        "catalog_row": "{}",
+    }
+
+
+@pytest.mark.parametrize(
+    ("size", "ratio", "noop"),
+    [
+        ((640, 640), "1:1", True),
+        ((640, 640), "4:5", False),
+        ((800, 1000), "4:5", True),
+        ((801, 1000), "4:5", False),  # the canvas would be 801x1002: two rows filled
+        ((799, 1000), "4:5", False),  # 800x1000: one column filled
+        ((1920, 1080), "16:9", True),
+        ((641, 640), "1:1", False),
+    ],
+)
+def test_an_expansion_is_a_noop_exactly_when_its_canvas_is_the_image(size, ratio, noop):
+    settings = PipelineSettings(aspect_ratios=(ratio,))
+    [job] = StepPlanner(settings, "expand").jobs(_scene(*size))
+    canvas = plan_expand(size, canvas_size=None, aspect_ratio=ratio).canvas
+    assert job.request is not None and list(job.request.canvas_size) == list(canvas)
+    assert (job.noop is not None) == noop == (canvas == size)
+    if noop:
+        assert f"already {size[0]}x{size[1]}" in job.noop and ratio in job.noop
+
+
+def test_a_noop_row_holds_its_parent_image_and_costs_nothing():
+    settings = PipelineSettings(aspect_ratios=("1:1",))
+    parent = _scene(640, 640)
+    [job] = StepPlanner(settings, "expand").jobs(parent)
+    ctx = steps.StepContext("b1", "run-1", "p/product_expansions", "1", "expand")
+    row = steps.noop_row(ctx, job)
+    assert row["status"] == "ok" and row["backend"] == NOOP_BACKEND
+    assert row["image_sha256"] == row["parent_sha256"] == parent["image_sha256"]
+    assert (row["image_uri"], row["width"], row["height"]) == ("store/scene.jpg", 640, 640)
+    assert row["cost_usd"] == 0.0 and row["unit_price_usd"] == 0.0
+    assert row.get("request_id") is None and row["noop_reason"] == job.noop
+    assert row["request_fingerprint"] == job.fingerprint and row["endpoint_id"] == EXPAND_ID
+    frame = records_to_frame([row])  # a complete record
+    assert frame["noop_reason"].iloc[0] == job.noop

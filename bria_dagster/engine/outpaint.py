@@ -49,6 +49,13 @@ class Placement:
         (cw, ch), (pw, ph), (x, y) = self.canvas, self.size, self.location
         return max(x, 0), max(y, 0), min(x + pw, cw), min(y + ph, ch)
 
+    def unchanged(self, input_size: tuple[int, int]) -> bool:
+        """True when expanding an image of ``input_size`` gives it back as it is: the
+        canvas is the image's own size and the image fills it unresized, at (0, 0)
+        (e.g. a square image to ``1:1``). Nothing would be filled: a no-op."""
+        size = tuple(input_size)
+        return self.canvas == size and self.size == size and self.location == (0, 0)
+
 
 def _pair(name: str, value: tuple[int, int]) -> tuple[int, int]:
     try:
