@@ -21,6 +21,7 @@ from dagster import AssetExecutionContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._version import __version__
+from .batches import pipeline_marker
 from .catalog import FORMATS, load_catalog, row_json
 from .chain import ChainStep, StepChain
 from .checks import CheckSettings, check_specs_for, compliance_results, evaluate_checks
@@ -152,9 +153,12 @@ def build_product_image_assets(
 
     def asset_args(step: str) -> dict[str, Any]:
         spec = specs[step]
+        # catalog_batch names its pipeline and catalog folder, after the translation (which
+        # may change keys and metadata): `bria-dagster batches add` finds pipelines by it.
+        marker = pipeline_marker(pipeline.name, settings.catalog_dir) if step == "source" else {}
         return dict(
             **_spec_args(pipeline, spec),
-            metadata={**definition_metadata(), **spec.metadata},
+            metadata={**definition_metadata(), **spec.metadata, **marker},
             check_specs=check_specs_for(spec.key, step, settings.checks),
             io_manager_key=pipeline.io_manager_key,
         )

@@ -6,8 +6,11 @@
     bria-dagster lineage report --batch NAME [--out FILE.html] [--base DIR] [--pipeline NAME]
         (one self-contained HTML page: failures, cost per step, every sku's chain of images)
     bria-dagster batches add [BATCH ...] [--pipeline NAME] [--catalog-dir DIR]
-    bria-dagster batches list [--pipeline NAME]
-        (batches are the pipeline's partitions in the Dagster instance at $DAGSTER_HOME)
+                             [-f FILE | -m MODULE]
+    bria-dagster batches list [--pipeline NAME] [-f FILE | -m MODULE]
+        (batches are the pipeline's partitions in the Dagster instance at $DAGSTER_HOME;
+        without --pipeline, the one pipeline of the code location: -f / -m, or the
+        project of the nearest pyproject.toml with [tool.dg] or [tool.dagster])
     bria-dagster reuse rebuild [--base DIR] [--asset NAME ...]
         (drops the reuse index and derives it again from the record tables)
     bria-dagster demo [--base DIR]
@@ -149,15 +152,32 @@ def _parser() -> argparse.ArgumentParser:
         "add", help="add batches as partitions (then launch them with --partition)"
     )
     add.add_argument(
-        "batch", nargs="*", help="batch names (default: every catalog file in --catalog-dir)"
+        "batch",
+        nargs="*",
+        help="batch names (default: every catalog file in the pipeline's catalog folder)",
     )
     add.add_argument(
-        "--catalog-dir", help="the pipeline's catalog folder: each batch must have its file there"
+        "--catalog-dir",
+        help="the pipeline's catalog folder, where each batch's file is checked (default: the "
+        "pipeline's catalog_dir, read from its code location)",
     )
     listing = actions.add_parser("list", help="the batches the pipeline has")
     for sub in (add, listing):
         sub.add_argument(
-            "--pipeline", default="product_images", help="pipeline name (default: product_images)"
+            "--pipeline",
+            help="pipeline name (default: the one pipeline of the code location; given "
+            "without -f/-m, nothing is loaded)",
+        )
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument(
+            "-f",
+            "--python-file",
+            help="the code location's Python file, as for `dagster dev -f` "
+            "(default: the project of the nearest pyproject.toml with [tool.dg] or "
+            "[tool.dagster])",
+        )
+        where.add_argument(
+            "-m", "--module-name", help="the code location's module, as for `dagster dev -m`"
         )
 
     reuse = commands.add_parser("reuse", help="maintain the index of earlier requests")
@@ -228,15 +248,26 @@ def _demo(base: str) -> int:
 def _batches(args: argparse.Namespace, out: TextIO) -> int:
     from . import batches
 
+    batches.dagster_home()  # before loading any code: without it nothing can be done
+    pipeline = batches.choose_pipeline(
+        args.pipeline, python_file=args.python_file, module_name=args.module_name
+    )
     if args.action == "list":
-        for name in batches.list_batches(args.pipeline):
+        for name in batches.list_batches(pipeline):
             out.write(f"{name}\n")
         return 0
-    added, known = batches.add_batches(args.pipeline, args.batch, catalog_dir=args.catalog_dir)
-    for name in added:
-        out.write(f"added {name}\n")
-    for name in known:
-        out.write(f"already there: {name}\n")
+    done = batches.add_batches(pipeline, args.batch, catalog_dir=args.catalog_dir)
+    where = f"pipeline {pipeline.name} (partitions {pipeline.partitions})"
+    for name in done.added:
+        out.write(f"added {name} to {where}\n")
+    for name in done.known:
+        out.write(f"already there: {name} in {where}\n")
+    if done.added and done.checked_in is None:
+        print(
+            f"bria-dagster: note: catalog files not checked (pipeline {pipeline.name} named "
+            "without its code location): give --catalog-dir DIR, or -f FILE / -m MODULE",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "BriaError",
     "BudgetExceededError",
     "CatalogError",
+    "CodeLocationError",
     "EmptyCutoutError",
     "EngineError",
     "FalRequestError",
@@ -25,6 +26,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "OutputVerificationError",
+    "PipelineChoiceError",
     "PresetError",
     "RequestValidationError",
     "RetriesExhaustedError",
@@ -121,6 +123,16 @@ class CatalogError(BriaError, ValueError):
 
 class ConfigurationError(BriaError, ValueError):
     """A pipeline or component setting is invalid or unsafe."""
+
+
+class CodeLocationError(BriaError):
+    """A code location (``-f`` file, ``-m`` module, or a project's ``pyproject.toml``
+    target) could not be found or did not load."""
+
+
+class PipelineChoiceError(BriaError, ValueError):
+    """Which pipeline is meant cannot be told: the code location has none, several and
+    none was named, or not the one named."""
 
 
 class PresetError(BriaError, ValueError):

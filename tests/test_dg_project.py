@@ -150,10 +150,16 @@ def test_dg_scaffold_writes_a_defs_yaml_that_passes_dg_check_yaml_and_defs_besid
 
     # A batch added by hand, then launched with dg: the partition exists, the run succeeds.
     write_batch(tmp_path / "catalogs" / "spring", "drop1", ["MUG-1"])
+    unnamed = bria_dagster_cli(tmp_path, "batches", "add", "drop1")
+    assert unnamed.returncode == 2 and unnamed.stdout == "", unnamed.stdout + unnamed.stderr
+    assert unnamed.stderr.endswith(
+        "has 2 pipelines (autumn, spring): choose one with --pipeline NAME\n"
+    ), unnamed.stderr
     add = bria_dagster_cli(
         tmp_path, "batches", "add", "--pipeline", "spring", "--catalog-dir", "catalogs/spring"
     )
-    assert add.returncode == 0 and add.stdout == "added drop1\n", add.stdout + add.stderr
+    added = "added drop1 to pipeline spring (partitions spring_batches)\n"
+    assert add.returncode == 0 and add.stdout == added, add.stdout + add.stderr
     launch = dg(tmp_path, "launch", "--job", "spring", "--partition", "drop1")
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
     cutouts = tmp_path / "bria_data" / "tables" / "spring__product_cutouts" / "drop1.parquet"
