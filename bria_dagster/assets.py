@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._version import __version__
 from .batches import pipeline_marker
@@ -31,7 +31,7 @@ from .export import export_channel
 from .fetch import fetch_bytes, fetch_client
 from .images import decode_image, sniff_content_type
 from .io_manager import read_records, read_table
-from .metadata import definition_metadata, materialization_metadata
+from .metadata import PREVIEW_ROWS, definition_metadata, materialization_metadata
 from .packshot_step import COMPLIANCE_ERROR, PackshotSettings, run_packshots
 from .planning import StepPlanner
 from .records import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
@@ -92,6 +92,27 @@ class PipelineSettings(BaseModel):
         default=True,
         description="Write each batch's audit report (HTML) as the asset audit_report.",
     )
+    report_url_base: str | None = Field(
+        default=None,
+        description="http(s) URL where <storage>/reports is served (an S3 website, a static "
+        "file server): audit_report then links <report_url_base>/<pipeline>/<batch>.html, "
+        "which the UI opens; without it the UI shows the report's path and how to serve it.",
+    )
+    preview_rows: int = Field(
+        default=PREVIEW_ROWS,
+        ge=1,
+        description="Rows in each step's preview and products in audit_report's table.",
+    )
+
+    @field_validator("report_url_base")
+    @classmethod
+    def _http_base(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                f"report_url_base must be an http:// or https:// URL, not {value!r}: the "
+                "Dagster UI is an http page, and browsers do not follow file:// links from it"
+            )
+        return value.rstrip("/") if value else value
 
 
 def find_catalog_file(catalog_dir: str, batch: str) -> str:
@@ -269,7 +290,13 @@ def build_product_image_assets(
             duration_s=time.perf_counter() - started,
         )
         report.images_written = report.ok
-        meta = materialization_metadata(frame, report, backend=bria.selected_backend(), store=store)
+        meta = materialization_metadata(
+            frame,
+            report,
+            backend=bria.selected_backend(),
+            store=store,
+            preview_rows=settings.preview_rows,
+        )
         meta.update(
             catalog_file=dg.MetadataValue.path(path),
             catalog_sha256=batch.content_sha256,
@@ -352,9 +379,10 @@ def _packshot_assets(
             f"packshots for {len(channels)} channel(s): {report.ok} made, "
             f"{report.reused} reused, {report.failed} failed"
         )
-        yield dg.Output(
-            frame, metadata=materialization_metadata(frame, report, backend="local", store=store)
+        meta = materialization_metadata(
+            frame, report, backend="local", store=store, preview_rows=settings.preview_rows
         )
+        yield dg.Output(frame, metadata=meta)
         yield from evaluate_checks(
             key, "packshot", frame, list(cutouts["sku"]), store, settings.checks
         )
@@ -393,7 +421,8 @@ def _packshot_assets(
 
 
 def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.AssetsDefinition:
-    """``audit_report``: the batch's HTML audit report, linked from its metadata."""
+    """``audit_report``: the batch's HTML audit report, linked from its metadata (an http
+    link with ``report_url_base``), and what each product became (``products``)."""
     storage = pipeline.store
     spec = pipeline.asset_spec("report")
     deps = sorted({k for keys in upstream for k in keys}, key=lambda k: k.to_user_string())
@@ -402,7 +431,12 @@ def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.A
     @storage.guarded
     def audit_report(context: AssetExecutionContext) -> dg.MaterializeResult:
         written = write_audit_report(storage, context.partition_key, pipeline=pipeline.name)
-        return dg.MaterializeResult(metadata=written.metadata())
+        settings = pipeline.settings
+        return dg.MaterializeResult(
+            metadata=written.metadata(
+                url_base=settings.report_url_base, products=settings.preview_rows
+            )
+        )
 
     return audit_report
 
@@ -487,7 +521,11 @@ def _image_steps(
                     frame,
                     output_name=key.to_python_identifier(),
                     metadata=materialization_metadata(
-                        frame, report, backend=bria.selected_backend(), store=store
+                        frame,
+                        report,
+                        backend=bria.selected_backend(),
+                        store=store,
+                        preview_rows=settings.preview_rows,
                     ),
                 )
                 for result in evaluate_checks(key, step, frame, expected, store, settings.checks):

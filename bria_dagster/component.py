@@ -120,6 +120,8 @@ _SETTINGS_FIELDS = (
     "seed",
     "aspect_ratios",
     "fetch_concurrency",
+    "report_url_base",
+    "preview_rows",
 )
 
 
@@ -244,6 +246,16 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     )
     report: bool = Field(
         default=True, description="Write each batch's HTML audit report (asset audit_report)."
+    )
+    report_url_base: str | None = Field(
+        default=None,
+        description="http(s) URL where <storage>/reports is served: audit_report then links "
+        "<report_url_base>/<name>/<batch>.html, which the UI opens.",
+    )
+    preview_rows: int | None = Field(
+        default=None,
+        description="Rows in each step's preview and products in audit_report's table "
+        "(default 50).",
     )
     operations: bool = Field(
         default=True, description="Also build the catalog sensor and the two schedules."

@@ -8,9 +8,10 @@ Materialization metadata (:func:`materialization_metadata`), the words first (th
 lists keys in this order):
 
 - ``summary``: what the run did in words (made, reused, failed; calls, paid, list price);
-- ``preview``: "N of M rows", failures first (at most half the rows when there are
-  images), a thumbnail for every made or reused image shown (at most ``PREVIEW_ROWS``);
-  Dagster shows markdown over 1,000 characters behind "[Show Markdown]";
+- ``preview``: "N of M rows" (at most ``preview_rows``, default :data:`PREVIEW_ROWS`),
+  failures first (at most half the rows when there are images); each row's sku, variant,
+  status, image sha256 and size, a thumbnail for the first :data:`PREVIEW_THUMBNAILS`
+  images shown; Dagster shows markdown over 1,000 characters behind "[Show Markdown]";
 - ``failures``: every failed row with its full error (only when some row failed);
 - ``dagster/row_count`` and the counts ``rows_ok`` (images made by this run),
   ``rows_reused`` (answered from an earlier run's record, no call), ``rows_failed``;
@@ -44,6 +45,7 @@ from .store import ImageStore
 __all__ = [
     "COLUMN_DESCRIPTIONS",
     "PREVIEW_ROWS",
+    "PREVIEW_THUMBNAILS",
     "column_schema",
     "definition_metadata",
     "failures_markdown",
@@ -54,8 +56,14 @@ __all__ = [
     "thumbnail",
 ]
 
-PREVIEW_ROWS = 6
-"""Rows in the preview; each made or reused image there gets one thumbnail."""
+PREVIEW_ROWS = 50
+"""Rows in the preview by default (``PipelineSettings.preview_rows``)."""
+
+PREVIEW_THUMBNAILS = 6
+"""Images of the preview shown as a thumbnail (the first ones); the others by sha256 and
+size: thumbnails are data URIs stored in the event log with every materialization."""
+
+SHA_SHOWN = 12
 
 FAILURES_SHOWN = 100
 """Failed rows listed in full in ``failures``; the rest are in the asset's table."""
@@ -232,11 +240,17 @@ def _preview_rows(frame: pd.DataFrame, limit: int) -> tuple[pd.DataFrame, int]:
     return shown, n_failed
 
 
-def preview_markdown(frame: pd.DataFrame, store: ImageStore, limit: int = PREVIEW_ROWS) -> str:
+def preview_markdown(
+    frame: pd.DataFrame,
+    store: ImageStore,
+    limit: int = PREVIEW_ROWS,
+    thumbnails: int = PREVIEW_THUMBNAILS,
+) -> str:
     """ "N of M rows", then a table of at most ``limit`` rows, failures first.
 
-    A made or reused image shows as a thumbnail (at most ``limit`` are made); a failure
-    shows its message cut at a word boundary (in full in ``failures``).
+    Each row: sku, variant, status, the image (a thumbnail for the first ``thumbnails``
+    images) or the error cut at a word boundary (in full in ``failures``), the image's
+    sha256 (its first 12 hex digits) and size.
     """
     shown, n_failed = _preview_rows(frame, limit)
     failed = int((frame["status"] == FAILED).sum())
@@ -244,21 +258,37 @@ def preview_markdown(frame: pd.DataFrame, store: ImageStore, limit: int = PREVIE
     if failed:
         which = f"{failed} failed" if n_failed == failed else f"{n_failed} of {failed} failures"
         heading += f", failures first ({which}; every error in full in `failures`)"
-    lines = [heading, "", "| sku | variant | status | image or error |", "|---|---|---|---|"]
+    lines = [
+        heading,
+        "",
+        "| sku | variant | status | image or error | sha256 | size |",
+        "|---|---|---|---|---|---|",
+    ]
+    made = 0
     for row in shown.to_dict("records"):
         status = _text(row["status"])
         if row["status"] == REUSED and row.get("run_id"):
             status = f"reused (made by run {_text(str(row['run_id'])[:8])})"
+        sha, size = "", ""
         if row["status"] in (OK, REUSED) and row["image_sha256"]:
-            try:
-                cell = f"![{_text(row['sku'])}]({thumbnail(store.get(row['image_sha256']))})"
-            except (OSError, BriaError):
-                cell = "(image missing from the store)"
+            sha = f"`{str(row['image_sha256'])[:SHA_SHOWN]}`"
+            if pd.notna(row.get("width")) and pd.notna(row.get("height")):
+                size = f"{int(row['width'])}×{int(row['height'])}"
+            cell = "(no thumbnail)"
+            if made < thumbnails:
+                made += 1
+                try:
+                    cell = f"![{_text(row['sku'])}]({thumbnail(store.get(row['image_sha256']))})"
+                except (OSError, BriaError):
+                    cell = "(image missing from the store)"
         else:
             cell = _text(shorten(row["error_message"] or ""))
             if row["error_class"] != "UpstreamFailed":  # its message starts "upstream ..."
                 cell = f"{_text(row['error_class'] or 'error')}: {cell}"
-        lines.append(f"| {_text(row['sku'])} | {_text(row['variant'])} | {status} | {cell} |")
+        lines.append(
+            f"| {_text(row['sku'])} | {_text(row['variant'])} | {status} | {cell} | {sha} "
+            f"| {size} |"
+        )
     return "\n".join(lines)
 
 

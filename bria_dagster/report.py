@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import fsspec
 import pyarrow as pa
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuditReport",
+    "ProductStep",
+    "ProductSummary",
     "StepSummary",
     "UnknownBatchError",
     "audit_batches",
@@ -112,6 +115,13 @@ _READ_COLUMNS = (
     "created_at",
 )
 _BATCHES_NAMED = 20
+PRODUCTS_SHOWN = 50
+"""Products in the ``products`` metadata by default (``PipelineSettings.preview_rows``)."""
+CELL_IMAGES = 3
+"""Images named per step in a ``products`` cell (then "+N more")."""
+SHA_CELL = 10
+SERVE_PORT = 8000
+"""The port the ``audit_report_open`` hint serves reports on."""
 
 
 class UnknownBatchError(BriaError, LookupError):
@@ -151,6 +161,30 @@ class StepSummary:
 
 
 @dataclass(frozen=True)
+class ProductStep:
+    """What one step made of one product: its images, reused ones and failures."""
+
+    asset: str
+    images: tuple[tuple[str, int | None, int | None], ...]
+    """``(image_sha256, width, height)`` of each ok or reused row, in variant order."""
+    reused: int
+    failed: int
+    error_class: str | None
+    """The first failed row's ``error_class``."""
+
+
+@dataclass(frozen=True)
+class ProductSummary:
+    """What one sku of the batch became, step by step (in the order of ``steps``)."""
+
+    sku: str
+    images: int
+    failures: int
+    cost_usd: float
+    steps: tuple[ProductStep, ...]
+
+
+@dataclass(frozen=True)
 class AuditReport:
     """What :func:`write_audit_report` wrote, and the batch's totals."""
 
@@ -174,16 +208,41 @@ class AuditReport:
     """Images the tables name that the store could not give back (shown as missing)."""
     steps: tuple[StepSummary, ...]
     size_bytes: int
+    product_summaries: tuple[ProductSummary, ...] = ()
+    """Every product of the batch, in the page's order."""
 
-    def metadata(self) -> dict[str, Any]:
-        """Materialization metadata for a Dagster asset that writes the report."""
+    def http_url(self, url_base: str | None) -> str | None:
+        """Where the page is over http: ``url`` when it is already, else
+        ``<url_base>/<pipeline>/<batch>.html`` when ``url_base`` serves ``<base>/reports``
+        (the page's default place); ``None`` when neither."""
+        if self.url and self.url.startswith(("http://", "https://")):
+            return self.url
+        if url_base:
+            return f"{url_base.rstrip('/')}/{quote(self.pipeline)}/{quote(self.batch)}.html"
+        return None
+
+    def metadata(
+        self, *, url_base: str | None = None, products: int = PRODUCTS_SHOWN
+    ) -> dict[str, Any]:
+        """Materialization metadata for a Dagster asset that writes the report.
+
+        ``audit_report`` is a link (``dg.MetadataValue.url``) when the page is reachable
+        over http (see :meth:`http_url`): the UI opens it. Otherwise it is the page's path,
+        and ``audit_report_open`` says how to serve it, as browsers do not follow a
+        ``file://`` link from the UI's http page. ``products`` lists what each product
+        became (the first ``products`` of them, failed ones first).
+        """
         import dagster as dg
 
         meta: dict[str, Any] = {}
-        if self.url and self.url.startswith(("http://", "https://")):
-            meta["audit_report"] = dg.MetadataValue.url(self.url)
+        link = self.http_url(url_base)
+        if link:
+            meta["audit_report"] = dg.MetadataValue.url(link)
         elif self.path:
             meta["audit_report"] = dg.MetadataValue.path(self.path)
+            meta["audit_report_open"] = dg.MetadataValue.md(self._how_to_open())
+        if self.product_summaries:
+            meta["products"] = dg.MetadataValue.md(self.products_markdown(products))
         meta.update(
             audit_products=self.products,
             audit_images=self.images,
@@ -192,6 +251,76 @@ class AuditReport:
             audit_list_price_usd=round(self.list_price_usd, 6),
         )
         return meta
+
+    def _how_to_open(self) -> str:
+        page = f"{quote(self.pipeline)}/{quote(self.batch)}.html"
+        if self.url and self.url.startswith("file://") and self.path:
+            reports = Path(self.path).parent.parent
+            return (
+                "Browsers do not open a `file://` link from the Dagster UI's http page: "
+                "serve the reports over http, e.g.\n\n"
+                f"`python -m http.server {SERVE_PORT} --bind 127.0.0.1 --directory {reports}`"
+                f"\n\nthen open http://127.0.0.1:{SERVE_PORT}/{page} . Set "
+                f'`PipelineSettings(report_url_base="http://127.0.0.1:{SERVE_PORT}")` '
+                "(component: `report_url_base`) and `audit_report` becomes a link."
+            )
+        return (
+            f"Serve `{self.path}`'s reports folder over http (e.g. an S3 static website) and "
+            "set `PipelineSettings(report_url_base=...)` (component: `report_url_base`) to "
+            f"its URL: `audit_report` then links `<report_url_base>/{page}`. Or write a "
+            f"local copy: `bria-dagster lineage report --batch {self.batch} --pipeline "
+            f"{self.pipeline} --base {self.storage} --out {self.batch}.html`."
+        )
+
+    def products_markdown(self, limit: int = PRODUCTS_SHOWN) -> str:
+        """What each product became, failed products first: per step its images (short
+        sha256 and size) or its failure, and what it cost; at most ``limit`` products."""
+        from .metadata import _text
+
+        ordered = sorted(self.product_summaries, key=lambda p: p.failures == 0)
+        shown = ordered[:limit]
+        failed = sum(1 for p in self.product_summaries if p.failures)
+        heading = f"**{len(shown)} of {self.products} products**"
+        if failed:
+            heading += f", failed products first ({failed} failed)"
+        heading += ": each step's images (sha256, size); every image in `audit_report`"
+        assets = [step.asset for step in self.steps]
+        lines = [
+            heading,
+            "",
+            "| sku | status | " + " | ".join(_text(a) for a in assets) + " | cost_usd |",
+            "|---|---|" + "---|" * len(assets) + "---|",
+        ]
+        for product in shown:
+            by_asset = {step.asset: step for step in product.steps}
+            cells = [_product_cell(by_asset.get(asset), _text) for asset in assets]
+            status = f"failed ({product.failures})" if product.failures else "ok"
+            lines.append(
+                f"| {_text(product.sku)} | {status} | {' | '.join(cells)} "
+                f"| {_usd(product.cost_usd)} |"
+            )
+        if len(ordered) > limit:
+            lines.append(
+                f"\n{len(ordered) - limit} more products in `audit_report` "
+                "(raise `preview_rows` to list them here)."
+            )
+        return "\n".join(lines)
+
+
+def _product_cell(step: ProductStep | None, text: Callable[[object], str]) -> str:
+    if step is None:
+        return "—"
+    parts = []
+    for sha, width, height in step.images[:CELL_IMAGES]:
+        size = f" {width}×{height}" if width and height else ""
+        parts.append(f"`{sha[:SHA_CELL]}`{size}")
+    if len(step.images) > CELL_IMAGES:
+        parts.append(f"+{len(step.images) - CELL_IMAGES} more")
+    if step.reused:
+        parts.append(f"({step.reused} reused)")
+    if step.failed:
+        parts.append(f"{step.failed} failed: {text(step.error_class or 'error')}")
+    return " ".join(parts) if parts else "—"
 
 
 # --------------------------------------------------------------------------- public API
@@ -520,6 +649,36 @@ class _Batch:
             missing_images=self.missing_images,
             steps=self.steps,
             size_bytes=size_bytes,
+            product_summaries=tuple(self._product_summary(p) for p in self.products),
+        )
+
+    def _product_summary(self, product: _Product) -> ProductSummary:
+        rows = sorted(product.rows, key=lambda i: self._row_key(i, self.rank))
+        steps = []
+        for asset in self.assets:
+            mine = [self.rows[i] for i in rows if self.rows[i]["_asset"] == asset]
+            if not mine:
+                continue
+            failed = [row for row in mine if row["status"] == FAILED]
+            steps.append(
+                ProductStep(
+                    asset=asset,
+                    images=tuple(
+                        (str(row["image_sha256"]), row["width"], row["height"])
+                        for row in mine
+                        if row["status"] in (OK, REUSED) and row["image_sha256"]
+                    ),
+                    reused=sum(1 for row in mine if row["status"] == REUSED),
+                    failed=len(failed),
+                    error_class=failed[0]["error_class"] if failed else None,
+                )
+            )
+        return ProductSummary(
+            sku=product.sku,
+            images=sum(len(step.images) for step in steps),
+            failures=sum(step.failed for step in steps),
+            cost_usd=round(sum(self.rows[i]["cost_usd"] or 0.0 for i in rows), 6),
+            steps=tuple(steps),
         )
 
     def _failed(self, i: int) -> bool:

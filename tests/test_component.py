@@ -70,6 +70,8 @@ def test_yaml_builds_the_prefixed_assets_job_checks_and_operations(loaded, monke
             "aspect_ratios": ["1:1"],
             "checks": {"max_failure_rate": 0.2, "failure_severity": "ERROR"},
             "resource": {"max_concurrency": 4, "budget_usd": 5},
+            "report_url_base": "http://reports.internal:8000/",
+            "preview_rows": 120,
         }
     )
     assert isinstance(component, ProductImagesComponent)
@@ -91,6 +93,10 @@ def test_yaml_builds_the_prefixed_assets_job_checks_and_operations(loaded, monke
     assert settings.steps == ("remove", "replace")
     assert settings.num_images == 1  # left out: PipelineSettings' default
     assert settings.checks.failure_severity == "ERROR"
+    assert (settings.report_url_base, settings.preview_rows) == (
+        "http://reports.internal:8000",
+        120,
+    )
     bria = component.bria_resource(root)
     assert component.pipeline(root).store.base == str(root / "bria_data")
     assert bria.file_roots == [str(root / ".")]
@@ -106,6 +112,8 @@ def test_operations_can_be_left_out_and_urls_are_kept(loaded):
         }
     )
     assert not defs.sensors and not defs.schedules
+    settings = component.pipeline_settings(root)
+    assert (settings.report_url_base, settings.preview_rows) == (None, 50)  # the defaults
     assert component.pipeline_settings(root).catalog_dir == "memory://landing/catalogs"
     assert component.pipeline(root).store.base == "memory://bria"
 

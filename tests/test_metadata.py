@@ -10,6 +10,8 @@ import pytest
 from bria_dagster import PipelineSettings, ProductImagePipeline
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.metadata import (
+    PREVIEW_ROWS,
+    PREVIEW_THUMBNAILS,
     column_schema,
     failures_markdown,
     preview_markdown,
@@ -77,10 +79,28 @@ def test_preview_counts_rows_lists_failures_first_and_thumbnails_reused_images(s
 
 
 def test_failures_leave_half_the_preview_to_images(store):
-    rows = table_rows(preview_markdown(cutout_frame(store, reused=1, ok=4, failed=9), store))
+    frame = cutout_frame(store, reused=1, ok=4, failed=9)
+    rows = table_rows(preview_markdown(frame, store, limit=6))
     assert [THUMB in row for row in rows] == [False] * 3 + [True] * 3
-    text = preview_markdown(cutout_frame(store, reused=0, ok=0, failed=9), store)
+    text = preview_markdown(cutout_frame(store, reused=0, ok=0, failed=9), store, limit=6)
     assert text.startswith("**6 of 9 rows**, failures first (6 of 9 failures;")
+
+
+def test_preview_lists_up_to_50_rows_with_sha_and_size_and_6_thumbnails(store):
+    frame = cutout_frame(store, reused=0, ok=60, failed=2)
+    text = preview_markdown(frame, store)
+    assert text.startswith(f"**{PREVIEW_ROWS} of 62 rows**, failures first (2 failed;")
+    rows = table_rows(text)
+    assert len(rows) == PREVIEW_ROWS == 50
+    assert text.count(THUMB) == PREVIEW_THUMBNAILS == 6  # the first six images only
+    assert [THUMB in row for row in rows[2:9]] == [True] * 6 + [False]
+    by_sku = {row.split(" | ")[0].removeprefix("| "): row.split(" | ") for row in rows}
+    ok = frame.set_index("sku").loc["A47"]
+    cells = by_sku["A47"]  # sku, variant, status, image, sha256, size
+    assert cells[3] == "(no thumbnail)" and cells[4] == f"`{ok['image_sha256'][:12]}`"
+    assert cells[5] == f"{int(ok['width'])}×{int(ok['height'])} |"
+    assert by_sku["Z00"][4:] == ["", " |"]  # a failure has no image
+    assert len(table_rows(preview_markdown(frame, store, limit=62))) == 62
 
 
 def test_preview_cuts_errors_at_a_word_boundary_and_failures_keep_them_whole(store):
@@ -178,3 +198,31 @@ def test_assets_carry_the_schema_and_each_materialization_its_row_count(catalog)
     for message in failed["error_message"]:
         assert message in unescape(cutouts["failures"])
     assert cutouts["list_price_usd"] == 0 and cutouts["saved_by_reuse_usd"] > 0
+
+
+def test_preview_rows_setting_limits_every_preview_and_the_products_table(catalog):  # noqa: F811
+    settings = PipelineSettings(
+        catalog_dir=str(catalog / "catalogs"), steps=("remove",), preview_rows=2
+    )
+    result, _ = materialize(catalog, settings=settings)
+    for asset in ("catalog_batch", "product_cutouts"):
+        preview = meta(result, asset)["preview"]
+        assert preview.startswith("**2 of 5 rows**") and len(table_rows(preview)) == 2
+    report = meta(result, "audit_report")
+    products = report["products"]
+    # A3's second row (a repeated sku) and A4 (missing image) fail, then their cutouts
+    assert products.startswith("**2 of 4 products**, failed products first (2 failed)")
+    assert [row.split(" | ")[:2] for row in table_rows(products)] == [
+        ["| A3", "failed (2)"],
+        ["| A4", "failed (2)"],
+    ]
+    assert "2 more products in `audit_report` (raise `preview_rows`" in products
+
+
+def test_report_url_base_must_be_http():
+    assert PipelineSettings(report_url_base="https://example.org/r/").report_url_base == (
+        "https://example.org/r"
+    )
+    for wrong in ("file:///srv/reports", "/srv/reports", "s3://bucket/reports"):
+        with pytest.raises(ValueError, match="http:// or https:// URL"):
+            PipelineSettings(report_url_base=wrong)

@@ -446,6 +446,40 @@ def test_thumbnails_reduce_big_jpegs_and_keep_transparency():
     assert thumbnail_data_uri(_bytes(opaque, "PNG"), 160)[1:] == (50, 40, False)
 
 
+def test_metadata_links_the_page_over_http_or_says_how_to_serve_it(runs):
+    report = write_audit_report(runs.base, BATCH)
+    local = report.metadata()
+    assert local["audit_report"].path == report.path  # a path: the UI copies it, no link
+    hint = local["audit_report_open"].value
+    reports = Path(runs.base) / "reports"
+    assert f"python -m http.server 8000 --bind 127.0.0.1 --directory {reports}" in hint
+    assert f"http://127.0.0.1:8000/product_images/{BATCH}.html" in hint
+    assert (reports / "product_images" / f"{BATCH}.html").is_file()
+
+    linked = report.metadata(url_base="https://audits.example.org/bria/")
+    assert "audit_report_open" not in linked
+    assert (
+        linked["audit_report"].url == f"https://audits.example.org/bria/product_images/{BATCH}.html"
+    )
+    assert list(linked)[:2] == ["audit_report", "products"]
+
+    # Every product: what each step made of it (short sha256 and size) or why it failed.
+    products = linked["products"].value
+    assert products.startswith("**5 of 5 products**, failed products first (3 failed)")
+    rows = [line.split(" | ") for line in products.splitlines() if line.startswith("| ")][1:]
+    escaped = "A2 \\<b\\>&\"x'"  # markdown-escaped: shown as written
+    assert [row[0].removeprefix("| ") for row in rows] == ["A3", "A4", "A5", "A1", escaped]
+    by_sku = {row[0].removeprefix("| "): row for row in rows}
+    records = load_records(runs.base)
+    cutout = records[(records["sku"] == "A1") & (records["step"] == "remove")].iloc[0]
+    size = f"{int(cutout['width'])}×{int(cutout['height'])}"
+    assert by_sku["A1"][1] == "ok" and by_sku[escaped][1] == "ok"
+    assert by_sku["A1"][3] == f"`{cutout['image_sha256'][:10]}` {size} (1 reused)"
+    assert "1 failed: FetchFailedError" in by_sku["A4"][2]
+    assert by_sku["A3"][1] == "failed (2)" and "1 failed: FalRequestError" in by_sku["A3"][4]
+    assert report.metadata(products=2)["products"].value.startswith("**2 of 5 products**")
+
+
 def test_unknown_batch_names_the_batches_there_are(runs, synthetic):
     with pytest.raises(UnknownBatchError) as caught:
         write_audit_report(runs.base, "b9")
