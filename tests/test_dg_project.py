@@ -81,8 +81,11 @@ def dg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "VIRTUAL_ENV": sys.prefix,
         "PATH": f"{DG.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "DAGSTER_HOME": str(root / ".dagster_home"),
-        # The project as if installed (`pip install -e .` in a real one): its src on the path.
-        "PYTHONPATH": str(root / "src"),
+        # The project as if installed (`pip install -e .` in a real one): its src on the
+        # path, before the caller's (which may put the bria_dagster under test first).
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(root / "src"), os.environ.get("PYTHONPATH")) if p
+        ),
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
