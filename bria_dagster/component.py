@@ -52,12 +52,12 @@ from pydantic import (
 
 from .assets import PipelineSettings
 from .checks import CheckSettings
-from .endpoints import PriceTable
+from .endpoints import AspectRatioName, PriceTable
 from .errors import ConfigurationError, SecretInConfigError
 from .packshot_step import PackshotSettings
 from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline
 from .resource import BriaResource
-from .translator import BriaStepProps, BriaTranslator
+from .translator import BriaStepProps, BriaTranslator, StepName
 
 __all__ = ["BriaResourceSettings", "ProductImagesComponent", "ProductImagesScaffolder"]
 
@@ -140,11 +140,13 @@ def _typed(model: type[BaseModel]) -> Any:
     return Annotated[Any, dg.Resolver(resolve, model_field_type=model)]
 
 
-def _name_unknown_keys(schema: dict[str, Any]) -> None:
-    """Rewrite a field's ``anyOf: [<model>, string(, null)]`` as ``if: string/null, else:
-    <model>``: the same values validate, but ``dg check yaml`` then reports an unknown key
-    as itself and points at its line, where a failed ``anyOf`` only says that the whole
-    mapping "is not valid under any of the given schemas"."""
+def _name_bad_values(schema: dict[str, Any]) -> None:
+    """Rewrite a field's ``anyOf: [<model or list>, string(, null)]`` as ``if: string/null,
+    else: <model or list>``: the same values validate, but ``dg check yaml`` then reports an
+    unknown key as itself and points at its line, and a value outside an ``enum`` with the
+    allowed ones (``attributes.steps.1 'replce' is not one of ['remove', 'replace',
+    'expand']``), where a failed ``anyOf`` only says that the whole value "is not valid
+    under any of the given schemas"."""
     options = schema.get("anyOf", [])
     scalars = [o["type"] for o in options if o.get("type") in ("string", "null")]
     models = [o for o in options if o.get("type") not in ("string", "null")]
@@ -199,8 +201,10 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         default="bria_data",
         description="Folder or fsspec URL for images/ and tables/ (relative: to the project root).",
     )
-    steps: list[str] | None = Field(
-        default=None, description="A prefix of [remove, replace, expand]; default all three."
+    steps: list[StepName] | None = Field(
+        default=None,
+        description="A prefix of [remove, replace, expand]; default all three.",
+        json_schema_extra=_name_bad_values,
     )
     prompt_template: str | None = Field(
         default=None, description="Replace prompt; may use {sku} and any catalog column."
@@ -211,8 +215,10 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     negative_prompt: str | None = None
     num_images: int | None = Field(default=None, description="Scenes per cutout (1-4).")
     seed: int | None = Field(default=None, description="Default seed (catalog 'seed' wins).")
-    aspect_ratios: list[str] | None = Field(
-        default=None, description="Expansions per scene, e.g. ['1:1', '4:5']."
+    aspect_ratios: list[AspectRatioName] | None = Field(
+        default=None,
+        description="Expansions per scene, e.g. ['1:1', '4:5'].",
+        json_schema_extra=_name_bad_values,
     )
     fetch_concurrency: int | None = Field(
         default=None, description="Source images fetched at once."
@@ -220,27 +226,27 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     checks: _typed(CheckSettings) = Field(  # type: ignore[valid-type]
         default=None,
         description="Asset check thresholds (CheckSettings).",
-        json_schema_extra=_name_unknown_keys,
+        json_schema_extra=_name_bad_values,
     )
     resource: _typed(BriaResourceSettings) = Field(  # type: ignore[valid-type]
         default_factory=BriaResourceSettings,
         description="BriaResource settings (backend, max_concurrency, budget_usd, prices, ...); "
         "never fal_key: set the FAL_KEY environment variable.",
-        json_schema_extra=_name_unknown_keys,
+        json_schema_extra=_name_bad_values,
     )
     translation: _TranslationFn | None = Field(
         default=None,
         description="How the steps appear as assets: key, key_prefix, group_name, owners, "
         "tags, kinds, metadata, description ... applied to each step's spec; templates "
         "see {{ pipeline }}, {{ step }}, {{ asset_name }}, {{ props }} and {{ spec }}.",
-        json_schema_extra=_name_unknown_keys,
+        json_schema_extra=_name_bad_values,
     )
     packshots: _typed(PackshotSettings) = Field(  # type: ignore[valid-type]
         default=None,
         description="Channel packshots from the cutouts and their export (PackshotSettings): "
         "channels, custom presets, export_to (relative: to the project root), "
         "filename_template.",
-        json_schema_extra=_name_unknown_keys,
+        json_schema_extra=_name_bad_values,
     )
     report: bool = Field(
         default=True, description="Write each batch's HTML audit report (asset audit_report)."

@@ -267,3 +267,22 @@ def test_the_readme_example_resolves(tmp_path):
     settings = component.pipeline_settings(tmp_path)
     assert settings.num_images == 2 and settings.aspect_ratios == ("1:1", "4:5", "16:9")
     assert component.pipeline(tmp_path).store.base == str(tmp_path / "bria_data" / "spring_catalog")
+
+
+def test_steps_and_aspect_ratios_are_enums_in_the_schema_and_at_load(loaded):
+    schema = ProductImagesComponent.get_model_cls().model_json_schema()
+    for field, values in (
+        ("steps", ["remove", "replace", "expand"]),
+        ("aspect_ratios", ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9"]),
+    ):
+        # `if` a template string (or null) `else` the list: dg check yaml then names the
+        # bad item and the allowed values, not "not valid under any of the given schemas".
+        assert schema["properties"][field]["else"]["items"]["enum"] == values
+    # Loaded anyway (dg check defs): pydantic's error names the allowed values too.
+    for attributes, allowed in (
+        ({"steps": ["replce"]}, "Input should be 'remove', 'replace' or 'expand'"),
+        ({"aspect_ratios": ["4x5"]}, "Input should be '1:1', '2:3', '3:2', '3:4', '4:3', "),
+    ):
+        with pytest.raises(Exception) as info:
+            loaded(attributes)
+        assert any(allowed in text for text in causes(info.value)), causes(info.value)

@@ -225,3 +225,30 @@ def test_dg_checks_custom_packshot_presets_as_yaml_writes_them(tmp_path):
     assert (
         "attributes.packshots.presets.kiosk.heigth Additional properties are not allowed" in output
     ), output
+
+
+def test_dg_check_yaml_names_a_bad_step_or_aspect_ratio_and_the_allowed_ones(tmp_path):
+    """Values from a fixed set are schema enums: ``dg check yaml`` names the bad value and
+    the allowed ones (not "is not valid under any of the given schemas")."""
+    defs = dg_project(tmp_path)
+    (defs / "spring").mkdir()
+    (defs / "spring" / "defs.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            type: {TYPE}
+            attributes:
+              name: spring
+              steps: [remove, replce]
+              aspect_ratios: ["1:1", "4x5"]
+            """
+        )
+    )
+    check = dg(tmp_path, "check", "yaml")
+    output = check.stdout + check.stderr
+    assert check.returncode == 1, output
+    for expected in (
+        "attributes.steps.1 'replce' is not one of ['remove', 'replace', 'expand']",
+        "attributes.aspect_ratios.1 '4x5' is not one of ['1:1', '2:3', '3:2', '3:4', '4:3', "
+        "'4:5', '5:4', '9:16', '16:9']",
+    ):
+        assert expected in output, output

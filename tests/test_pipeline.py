@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import get_args
 
 import dagster as dg
 import fsspec
@@ -20,6 +21,7 @@ from bria_dagster import (
     trace,
 )
 from bria_dagster.backends.local import LocalBackend
+from bria_dagster.endpoints import AspectRatio, AspectRatioName
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.records import COLUMNS
 
@@ -311,3 +313,21 @@ def test_invalid_parameters_fail_before_any_call(catalog, monkeypatch):
     a1 = scenes[scenes.sku == "A1"].iloc[0]
     assert a1.status == "failed" and "material" in a1.error_message
     assert counter.calls.count("fal-ai/bria/background/replace") == 1  # only A2 (own prompt)
+
+
+RATIOS = "1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9"
+
+
+def test_a_bad_step_or_aspect_ratio_names_the_allowed_values():
+    with pytest.raises(ValueError, match="step 'replce' is not one of remove, replace, expand"):
+        PipelineSettings(steps=["remove", "replce"])
+    with pytest.raises(ValueError, match=f"aspect_ratio '4x5' is not one of {RATIOS}"):
+        PipelineSettings(aspect_ratios=["1:1", "4x5"])
+    with pytest.raises(ValueError, match=f"aspect_ratio '4x5' is not one of {RATIOS}"):
+        AspectRatio("4x5")  # the enum says the same, wherever it is used
+    with pytest.raises(ValueError, match=r"steps must be a prefix of \['remove', 'replace'"):
+        PipelineSettings(steps=["replace"])
+    # The types the JSON schema lists are exactly the enum's and the chain's values.
+    assert get_args(AspectRatioName) == tuple(r.value for r in AspectRatio)
+    assert PipelineSettings(aspect_ratios=[AspectRatio.R16_9]).aspect_ratios == ("16:9",)
+    assert PipelineSettings(steps=["remove"]).steps == ("remove",)
