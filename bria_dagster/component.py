@@ -31,7 +31,6 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import dagster as dg
 from dagster.components.utils.translation import (
@@ -55,7 +54,7 @@ from .checks import CheckSettings
 from .endpoints import AspectRatioName, PriceTable
 from .errors import ConfigurationError, SecretInConfigError
 from .packshot_step import PackshotSettings
-from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline
+from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline, require_catalog_dir
 from .resource import BriaResource
 from .translator import BriaStepProps, BriaTranslator, StepName
 
@@ -307,7 +306,12 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         root = Path(context.project_root)
         pipeline = self.pipeline(root)
-        _require_folder(pipeline.settings.catalog_dir, self)
+        # Checked here too, to name the component and catalog_dir as written in defs.yaml.
+        require_catalog_dir(
+            pipeline.settings.catalog_dir,
+            owner=f"ProductImagesComponent {self.name!r}",
+            written=self.catalog_dir,
+        )
         return pipeline.build_definitions(self.bria_resource(root), operations=self.operations)
 
 
@@ -332,22 +336,6 @@ def _under(root: Path, location: str) -> str:
     if "://" in location or os.path.isabs(location):
         return location
     return str(root / location)
-
-
-def _require_folder(catalog_dir: str, component: ProductImagesComponent) -> None:
-    """A local ``catalog_dir`` must exist. Remote URLs (s3://, gs://, ...) are not checked:
-    that would be a network call, with credentials, on every code-location load."""
-    parts = urlsplit(catalog_dir)
-    if parts.scheme not in ("", "file"):
-        return
-    folder = Path(parts.path if parts.scheme == "file" else catalog_dir)
-    if not folder.is_dir():
-        raise ConfigurationError(
-            f"ProductImagesComponent {component.name!r}: catalog_dir {component.catalog_dir!r} "
-            f"is not a folder ({folder} does not exist): create it (the sensor adds one "
-            "partition per catalog file put there) or set catalog_dir to an existing folder "
-            "or an fsspec URL"
-        )
 
 
 def _pipeline_name(text: str) -> str:

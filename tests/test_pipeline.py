@@ -16,6 +16,7 @@ from bria_dagster import (
     BriaResource,
     PipelineSettings,
     ProductImagePipeline,
+    build_definitions,
     derived,
     load_records,
     trace,
@@ -23,6 +24,7 @@ from bria_dagster import (
 from bria_dagster.backends.local import LocalBackend
 from bria_dagster.endpoints import AspectRatio, AspectRatioName
 from bria_dagster.engine.synthetic import make_product_photo
+from bria_dagster.errors import ConfigurationError
 from bria_dagster.records import COLUMNS
 
 BATCH = "b1"
@@ -331,3 +333,25 @@ def test_a_bad_step_or_aspect_ratio_names_the_allowed_values():
     assert get_args(AspectRatioName) == tuple(r.value for r in AspectRatio)
     assert PipelineSettings(aspect_ratios=[AspectRatio.R16_9]).aspect_ratios == ("16:9",)
     assert PipelineSettings(steps=["remove"]).steps == ("remove",)
+
+
+def test_a_missing_local_catalog_dir_fails_when_the_definitions_load(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = (
+        f"pipeline 'product_images': catalog_dir 'catalgos' is not a folder "
+        f"({tmp_path / 'catalgos'} does not exist): create it"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        build_definitions(PipelineSettings(catalog_dir="catalgos"), storage=str(tmp_path))
+    assert expected in str(info.value)
+    pipeline = ProductImagePipeline(settings=PipelineSettings(catalog_dir="catalgos"))
+    with pytest.raises(ConfigurationError, match="catalog_dir 'catalgos' is not a folder"):
+        pipeline.build_operations()  # the sensor's parts alone, too
+    (tmp_path / "catalgos").mkdir()
+    defs = build_definitions(PipelineSettings(catalog_dir="catalgos"), storage=str(tmp_path))
+    assert {s.name for s in defs.sensors or []} == {"product_images_catalog_sensor"}
+    # An fsspec URL is not checked at load (that would be a network call on every load).
+    remote = build_definitions(
+        PipelineSettings(catalog_dir="s3://nowhere-bucket/catalogs"), storage=str(tmp_path)
+    )
+    assert {s.name for s in remote.sensors or []} == {"product_images_catalog_sensor"}
