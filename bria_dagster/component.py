@@ -21,6 +21,8 @@ checks, the job, ``BriaResource`` and the Parquet IO manager) and, unless
 ``operations: false``, the catalog sensor and the retry and refresh schedules.
 Relative ``catalog_dir``, ``storage`` and ``file_roots`` are taken from the project
 root. ``resource`` and ``checks`` are typed: an unknown key fails ``dg check yaml``.
+The ``bria`` resource is one per code location: components that leave ``resource`` out
+use the one another component sets; two that set different ones are an error naming both.
 The fal key is read from the ``FAL_KEY`` environment variable only: a key written
 into YAML would be shown with the resource's configuration.
 """
@@ -43,6 +45,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     create_model,
     field_validator,
@@ -230,7 +233,8 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     resource: _typed(BriaResourceSettings) = Field(  # type: ignore[valid-type]
         default_factory=BriaResourceSettings,
         description="BriaResource settings (backend, max_concurrency, budget_usd, prices, ...); "
-        "never fal_key: set the FAL_KEY environment variable.",
+        "never fal_key: set the FAL_KEY environment variable. One resource serves the code "
+        "location: set it in one component (the others use it) or alike in each.",
         json_schema_extra=_name_bad_values,
     )
     translation: _TranslationFn | None = Field(
@@ -253,6 +257,18 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     operations: bool = Field(
         default=True, description="Also build the catalog sensor and the two schedules."
     )
+
+    # Where dg loaded it from (from the project root), to name it in errors.
+    _defs_path: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> Any:
+        component = super().load(attributes, context)
+        path = Path(context.path)
+        if path.is_relative_to(context.project_root):
+            path = path.relative_to(context.project_root)
+        component._defs_path = path
+        return component
 
     @field_validator("checks", "resource", "packshots", mode="before")
     @classmethod
@@ -286,9 +302,10 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             catalog_dir=_under(root, self.catalog_dir), report=self.report, **given
         )
 
-    def bria_resource(self, root: Path) -> BriaResource:
-        """The :class:`BriaResource`: ``resource`` settings, the key from ``FAL_KEY``."""
-        options = self.resource.model_dump(exclude_unset=True)
+    def bria_resource(self, root: Path, settings: BaseModel | None = None) -> BriaResource:
+        """The :class:`BriaResource`: ``resource`` settings (or ``settings``, a
+        :class:`BriaResourceSettings`), the key from ``FAL_KEY``."""
+        options = (settings or self.resource).model_dump(exclude_unset=True)
         options["file_roots"] = [_under(root, p) for p in options.get("file_roots", ["."])]
         if os.environ.get("FAL_KEY"):
             options["fal_key"] = dg.EnvVar("FAL_KEY")
@@ -312,7 +329,36 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             owner=f"ProductImagesComponent {self.name!r}",
             written=self.catalog_dir,
         )
-        return pipeline.build_definitions(self.bria_resource(root), operations=self.operations)
+        bria = self.bria_resource(root, self._shared_resource_settings(context))
+        return pipeline.build_definitions(bria, operations=self.operations)
+
+    def _shared_resource_settings(self, context: dg.ComponentLoadContext) -> BaseModel:
+        """The ``resource`` of the code location: a code location has one ``bria``
+        resource, so the components that set ``resource`` must agree, and the ones that
+        leave it out use theirs (the defaults when none sets it). Two that differ are an
+        error naming both, where Dagster would only say "Definitions objects 1 and 2 have
+        different resources with same key 'bria'"."""
+        components: list[ProductImagesComponent] = [self]
+        if self._defs_path is not None:  # loaded by dg: its siblings are in the same tree
+            siblings = context.component_tree.get_all_components(ProductImagesComponent)
+            components += [c for c in siblings if c is not self]
+        setters = sorted(
+            (c for c in components if "resource" in c.model_fields_set), key=_component_label
+        )
+        if not setters:
+            return self.resource
+        first = setters[0]
+        for other in setters[1:]:
+            differ = _differences(first.resource, other.resource)
+            if differ:
+                raise ConfigurationError(
+                    f"{_component_label(first)} and {_component_label(other)} set different "
+                    f"`resource` settings ({differ}), but a code location has one `bria` "
+                    "resource that every pipeline shares: set `resource` in one of them and "
+                    "leave it out of the others (they then use that one), or set it alike in "
+                    "each"
+                )
+        return first.resource
 
 
 class ProductImagesTranslator(
@@ -336,6 +382,22 @@ def _under(root: Path, location: str) -> str:
     if "://" in location or os.path.isabs(location):
         return location
     return str(root / location)
+
+
+def _component_label(component: ProductImagesComponent) -> str:
+    """``ProductImagesComponent 'spring' (src/shop/defs/spring)``: its pipeline name and,
+    when dg loaded it, its defs path."""
+    label = f"ProductImagesComponent {component.name!r}"
+    path = component._defs_path
+    return label if path is None else f"{label} ({path})"
+
+
+def _differences(a: BaseModel, b: BaseModel) -> str:
+    """``max_concurrency 16 / 32, budget_usd None / 50.0``: the settings that differ."""
+    left, right = a.model_dump(), b.model_dump()
+    return ", ".join(
+        f"{key} {left[key]!r} / {right[key]!r}" for key in left if left[key] != right[key]
+    )
 
 
 def _pipeline_name(text: str) -> str:
