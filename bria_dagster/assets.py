@@ -25,7 +25,7 @@ from .batches import pipeline_marker
 from .catalog import FORMATS, load_catalog, row_json
 from .chain import ChainStep, StepChain
 from .checks import CheckSettings, check_specs_for, compliance_results, evaluate_checks
-from .endpoints import AspectRatio
+from .endpoints import AspectRatio, AspectRatioName
 from .errors import BriaError, CatalogError
 from .export import export_channel
 from .fetch import fetch_bytes, fetch_client
@@ -40,7 +40,7 @@ from .resource import BriaResource
 from .reuse import ReuseIndex
 from .steps import StepContext, StepReport, source_row
 from .storage import PipelineStorage, resolve_journal_url
-from .translator import API_STEPS
+from .translator import API_STEPS, StepName
 
 if TYPE_CHECKING:
     from .pipeline import ProductImagePipeline
@@ -65,7 +65,7 @@ class PipelineSettings(BaseModel):
         default="catalogs",
         description="Folder (or fsspec URL) holding one <batch>.csv|.parquet|.jsonl per batch.",
     )
-    steps: tuple[str, ...] = Field(
+    steps: tuple[StepName, ...] = Field(
         default=("remove", "replace", "expand"),
         description="Which steps run, in order; each needs the ones before it.",
     )
@@ -79,7 +79,7 @@ class PipelineSettings(BaseModel):
     negative_prompt: str = ""
     num_images: int = Field(default=1, ge=1, le=4, description="Scenes per cutout.")
     seed: int | None = Field(default=None, description="Default seed (catalog 'seed' wins).")
-    aspect_ratios: tuple[str, ...] = Field(
+    aspect_ratios: tuple[AspectRatioName, ...] = Field(
         default=("1:1", "4:5"), description="Expansions per scene (catalog 'aspect_ratios' wins)."
     )
     fetch_concurrency: int = Field(default=16, ge=1, description="Source images fetched at once.")
@@ -114,6 +114,28 @@ class PipelineSettings(BaseModel):
             )
         return value.rstrip("/") if value else value
 
+    # Before the Literal types' own checks, so that the error names the setting, the
+    # value and every allowed one in words ("step 'replce' is not one of ...").
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _known_steps(cls, value: Any) -> Any:
+        for step in value if isinstance(value, list | tuple) else ():
+            if step not in API_STEPS:
+                raise ValueError(f"step {step!r} is not one of {', '.join(API_STEPS)}")
+        if isinstance(value, list | tuple) and list(value) != list(API_STEPS[: len(value)]):
+            raise ValueError(
+                f"steps must be a prefix of {list(API_STEPS)} (each step consumes the one "
+                f"before), got {list(value)}"
+            )
+        return value
+
+    @field_validator("aspect_ratios", mode="before")
+    @classmethod
+    def _known_ratios(cls, value: Any) -> Any:
+        for ratio in value if isinstance(value, list | tuple) else ():
+            AspectRatio(ratio)  # raises "aspect_ratio '4x5' is not one of 1:1, 2:3, ..."
+        return value
+
 
 def find_catalog_file(catalog_dir: str, batch: str) -> str:
     """The catalog file of ``batch`` in ``catalog_dir`` (any supported extension)."""
@@ -147,17 +169,6 @@ def build_product_image_assets(
     """
     settings = pipeline.settings
     storage = pipeline.store
-    order = list(API_STEPS)
-    unknown = [s for s in settings.steps if s not in order]
-    if unknown:
-        raise ValueError(f"unknown step(s) {unknown}; choose from {order}")
-    if list(settings.steps) != order[: len(settings.steps)]:
-        raise ValueError(
-            f"steps must be a prefix of {order} (each step consumes the one before), "
-            f"got {list(settings.steps)}"
-        )
-    for ratio in settings.aspect_ratios:
-        AspectRatio(ratio)
     specs = {step: pipeline.asset_spec(step) for step in ["source", *settings.steps]}
 
     def step_context(

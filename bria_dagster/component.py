@@ -21,6 +21,8 @@ checks, the job, ``BriaResource`` and the Parquet IO manager) and, unless
 ``operations: false``, the catalog sensor and the retry and refresh schedules.
 Relative ``catalog_dir``, ``storage`` and ``file_roots`` are taken from the project
 root. ``resource`` and ``checks`` are typed: an unknown key fails ``dg check yaml``.
+The ``bria`` resource is one per code location: components that leave ``resource`` out
+use the one another component sets; two that set different ones are an error naming both.
 The fal key is read from the ``FAL_KEY`` environment variable only: a key written
 into YAML would be shown with the resource's configuration.
 """
@@ -31,7 +33,6 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import dagster as dg
 from dagster.components.utils.translation import (
@@ -44,6 +45,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     create_model,
     field_validator,
@@ -52,12 +54,12 @@ from pydantic import (
 
 from .assets import PipelineSettings
 from .checks import CheckSettings
-from .endpoints import PriceTable
+from .endpoints import AspectRatioName, PriceTable
 from .errors import ConfigurationError, SecretInConfigError
 from .packshot_step import PackshotSettings
-from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline
+from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline, require_catalog_dir
 from .resource import BriaResource
-from .translator import BriaStepProps, BriaTranslator
+from .translator import BriaStepProps, BriaTranslator, StepName
 
 __all__ = ["BriaResourceSettings", "ProductImagesComponent", "ProductImagesScaffolder"]
 
@@ -142,11 +144,13 @@ def _typed(model: type[BaseModel]) -> Any:
     return Annotated[Any, dg.Resolver(resolve, model_field_type=model)]
 
 
-def _name_unknown_keys(schema: dict[str, Any]) -> None:
-    """Rewrite a field's ``anyOf: [<model>, string(, null)]`` as ``if: string/null, else:
-    <model>``: the same values validate, but ``dg check yaml`` then reports an unknown key
-    as itself and points at its line, where a failed ``anyOf`` only says that the whole
-    mapping "is not valid under any of the given schemas"."""
+def _name_bad_values(schema: dict[str, Any]) -> None:
+    """Rewrite a field's ``anyOf: [<model or list>, string(, null)]`` as ``if: string/null,
+    else: <model or list>``: the same values validate, but ``dg check yaml`` then reports an
+    unknown key as itself and points at its line, and a value outside an ``enum`` with the
+    allowed ones (``attributes.steps.1 'replce' is not one of ['remove', 'replace',
+    'expand']``), where a failed ``anyOf`` only says that the whole value "is not valid
+    under any of the given schemas"."""
     options = schema.get("anyOf", [])
     scalars = [o["type"] for o in options if o.get("type") in ("string", "null")]
     models = [o for o in options if o.get("type") not in ("string", "null")]
@@ -201,8 +205,10 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         default="bria_data",
         description="Folder or fsspec URL for images/ and tables/ (relative: to the project root).",
     )
-    steps: list[str] | None = Field(
-        default=None, description="A prefix of [remove, replace, expand]; default all three."
+    steps: list[StepName] | None = Field(
+        default=None,
+        description="A prefix of [remove, replace, expand]; default all three.",
+        json_schema_extra=_name_bad_values,
     )
     prompt_template: str | None = Field(
         default=None, description="Replace prompt; may use {sku} and any catalog column."
@@ -213,8 +219,10 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     negative_prompt: str | None = None
     num_images: int | None = Field(default=None, description="Scenes per cutout (1-4).")
     seed: int | None = Field(default=None, description="Default seed (catalog 'seed' wins).")
-    aspect_ratios: list[str] | None = Field(
-        default=None, description="Expansions per scene, e.g. ['1:1', '4:5']."
+    aspect_ratios: list[AspectRatioName] | None = Field(
+        default=None,
+        description="Expansions per scene, e.g. ['1:1', '4:5'].",
+        json_schema_extra=_name_bad_values,
     )
     fetch_concurrency: int | None = Field(
         default=None, description="Source images fetched at once."
@@ -222,27 +230,28 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     checks: _typed(CheckSettings) = Field(  # type: ignore[valid-type]
         default=None,
         description="Asset check thresholds (CheckSettings).",
-        json_schema_extra=_name_unknown_keys,
+        json_schema_extra=_name_bad_values,
     )
     resource: _typed(BriaResourceSettings) = Field(  # type: ignore[valid-type]
         default_factory=BriaResourceSettings,
         description="BriaResource settings (backend, max_concurrency, budget_usd, prices, ...); "
-        "never fal_key: set the FAL_KEY environment variable.",
-        json_schema_extra=_name_unknown_keys,
+        "never fal_key: set the FAL_KEY environment variable. One resource serves the code "
+        "location: set it in one component (the others use it) or alike in each.",
+        json_schema_extra=_name_bad_values,
     )
     translation: _TranslationFn | None = Field(
         default=None,
         description="How the steps appear as assets: key, key_prefix, group_name, owners, "
         "tags, kinds, metadata, description ... applied to each step's spec; templates "
         "see {{ pipeline }}, {{ step }}, {{ asset_name }}, {{ props }} and {{ spec }}.",
-        json_schema_extra=_name_unknown_keys,
+        json_schema_extra=_name_bad_values,
     )
     packshots: _typed(PackshotSettings) = Field(  # type: ignore[valid-type]
         default=None,
         description="Channel packshots from the cutouts and their export (PackshotSettings): "
         "channels, custom presets, export_to (relative: to the project root), "
         "filename_template.",
-        json_schema_extra=_name_unknown_keys,
+        json_schema_extra=_name_bad_values,
     )
     report: bool = Field(
         default=True, description="Write each batch's HTML audit report (asset audit_report)."
@@ -260,6 +269,18 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     operations: bool = Field(
         default=True, description="Also build the catalog sensor and the two schedules."
     )
+
+    # Where dg loaded it from (from the project root), to name it in errors.
+    _defs_path: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> Any:
+        component = super().load(attributes, context)
+        path = Path(context.path)
+        if path.is_relative_to(context.project_root):
+            path = path.relative_to(context.project_root)
+        component._defs_path = path
+        return component
 
     @field_validator("checks", "resource", "packshots", mode="before")
     @classmethod
@@ -293,9 +314,10 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
             catalog_dir=_under(root, self.catalog_dir), report=self.report, **given
         )
 
-    def bria_resource(self, root: Path) -> BriaResource:
-        """The :class:`BriaResource`: ``resource`` settings, the key from ``FAL_KEY``."""
-        options = self.resource.model_dump(exclude_unset=True)
+    def bria_resource(self, root: Path, settings: BaseModel | None = None) -> BriaResource:
+        """The :class:`BriaResource`: ``resource`` settings (or ``settings``, a
+        :class:`BriaResourceSettings`), the key from ``FAL_KEY``."""
+        options = (settings or self.resource).model_dump(exclude_unset=True)
         options["file_roots"] = [_under(root, p) for p in options.get("file_roots", ["."])]
         if os.environ.get("FAL_KEY"):
             options["fal_key"] = dg.EnvVar("FAL_KEY")
@@ -313,8 +335,42 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         root = Path(context.project_root)
         pipeline = self.pipeline(root)
-        _require_folder(pipeline.settings.catalog_dir, self)
-        return pipeline.build_definitions(self.bria_resource(root), operations=self.operations)
+        # Checked here too, to name the component and catalog_dir as written in defs.yaml.
+        require_catalog_dir(
+            pipeline.settings.catalog_dir,
+            owner=f"ProductImagesComponent {self.name!r}",
+            written=self.catalog_dir,
+        )
+        bria = self.bria_resource(root, self._shared_resource_settings(context))
+        return pipeline.build_definitions(bria, operations=self.operations)
+
+    def _shared_resource_settings(self, context: dg.ComponentLoadContext) -> BaseModel:
+        """The ``resource`` of the code location: a code location has one ``bria``
+        resource, so the components that set ``resource`` must agree, and the ones that
+        leave it out use theirs (the defaults when none sets it). Two that differ are an
+        error naming both, where Dagster would only say "Definitions objects 1 and 2 have
+        different resources with same key 'bria'"."""
+        components: list[ProductImagesComponent] = [self]
+        if self._defs_path is not None:  # loaded by dg: its siblings are in the same tree
+            siblings = context.component_tree.get_all_components(ProductImagesComponent)
+            components += [c for c in siblings if c is not self]
+        setters = sorted(
+            (c for c in components if "resource" in c.model_fields_set), key=_component_label
+        )
+        if not setters:
+            return self.resource
+        first = setters[0]
+        for other in setters[1:]:
+            differ = _differences(first.resource, other.resource)
+            if differ:
+                raise ConfigurationError(
+                    f"{_component_label(first)} and {_component_label(other)} set different "
+                    f"`resource` settings ({differ}), but a code location has one `bria` "
+                    "resource that every pipeline shares: set `resource` in one of them and "
+                    "leave it out of the others (they then use that one), or set it alike in "
+                    "each"
+                )
+        return first.resource
 
 
 class ProductImagesTranslator(
@@ -340,20 +396,20 @@ def _under(root: Path, location: str) -> str:
     return str(root / location)
 
 
-def _require_folder(catalog_dir: str, component: ProductImagesComponent) -> None:
-    """A local ``catalog_dir`` must exist. Remote URLs (s3://, gs://, ...) are not checked:
-    that would be a network call, with credentials, on every code-location load."""
-    parts = urlsplit(catalog_dir)
-    if parts.scheme not in ("", "file"):
-        return
-    folder = Path(parts.path if parts.scheme == "file" else catalog_dir)
-    if not folder.is_dir():
-        raise ConfigurationError(
-            f"ProductImagesComponent {component.name!r}: catalog_dir {component.catalog_dir!r} "
-            f"is not a folder ({folder} does not exist): create it (the sensor adds one "
-            "partition per catalog file put there) or set catalog_dir to an existing folder "
-            "or an fsspec URL"
-        )
+def _component_label(component: ProductImagesComponent) -> str:
+    """``ProductImagesComponent 'spring' (src/shop/defs/spring)``: its pipeline name and,
+    when dg loaded it, its defs path."""
+    label = f"ProductImagesComponent {component.name!r}"
+    path = component._defs_path
+    return label if path is None else f"{label} ({path})"
+
+
+def _differences(a: BaseModel, b: BaseModel) -> str:
+    """``max_concurrency 16 / 32, budget_usd None / 50.0``: the settings that differ."""
+    left, right = a.model_dump(), b.model_dump()
+    return ", ".join(
+        f"{key} {left[key]!r} / {right[key]!r}" for key in left if left[key] != right[key]
+    )
 
 
 def _pipeline_name(text: str) -> str:

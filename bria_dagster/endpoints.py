@@ -41,6 +41,7 @@ __all__ = [
     "REMOVE",
     "REPLACE",
     "AspectRatio",
+    "AspectRatioName",
     "BriaRequest",
     "BriaResponse",
     "EndpointSpec",
@@ -106,6 +107,11 @@ ImageInput = Annotated[
 """An image given as URL (http, https, s3, gs, data, file), local path, or bytes."""
 
 
+AspectRatioName = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9"]
+"""An aspect ratio as settings spell it (a JSON-schema ``enum``; one value per
+:class:`AspectRatio` member)."""
+
+
 class AspectRatio(StrEnum):
     R1_1 = "1:1"
     R2_3 = "2:3"
@@ -116,6 +122,11 @@ class AspectRatio(StrEnum):
     R5_4 = "5:4"
     R9_16 = "9:16"
     R16_9 = "16:9"
+
+    @classmethod
+    def _missing_(cls, value: object) -> AspectRatio:
+        # Instead of "'4x5' is not a valid AspectRatio": the values to choose from.
+        raise ValueError(f"aspect_ratio {value!r} is not one of {', '.join(cls)}")
 
     @property
     def ratio(self) -> float:

@@ -22,7 +22,9 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dagster as dg
 
@@ -36,7 +38,12 @@ from .resource import BriaResource
 from .storage import PipelineStorage
 from .translator import API_STEPS, BriaStepProps, BriaTranslator
 
-__all__ = ["DEFAULT_PIPELINE_NAME", "ProductImagePipeline", "build_definitions"]
+__all__ = [
+    "DEFAULT_PIPELINE_NAME",
+    "ProductImagePipeline",
+    "build_definitions",
+    "require_catalog_dir",
+]
 
 DEFAULT_PIPELINE_NAME = "product_images"
 RESOURCE_KEY = "bria"
@@ -134,9 +141,16 @@ class ProductImagePipeline:
         """The IO manager of this pipeline's step tables (its own storage)."""
         return ImageRecordIOManager(base_dir=self.store.base)
 
+    def require_catalog_dir(self) -> None:
+        """Raise :class:`~bria_dagster.errors.ConfigurationError` now, naming the path, when
+        ``settings.catalog_dir`` is a local folder that does not exist (see
+        :func:`require_catalog_dir`)."""
+        require_catalog_dir(self.settings.catalog_dir, owner=f"pipeline {self.name!r}")
+
     def build_operations(self) -> list[dg.SensorDefinition | dg.ScheduleDefinition]:
         """The catalog sensor, the daily retry and the weekly refresh schedule (all stopped
-        until turned on)."""
+        until turned on). A local ``catalog_dir`` that does not exist fails here."""
+        self.require_catalog_dir()
         return [
             build_catalog_sensor(self),
             build_retry_schedule(self),
@@ -147,7 +161,9 @@ class ProductImagePipeline:
         self, bria: BriaResource | None = None, *, operations: bool = True
     ) -> dg.Definitions:
         """This pipeline's assets, checks, job, IO manager (and sensor and schedules), plus
-        the shared ``bria`` resource."""
+        the shared ``bria`` resource. A local ``catalog_dir`` that does not exist fails here,
+        when the code location loads, rather than at the sensor's first tick."""
+        self.require_catalog_dir()
         assets = self.build_assets()
         ops = self.build_operations() if operations else []
         return dg.Definitions(
@@ -159,6 +175,24 @@ class ProductImagePipeline:
                 RESOURCE_KEY: shared_resource(bria or default_resource()),
                 self.io_manager_key: self.io_manager(),
             },
+        )
+
+
+def require_catalog_dir(catalog_dir: str, *, owner: str, written: str | None = None) -> None:
+    """A local ``catalog_dir`` must be an existing folder, or :class:`ConfigurationError`
+    names it (``owner``: who set it; ``written``: the value as the user wrote it, when
+    ``catalog_dir`` was resolved from it). fsspec URLs (s3://, gs://, ...) are not checked:
+    that would be a network call, with credentials, on every code-location load."""
+    parts = urlsplit(catalog_dir)
+    if parts.scheme not in ("", "file"):
+        return
+    folder = Path(parts.path if parts.scheme == "file" else catalog_dir)
+    if not folder.is_dir():
+        shown = written if written is not None else catalog_dir
+        raise ConfigurationError(
+            f"{owner}: catalog_dir {shown!r} is not a folder ({folder.absolute()} does not "
+            "exist): create it (the sensor adds one partition per catalog file put there) or "
+            "set catalog_dir to an existing folder or an fsspec URL"
         )
 
 

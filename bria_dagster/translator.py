@@ -15,10 +15,11 @@ metadata; a step's upstream dependency follows its parent's (translated) key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import dagster as dg
 
-__all__ = ["API_STEPS", "STEP_ASSETS", "BriaStepProps", "BriaTranslator"]
+__all__ = ["API_STEPS", "STEP_ASSETS", "BriaStepProps", "BriaTranslator", "StepName"]
 
 STEP_ASSETS = {
     "source": "catalog_batch",
@@ -32,7 +33,10 @@ STEP_ASSETS = {
 """Each step's default asset name (``packshot`` and ``export`` exist when the pipeline has
 packshot channels; ``report`` unless ``report=False``)."""
 
-API_STEPS = ("remove", "replace", "expand")
+StepName = Literal["remove", "replace", "expand"]
+"""A step that calls a Bria endpoint, as settings spell it (a JSON-schema ``enum``)."""
+
+API_STEPS: tuple[StepName, ...] = get_args(StepName)
 """The steps that call a Bria endpoint, in chain order."""
 
 _KINDS = {"export": {"bria", "csv"}, "report": {"bria", "html"}}

@@ -275,3 +275,61 @@ def test_the_readme_example_resolves(tmp_path):
     settings = component.pipeline_settings(tmp_path)
     assert settings.num_images == 2 and settings.aspect_ratios == ("1:1", "4:5", "16:9")
     assert component.pipeline(tmp_path).store.base == str(tmp_path / "bria_data" / "spring_catalog")
+
+
+def test_steps_and_aspect_ratios_are_enums_in_the_schema_and_at_load(loaded):
+    schema = ProductImagesComponent.get_model_cls().model_json_schema()
+    for field, values in (
+        ("steps", ["remove", "replace", "expand"]),
+        ("aspect_ratios", ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9"]),
+    ):
+        # `if` a template string (or null) `else` the list: dg check yaml then names the
+        # bad item and the allowed values, not "not valid under any of the given schemas".
+        assert schema["properties"][field]["else"]["items"]["enum"] == values
+    # Loaded anyway (dg check defs): pydantic's error names the allowed values too.
+    for attributes, allowed in (
+        ({"steps": ["replce"]}, "Input should be 'remove', 'replace' or 'expand'"),
+        ({"aspect_ratios": ["4x5"]}, "Input should be '1:1', '2:3', '3:2', '3:4', '4:3', "),
+    ):
+        with pytest.raises(Exception) as info:
+            loaded(attributes)
+        assert any(allowed in text for text in causes(info.value)), causes(info.value)
+
+
+def _scaffold(sandbox, name: str, resource: dict | None) -> None:
+    attributes = {"name": name, "catalog_dir": "catalogs", "steps": ["remove"]}
+    if resource is not None:
+        attributes["resource"] = resource
+    sandbox.scaffold_component(
+        component_cls=ProductImagesComponent,
+        defs_path=name,
+        defs_yaml_contents={"type": TYPE, "attributes": attributes},
+    )
+
+
+def test_components_share_one_resource_and_two_different_ones_are_named(monkeypatch):
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    with create_defs_folder_sandbox() as sandbox:
+        (sandbox.project_root / "catalogs").mkdir()
+        # Set in one, left out of the other: both pipelines use the one that is set.
+        _scaffold(sandbox, "autumn", None)
+        _scaffold(sandbox, "spring", {"max_concurrency": 32})
+        with sandbox.build_all_defs() as defs:
+            assert defs.resources["bria"].max_concurrency == 32
+            dg.Definitions.validate_loadable(defs)
+
+    with create_defs_folder_sandbox() as sandbox:
+        (sandbox.project_root / "catalogs").mkdir()
+        _scaffold(sandbox, "autumn", None)
+        _scaffold(sandbox, "spring", {"max_concurrency": 32})
+        _scaffold(sandbox, "winter", {"max_concurrency": 8, "budget_usd": 5})
+        with pytest.raises(Exception) as info, sandbox.build_all_defs():
+            pass
+        message = next(t for t in causes(info.value) if t.startswith("ConfigurationError"))
+        module = sandbox.defs_folder_path.relative_to(sandbox.project_root)
+        assert (
+            f"ProductImagesComponent 'spring' ({module / 'spring'}) and ProductImagesComponent "
+            f"'winter' ({module / 'winter'}) set different `resource` settings "
+            "(max_concurrency 32 / 8, budget_usd None / 5.0)" in message
+        ), message
+        assert "leave it out of the others (they then use that one), or set it alike" in message

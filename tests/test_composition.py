@@ -103,6 +103,7 @@ def test_two_pipelines_user_assets_and_an_async_asset_load_and_materialize(tmp_p
 
 def test_a_definitions_file_built_the_same_way_passes_dagster_validate(tmp_path):
     write_batch(tmp_path / "spring", "drop1", ["SP-1"])
+    (tmp_path / "autumn").mkdir()  # each catalog folder must exist when the code loads
     code = f"""
         import sys
         from pathlib import Path

@@ -81,8 +81,11 @@ def dg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "VIRTUAL_ENV": sys.prefix,
         "PATH": f"{DG.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "DAGSTER_HOME": str(root / ".dagster_home"),
-        # The project as if installed (`pip install -e .` in a real one): its src on the path.
-        "PYTHONPATH": str(root / "src"),
+        # The project as if installed (`pip install -e .` in a real one): its src on the
+        # path, before the caller's (which may put the bria_dagster under test first).
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(root / "src"), os.environ.get("PYTHONPATH")) if p
+        ),
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
@@ -122,8 +125,8 @@ def test_dg_scaffold_writes_a_defs_yaml_that_passes_dg_check_yaml_and_defs_besid
     assert check.returncode == 0, check.stdout + check.stderr
 
     # A second instance, with checks and a translation: both load side by side. (Not a
-    # different `resource`: the code location has one `bria` resource, and Dagster refuses
-    # two different ones under one key; tests/test_component.py loads typed resources.)
+    # different `resource`: the code location has one `bria` resource; see
+    # test_dg_check_defs_names_two_components_with_different_resources.)
     (tmp_path / "landing").mkdir()
     (defs / "autumn").mkdir()
     (defs / "autumn" / "defs.yaml").write_text(
@@ -228,3 +231,61 @@ def test_dg_checks_custom_packshot_presets_as_yaml_writes_them(tmp_path):
     assert (
         "attributes.packshots.presets.kiosk.heigth Additional properties are not allowed" in output
     ), output
+
+
+def test_dg_check_yaml_names_a_bad_step_or_aspect_ratio_and_the_allowed_ones(tmp_path):
+    """Values from a fixed set are schema enums: ``dg check yaml`` names the bad value and
+    the allowed ones (not "is not valid under any of the given schemas")."""
+    defs = dg_project(tmp_path)
+    (defs / "spring").mkdir()
+    (defs / "spring" / "defs.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            type: {TYPE}
+            attributes:
+              name: spring
+              steps: [remove, replce]
+              aspect_ratios: ["1:1", "4x5"]
+            """
+        )
+    )
+    check = dg(tmp_path, "check", "yaml")
+    output = check.stdout + check.stderr
+    assert check.returncode == 1, output
+    for expected in (
+        "attributes.steps.1 'replce' is not one of ['remove', 'replace', 'expand']",
+        "attributes.aspect_ratios.1 '4x5' is not one of ['1:1', '2:3', '3:2', '3:4', '4:3', "
+        "'4:5', '5:4', '9:16', '16:9']",
+    ):
+        assert expected in output, output
+
+
+def test_dg_check_defs_names_two_components_with_different_resources(tmp_path):
+    """Two components with different ``resource`` settings: ``dg check defs`` names both
+    and says how to make them agree, where Dagster alone says "Definitions objects 1 and
+    2 have different resources with same key 'bria'"."""
+    defs = dg_project(tmp_path)
+    (tmp_path / "catalogs").mkdir()
+    for name, concurrency in (("spring", 32), ("autumn", 8)):
+        (defs / name).mkdir()
+        (defs / name / "defs.yaml").write_text(
+            textwrap.dedent(
+                f"""
+                type: {TYPE}
+                attributes:
+                  name: {name}
+                  steps: [remove]
+                  resource: {{max_concurrency: {concurrency}}}
+                """
+            )
+        )
+    check = dg(tmp_path, "check", "defs")
+    output = " ".join((check.stdout + check.stderr).split())
+    assert check.returncode == 1, output
+    assert "All component YAML validated successfully" in output, output
+    assert (
+        "ProductImagesComponent 'autumn' (src/shop/defs/autumn) and ProductImagesComponent "
+        "'spring' (src/shop/defs/spring) set different `resource` settings (max_concurrency "
+        "8 / 32), but a code location has one `bria` resource" in output
+    ), output
+    assert "different resources with same key" not in output, output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import get_args
 
 import dagster as dg
 import fsspec
@@ -15,12 +16,15 @@ from bria_dagster import (
     BriaResource,
     PipelineSettings,
     ProductImagePipeline,
+    build_definitions,
     derived,
     load_records,
     trace,
 )
 from bria_dagster.backends.local import LocalBackend
+from bria_dagster.endpoints import AspectRatio, AspectRatioName
 from bria_dagster.engine.synthetic import make_product_photo
+from bria_dagster.errors import ConfigurationError
 from bria_dagster.records import COLUMNS, NOOP_BACKEND
 from bria_dagster.report import write_audit_report
 
@@ -441,3 +445,43 @@ def test_on_fal_no_expand_request_is_sent_for_the_ratio_the_scene_has(
     chain = trace(row.image_sha256, storage)
     assert list(chain.step) == ["expand", "replace", "remove", "source"]
     assert chain.attrs["total_cost_usd"] == pytest.approx(0.023 + 0.018)  # the scene's chain
+
+
+RATIOS = "1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, 9:16, 16:9"
+
+
+def test_a_bad_step_or_aspect_ratio_names_the_allowed_values():
+    with pytest.raises(ValueError, match="step 'replce' is not one of remove, replace, expand"):
+        PipelineSettings(steps=["remove", "replce"])
+    with pytest.raises(ValueError, match=f"aspect_ratio '4x5' is not one of {RATIOS}"):
+        PipelineSettings(aspect_ratios=["1:1", "4x5"])
+    with pytest.raises(ValueError, match=f"aspect_ratio '4x5' is not one of {RATIOS}"):
+        AspectRatio("4x5")  # the enum says the same, wherever it is used
+    with pytest.raises(ValueError, match=r"steps must be a prefix of \['remove', 'replace'"):
+        PipelineSettings(steps=["replace"])
+    # The types the JSON schema lists are exactly the enum's and the chain's values.
+    assert get_args(AspectRatioName) == tuple(r.value for r in AspectRatio)
+    assert PipelineSettings(aspect_ratios=[AspectRatio.R16_9]).aspect_ratios == ("16:9",)
+    assert PipelineSettings(steps=["remove"]).steps == ("remove",)
+
+
+def test_a_missing_local_catalog_dir_fails_when_the_definitions_load(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = (
+        f"pipeline 'product_images': catalog_dir 'catalgos' is not a folder "
+        f"({tmp_path / 'catalgos'} does not exist): create it"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        build_definitions(PipelineSettings(catalog_dir="catalgos"), storage=str(tmp_path))
+    assert expected in str(info.value)
+    pipeline = ProductImagePipeline(settings=PipelineSettings(catalog_dir="catalgos"))
+    with pytest.raises(ConfigurationError, match="catalog_dir 'catalgos' is not a folder"):
+        pipeline.build_operations()  # the sensor's parts alone, too
+    (tmp_path / "catalgos").mkdir()
+    defs = build_definitions(PipelineSettings(catalog_dir="catalgos"), storage=str(tmp_path))
+    assert {s.name for s in defs.sensors or []} == {"product_images_catalog_sensor"}
+    # An fsspec URL is not checked at load (that would be a network call on every load).
+    remote = build_definitions(
+        PipelineSettings(catalog_dir="s3://nowhere-bucket/catalogs"), storage=str(tmp_path)
+    )
+    assert {s.name for s in remote.sensors or []} == {"product_images_catalog_sensor"}
