@@ -134,7 +134,7 @@ def test_dg_scaffold_writes_a_defs_yaml_that_passes_dg_check_yaml_and_defs_besid
               name: autumn
               catalog_dir: landing
               steps: [remove]
-              checks: {{max_failure_rate: 0.2, failure_severity: ERROR}}
+              checks: {{max_failure_rate: 0.2, failure_severity: ERROR, fail_run_above: 0.8}}
               translation:
                 group_name: catalog
                 owners: ["team:catalog"]
