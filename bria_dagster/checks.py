@@ -46,7 +46,7 @@ UPSTREAM_FAILED = "UpstreamFailed"
 
 
 class CheckSettings(BaseModel):
-    """Thresholds of the asset checks."""
+    """Thresholds of the asset checks, and the share of failed products that fails a run."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt threshold is an error
 
