@@ -24,7 +24,14 @@ from ._version import __version__
 from .batches import pipeline_marker
 from .catalog import FORMATS, load_catalog, row_json
 from .chain import ChainStep, StepChain
-from .checks import CheckSettings, check_specs_for, compliance_results, evaluate_checks
+from .checks import (
+    CheckSettings,
+    batch_failure,
+    batch_outcome,
+    check_specs_for,
+    compliance_results,
+    evaluate_checks,
+)
 from .endpoints import AspectRatio, AspectRatioName
 from .errors import BriaError, CatalogError
 from .export import export_channel
@@ -316,9 +323,22 @@ def build_product_image_assets(
         )
         yield dg.Output(frame, metadata=meta)
         expected = list(batch.valid["sku"]) + [r["sku"] for r in rows if r["status"] == FAILED]
-        yield from evaluate_checks(
+        results = evaluate_checks(
             context.asset_key, "source", frame, expected, store, settings.checks
         )
+        yield from results
+        # The batch's verdict is given by the last asset of the run that writes records: the
+        # image steps when they follow (they record every product, failed ones too, so each
+        # step's table is written before the run fails), else this one.
+        blocked = any(
+            r.check_name == "failure_rate"
+            and not r.passed
+            and r.severity == dg.AssetCheckSeverity.ERROR
+            for r in results
+        )
+        steps_follow = any(_in_run(context, specs[s].key) for s in settings.steps)
+        if blocked or not steps_follow:
+            _fail_if_batch_failed(context, pipeline, [frame])
 
     assets = [catalog_batch]
     if settings.steps:
@@ -501,6 +521,7 @@ def _image_steps(
         store = storage.image_store()
         journal, setting = resolve_journal_url(storage, context.instance)
         bria.open_journal(journal, setting=setting)  # fails here, before any request is sent
+        produced = [sources]  # every table of this run, in step order, for the verdict
         for group in _contiguous(steps, selected):
             first = steps.index(group[0])
             parents = (
@@ -543,8 +564,43 @@ def _image_steps(
                     if dg.AssetCheckKey(key, result.check_name) in checks:
                         yield result
                 expected = list(frame["sku"])
+                produced.append(frame)
+        # Every selected step's table is stored: now the batch's verdict.
+        _fail_if_batch_failed(context, pipeline, produced)
 
     return image_steps
+
+
+def _in_run(context: AssetExecutionContext, key: dg.AssetKey) -> bool:
+    """Whether this run materializes ``key``: the run's asset selection when it names
+    one (a launched subset), else the job's (``dg.materialize`` leaves the run's empty)."""
+    selection = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
+    return key in selection
+
+
+def _fail_if_batch_failed(
+    context: AssetExecutionContext, pipeline: "ProductImagePipeline", frames: list[pd.DataFrame]
+) -> None:
+    """Raise the batch's ``dg.Failure`` when more than ``checks.fail_run_above`` of its
+    products (or all of them) failed in ``frames`` (its step tables, in step order, already
+    stored). The audit report is written first when the run was to write it, since its
+    asset will not run after a failed step."""
+    settings = pipeline.settings
+    outcome = batch_outcome(frames)
+    if not outcome.fails_run(settings.checks.fail_run_above):
+        return
+    batch = context.partition_key
+    written = None
+    if settings.report and _in_run(context, pipeline.asset_key("report")):
+        try:
+            report = write_audit_report(pipeline.store, batch, pipeline=pipeline.name)
+            written = report.path or report.url
+        except BriaError as exc:  # the batch's own failure matters more: report it, go on
+            context.log.warning(
+                f"could not write the audit report of batch {batch!r} before failing the "
+                f"run: {type(exc).__name__}: {exc}"
+            )
+    raise batch_failure(batch, outcome, settings.checks, audit_report=written)
 
 
 def _contiguous(steps: list[str], selected: list[str]) -> list[list[str]]:

@@ -12,11 +12,15 @@ many rows were made by the run and how many reused:
 - ``cutouts_have_alpha``: cutouts' foreground fraction is within a range;
 - ``failure_rate``: failed rows under a threshold (WARN or ERROR severity);
 - ``within_budget``: no request was held back by the budget.
+
+Beyond the checks, :func:`batch_outcome` and :func:`batch_failure` decide whether a batch
+fails its run: more than ``fail_run_above`` of its products failed, or every one did.
 """
 
 import io
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Literal
 
 import dagster as dg
@@ -28,11 +32,26 @@ from pydantic import BaseModel, ConfigDict, Field
 from .records import FAILED, OK, REUSED
 from .store import ImageStore
 
-__all__ = ["CheckSettings", "check_specs_for", "evaluate_checks"]
+__all__ = [
+    "BatchOutcome",
+    "CheckSettings",
+    "ProductFailure",
+    "batch_failure",
+    "batch_outcome",
+    "check_specs_for",
+    "evaluate_checks",
+]
+
+FIRST_ERRORS = 5
+"""Failed products whose error a batch failure's message lists."""
+MESSAGE_CHARS = 400
+"""An error message longer than this is cut in a batch failure's message (the step
+tables and the audit report keep it whole)."""
+UPSTREAM_FAILED = "UpstreamFailed"
 
 
 class CheckSettings(BaseModel):
-    """Thresholds of the asset checks."""
+    """Thresholds of the asset checks, and the share of failed products that fails a run."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")  # a misspelt threshold is an error
 
@@ -48,6 +67,15 @@ class CheckSettings(BaseModel):
         description="Output images decoded per materialization: the rows made by the run "
         "first, then reused rows (re-read from the store).",
     )
+    fail_run_above: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share of a batch's products that failed (a product fails when any of "
+        "its rows does, in any step) above which the run fails, with the count and the "
+        "first errors in its failure message; a batch whose every product failed always "
+        "fails its run. Below it, failed rows are only the failure_rate check's verdict.",
+    )
 
 
 _DESCRIPTIONS = {
@@ -55,7 +83,8 @@ _DESCRIPTIONS = {
     "(none silently dropped).",
     "failure_rate": "Failed rows / all rows is at most checks.max_failure_rate. With "
     "failure_severity ERROR the check blocks: a batch over the threshold stops the steps "
-    "after it and fails the run.",
+    "after it and fails the run. (Apart from it, a batch where more than "
+    "checks.fail_run_above of the products failed, or all of them, fails its run.)",
     "outputs_decode": "Up to checks.decode_sample output images decode (those made by the "
     "run first, then reused ones re-read from the store), with the expected mode (RGBA "
     "cutouts, RGB scenes) and the recorded width and height.",
@@ -296,3 +325,126 @@ def evaluate_checks(
         requests_held_back=held_back,
     )
     return results
+
+
+# --------------------------------------------------------------------------- batch verdict
+
+
+@dataclass(frozen=True)
+class ProductFailure:
+    """Why one product failed: its first failed row that is not ``UpstreamFailed`` (the
+    root cause), in step order; an ``UpstreamFailed`` row when that is all there is."""
+
+    sku: str
+    asset: str
+    error_class: str
+    message: str
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """The products of a batch (distinct skus) and the ones that failed, in sku order."""
+
+    products: int
+    failures: tuple[ProductFailure, ...]
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def share(self) -> float:
+        return self.failed / self.products if self.products else 0.0
+
+    def fails_run(self, fail_run_above: float) -> bool:
+        """More than ``fail_run_above`` of the products failed, or every one did."""
+        if not self.failed:
+            return False
+        return self.failed == self.products or self.share > fail_run_above
+
+
+def batch_outcome(frames: Sequence[pd.DataFrame]) -> BatchOutcome:
+    """Products and failed products over ImageRecord ``frames`` given in step order (the
+    source table first): a product failed when any of its rows failed in any of them."""
+    columns = ["sku", "status", "error_class", "error_message", "asset_key"]
+    rows = pd.concat([f[columns] for f in frames], ignore_index=True) if frames else None
+    if rows is None or rows.empty:
+        return BatchOutcome(0, ())
+    failed = rows[rows["status"] == FAILED]
+    # Root causes before the rows that only failed because an earlier step had; the
+    # stable sort keeps step order within each.
+    failed = failed.assign(_cascade=failed["error_class"] == UPSTREAM_FAILED).sort_values(
+        "_cascade", kind="stable"
+    )
+    first = failed.drop_duplicates("sku").sort_values("sku", kind="stable")
+    failures = tuple(
+        ProductFailure(
+            sku=str(r["sku"]),
+            asset=str(r["asset_key"]),
+            error_class=str(r["error_class"] or "BriaError"),
+            message=str(r["error_message"] or ""),
+        )
+        for r in first.to_dict("records")
+    )
+    return BatchOutcome(int(rows["sku"].nunique()), failures)
+
+
+def _cut(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 3] + "..."
+
+
+def batch_failure(
+    batch: str,
+    outcome: BatchOutcome,
+    settings: CheckSettings,
+    *,
+    audit_report: str | None = None,
+) -> dg.Failure:
+    """The ``dagster.Failure`` of a batch whose run fails (:meth:`BatchOutcome.fails_run`):
+    the count, the first :data:`FIRST_ERRORS` errors (sku, error class, message) and what
+    to do, in the description the console and the UI show; the same in its metadata."""
+    shown = outcome.failures[:FIRST_ERRORS]
+    limit = settings.fail_run_above
+    lines = [f"- {f.sku}: {f.error_class} at {f.asset}: {_cut(f.message)}" for f in shown]
+    if outcome.failed > len(shown):
+        lines.append(f"- ... and {outcome.failed - len(shown)} more failed product(s)")
+    where = "the step tables" + (f" and the audit report {audit_report}" if audit_report else "")
+    description = (
+        f"{outcome.failed} of {outcome.products} products of batch {batch!r} failed "
+        f"({outcome.share:.0%}); a run fails when more than {limit:.0%} of a batch's products "
+        f"fail (checks.fail_run_above={limit:g}) or all of them do. "
+        f"First {len(shown)} error(s), by sku:\n" + "\n".join(lines) + "\n"
+        f"Every failed row is recorded in {where}. Fix what the errors name and re-run the "
+        "batch (ok rows are reused, only failed rows are redone), or raise "
+        "checks.fail_run_above to accept this many failures."
+    )
+    classes: dict[str, int] = {}
+    for f in outcome.failures:
+        classes[f.error_class] = classes.get(f.error_class, 0) + 1
+    table = "\n".join(
+        ["| sku | error_class | asset | message |", "|---|---|---|---|"]
+        + [
+            f"| {_md(f.sku)} | {_md(f.error_class)} | {_md(f.asset)} | {_md(_cut(f.message))} |"
+            for f in shown
+        ]
+    )
+    metadata: dict[str, object] = {
+        "batch": batch,
+        "products": outcome.products,
+        "failed_products": outcome.failed,
+        "failed_share": round(outcome.share, 4),
+        "fail_run_above": limit,
+        "first_errors": dg.MetadataValue.md(table),
+        "error_classes": dg.MetadataValue.json(dict(sorted(classes.items()))),
+        "failed_skus": ", ".join(f.sku for f in outcome.failures[:50])
+        + (", ..." if outcome.failed > 50 else ""),
+    }
+    if audit_report:
+        metadata["audit_report"] = dg.MetadataValue.path(audit_report)
+    return dg.Failure(description=description, metadata=metadata, allow_retries=False)
+
+
+def _md(text: str) -> str:
+    """``text`` as one markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")

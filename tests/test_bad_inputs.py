@@ -2,11 +2,12 @@
 
 One catalog holds one row per kind of bad (and awkward but valid) input; it runs
 through catalog_batch -> product_cutouts -> product_scenes -> product_expansions on
-the fal protocol test server and on the local engine. The run must succeed, every
-catalog row must end ok or failed with a message naming what was wrong, no row may
-be lost on the way, and no request that validation rejects may reach a backend.
-Whole-file problems (missing column, unknown extension, header only) and the
-default loopback refusal are separate, smaller runs.
+the fal protocol test server and on the local engine. The run must succeed (most of its
+products fail, so ``checks.fail_run_above`` is raised to 1.0 for it), every catalog
+row must end ok or failed with a message naming what was wrong, no row may be lost on
+the way, and no request that validation rejects may reach a backend. Whole-file
+problems (missing column, unknown extension, header only) and the default loopback
+refusal are separate, smaller runs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from PIL import Image
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
 from bria_dagster.backends.local import LocalBackend
 from bria_dagster.catalog import load_catalog
+from bria_dagster.checks import CheckSettings
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import CatalogError
 
@@ -340,6 +342,8 @@ def settings_for(folder: Path) -> PipelineSettings:
         catalog_dir=str(folder / "catalogs"),
         aspect_ratios=RATIOS,
         prompt_template="{sku} {missing}",
+        # Most of the corpus' products fail on purpose: the corpus is about the rows.
+        checks=CheckSettings(fail_run_above=1.0),
     )
 
 
@@ -543,7 +547,13 @@ def test_loopback_url_is_refused_by_default(http_base, tmp_path, monkeypatch, in
     monkeypatch.setattr(LocalBackend, "run", lambda *a: calls.append("run"))
     storage = str(tmp_path / "data")
     result = materialize(instance, tmp_path, resource("local", tmp_path, storage, allowed_hosts=[]))
-    assert result.success, failure_text(result)
+    # Its only product failed: the run fails (even at fail_run_above 1.0), saying why,
+    # once every step has recorded the row.
+    assert not result.success
+    text = failure_text(result)
+    assert "1 of 1 products of batch 'bad' failed (100%)" in text
+    assert "- loopback: FetchRefusedError at product_images/catalog_batch:" in text
+    assert "allowed_hosts" in text
     check_every_row_accounted(kinds, storage)
     assert calls == []
 

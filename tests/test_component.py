@@ -256,6 +256,44 @@ def test_a_partition_materializes_offline_from_the_yaml_definitions(loaded, monk
     assert set(cutouts["asset_key"]) == {"spring/product_cutouts"}
 
 
+def test_fail_run_above_is_set_under_checks_in_yaml(loaded, monkeypatch):
+    """1 of 4 products has no image: 25%, over the YAML's fail_run_above 0.2, so the
+    job's run fails with that setting named; a share outside 0..1 is refused at load."""
+    monkeypatch.delenv("FAL_KEY", raising=False)
+    component, defs, root = loaded(
+        {
+            "catalog_dir": "catalogs",
+            "steps": ["remove"],
+            "name": "spring",
+            "checks": {"fail_run_above": 0.2},
+        }
+    )
+    assert component.pipeline_settings(root).checks.fail_run_above == 0.2
+    write_batch(root / "catalogs", "drop1", ["MUG-1", "MUG-2", "MUG-3", "MUG-4"])
+    (root / "catalogs" / "images" / "MUG-3.jpg").unlink()
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("spring_batches", ["drop1"])
+    result = defs.resolve_job_def("spring").execute_in_process(
+        partition_key="drop1", instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    text = failure.step_failure_data.user_failure_data.description
+    assert text.startswith("1 of 4 products of batch 'drop1' failed (25%)"), text
+    assert "(checks.fail_run_above=0.2)" in text and "- MUG-3: FetchFailedError" in text
+    key = dg.AssetKey(["spring", "product_cutouts"])
+    cutouts = read_table(table_path(str(root / "bria_data"), key, "drop1"))
+    assert cutouts is not None and sorted(cutouts["status"]) == ["failed", "ok", "ok", "ok"]
+
+    with pytest.raises(Exception) as info:
+        loaded({"checks": {"fail_run_above": 1.5}})
+    assert any("fail_run_above" in text for text in causes(info.value))
+    schema = ProductImagesComponent.get_model_cls().model_json_schema()
+    checks = schema["$defs"][schema["properties"]["checks"]["else"]["$ref"].split("/")[-1]]
+    share = checks["properties"]["fail_run_above"]
+    assert (share["minimum"], share["maximum"], share["default"]) == (0, 1, 0.5)
+
+
 def test_dg_finds_the_component_through_the_package_entry_point():
     from dagster.components.core.package_entry import discover_entry_point_package_objects
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+import bria_dagster
 from tests.test_component import write_batch
 
 DG = Path(sys.executable).with_name("dg")
+PACKAGE_ROOT = Path(bria_dagster.__file__).resolve().parent.parent
 TYPE = "bria_dagster.ProductImagesComponent"
 
 pytestmark = pytest.mark.slow
@@ -81,11 +83,9 @@ def dg(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "VIRTUAL_ENV": sys.prefix,
         "PATH": f"{DG.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "DAGSTER_HOME": str(root / ".dagster_home"),
-        # The project as if installed (`pip install -e .` in a real one): its src on the
-        # path, before the caller's (which may put the bria_dagster under test first).
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(root / "src"), os.environ.get("PYTHONPATH")) if p
-        ),
+        # The project as if installed (`pip install -e .` in a real one): its src on the path;
+        # then the bria_dagster this test imports (a checkout's, not another editable one's).
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), str(PACKAGE_ROOT)]),
         "NO_COLOR": "1",
         "COLUMNS": "200",
     }
@@ -137,7 +137,7 @@ def test_dg_scaffold_writes_a_defs_yaml_that_passes_dg_check_yaml_and_defs_besid
               name: autumn
               catalog_dir: landing
               steps: [remove]
-              checks: {{max_failure_rate: 0.2, failure_severity: ERROR}}
+              checks: {{max_failure_rate: 0.2, failure_severity: ERROR, fail_run_above: 0.8}}
               translation:
                 group_name: catalog
                 owners: ["team:catalog"]
@@ -167,6 +167,27 @@ def test_dg_scaffold_writes_a_defs_yaml_that_passes_dg_check_yaml_and_defs_besid
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
     cutouts = tmp_path / "bria_data" / "tables" / "spring__product_cutouts" / "drop1.parquet"
     assert cutouts.exists()
+
+    # A batch whose only image is missing: `dg launch` fails (exit status 1) and prints
+    # why, after the step tables recorded it.
+    (tmp_path / "catalogs" / "spring" / "drop2.csv").write_text("sku,image_url\nHG-101,gone.jpg\n")
+    add = bria_dagster_cli(
+        tmp_path,
+        "batches",
+        "add",
+        "drop2",
+        "--pipeline",
+        "spring",
+        "--catalog-dir",
+        "catalogs/spring",
+    )
+    assert add.returncode == 0, add.stdout + add.stderr
+    launch = dg(tmp_path, "launch", "--job", "spring", "--partition", "drop2")
+    output = launch.stdout + launch.stderr
+    assert launch.returncode == 1, output[-3000:]
+    assert "1 of 1 products of batch 'drop2' failed (100%)" in output, output[-3000:]
+    assert "- HG-101: FetchFailedError at spring/catalog_batch:" in output, output[-3000:]
+    assert (cutouts.parent / "drop2.parquet").exists()
 
 
 def test_dg_check_yaml_names_each_unknown_key(tmp_path):

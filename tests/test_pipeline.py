@@ -21,7 +21,9 @@ from bria_dagster import (
     load_records,
     trace,
 )
+from bria_dagster.automation import partitions_needing_retry
 from bria_dagster.backends.local import LocalBackend
+from bria_dagster.checks import CheckSettings
 from bria_dagster.endpoints import AspectRatio, AspectRatioName
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import ConfigurationError
@@ -83,8 +85,17 @@ class CountingBackends:
 
 
 def materialize(
-    folder: Path, *, storage: str | None = None, settings=None, bria=None, instance=None
+    folder: Path,
+    *,
+    storage: str | None = None,
+    settings=None,
+    bria=None,
+    instance=None,
+    succeed: bool = True,
+    selection: list[str] | None = None,
 ):
+    """One partition of ``folder``'s catalog; the run must succeed unless ``succeed`` is
+    False (then its result is returned as it is). ``selection``: the steps to select."""
     storage = storage or str(folder / "data")
     settings = settings or PipelineSettings(
         catalog_dir=str(folder / "catalogs"), aspect_ratios=("1:1", "4:5")
@@ -99,8 +110,10 @@ def materialize(
         partition_key=BATCH,
         instance=instance,
         resources={"bria": bria, pipeline.io_manager_key: pipeline.io_manager()},
+        selection=[pipeline.asset_key(s) for s in selection] if selection else None,
+        raise_on_error=succeed,
     )
-    assert result.success
+    assert result.success == succeed
     return result, instance
 
 
@@ -315,7 +328,10 @@ def test_budget_stops_paid_calls_before_they_are_sent(catalog, fal_server, tmp_p
 def test_invalid_parameters_fail_before_any_call(catalog, monkeypatch):
     counter = CountingBackends(monkeypatch)
     settings = PipelineSettings(
-        catalog_dir=str(catalog / "catalogs"), prompt_template="{sku} in {material}"
+        catalog_dir=str(catalog / "catalogs"),
+        prompt_template="{sku} in {material}",
+        # 3 of the 4 products fail (A1, A3 and A4): this test is about the rows, not the run.
+        checks=CheckSettings(fail_run_above=0.9),
     )
     materialize(catalog, settings=settings)
     scenes = table(str(catalog / "data"), "product_scenes")
@@ -485,3 +501,137 @@ def test_a_missing_local_catalog_dir_fails_when_the_definitions_load(tmp_path, m
         PipelineSettings(catalog_dir="s3://nowhere-bucket/catalogs"), storage=str(tmp_path)
     )
     assert {s.name for s in remote.sensors or []} == {"product_images_catalog_sensor"}
+
+
+# --------------------------------------------------------------------------- batch verdict
+
+
+def step_failures(result) -> list[dg.DagsterEvent]:
+    return [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+
+
+def check_evaluation(result, asset: str, check: str):
+    key = dg.AssetKey(["product_images", asset])
+    [evaluation] = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == key and e.check_name == check
+    ]
+    return evaluation
+
+
+def missing_catalog(folder: Path, count: int = 6) -> list[str]:
+    """A catalog of ``count`` products whose image files all do not exist."""
+    skus = [f"HG-{101 + i}" for i in range(count)]
+    write_catalog(folder, [{"sku": s, "image_url": f"../images/{s}.jpg"} for s in skus])
+    return skus
+
+
+def test_a_batch_whose_every_image_is_missing_fails_its_run_naming_count_and_causes(
+    tmp_path, monkeypatch
+):
+    counter = CountingBackends(monkeypatch)
+    skus = missing_catalog(tmp_path)
+    result, _ = materialize(tmp_path, succeed=False)
+    assert result.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    [failure] = step_failures(result)
+    # The steps ran (no request: every row UpstreamFailed) so each step's table records the
+    # batch; the run fails once they are all stored.
+    assert failure.step_key == "product_images_image_steps"
+    data = failure.step_failure_data.user_failure_data
+    text = data.description
+    assert text.startswith("6 of 6 products of batch 'b1' failed (100%)"), text
+    assert "checks.fail_run_above=0.5" in text
+    for sku in skus[:5]:  # the first 5 causes, each with sku, error class and message
+        missing = tmp_path / "images" / f"{sku}.jpg"
+        line = (
+            f"- {sku}: FetchFailedError at product_images/catalog_batch: local file "
+            f"{missing} does not exist; check the catalog path"
+        )
+        assert line in text.splitlines(), text
+    assert skus[5] + ":" not in text and "- ... and 1 more failed product(s)" in text
+    assert "UpstreamFailed" not in text  # root causes, not the cascade
+    # The error the step failure carries (console, `dg launch`) is the same description.
+    assert failure.step_failure_data.error.message.startswith("dagster._core.definitions")
+    assert "6 of 6 products of batch 'b1' failed" in failure.step_failure_data.error.message
+    meta = {k: getattr(v, "value", v) for k, v in data.metadata.items()}
+    assert (meta["products"], meta["failed_products"], meta["failed_share"]) == (6, 6, 1.0)
+    assert meta["fail_run_above"] == 0.5
+    assert meta["error_classes"] == {"FetchFailedError": 6}
+    assert meta["failed_skus"] == ", ".join(skus)
+    assert "| HG-101 | FetchFailedError | product_images/catalog_batch |" in meta["first_errors"]
+    # The audit report was written before failing (its own asset is skipped) and is named.
+    report = Path(meta["audit_report"])
+    assert report.exists() and "HG-106.jpg does not exist" in report.read_text()
+    assert f"the audit report {report}" in text
+    assert counter.calls == []
+
+    # Every failed row is recorded, so lineage, the report and the retry schedule work.
+    storage = str(tmp_path / "data")
+    for asset in ("catalog_batch", "product_cutouts", "product_scenes", "product_expansions"):
+        frame = table(storage, asset)
+        assert sorted(set(frame.sku)) == skus and set(frame.status) == {"failed"}, asset
+    steps = ("source", "remove", "replace", "expand")
+    keys = [ProductImagePipeline().asset_key(step) for step in steps]
+    assert partitions_needing_retry(storage, [BATCH], keys) == [BATCH]
+    source_check = check_evaluation(result, "catalog_batch", "failure_rate")
+    assert not source_check.passed
+
+
+def test_one_failed_product_of_many_keeps_the_run_green_with_a_warning(tmp_path):
+    rows = [{"sku": f"P{i}", "image_url": product(tmp_path, f"P{i}", 30 + i)} for i in range(7)]
+    rows.append({"sku": "P7", "image_url": "../images/gone.jpg"})
+    write_catalog(tmp_path, rows)
+    settings = PipelineSettings(
+        catalog_dir=str(tmp_path / "catalogs"), steps=("remove",), aspect_ratios=("1:1",)
+    )
+    result, _ = materialize(tmp_path, settings=settings)  # asserts the run succeeded
+    assert step_failures(result) == []
+    for asset in ("catalog_batch", "product_cutouts"):
+        evaluation = check_evaluation(result, asset, "failure_rate")
+        assert not evaluation.passed  # 1 of 8 rows: over max_failure_rate 0.1
+        assert evaluation.severity == dg.AssetCheckSeverity.WARN
+        assert evaluation.metadata["failed_rows"].value == 1
+    cutouts = table(str(tmp_path / "data"), "product_cutouts")
+    assert (cutouts.status == "ok").sum() == 7
+
+
+@pytest.mark.parametrize(
+    ("case", "checks", "selection"),
+    [
+        ("no steps after it", CheckSettings(fail_run_above=0.4), None),
+        ("steps not selected", CheckSettings(fail_run_above=0.4), ["source"]),
+        ("blocking check", CheckSettings(fail_run_above=0.4, failure_severity="ERROR"), None),
+    ],
+)
+def test_catalog_batch_gives_the_verdict_when_no_step_will(catalog, case, checks, selection):
+    """2 of the 4 products fail in catalog_batch (A3's duplicate row, A4's missing file):
+    50%, over fail_run_above 0.4. With no image step to run after it in this run, the
+    failure is catalog_batch's own."""
+    steps = () if case == "no steps after it" else ("remove",)
+    settings = PipelineSettings(catalog_dir=str(catalog / "catalogs"), steps=steps, checks=checks)
+    result, _ = materialize(catalog, settings=settings, succeed=False, selection=selection)
+    failures = step_failures(result)
+    assert [f.step_key for f in failures] == ["product_images__catalog_batch"], case
+    text = failures[0].step_failure_data.user_failure_data.description
+    assert text.startswith("2 of 4 products of batch 'b1' failed (50%)"), text
+    assert "more than 40% of a batch's products fail (checks.fail_run_above=0.4)" in text
+    assert "- A3: CatalogRowError at product_images/catalog_batch: b1.csv row 4" in text
+    assert "- A4: FetchFailedError at product_images/catalog_batch: local file" in text
+    assert table(str(catalog / "data"), "catalog_batch").status.value_counts()["failed"] == 2
+
+
+def test_a_product_failed_in_a_later_step_counts_and_the_threshold_is_a_share(catalog):
+    """A1 and A3 fail in replace (the template needs a column they lack), A3 and A4 also
+    in catalog_batch: 3 of 4 products. Over 0.5 the run fails; at 0.75 it does not."""
+    template = "{sku} in {material}"
+    settings = PipelineSettings(catalog_dir=str(catalog / "catalogs"), prompt_template=template)
+    result, _ = materialize(catalog, settings=settings, succeed=False)
+    [failure] = step_failures(result)
+    text = failure.step_failure_data.user_failure_data.description
+    assert text.startswith("3 of 4 products of batch 'b1' failed (75%)"), text
+    assert "- A1: RequestValidationError at product_images/product_scenes:" in text
+    assert "material" in text.splitlines()[1]
+
+    lenient = settings.model_copy(update={"checks": CheckSettings(fail_run_above=0.75)})
+    materialize(catalog, settings=lenient)  # asserts success: 75% is not above 75%

@@ -39,6 +39,7 @@ from PIL import Image
 
 from bria_dagster import PipelineSettings
 from bria_dagster.backends.local import LocalBackend
+from bria_dagster.checks import CheckSettings
 from bria_dagster.cli import main
 from bria_dagster.errors import FalRequestError
 from bria_dagster.lineage import load_records
@@ -108,7 +109,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
             raise FalRequestError(LONG_ERROR, status_code=422)
         return await original(backend, request, **kwargs)
 
-    settings = PipelineSettings(catalog_dir=str(folder / "catalogs"), aspect_ratios=("1:1",))
+    settings = PipelineSettings(
+        catalog_dir=str(folder / "catalogs"),
+        aspect_ratios=("1:1",),
+        # A3, A4 and A5 fail on purpose (3 of 5 products): the report shows them, the runs pass.
+        checks=CheckSettings(fail_run_above=0.9),
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(LocalBackend, "run", refusing)
         catalog("on oak wood")
