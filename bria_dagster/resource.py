@@ -28,6 +28,8 @@ from .backends.local import LocalBackend
 from .endpoints import AspectRatio, BriaRequest, ImageInput, PriceTable, build_request
 from .errors import ConfigurationError
 from .fetch import FetchPolicy
+from .noop import unchanged_expansion
+from .records import NOOP_BACKEND
 from .retry import RetryPolicy
 from .runner import BatchProgress, ItemOutcome, Usage, run_batch
 from .session import BriaSession, SessionCall
@@ -320,6 +322,9 @@ class BriaResource(dg.ConfigurableResource):
     # -- single images (any op or asset) ------------------------------------------------
 
     async def _call(self, request: BriaRequest) -> BackendResult:
+        unchanged = await unchanged_expansion(request, self.fetch_policy())
+        if unchanged is not None:  # it would come back as it is: answered, not paid for
+            return unchanged
         session = self.session()
         paid = self.selected_backend() == "fal"  # the engine has nothing to re-attach to
         journal = session.journal(self.journal_path or SINGLE_CALL_JOURNAL) if paid else None
@@ -333,7 +338,8 @@ class BriaResource(dg.ConfigurableResource):
             op = getattr(context, "op_execution_context", context)  # an asset's context
             step = f"{op.run.run_id}/{op.op_handle}"
             usage = self._usage_by_step.setdefault(step, Usage())
-            usage.add(result)
+            if result.backend != NOOP_BACKEND:  # no call was made: nothing to count
+                usage.add(result)
             context.add_output_metadata(usage.metadata())
         return result
 

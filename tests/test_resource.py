@@ -117,3 +117,46 @@ def test_invalid_arguments_are_refused_before_any_call(photo, tmp_path, monkeypa
     with pytest.raises(RequestValidationError, match="num_images"):
         bria.replace_background(photo, prompt="x", num_images=9)
     assert calls == []
+
+
+def test_a_single_expansion_that_changes_nothing_is_answered_not_paid(tmp_path, fal_server):
+    square = tmp_path / "square.jpg"
+    square.write_bytes(make_product_photo("white_studio", 3, (96, 96))[0])
+    wide = make_product_photo("white_studio", 4, (120, 96))[0]
+
+    @dg.asset
+    def formats(context: dg.AssetExecutionContext, bria: BriaResource) -> list[str]:
+        same = bria.expand_image(
+            str(square), aspect_ratio="1:1", canvas_size=[500, 500], context=context
+        )
+        assert same.images[0].data == square.read_bytes()  # its own bytes, untouched
+        assert (same.images[0].width, same.images[0].height) == (96, 96)
+        assert same.cost_usd == 0 and same.request_id == "" and same.attempts == 0
+        from_bytes = bria.expand_image(
+            square.read_bytes(), aspect_ratio="1:1", canvas_size=[500, 500], context=context
+        )
+        at_origin = bria.expand_image(
+            square.read_bytes(),
+            canvas_size=[96, 96],
+            original_image_size=[96, 96],
+            original_image_location=[0, 0],
+            context=context,
+        )
+        squared = bria.expand_image(
+            wide, aspect_ratio="1:1", canvas_size=[500, 500], context=context
+        )  # 120x96: sent
+        assert (squared.images[0].width, squared.images[0].height) == (120, 120)
+        return [r.backend for r in (same, from_bytes, at_origin, squared)]
+
+    bria = BriaResource(
+        fal_key="test-key-0",
+        journal_path=str(tmp_path / "journal.sqlite"),
+        file_roots=[str(tmp_path)],
+        poll_interval_s=0.02,
+    )
+    result = dg.materialize([formats], resources={"bria": bria})
+    assert result.output_for_node("formats") == ["noop", "noop", "noop", "fal"]
+    assert fal_server.stats()["submissions"] == 1  # only the 120x96 image went to fal
+    usage = _usage(result, "formats")
+    assert usage["bria.expand.calls"] == 1
+    assert usage["bria.expand.cost_usd"] == pytest.approx(0.04)
