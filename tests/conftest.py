@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 
@@ -33,6 +34,34 @@ os.environ.pop("FAL_KEY", None)  # tests choose their backend explicitly
 _CACHE_DIR = tempfile.mkdtemp(prefix="bria-cache-")
 atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 os.environ["BRIA_DAGSTER_CACHE_DIR"] = _CACHE_DIR
+
+
+@pytest.fixture(autouse=True)
+def dagster_interrupt_handlers_restored() -> Iterator[None]:
+    """Undoes what Dagster's in-process execution leaves behind (dagster 1.13,
+    ``dagster._utils.interrupts``): ``capture_interrupts`` / ``raise_interrupts_as``
+    put SIGINT's handler back on exit, but then call ``setup_interrupt_handlers``,
+    which maps SIGTERM to SIGINT's handler for good. After any ``materialize`` or
+    ``execute_in_process`` in this process, SIGTERM raised KeyboardInterrupt in pytest
+    and, when pytest was started with SIGINT ignored (a background job of a
+    non-interactive shell), SIGTERM was ignored too: by pytest and by every server
+    it started afterwards (SIG_IGN survives exec). ``raise_interrupts_as`` also leaves
+    its own handler on SIGINT when SIGINT was ``SIG_DFL``.
+
+    Only those two signatures are undone: SIGTERM now sharing SIGINT's handler, and
+    a handler defined in ``dagster._utils.interrupts``."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    sigint_now = signal.getsignal(signal.SIGINT)
+    for signum, handler in before.items():
+        now = signal.getsignal(signum)
+        if now == handler:
+            continue
+        mapped = signum == signal.SIGTERM and now == sigint_now
+        from_dagster = getattr(now, "__module__", None) == "dagster._utils.interrupts"
+        if mapped or from_dagster:
+            signal.signal(signum, handler)
+
 
 DEFAULT_KNOBS = dict(
     latency=0.0, max_in_progress=0, rate_429=0.0, rate_5xx=0.0, rate_drop=0.0,
