@@ -17,6 +17,10 @@ from tests.fal_server import FalTestServer, reserve_port
 from tests.pg_server import PostgresTestServer
 from tests.s3_server import S3Server, running_s3_server
 
+# tests.signal_guard: every test is failed that leaves a signal disposition changed.
+# pytester: tests/test_signals.py runs the guard on a test of its own.
+pytest_plugins = ["tests.signal_guard", "pytester"]
+
 FAL_PORT = reserve_port()
 _CA_DIR = tempfile.mkdtemp(prefix="bria-fal-ca-")
 atexit.register(shutil.rmtree, _CA_DIR, ignore_errors=True)  # the test CA dies with the session
@@ -37,7 +41,7 @@ os.environ["BRIA_DAGSTER_CACHE_DIR"] = _CACHE_DIR
 
 
 @pytest.fixture(autouse=True)
-def dagster_interrupt_handlers_restored() -> Iterator[None]:
+def dagster_interrupt_handlers_restored(signal_dispositions_unchanged: None) -> Iterator[None]:
     """Undoes what Dagster's in-process execution leaves behind (dagster 1.13,
     ``dagster._utils.interrupts``): ``capture_interrupts`` / ``raise_interrupts_as``
     put SIGINT's handler back on exit, but then call ``setup_interrupt_handlers``,
@@ -49,7 +53,9 @@ def dagster_interrupt_handlers_restored() -> Iterator[None]:
     its own handler on SIGINT when SIGINT was ``SIG_DFL``.
 
     Only those two signatures are undone: SIGTERM now sharing SIGINT's handler, and
-    a handler defined in ``dagster._utils.interrupts``."""
+    a handler defined in ``dagster._utils.interrupts``; any other change is left for
+    the signal guard (tests/signal_guard.py, set up before and torn down after this
+    fixture) to report."""
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     yield
     sigint_now = signal.getsignal(signal.SIGINT)
