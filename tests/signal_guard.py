@@ -149,7 +149,7 @@ def signal_dispositions_unchanged() -> Iterator[None]:
     if changes:
         restore(before, after)
         pytest.fail(
-            "the test left signal dispositions changed (restored by the guard):\n  "
+            "the test left signal dispositions changed (the guard put back what it could):\n  "
             + "\n  ".join(changes),
             pytrace=False,
         )
