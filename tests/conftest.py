@@ -40,8 +40,7 @@ atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 os.environ["BRIA_DAGSTER_CACHE_DIR"] = _CACHE_DIR
 
 
-@pytest.fixture(autouse=True)
-def dagster_interrupt_handlers_restored(signal_dispositions_unchanged: None) -> Iterator[None]:
+def _undo_dagster_interrupt_handlers(before: dict[int, object]) -> None:
     """Undoes what Dagster's in-process execution leaves behind (dagster 1.13,
     ``dagster._utils.interrupts``): ``capture_interrupts`` / ``raise_interrupts_as``
     put SIGINT's handler back on exit, but then call ``setup_interrupt_handlers``,
@@ -54,10 +53,7 @@ def dagster_interrupt_handlers_restored(signal_dispositions_unchanged: None) -> 
 
     Only those two signatures are undone: SIGTERM now sharing SIGINT's handler, and
     a handler defined in ``dagster._utils.interrupts``; any other change is left for
-    the signal guard (tests/signal_guard.py, set up before and torn down after this
-    fixture) to report."""
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
+    the signal guard (tests/signal_guard.py) to report."""
     sigint_now = signal.getsignal(signal.SIGINT)
     for signum, handler in before.items():
         now = signal.getsignal(signum)
@@ -66,7 +62,31 @@ def dagster_interrupt_handlers_restored(signal_dispositions_unchanged: None) -> 
         mapped = signum == signal.SIGTERM and now == sigint_now
         from_dagster = getattr(now, "__module__", None) == "dagster._utils.interrupts"
         if mapped or from_dagster:
-            signal.signal(signum, handler)
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def _interrupt_handlers() -> dict[int, object]:
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+# Right where Dagster runs: each test's call, and each fixture's setup whatever its
+# scope (tests/test_report.py's module-scoped `runs` materializes, for one).
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    before = _interrupt_handlers()
+    try:
+        return (yield)
+    finally:
+        _undo_dagster_interrupt_handlers(before)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+    before = _interrupt_handlers()
+    try:
+        return (yield)
+    finally:
+        _undo_dagster_interrupt_handlers(before)
 
 
 DEFAULT_KNOBS = dict(
