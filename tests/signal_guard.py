@@ -13,7 +13,10 @@ runs in a different process. The guard snapshots, before each test:
 
 After the test (its fixtures torn down) it compares; on a difference it puts back what
 it can (the Python handlers, the blocked set) so the tests after it are not blamed, and
-fails the test naming each signal and its before/after values.
+fails the test naming each signal and its before/after values. It also compares the
+snapshot before each test with the one after the previous test (or, for the first, the
+one taken when the plugin loads): a class-, module- or session-scoped fixture, or a
+test module's import, that changes one fails the first test it runs for.
 
 Used by tests/conftest.py (``pytest_plugins``) and, in a pytester run, by
 tests/test_signals.py."""
@@ -136,23 +139,52 @@ def restore(before: Dispositions, after: Dispositions) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked & signal.valid_signals())
 
 
+# Where the previous test left things: (its node id, or None before the first test).
+# Taken when this plugin is loaded, before collection imports the test modules.
+_last: tuple[str | None, Dispositions] = (None, snapshot())
+
+
+def _fail(message: str, changes: list[str]) -> None:
+    pytest.fail(
+        f"{message} (the guard put back what it could):\n  " + "\n  ".join(changes),
+        pytrace=False,
+    )
+
+
 @pytest.fixture(autouse=True)
-def signal_dispositions_unchanged() -> Iterator[None]:
+def signal_dispositions_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails the test (at teardown) that leaves a signal's disposition other than it
     found it. Autouse and function-scoped, so it is set up before, and torn down after,
     the test's other function-scoped fixtures: a fixture's own teardown that restores
-    what it changed is not blamed."""
+    what it changed is not blamed.
+
+    What changes outside that span (collection, the setup of a class-, module- or
+    session-scoped fixture, which happens before this one's, or a teardown after the
+    previous test) fails this test at setup, naming the previous test."""
+    global _last
+    previous, left = _last
     before = snapshot()
+    changes = differences(left, before)
+    if changes:
+        restore(left, before)
+        _last = (request.node.nodeid, snapshot())
+        since = (
+            f"the end of {previous}" if previous else "the session's start (collection included)"
+        )
+        _fail(
+            f"signal dispositions changed between {since} and this test's function-scoped "
+            "fixtures: by a class-, module- or session-scoped fixture's setup or teardown, "
+            "or at collection",
+            changes,
+        )
     yield
     after = snapshot()
     changes = differences(before, after)
     if changes:
         restore(before, after)
-        pytest.fail(
-            "the test left signal dispositions changed (the guard put back what it could):\n  "
-            + "\n  ".join(changes),
-            pytrace=False,
-        )
+    _last = (request.node.nodeid, snapshot())
+    if changes:
+        _fail("the test left signal dispositions changed", changes)
 
 
 # For tests of the guard itself: the comparison as a function of a change.

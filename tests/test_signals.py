@@ -24,8 +24,15 @@ def _sigterm_ignored_by_kernel() -> bool:
     return bool(mask >> (signal.SIGTERM - 1) & 1)
 
 
-def test_guard_names_a_changed_sigterm_handler_with_both_values():
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+@pytest.fixture
+def sigterm_default():
+    """SIGTERM at SIG_DFL for the test (pytest may have been started with it otherwise)."""
+    old = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+def test_guard_names_a_changed_sigterm_handler_with_both_values(sigterm_default):
     changes = changes_made_by(lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN))
     assert "SIGTERM handler: before SIG_DFL, after SIG_IGN" in changes
     assert any(line.startswith("SigIgn") and "now ignored: SIGTERM" in line for line in changes)
@@ -52,7 +59,7 @@ def test_guard_sees_a_signal_blocked_and_unblocks_it():
     assert signal.SIGUSR2 not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
 
 
-def test_guard_sees_a_signal_ignored_at_the_c_level_which_getsignal_does_not():
+def test_guard_sees_a_signal_ignored_at_the_c_level_which_getsignal_does_not(sigterm_default):
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
     libc.signal.restype = ctypes.c_void_p
@@ -101,6 +108,38 @@ def test_guard_fails_the_test_that_leaves_sigterm_changed_and_only_that_one(pyte
     assert "teardown of test_restores_what_it_changed" not in result.stdout.str()
 
 
+def test_guard_blames_a_module_fixture_on_the_first_test_using_it(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    pytester.makepyfile(
+        """
+        import signal
+        import pytest
+
+        @pytest.fixture(scope="module")
+        def usr1_ignored():
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # and never put back
+
+        def test_first():
+            pass
+
+        def test_second(usr1_ignored):
+            pass
+
+        def test_third(usr1_ignored):
+            assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # put back by the guard
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "tests.signal_guard", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at setup of test_second*",
+            "*signal dispositions changed between the end of test_*.py::test_first and this*",
+            "*SIGUSR1 handler: before SIG_DFL, after SIG_IGN*",
+        ]
+    )
+
+
 @dg.asset
 def _tiny() -> int:
     return 1
@@ -115,7 +154,7 @@ def sigint_ignored():
     signal.signal(signal.SIGINT, old)
 
 
-def test_dagster_in_process_run_leaves_sigterm_mapped_to_sigint(sigint_ignored):
+def test_dagster_in_process_run_leaves_sigterm_mapped_to_sigint(sigterm_default, sigint_ignored):
     """The root cause, as of dagster 1.13: after an in-process run SIGTERM carries SIGINT's
     handler (here SIG_IGN). tests/conftest.py's dagster_interrupt_handlers_restored puts
     it back after the other tests. Should Dagster stop doing this, this test says so, and the
@@ -129,7 +168,7 @@ def test_dagster_in_process_run_leaves_sigterm_mapped_to_sigint(sigint_ignored):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def test_interrupt_handlers_restored_undoes_it_for_the_demo(sigint_ignored):
+def test_interrupt_handlers_restored_undoes_it_for_the_demo(sigterm_default, sigint_ignored):
     with interrupt_handlers_restored():
         assert dg.materialize([_tiny]).success
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
