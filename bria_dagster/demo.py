@@ -7,9 +7,13 @@ and materializations.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["main"]
@@ -56,12 +60,13 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
     failed_runs = 0
     for batch in batches:
         started = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=batch,
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        )
+        with interrupt_handlers_restored():
+            result = job.execute_in_process(
+                partition_key=batch,
+                instance=instance,
+                raise_on_error=False,
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            )
         counts = []
         for event in result.get_asset_materialization_events():
             mat = event.materialization
@@ -120,6 +125,27 @@ def _relative(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+@contextlib.contextmanager
+def interrupt_handlers_restored() -> Iterator[None]:
+    """Puts SIGINT's and SIGTERM's handlers back as they were once the block ends.
+
+    Dagster's in-process execution (1.13, ``dagster._utils.interrupts``) restores
+    SIGINT's handler when the run ends but leaves SIGTERM mapped to it: after the first
+    batch, SIGTERM would raise KeyboardInterrupt in the demo instead of ending it, and
+    with SIGINT ignored (``make demo &`` from a script) SIGTERM would be ignored by the
+    demo and by anything it starts. During the run Dagster's own handlers are in force."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread sets handlers, Dagster's included
+        return
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None and signal.getsignal(signum) != handler:
+                signal.signal(signum, handler)
 
 
 def _v(entry: object) -> object:

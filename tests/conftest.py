@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 
@@ -15,6 +16,10 @@ import pytest
 from tests.fal_server import FalTestServer, reserve_port
 from tests.pg_server import PostgresTestServer
 from tests.s3_server import S3Server, running_s3_server
+
+# tests.signal_guard: every test is failed that leaves a signal disposition changed.
+# pytester: tests/test_signals.py runs the guard on a test of its own.
+pytest_plugins = ["tests.signal_guard", "pytester"]
 
 FAL_PORT = reserve_port()
 _CA_DIR = tempfile.mkdtemp(prefix="bria-fal-ca-")
@@ -33,6 +38,56 @@ os.environ.pop("FAL_KEY", None)  # tests choose their backend explicitly
 _CACHE_DIR = tempfile.mkdtemp(prefix="bria-cache-")
 atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 os.environ["BRIA_DAGSTER_CACHE_DIR"] = _CACHE_DIR
+
+
+def _undo_dagster_interrupt_handlers(before: dict[int, object]) -> None:
+    """Undoes what Dagster's in-process execution leaves behind (dagster 1.13,
+    ``dagster._utils.interrupts``): ``capture_interrupts`` / ``raise_interrupts_as``
+    put SIGINT's handler back on exit, but then call ``setup_interrupt_handlers``,
+    which maps SIGTERM to SIGINT's handler for good. After any ``materialize`` or
+    ``execute_in_process`` in this process, SIGTERM raised KeyboardInterrupt in pytest
+    and, when pytest was started with SIGINT ignored (a background job of a
+    non-interactive shell), SIGTERM was ignored too: by pytest and by every server
+    it started afterwards (SIG_IGN survives exec). ``raise_interrupts_as`` also leaves
+    its own handler on SIGINT when SIGINT was ``SIG_DFL``.
+
+    Only those two signatures are undone: SIGTERM now sharing SIGINT's handler, and
+    a handler defined in ``dagster._utils.interrupts``; any other change is left for
+    the signal guard (tests/signal_guard.py) to report."""
+    sigint_now = signal.getsignal(signal.SIGINT)
+    for signum, handler in before.items():
+        now = signal.getsignal(signum)
+        if now == handler:
+            continue
+        mapped = signum == signal.SIGTERM and now == sigint_now
+        from_dagster = getattr(now, "__module__", None) == "dagster._utils.interrupts"
+        if mapped or from_dagster:
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def _interrupt_handlers() -> dict[int, object]:
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+# Right where Dagster runs: each test's call, and each fixture's setup whatever its
+# scope (tests/test_report.py's module-scoped `runs` materializes, for one).
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    before = _interrupt_handlers()
+    try:
+        return (yield)
+    finally:
+        _undo_dagster_interrupt_handlers(before)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest):
+    before = _interrupt_handlers()
+    try:
+        return (yield)
+    finally:
+        _undo_dagster_interrupt_handlers(before)
+
 
 DEFAULT_KNOBS = dict(
     latency=0.0, max_in_progress=0, rate_429=0.0, rate_5xx=0.0, rate_drop=0.0,

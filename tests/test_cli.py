@@ -122,8 +122,13 @@ def test_usage_errors_return_2(capsys):
 
 
 def test_demo_without_a_demo_module_says_so(monkeypatch, capsys):
-    # Simulate an installation without bria_dagster.demo, whether or not it exists today.
+    # Simulate an installation without bria_dagster.demo, whether or not it exists today,
+    # and whether or not a test before this one imported it (which sets the package's
+    # attribute, found by `from . import demo` before sys.modules is consulted).
     monkeypatch.setitem(sys.modules, "bria_dagster.demo", None)
+    import bria_dagster
+
+    monkeypatch.delattr(bria_dagster, "demo", raising=False)
     assert main(["demo", "--base", "somewhere"]) == 2
     err = capsys.readouterr().err
     assert "bria_dagster.demo" in err
