@@ -240,7 +240,10 @@ def _flat_rgb(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return cv2.cvtColor(arr, cv2.COLOR_RGBA2RGB), cv2.extractChannel(arr, 3)
 
 
-def _pixel_rules(image: Image.Image, preset: ChannelPreset) -> list[ComplianceIssue]:
+def _pixel_rules(
+    image: Image.Image, preset: ChannelPreset
+) -> tuple[list[ComplianceIssue], tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """The issues, and ``(rgb, alpha, background mask)`` for the spill rule."""
     issues: list[ComplianceIssue] = []
     rgb, alpha = _flat_rgb(image)
     background = _background_mask(rgb, alpha, preset.background_rgb)
@@ -275,7 +278,7 @@ def _pixel_rules(image: Image.Image, preset: ChannelPreset) -> list[ComplianceIs
                 f"the product spans {fill:.1%} of the frame ({where}); {advice}",
             )
         )
-    return issues
+    return issues, (rgb, alpha, background)
 
 
 def _solid(core: np.ndarray) -> np.ndarray:
@@ -382,12 +385,14 @@ def _cutout_rules(cutout: bytes | Image.Image, preset: ChannelPreset) -> list[Co
 
 
 def _spill_rule(
-    image: Image.Image, preset: ChannelPreset, cutout: Image.Image
+    pixels: tuple[np.ndarray, np.ndarray | None, np.ndarray],
+    preset: ChannelPreset,
+    cutout: Image.Image,
 ) -> list[ComplianceIssue]:
     backdrop = backdrop_colour(np.asarray(cutout), ALPHA_THRESHOLD)
     if backdrop is None:
         return []
-    rgb, alpha = _flat_rgb(image)
+    rgb, alpha, background = pixels
     if alpha is not None:  # seen over the channel's background colour
         canvas = np.empty_like(rgb)
         canvas[:] = preset.background_rgb
@@ -396,7 +401,7 @@ def _spill_rule(
             cv2.multiply(rgb, weight, scale=1 / 255),
             cv2.multiply(canvas, cv2.bitwise_not(weight), scale=1 / 255),
         )
-    background = _background_mask(rgb, None, preset.background_rgb)
+        background = _background_mask(rgb, None, preset.background_rgb)
     measured = spill_share(rgb, background, backdrop, preset.background_rgb)
     if measured is None or measured[0] <= SPILL_MAX:
         return []
@@ -427,7 +432,7 @@ def check_packshot(
     exception; an undecodable ``cutout`` raises :class:`~bria_dagster.errors.ImageDecodeError`.
     """
     issues: list[ComplianceIssue] = []
-    decoded = None
+    pixels = None
     if preset.max_bytes is not None and len(data) > preset.max_bytes:
         issues.append(
             _issue(
@@ -452,11 +457,11 @@ def check_packshot(
         )
     else:
         issues += _file_rules(image, data, preset)
-        issues += _pixel_rules(image, preset)
-        decoded = image
+        pixel_issues, pixels = _pixel_rules(image, preset)
+        issues += pixel_issues
     if cutout is not None:
         cutout = load_cutout(cutout)
         issues += _cutout_rules(cutout, preset)
-        if decoded is not None:
-            issues += _spill_rule(decoded, preset, cutout)
+        if pixels is not None:
+            issues += _spill_rule(pixels, preset, cutout)
     return issues
