@@ -45,12 +45,15 @@ Rules on the cutout (when ``cutout=`` is given; product pixels: alpha > 8/255):
                           outline on the packshot whose edge band is tinted by the backdrop
                           colour is above :data:`SPILL_MAX`. The backdrop colour is read from
                           the cutout (:func:`~.spill.backdrop_colour`); each edge-band pixel's
-                          colour is split into the local product colour, the backdrop colour
+                          chroma is split into the local product colour, the backdrop colour
                           and the packshot background (least squares), and it is tinted when
                           the backdrop's share is at least :data:`~.spill.SPILL_TINT` (15%)
-                          and moves it by 12 RGB levels or more (:func:`~.spill.spill_share`).
-                          Not measured when the backdrop is too close to the product's colour
-                          to tell (or the cutout holds no trace of it).
+                          and shifts it 12 levels or more off the product-background line;
+                          an outline pixel counts when a quarter of the band near it is
+                          tinted (:func:`~.spill.spill_share`). Not measured where the
+                          backdrop is too close in chroma to the product or the background
+                          to tell (a grey backdrop: that ring is the ``halo`` rule's), or
+                          when the cutout holds no trace of it.
 """
 
 from __future__ import annotations

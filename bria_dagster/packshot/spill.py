@@ -14,10 +14,13 @@ backdrop shows as a green line round the product.
 * :func:`decontaminate`: for the cutout's edge band (product pixels that are not its
   confident interior), the backdrop's share ``beta`` of each pixel's colour along the line
   from the local interior colour ``F`` (the mean of the confident interior pixels
-  nearby) to ``B``, and the pixel recoloured ``C + beta (F - B)``: the backdrop part
-  replaced by the product's own colour, whatever is off that line (real edge detail)
-  kept. A pixel whose colour is not explained by ``F`` and ``B`` (a dark rim, a print)
-  is left alone: see :data:`LINE_FIT`;
+  nearby) to ``B``, measured in the chroma plane (RGB with the grey axis projected out),
+  and the pixel's chroma moved back by ``beta (F - B)``: the backdrop part replaced by
+  the product's own colour, whatever is off that line (real edge detail) kept. Its
+  lightness moves toward ``F``'s by at most ``beta`` times the lightness difference. A
+  pixel whose colour is not explained by ``F`` and ``B`` (a dark rim, a print) is left
+  alone (:data:`LINE_FIT`), faint pixels are corrected in proportion to alpha (32..128),
+  and a grey backdrop is left alone (its spill only lightens or darkens the edge);
 * :func:`spill_share`: on a rendered packshot, the share of the product's outline along
   which the edge band is tinted by the backdrop (the compliance rule ``spill``).
 
@@ -33,7 +36,6 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "DECONTAMINATE_MIN_CONTRAST",
     "LINE_FIT",
     "SPILL_MIN_CHROMA",
     "SPILL_TINT",
@@ -44,19 +46,18 @@ __all__ = [
 
 SPILL_TINT = 0.15
 """An edge pixel is tinted by the backdrop when at least this share of its colour is the
-backdrop colour (barycentric weight of ``B`` against the product colour and the packshot
-background) and that share moves it visibly (:data:`_TINT_LEVELS`)."""
-_TINT_LEVELS = 12.0  # weight x |B - F| (RGB levels) below which a tint is not visible
-DECONTAMINATE_MIN_CONTRAST = 24.0
-"""Below this RGB distance between the local product colour and the backdrop, spill cannot
-be told from the product and is neither removed nor measured."""
+backdrop colour (its weight against the product colour and the packshot background, in
+the chroma plane) and that share moves it visibly (``_TINT_LEVELS``)."""
+_TINT_LEVELS = 12.0  # share x distance of B off the product-canvas line: a visible tint
 LINE_FIT = 0.5
 """A pixel is recoloured fully when its distance off the product-backdrop line is at most
 this share of its move along it, and not at all from twice that (linear in between)."""
 
 SPILL_MIN_CHROMA = 20.0
-"""The backdrop's colour must lie this far (RGB levels, in the chroma plane) off the line
-from the product's colour to the canvas colour for its spill to be measured."""
+"""RGB levels in the chroma plane: a backdrop with less chroma than this (grey, white,
+black) is not decontaminated; a pixel whose local product colour is closer than this to
+the backdrop is not corrected; and spill is measured only where the backdrop lies this
+far off the line from the product's colour to the canvas colour."""
 _CHROMA = np.array([[1, 1], [-1, 1], [0, -2]], np.float32) / np.array(
     [np.sqrt(2), np.sqrt(6)], np.float32
 )  # RGB -> the plane normal to grey
@@ -227,17 +228,19 @@ def spill_share(
 
     ``rgb``: the packshot (HxWx3 uint8, flattened onto ``canvas``, its background
     colour); ``background``: uint8 HxW, 255 where a pixel is background. The product is
-    the rest, measured on its box scaled down by the smallest whole factor that brings it to at most
-    1000 px (area averaging). Its *edge
-    band* is the product pixels within ``w`` px of the background (``w`` = 0.5% of the
-    product's longer side there, at least 3). Each band pixel's colour ``E`` is written as
+    the rest, measured on its box scaled down by the smallest whole factor that brings it
+    to at most 1000 px (area averaging). Its *edge band* is the product pixels within
+    ``w`` px of the background (``w`` = 0.5% of the product's longer side there, at least
+    3). In the chroma plane (RGB with the grey axis projected out; compositing stays
+    linear there), each band pixel's colour ``E`` is written as
     ``x F + y B + (1 - x - y) canvas`` (least squares; ``F`` the local product colour: the
     mean of the product pixels 2 ``w`` to 3 ``w`` deep within 3 ``w``): ``y`` is the
-    backdrop's share, and the pixel is tinted when ``y >=`` :data:`SPILL_TINT` and
-    ``y |B - F|`` is at least 12 RGB levels. The outline is the product pixels touching
-    the background; an outline pixel is tinted when at least a quarter of the band pixels
-    within ``w`` px of it (a square window) are tinted: a line of spill, not a stray
-    pixel.
+    backdrop's share. Where ``B`` lies at least :data:`SPILL_MIN_CHROMA` off the line from
+    ``F`` to the canvas colour (the only part of it that can show), the pixel is tinted
+    when ``y >=`` :data:`SPILL_TINT` and ``y`` times that distance is at least 12 levels.
+    The outline is the product pixels touching the background; an outline pixel is
+    tinted when at least a quarter of the band pixels within ``w`` px of it (a square
+    window) are tinted: a line of spill, not a stray pixel.
 
     Returns ``(share of outline pixels tinted, outline pixels)``, or None when the image
     has no product."""
