@@ -19,8 +19,8 @@ backdrop shows as a green line round the product.
   the product's own colour, whatever is off that line (real edge detail) kept. Its
   lightness moves toward ``F``'s by at most ``beta`` times the lightness difference. A
   pixel whose colour is not explained by ``F`` and ``B`` (a dark rim, a print) is left
-  alone (:data:`LINE_FIT`), faint pixels are corrected in proportion to alpha (32..128),
-  and a grey backdrop is left alone (its spill only lightens or darkens the edge);
+  alone (:data:`LINE_FIT`), and so is a cutout on a grey backdrop (whose spill only
+  lightens or darkens the edge);
 * :func:`spill_share`: on a rendered packshot, the share of the product's outline along
   which the edge band is tinted by the backdrop (the compliance rule ``spill``).
 
@@ -65,7 +65,6 @@ _WORK = 1000  # px: spill_share measures the product's box scaled to at most thi
 _RING = 3  # px outside the product where the backdrop colour is read
 _INTERIOR = 3  # cutout px inside the opaque region that may still hold spill
 _DENSE = 0.25  # share of the edge band near an outline pixel that must be tinted to mark it
-_FAINT, _FIRM = 32, 128  # alpha from which the edge colour is corrected, and fully
 _OPAQUE = 250  # alpha from which a cutout pixel may be confident interior
 
 
@@ -151,14 +150,15 @@ def _interior_colour(
 
 
 def decontaminate(
-    rgba: np.ndarray, backdrop: tuple[float, float, float] | None, threshold: int = 8
+    rgba: np.ndarray, backdrop: tuple[float, float, float] | None, threshold: int = 0
 ) -> np.ndarray:
     """``rgba`` (HxWx4 uint8, straight alpha) with the backdrop's colour taken out of its
     edge band: a new array, or ``rgba`` itself when there is nothing to do.
 
-    The edge band is every product pixel (alpha > ``threshold``) that is not confident
-    interior (alpha >= 250, at least 3 px inside the opaque region: spill reaches a pixel
-    or two past where the matte turns opaque). Alpha is not changed."""
+    The edge band is every pixel with alpha > ``threshold`` (by default every visible one,
+    down to the faintest, which would otherwise leave a haze of backdrop colour) that is
+    not confident interior (alpha >= 250, at least 3 px inside the opaque region: spill
+    reaches a pixel or two past where the matte turns opaque). Alpha is not changed."""
     if backdrop is None or np.linalg.norm(np.asarray(backdrop) @ _CHROMA) < SPILL_MIN_CHROMA:
         return rgba  # no backdrop, or a grey one: its spill is only lighter or darker
     alpha = cv2.extractChannel(rgba, 3)
@@ -172,21 +172,14 @@ def decontaminate(
     rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     product, found = _interior_colour(rgb, interior, ys, xs, 3 * _INTERIOR)
     colour = rgb[ys, xs].astype(np.float32)
-    # faint pixels keep most of their colour: recoloured fully, a matte's soft outer ramp
-    # (whose colour is mostly backdrop) would show on the canvas as a wider, darker edge
-    trust = np.clip((alpha[ys, xs].astype(np.float32) - _FAINT) / (_FIRM - _FAINT), 0.0, 1.0)
-    cleaned = _unmix(colour, product, np.asarray(backdrop, np.float32)[None, :], found, trust)
+    cleaned = _unmix(colour, product, np.asarray(backdrop, np.float32)[None, :], found)
     out = rgba.copy()
     out[ys, xs, :3] = np.clip(cleaned + 0.5, 0, 255).astype(np.uint8)
     return out
 
 
 def _unmix(
-    colour: np.ndarray,
-    product: np.ndarray,
-    backdrop: np.ndarray,
-    usable: np.ndarray,
-    trust: np.ndarray,
+    colour: np.ndarray, product: np.ndarray, backdrop: np.ndarray, usable: np.ndarray
 ) -> np.ndarray:
     """``colour`` (Nx3 float32) with the backdrop's part replaced by the product's.
 
@@ -195,7 +188,7 @@ def _unmix(
     the projection of ``colour - product`` on ``backdrop - product``; the chroma moves
     back by ``beta`` times that line, gated by :data:`LINE_FIT`. The lightness (grey axis)
     moves toward the product's by at most ``beta`` times the product-backdrop lightness
-    difference, and never past the product's. ``trust`` (0..1 per pixel) scales both."""
+    difference, and never past the product's."""
     c, f, b = colour @ _CHROMA, product @ _CHROMA, backdrop @ _CHROMA
     line = b - f
     length2 = np.einsum("ij,ij->i", line, line)
@@ -204,7 +197,7 @@ def _unmix(
     off = np.linalg.norm(c - f - beta[:, None] * line, axis=1)
     moved = beta * np.sqrt(length2)
     fit = np.clip(2.0 - off / (LINE_FIT * np.maximum(moved, 1e-6)), 0.0, 1.0)
-    beta = np.where(usable & (length2 >= SPILL_MIN_CHROMA**2), beta * fit * trust, 0.0)
+    beta = np.where(usable & (length2 >= SPILL_MIN_CHROMA**2), beta * fit, 0.0)
     chroma_fix = (-beta[:, None] * line) @ _CHROMA.T  # back to RGB, no lightness change
     grey = np.float32(1 / 3)
     lightness = colour.sum(1) * grey  # mean of R, G, B: the grey-axis part per channel
