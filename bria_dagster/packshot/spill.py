@@ -111,41 +111,35 @@ def _pixels(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return image[ys, xs, :3]
 
 
-def _local_mean(
-    rgb: np.ndarray, mask: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean colour (Nx3 float32) of the ``mask`` pixels in the (2 radius + 1)^2 window round
-    each point ``(ys, xs)``, and their count there (N)."""
-    h, w = mask.shape
-    weight = (mask > 0).astype(np.uint8)
-    exact = h * w * 255 < 2**31  # int32 sums cannot overflow
-    colour_sum = cv2.integral(
-        cv2.bitwise_and(rgb, rgb, mask=mask), sdepth=cv2.CV_32S if exact else cv2.CV_64F
-    )
-    count_sum = cv2.integral(weight, sdepth=cv2.CV_32S)
-    y0, y1 = np.clip(ys - radius, 0, h), np.clip(ys + radius + 1, 0, h)
-    x0, x1 = np.clip(xs - radius, 0, w), np.clip(xs + radius + 1, 0, w)
-
-    def window(table: np.ndarray) -> np.ndarray:
-        return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-
-    count = window(count_sum).astype(np.float32)
-    total = window(colour_sum).astype(np.float32)
-    return total / np.maximum(count, 1.0)[:, None], count
-
-
 def _interior_colour(
     rgb: np.ndarray, interior: np.ndarray, ys: np.ndarray, xs: np.ndarray, radius: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The local product colour at each edge point: the mean of the interior pixels within
-    ``radius``, else within 4 x ``radius`` (thin parts); ``found`` is False where neither
-    window holds any."""
-    near, count = _local_mean(rgb, interior, ys, xs, radius)
-    found = count > 0
+    """The local product colour at each edge point ``(ys, xs)``: the mean colour (Nx3
+    float32) of the ``interior`` pixels in the (2 radius + 1)^2 window round it, else in
+    one 4 x as wide (thin parts); ``found`` is False where neither window holds any.
+
+    One summed-area table of the masked colours and the mask (4 channels), looked up at
+    the points only."""
+    h, w = interior.shape
+    weight = cv2.compare(interior, 0, cv2.CMP_GT) // 255
+    masked = cv2.bitwise_and(rgb, rgb, mask=interior)
+    exact = h * w * 255 < 2**31  # int32 sums cannot overflow
+    table = cv2.integral(
+        cv2.merge([*cv2.split(masked), weight]), sdepth=cv2.CV_32S if exact else cv2.CV_64F
+    )
+
+    def mean(py: np.ndarray, px: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+        y0, y1 = np.clip(py - r, 0, h), np.clip(py + r + 1, 0, h)
+        x0, x1 = np.clip(px - r, 0, w), np.clip(px + r + 1, 0, w)
+        sums = (table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]).astype(np.float32)
+        count = sums[:, 3]
+        return sums[:, :3] / np.maximum(count, 1.0)[:, None], count > 0
+
+    near, found = mean(ys, xs, radius)
     if not found.all():
-        far, far_count = _local_mean(rgb, interior, ys[~found], xs[~found], 4 * radius)
+        far, far_found = mean(ys[~found], xs[~found], 4 * radius)
         near[~found] = far
-        found[~found] = far_count > 0
+        found[~found] = far_found
     return near, found
 
 
