@@ -101,7 +101,8 @@ def compliance_description(channel: str) -> str:
     return (
         f"Every packshot of channel {channel!r} meets the channel's rules (background purity "
         "at the border, product fill within bounds, minimum long side, file size, no alpha "
-        "where forbidden, format and sRGB); each failure names the sku, the rule and the "
+        "where forbidden, format and sRGB; from the cutout: edge, halo, backdrop colour "
+        "spill along the product's edge); each failure names the sku, the rule and the "
         "measured value."
     )
 

@@ -217,6 +217,39 @@ def test_a_non_compliant_packshot_is_a_failed_row_and_fails_its_channel_check(ca
     assert materialization(result, "channel_exports")["tiny_limit.files"] == 0
 
 
+def test_backdrop_spill_fails_the_channel_check_naming_sku_channel_and_figure(tmp_path: Path):
+    # a box on saturated green paper: its local cutout keeps green in the edge; rendered
+    # as is (decontaminate off) the packshot shows a green rim, by default it does not
+    (tmp_path / "images").mkdir()
+    green = make_product_photo("colored", 2, (640, 640), shape="box", backdrop=(30, 190, 70))
+    (tmp_path / "images" / "G1.jpg").write_bytes(green[0])
+    write_catalog(tmp_path, [{"sku": "G1", "image_url": "../images/G1.jpg"}])
+    pipeline = ProductImagePipeline(
+        name="spill",
+        settings=PipelineSettings(
+            catalog_dir=str(tmp_path / "catalogs"),
+            steps=("remove",),
+            packshots=PackshotSettings(
+                channels=("amazon_main", "raw_main"),
+                presets={"raw_main": {"extends": "amazon_main", "decontaminate": False}},
+            ),
+        ),
+        storage=str(tmp_path / "data"),
+    )
+    result = materialize(pipeline, dg.DagsterInstance.ephemeral())
+    shots = read_table(pipeline.store.table_path(pipeline.asset_key("packshot"), BATCH))
+    status = dict(zip(shots["variant"], shots["status"], strict=True))
+    assert status == {"amazon_main": "ok", "raw_main": "failed"}
+    message = shots.set_index("variant").loc["raw_main", "error_message"]
+    assert message.startswith("G1 on raw_main: spill: measured 0.")
+    assert "limit <= 0.05 of the product's outline" in message
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert evaluations["compliance_amazon_main"].passed
+    failed = evaluations["compliance_raw_main"]
+    assert not failed.passed and failed.metadata["failing"].value == 1
+    assert "G1 on raw_main: spill" in failed.metadata["failures"].value
+
+
 def test_unknown_channel_fails_when_definitions_load(tmp_path: Path):
     pipeline = ProductImagePipeline(
         settings=PipelineSettings(packshots=PackshotSettings(channels=("amazn_main",))),

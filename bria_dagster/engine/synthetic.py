@@ -63,7 +63,13 @@ def _shape_mask(shape: str, w: int, h: int, rng: np.random.Generator) -> np.ndar
     return cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
-def _background(category: str, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+def _background(
+    category: str,
+    w: int,
+    h: int,
+    rng: np.random.Generator,
+    backdrop: tuple[int, int, int] | None = None,
+) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if category in ("white_studio", "low_contrast"):
         bg = np.full((h, w, 3), rng.uniform(243, 252), np.float32)
@@ -75,6 +81,8 @@ def _background(category: str, w: int, h: int, rng: np.random.Generator) -> np.n
     elif category == "colored":
         colour = rng.uniform(40, 230, 3)
         colour[rng.integers(3)] = rng.uniform(20, 80)
+        if backdrop is not None:  # drawn from rng all the same: the rest stays as it was
+            colour = np.asarray(backdrop, np.float64)
         bg = (
             np.broadcast_to(colour, (h, w, 3)).astype(np.float32)
             * (0.92 + 0.08 * yy / h)[..., None]
@@ -108,17 +116,27 @@ def _background(category: str, w: int, h: int, rng: np.random.Generator) -> np.n
 
 
 def make_product_photo(
-    category: str, seed: int, size: tuple[int, int] = (512, 512), *, shape: str | None = None
+    category: str,
+    seed: int,
+    size: tuple[int, int] = (512, 512),
+    *,
+    shape: str | None = None,
+    backdrop: tuple[int, int, int] | None = None,
 ) -> tuple[bytes, np.ndarray]:
-    """``(jpeg_bytes, alpha)``: a product photo and its exact float32 alpha (HxW)."""
+    """``(jpeg_bytes, alpha)``: a product photo and its exact float32 alpha (HxW).
+
+    ``backdrop``: the paper's RGB colour for the ``colored`` category (e.g. a saturated
+    green, for spill tests; by default a random one); any other category refuses it."""
     if category not in CATEGORIES + HARD_CATEGORIES:
         known = ", ".join(CATEGORIES + HARD_CATEGORIES)
         raise ValueError(f"unknown category {category!r}; choose from {known}")
+    if backdrop is not None and category != "colored":
+        raise ValueError(f"backdrop= sets the 'colored' category's paper, not {category!r}'s")
     rng = np.random.default_rng(seed)
     w, h = size
     shape = shape or SHAPES[int(rng.integers(len(SHAPES)))]
     alpha = _shape_mask(shape, w, h, rng)
-    bg = _background(category, w, h, rng)
+    bg = _background(category, w, h, rng, backdrop)
     if category != "textured":  # a soft contact shadow on every seamless backdrop
         ys, xs = np.nonzero(alpha > 0.5)
         if len(ys):

@@ -40,6 +40,20 @@ Rules on the cutout (when ``cutout=`` is given; product pixels: alpha > 8/255):
                           of partial alpha, not the ramp of an anti-aliased or soft edge.
                           Width = fringe pixels / perimeter of the core. Not measured when the
                           product has no opaque core (clear glass, say).
+``spill``                 the backdrop's colour shows along the product's edge on the packshot
+                          (a green rim from a green backdrop): the share of the product's
+                          outline on the packshot whose edge band is tinted by the backdrop
+                          colour is above :data:`SPILL_MAX`. The backdrop colour is read from
+                          the cutout (:func:`~.spill.backdrop_colour`); each edge-band pixel's
+                          chroma is split into the local product colour, the backdrop colour
+                          and the packshot background (least squares), and it is tinted when
+                          the backdrop's share is at least :data:`~.spill.SPILL_TINT` (15%)
+                          and shifts it 12 levels or more off the product-background line;
+                          an outline pixel counts when a quarter of the band near it is
+                          tinted (:func:`~.spill.spill_share`). Not measured where the
+                          backdrop is too close in chroma to the product or the background
+                          to tell (a grey backdrop: that ring is the ``halo`` rule's), or
+                          when the cutout holds no trace of it.
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ from ..errors import ImageDecodeError
 from ..images import MAX_PIXELS_DEFAULT
 from .cutout import ALPHA_THRESHOLD, is_srgb_profile, load_cutout
 from .presets import ChannelPreset
+from .spill import backdrop_colour, spill_share
 
 __all__ = [
     "BACKGROUND_TOLERANCE",
@@ -65,6 +80,7 @@ __all__ = [
     "HALO_MAX",
     "HALO_SLOPE",
     "PURITY_MIN",
+    "SPILL_MAX",
     "ComplianceIssue",
     "check_packshot",
 ]
@@ -83,6 +99,9 @@ longer side."""
 HALO_SLOPE = 8
 """A semi-transparent pixel whose alpha changes by less than this per px (0..255 scale) is
 part of a plateau (left-over backdrop), not of an edge ramp."""
+SPILL_MAX = 0.05
+"""Largest share of the product's outline on the packshot along which the edge is tinted by
+the cutout's backdrop colour (:func:`~.spill.spill_share`)."""
 LINE_MIN_SHARE = 0.001
 """A row/column belongs to the product when this share of its pixels is off-background."""
 
@@ -215,14 +234,22 @@ def _file_rules(image: Image.Image, data: bytes, preset: ChannelPreset) -> list[
     return issues
 
 
-def _pixel_rules(image: Image.Image, preset: ChannelPreset) -> list[ComplianceIssue]:
-    issues: list[ComplianceIssue] = []
+def _flat_rgb(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """The packshot's RGB (HxWx3 uint8) and its alpha (None without one)."""
     rgba = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    converted = image.convert("RGBA" if rgba else "RGB")
-    arr = np.asarray(converted)
-    rgb = arr[..., :3] if rgba else arr
-    alpha = np.ascontiguousarray(arr[..., 3]) if rgba else None
-    background = _background_mask(np.ascontiguousarray(rgb), alpha, preset.background_rgb)
+    arr = np.asarray(image.convert("RGBA" if rgba else "RGB"))
+    if not rgba:
+        return arr, None
+    return cv2.cvtColor(arr, cv2.COLOR_RGBA2RGB), cv2.extractChannel(arr, 3)
+
+
+def _pixel_rules(
+    image: Image.Image, preset: ChannelPreset
+) -> tuple[list[ComplianceIssue], tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """The issues, and ``(rgb, alpha, background mask)`` for the spill rule."""
+    issues: list[ComplianceIssue] = []
+    rgb, alpha = _flat_rgb(image)
+    background = _background_mask(rgb, alpha, preset.background_rgb)
 
     purity, strip = _purity(background)
     if purity < PURITY_MIN:
@@ -254,7 +281,7 @@ def _pixel_rules(image: Image.Image, preset: ChannelPreset) -> list[ComplianceIs
                 f"the product spans {fill:.1%} of the frame ({where}); {advice}",
             )
         )
-    return issues
+    return issues, (rgb, alpha, background)
 
 
 def _solid(core: np.ndarray) -> np.ndarray:
@@ -360,17 +387,55 @@ def _cutout_rules(cutout: bytes | Image.Image, preset: ChannelPreset) -> list[Co
     return issues
 
 
+def _spill_rule(
+    pixels: tuple[np.ndarray, np.ndarray | None, np.ndarray],
+    preset: ChannelPreset,
+    cutout: Image.Image,
+) -> list[ComplianceIssue]:
+    backdrop = backdrop_colour(np.asarray(cutout), ALPHA_THRESHOLD)
+    if backdrop is None:
+        return []
+    rgb, alpha, background = pixels
+    if alpha is not None:  # seen over the channel's background colour
+        canvas = np.empty_like(rgb)
+        canvas[:] = preset.background_rgb
+        weight = cv2.merge([alpha] * 3)
+        rgb = cv2.add(
+            cv2.multiply(rgb, weight, scale=1 / 255),
+            cv2.multiply(canvas, cv2.bitwise_not(weight), scale=1 / 255),
+        )
+        background = _background_mask(rgb, None, preset.background_rgb)
+    measured = spill_share(rgb, background, backdrop, preset.background_rgb)
+    if measured is None or measured[0] <= SPILL_MAX:
+        return []
+    share, outline = measured
+    colour = "#{:02X}{:02X}{:02X}".format(*(round(v) for v in backdrop))
+    return [
+        _issue(
+            "spill",
+            round(share, 4),
+            f"<= {SPILL_MAX} of the product's outline",
+            f"the backdrop colour {colour} of the cutout tints the product's edge along "
+            f"{share:.1%} of its outline ({outline} px at the measuring scale) on the "
+            f"{preset.name!r} packshot: colour spill from the photo's backdrop; render with "
+            "decontaminate=True (the default), or refine the cutout's edge",
+        )
+    ]
+
+
 def check_packshot(
     data: bytes, preset: ChannelPreset, *, cutout: bytes | Image.Image | None = None
 ) -> list[ComplianceIssue]:
     """The rules ``data`` (a packshot file) fails for ``preset``, measured from the decoded
     bytes; with ``cutout``, also the cutout rules (``empty_cutout``,
-    ``product_touches_edge``, ``halo``). An empty list means compliant.
+    ``product_touches_edge``, ``halo``) and ``spill`` (the cutout's backdrop colour on the
+    packshot's product edge). An empty list means compliant.
 
     Undecodable data gives a ``format`` issue (and skips the pixel rules) rather than an
     exception; an undecodable ``cutout`` raises :class:`~bria_dagster.errors.ImageDecodeError`.
     """
     issues: list[ComplianceIssue] = []
+    pixels = None
     if preset.max_bytes is not None and len(data) > preset.max_bytes:
         issues.append(
             _issue(
@@ -395,7 +460,11 @@ def check_packshot(
         )
     else:
         issues += _file_rules(image, data, preset)
-        issues += _pixel_rules(image, preset)
+        pixel_issues, pixels = _pixel_rules(image, preset)
+        issues += pixel_issues
     if cutout is not None:
+        cutout = load_cutout(cutout)
         issues += _cutout_rules(cutout, preset)
+        if pixels is not None:
+            issues += _spill_rule(pixels, preset, cutout)
     return issues

@@ -7,6 +7,9 @@ Steps (one pass at the output size, every image op on 8-bit data):
    :class:`~bria_dagster.errors.EmptyCutoutError`;
 3. crop to that box (plus 2 transparent pixels, so the resampling filter sees the
    product's edge fade out), convert to sRGB if the cutout carries another ICC profile;
+   unless the preset says ``decontaminate=False``, take the backdrop's colour out of the
+   product's edge band (:func:`~.spill.decontaminate`: a green backdrop leaves no green
+   rim; the backdrop colour is read from the crop's transparent pixels);
 4. premultiply alpha, then scale once so the box's limiting side spans ``fill`` of the
    canvas: OpenCV bicubic when enlarging (sharp, less overshoot at hard alpha edges than
    Lanczos, and several times faster than Pillow's resamplers), area averaging when
@@ -41,6 +44,7 @@ from .compliance import BORDER_SHARE
 from .cutout import ALPHA_THRESHOLD, load_cutout, product_bbox, product_edge_bbox, to_srgb
 from .encode import encode_packshot
 from .presets import ChannelPreset
+from .spill import backdrop_colour, decontaminate
 
 __all__ = ["SHADOW_OPACITY", "Packshot", "render_packshot"]
 
@@ -93,13 +97,21 @@ def _scaled_product(
     box: tuple[int, int, int, int],
     edge: tuple[int, int, int, int],
     layout: _Layout,
+    clean_edge: bool = True,
 ) -> tuple[np.ndarray, int, int]:
     """The product resampled to its canvas size, premultiplied RGBA (HxWx4 uint8), with the
     canvas position of its top-left corner. ``edge`` (the half-opaque box) is what the
-    layout places; everything in ``box`` (every product pixel, padded) comes along."""
+    layout places; everything in ``box`` (every product pixel, padded) comes along.
+    ``clean_edge``: the backdrop's colour is first taken out of the edge
+    (:func:`~.spill.decontaminate`, read from the padded crop's transparent pixels)."""
     left, top = max(0, box[0] - _PAD), max(0, box[1] - _PAD)
     right, bottom = min(image.width, box[2] + _PAD), min(image.height, box[3] + _PAD)
     crop = to_srgb(image.crop((left, top, right, bottom)))
+    if clean_edge:
+        straight = np.asarray(crop)
+        cleaned = decontaminate(straight, backdrop_colour(straight, ALPHA_THRESHOLD))
+        if cleaned is not straight:
+            crop = Image.fromarray(cleaned, "RGBA")
     sx = layout.width / (edge[2] - edge[0])
     sy = layout.height / (edge[3] - edge[1])
     size = (max(1, round((right - left) * sx)), max(1, round((bottom - top) * sy)))
@@ -212,7 +224,7 @@ def render_packshot(cutout: bytes | Image.Image, preset: ChannelPreset) -> Packs
     # pixels of low alpha) neither counts toward the fill nor shows on the background.
     edge = product_edge_bbox(image) or box
     layout = _layout(edge[2] - edge[0], edge[3] - edge[1], preset)
-    product, x, y = _scaled_product(image, box, edge, layout)
+    product, x, y = _scaled_product(image, box, edge, layout, preset.decontaminate)
     canvas = _canvas(preset)
     if preset.shadow:
         _contact_shadow(canvas, layout)

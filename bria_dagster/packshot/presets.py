@@ -120,7 +120,7 @@ __all__ = [
 FILL_TOLERANCE = 0.05
 """Default compliance band around ``fill`` when ``min_fill``/``max_fill`` are not given."""
 
-RENDERER_VERSION = "bria_dagster.packshot/2"
+RENDERER_VERSION = "bria_dagster.packshot/3"
 """Changes whenever the renderer's output for the same cutout and preset changes; part of
 :meth:`ChannelPreset.parameters`, so stored packshots are not reused across versions."""
 
@@ -162,6 +162,11 @@ class ChannelPreset(pydantic.BaseModel):
         "border strip clear).",
     )
     shadow: bool = Field(False, description="Soft contact shadow under the product.")
+    decontaminate: bool = Field(
+        True,
+        description="Take the backdrop's colour out of the cutout's edge before placing it "
+        "(no green rim from a green backdrop); see bria_dagster.packshot.spill.",
+    )
     format: Literal["jpeg", "png", "webp"] = "jpeg"
     quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality (start value).")
     allow_alpha: bool = Field(
