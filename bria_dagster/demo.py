@@ -92,9 +92,12 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
     print(f"\nsee it in the UI:  make ui   (= DAGSTER_HOME={home} dg dev -f definitions.py)")
     try:
         from .lineage import load_records
+        from .records import NOOP_BACKEND
 
         records = load_records(storage)
-        outputs = records[(records["step"] == "expand") & (records["status"] != "failed")]
+        # An expansion that was sent: a no-op one is its scene's own bytes.
+        made = (records["status"] != "failed") & (records["backend"] != NOOP_BACKEND)
+        outputs = records[(records["step"] == "expand") & made]
         if len(outputs):
             sha = outputs.iloc[0]["image_sha256"]
             chain = trace(sha, records)

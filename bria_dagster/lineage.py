@@ -276,9 +276,11 @@ class LineageIndex(_index_module.ImageResolver):
         frame = self.frame
         hops: list[int] = []
         positions: list[int] = []
-        # A no-op row (recorded, not sent) holds its parent's image: its hop comes first,
-        # then the hop of the row that made that image. So a hop is an image and whether
-        # it was reached through a no-op row.
+        # A no-op row (recorded, not sent) holds its parent's image. Traced itself, the
+        # image's no-op row is hop 0, then the row that made the image. Reached as a
+        # parent (an image made from it), the image is only its maker's: a 16:9 expansion
+        # of a scene comes from the scene, not from a 1:1 no-op that kept the same bytes.
+        # So a hop is an image and whether it was reached through a no-op row.
         seen: set[tuple[str, bool]] = set()
         current: str | None = sha
         through_noop = False
@@ -286,7 +288,7 @@ class LineageIndex(_index_module.ImageResolver):
             rows = self._image_rows(current)
             noop = (frame["parent_sha256"].iloc[rows] == current).fillna(False)
             noop = noop.to_numpy(dtype=bool)
-            if through_noop:
+            if seen:  # past hop 0: the image's maker, never a no-op that kept it
                 rows, noop = rows[~noop], noop[~noop]
             if not len(rows):
                 break

@@ -767,15 +767,15 @@ class IndexedLineage(ImageResolver):
         """The chain from ``image`` back to its catalog source (see ``LineageIndex.trace``)."""
         sha = self.resolve_image(image)
         chain: list[dict[str, Any]] = []
-        # A no-op row holds its parent's image: its hop first, then the image's maker
-        # (as LineageIndex.trace does).
+        # A no-op row holds its parent's image: traced itself, its hop first, then the
+        # image's maker; reached as a parent, only the maker (as LineageIndex.trace does).
         seen: set[tuple[str, bool]] = set()
         current: str | None = sha
         through_noop = False
         while current and (current, through_noop) not in seen:
             image = current
             rows = self._image_rows(image)
-            if through_noop:
+            if seen:  # past hop 0: the image's maker, never a no-op that kept it
                 rows = [r for r in rows if r["parent_sha256"] != image]
             if not rows:
                 break

@@ -483,6 +483,18 @@ def test_trace_of_a_noop_expansion_walks_on_to_the_source(tmp_path, rows):
         assert every[every["hop"] == 1]["step"].tolist() == ["replace"]
         assert every["hop"].max() == 3
 
+        # A sibling expansion of the same scene comes from the scene's maker, not from the
+        # no-op that kept the scene's bytes.
+        sibling = trace(sha("expand-sku-a-1:1"), pandas_index)
+        assert plain_rows(sibling) == index.trace(sha("expand-sku-a-1:1")).rows
+        assert sibling["step"].tolist() == ["expand", "replace", "remove", "source"]
+        assert NOOP_BACKEND not in sibling["backend"].tolist()
+        every_sibling = trace(sha("expand-sku-a-1:1"), pandas_index, all_records=True)
+        assert (
+            plain_rows(every_sibling) == index.trace(sha("expand-sku-a-1:1"), all_records=True).rows
+        )
+        assert NOOP_BACKEND not in every_sibling["backend"].tolist()
+
         family = derived(scene, pandas_index)
         assert plain_rows(family) == index.derived(scene).rows
         assert family["step"].tolist().count("expand") == 4  # 2 made, 1 no-op, its reuse
