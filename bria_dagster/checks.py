@@ -18,6 +18,7 @@ fails its run: more than ``fail_run_above`` of its products failed, or every one
 """
 
 import io
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from .records import FAILED, OK, REUSED
+from .records import FAILED, OK, REUSED, UPSTREAM_FAILED
 from .store import ImageStore
 
 __all__ = [
@@ -47,7 +48,6 @@ FIRST_ERRORS = 5
 MESSAGE_CHARS = 400
 """An error message longer than this is cut in a batch failure's message (the step
 tables and the audit report keep it whole)."""
-UPSTREAM_FAILED = "UpstreamFailed"
 
 
 class CheckSettings(BaseModel):
@@ -429,9 +429,7 @@ def batch_failure(
         "batch (ok rows are reused, only failed rows are redone), or raise "
         "checks.fail_run_above to accept this many failures."
     )
-    classes: dict[str, int] = {}
-    for f in outcome.failures:
-        classes[f.error_class] = classes.get(f.error_class, 0) + 1
+    classes = Counter(f.error_class for f in outcome.failures)
     table = "\n".join(
         ["| sku | error_class | asset | message |", "|---|---|---|---|"]
         + [

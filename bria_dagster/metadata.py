@@ -38,7 +38,7 @@ import pyarrow as pa
 from PIL import Image as PILImage
 
 from .errors import BriaError
-from .records import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED
+from .records import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, UPSTREAM_FAILED
 from .steps import StepReport
 from .store import ImageStore
 
@@ -283,7 +283,7 @@ def preview_markdown(
                     cell = "(image missing from the store)"
         else:
             cell = _text(shorten(row["error_message"] or ""))
-            if row["error_class"] != "UpstreamFailed":  # its message starts "upstream ..."
+            if row["error_class"] != UPSTREAM_FAILED:  # its message starts "upstream ..."
                 cell = f"{_text(row['error_class'] or 'error')}: {cell}"
         lines.append(
             f"| {_text(row['sku'])} | {_text(row['variant'])} | {status} | {cell} | {sha} "

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .engine.outpaint import plan_expand
 from .errors import BriaError, RequestValidationError
-from .records import FAILED
+from .records import FAILED, UPSTREAM_FAILED
 from .steps import Job, RequestPlanner
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class StepPlanner:
             return plan[self.step](parent, catalog)
         message = (
             parent["error_message"]
-            if parent["error_class"] == "UpstreamFailed"
+            if parent["error_class"] == UPSTREAM_FAILED
             else f"upstream {parent['step']} failed for this sku: "
             f"{parent['error_class']}: {parent['error_message']}"
         )
@@ -54,7 +54,7 @@ class StepPlanner:
                 variant,
                 parent,
                 error=BriaError(message),
-                error_class="UpstreamFailed",
+                error_class=UPSTREAM_FAILED,
             )
             for variant in self._variants(parent, catalog)
         ]

@@ -37,6 +37,7 @@ __all__ = [
     "OK",
     "REUSED",
     "STEPS",
+    "UPSTREAM_FAILED",
     "canonical_json",
     "frame_rows",
     "frame_to_table",
@@ -51,6 +52,9 @@ NOOP_BACKEND = "noop"
 its image (an expansion to the ratio the image already has): its image is the parent's
 bytes, its cost and unit price 0, and ``noop_reason`` says why."""
 STEPS = ("source", "remove", "replace", "expand")
+UPSTREAM_FAILED = "UpstreamFailed"
+"""The ``error_class`` of a row not made because the sku failed in an earlier step (its
+message says which step and why); the earlier failure is the root cause."""
 
 IMAGE_RECORD_SCHEMA = pa.schema(
     [

@@ -53,7 +53,7 @@ from PIL import Image
 from ._version import __version__
 from .errors import BriaError, StorageAccessError, storage_access, storage_access_error
 from .lineage_index import STEP_ORDER, RecordTableError
-from .records import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED
+from .records import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, UPSTREAM_FAILED
 from .records import NOOP_BACKEND as NOOP
 from .store import ImageStore
 
@@ -82,7 +82,6 @@ OPEN_SKUS = 20
 OPEN_CASCADES = 20
 """Up to this many rows failed only because an earlier step had are listed opened."""
 JPEG_QUALITY = 75
-UPSTREAM_FAILED = "UpstreamFailed"
 SHA_SHOWN = 12
 _READ_COLUMNS = (
     "partition",
@@ -293,7 +292,7 @@ class AuditReport:
         ]
         for product in shown:
             by_asset = {step.asset: step for step in product.steps}
-            cells = [_product_cell(by_asset.get(asset), _text) for asset in assets]
+            cells = [_product_cell(by_asset.get(asset)) for asset in assets]
             status = f"failed ({product.failures})" if product.failures else "ok"
             lines.append(
                 f"| {_text(product.sku)} | {status} | {' | '.join(cells)} "
@@ -307,7 +306,9 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def _product_cell(step: ProductStep | None, text: Callable[[object], str]) -> str:
+def _product_cell(step: ProductStep | None) -> str:
+    from .metadata import _text  # markdown escaping (dagster-side: imported when used)
+
     if step is None:
         return "—"
     parts = []
@@ -319,7 +320,7 @@ def _product_cell(step: ProductStep | None, text: Callable[[object], str]) -> st
     if step.reused:
         parts.append(f"({step.reused} reused)")
     if step.failed:
-        parts.append(f"{step.failed} failed: {text(step.error_class or 'error')}")
+        parts.append(f"{step.failed} failed: {_text(step.error_class or 'error')}")
     return " ".join(parts) if parts else "—"
 
 
