@@ -107,11 +107,6 @@ ImageInput = Annotated[
 """An image given as URL (http, https, s3, gs, data, file), local path, or bytes."""
 
 
-AspectRatioName = Literal["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9"]
-"""An aspect ratio as settings spell it (a JSON-schema ``enum``; one value per
-:class:`AspectRatio` member)."""
-
-
 class AspectRatio(StrEnum):
     R1_1 = "1:1"
     R2_3 = "2:3"
@@ -132,6 +127,11 @@ class AspectRatio(StrEnum):
     def ratio(self) -> float:
         w, h = self.value.split(":")
         return int(w) / int(h)
+
+
+AspectRatioName = Literal[tuple(ratio.value for ratio in AspectRatio)]  # type: ignore[valid-type]
+"""An aspect ratio as settings spell it: the :class:`AspectRatio` values, as a ``Literal``
+(a JSON-schema ``enum`` that ``dg check yaml`` checks)."""
 
 
 class Image(BaseModel):
