@@ -119,16 +119,12 @@ def test_a_fully_reused_rerun_reports_the_first_runs_figures(two_runs):
     assert "0 made by this run, 2 reused (checked when made)" in shots.description
 
 
-def test_no_image_to_measure_gives_no_median_rather_than_zero(tmp_path):
-    store = ImageStore(str(tmp_path / "images"))
-    failed = {
-        "record_id": "r1",
+def _cutout_row(**fields) -> dict:
+    """One product_cutouts record of run-1 in BATCH, with ``fields`` set."""
+    return {
         "partition": BATCH,
-        "sku": "F1",
         "step": "remove",
         "variant": "default",
-        "status": "failed",
-        "error_class": "FalRequestError",
         "root_source_uri": "file:///x.jpg",
         "parameters": "{}",
         "cost_usd": 0.0,
@@ -139,7 +135,13 @@ def test_no_image_to_measure_gives_no_median_rather_than_zero(tmp_path):
         "code_version": "0",
         "created_at": pd.Timestamp("2026-01-01", tz="UTC"),
         "catalog_row": "{}",
+        **fields,
     }
+
+
+def test_no_image_to_measure_gives_no_median_rather_than_zero(tmp_path):
+    store = ImageStore(str(tmp_path / "images"))
+    failed = _cutout_row(record_id="r1", sku="F1", status="failed", error_class="FalRequestError")
     results = evaluate_checks(
         dg.AssetKey(["product_images", "product_cutouts"]),
         "remove",
@@ -167,28 +169,15 @@ def test_reused_rows_are_sampled_after_the_rows_the_run_made(tmp_path):
         img.paste((200, 0, 0, 255), (0, 0, 8, int(8 * share)))
         stored = store.put(encode_png(img), "image/png")
         rows.append(
-            {
-                "record_id": sku,
-                "partition": BATCH,
-                "sku": sku,
-                "step": "remove",
-                "variant": "default",
-                "status": "ok",
-                "image_uri": stored.uri,
-                "image_sha256": stored.sha256,
-                "width": 8,
-                "height": 8,
-                "root_source_uri": "file:///x.jpg",
-                "parameters": "{}",
-                "cost_usd": 0.0,
-                "duration_s": 0.0,
-                "attempts": 1,
-                "run_id": "run-1",
-                "asset_key": "product_images/product_cutouts",
-                "code_version": "0",
-                "created_at": pd.Timestamp("2026-01-01", tz="UTC"),
-                "catalog_row": "{}",
-            }
+            _cutout_row(
+                record_id=sku,
+                sku=sku,
+                status="ok",
+                image_uri=stored.uri,
+                image_sha256=stored.sha256,
+                width=8,
+                height=8,
+            )
         )
     rows = [reused_record(rows[1], "run-2"), {**rows[0], "run_id": "run-2"}]  # reused first
     results = evaluate_checks(

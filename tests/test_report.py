@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -594,7 +595,9 @@ class Chromium:
         """Load ``url`` in a new tab; what the page shows once every image settled."""
         return asyncio.run(asyncio.wait_for(self._open(url, screenshot), 60))
 
-    async def _open(self, url: str, screenshot: Path | None) -> dict[str, Any]:
+    @contextlib.asynccontextmanager
+    async def tab(self) -> AsyncIterator[_DevTools]:
+        """A new tab's DevTools page (its ``Page`` events on), closed when the block ends."""
         http = f"http://127.0.0.1:{self.port}"
         async with aiohttp.ClientSession() as session:
             async with session.put(f"{http}/json/new?about:blank") as response:
@@ -603,25 +606,31 @@ class Chromium:
                 async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                     page = _DevTools(ws)
                     await page.call("Page.enable")
-                    loaded = page.event("Page.loadEventFired")
-                    navigation = await page.call("Page.navigate", url=url)
-                    assert "errorText" not in navigation, navigation
-                    await asyncio.wait_for(loaded, 30)
-                    result = await page.call(
-                        "Runtime.evaluate",
-                        expression=_SETTLED_IMAGES,
-                        awaitPromise=True,
-                        returnByValue=True,
-                    )
-                    assert "exceptionDetails" not in result, result
-                    state = result["result"]["value"]
-                    if screenshot is not None:
-                        shot = await page.call("Page.captureScreenshot", format="png")
-                        screenshot.write_bytes(base64.b64decode(shot["data"]))
-                    page.stop()
+                    try:
+                        yield page
+                    finally:
+                        page.stop()
             finally:
                 async with session.get(f"{http}/json/close/{target['id']}"):
                     pass
+
+    async def _open(self, url: str, screenshot: Path | None) -> dict[str, Any]:
+        async with self.tab() as page:
+            loaded = page.event("Page.loadEventFired")
+            navigation = await page.call("Page.navigate", url=url)
+            assert "errorText" not in navigation, navigation
+            await asyncio.wait_for(loaded, 30)
+            result = await page.call(
+                "Runtime.evaluate",
+                expression=_SETTLED_IMAGES,
+                awaitPromise=True,
+                returnByValue=True,
+            )
+            assert "exceptionDetails" not in result, result
+            state = result["result"]["value"]
+            if screenshot is not None:
+                shot = await page.call("Page.captureScreenshot", format="png")
+                screenshot.write_bytes(base64.b64decode(shot["data"]))
         return state
 
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import dagster as dg
 import pytest
 from PIL import Image
@@ -347,21 +346,8 @@ class Tab:
 
 
 async def _in_a_tab(chromium: Chromium, scenario: Any) -> Any:
-    http = f"http://127.0.0.1:{chromium.port}"
-    async with aiohttp.ClientSession() as session:
-        async with session.put(f"{http}/json/new?about:blank") as response:
-            target = await response.json()
-        try:
-            async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                page = _DevTools(ws)
-                await page.call("Page.enable")
-                try:
-                    return await scenario(Tab(page))
-                finally:
-                    page.stop()
-        finally:
-            async with session.get(f"{http}/json/close/{target['id']}"):
-                pass
+    async with chromium.tab() as page:
+        return await scenario(Tab(page))
 
 
 @pytest.fixture(scope="module")
