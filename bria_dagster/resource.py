@@ -25,7 +25,14 @@ from pydantic import Field, PrivateAttr, create_model
 from .backends.base import Backend, BackendResult
 from .backends.fal import FalBackend
 from .backends.local import LocalBackend
-from .endpoints import AspectRatio, BriaRequest, ImageInput, PriceTable, build_request
+from .endpoints import (
+    AspectRatio,
+    BriaRequest,
+    ExpandRequest,
+    ImageInput,
+    PriceTable,
+    build_request,
+)
 from .errors import ConfigurationError
 from .fetch import FetchPolicy
 from .noop import unchanged_expansion
@@ -322,9 +329,10 @@ class BriaResource(dg.ConfigurableResource):
     # -- single images (any op or asset) ------------------------------------------------
 
     async def _call(self, request: BriaRequest) -> BackendResult:
-        unchanged = await unchanged_expansion(request, self.fetch_policy())
-        if unchanged is not None:  # it would come back as it is: answered, not paid for
-            return unchanged
+        if isinstance(request, ExpandRequest):  # the fetch policy only when it may be used
+            unchanged = await unchanged_expansion(request, self.fetch_policy())
+            if unchanged is not None:  # it would come back as it is: answered, not paid for
+                return unchanged
         session = self.session()
         paid = self.selected_backend() == "fal"  # the engine has nothing to re-attach to
         journal = session.journal(self.journal_path or SINGLE_CALL_JOURNAL) if paid else None
