@@ -5,13 +5,11 @@ and each result's description says how many rows were made by the run and how ma
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 import pandas as pd
 import pytest
 
-from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
+from bria_dagster import PipelineSettings, ProductImagePipeline
 from bria_dagster.checks import CheckSettings, evaluate_checks
 from bria_dagster.io_manager import read_table
 from bria_dagster.packshot_step import PackshotSettings
@@ -19,7 +17,7 @@ from bria_dagster.records import records_to_frame, reused_record
 from bria_dagster.store import ImageStore
 
 from .test_packshot_pipeline import CHANNELS, SMALL, photo
-from .test_pipeline import BATCH, write_catalog
+from .test_pipeline import BATCH, materialize, write_catalog
 
 STEPS = {
     "product_cutouts": "remove",
@@ -29,17 +27,8 @@ STEPS = {
 }
 
 
-def _run(pipeline: ProductImagePipeline, instance: dg.DagsterInstance, folder: Path):
-    result = dg.materialize(
-        pipeline.build_assets(),
-        partition_key=BATCH,
-        instance=instance,
-        resources={
-            "bria": BriaResource(backend="local", file_roots=[str(folder)]),
-            pipeline.io_manager_key: pipeline.io_manager(),
-        },
-    )
-    assert result.success
+def _evaluations(result: dg.ExecuteInProcessResult) -> dict:
+    """(asset name, check name) -> the run's check evaluation."""
     return {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
 
 
@@ -71,12 +60,10 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory):
         checks=CheckSettings(max_failure_rate=0.5),
         packshots=PackshotSettings(channels=CHANNELS, presets={"small_webp": SMALL}, workers=2),
     )
+    result, instance = materialize(folder, settings=settings)
+    again, _ = materialize(folder, settings=settings, instance=instance)
     pipeline = ProductImagePipeline(settings=settings, storage=str(folder / "data"))
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(pipeline.partitions_def.name, [BATCH])
-    first = _run(pipeline, instance, folder)
-    second = _run(pipeline, instance, folder)
-    return pipeline, first, second
+    return pipeline, _evaluations(result), _evaluations(again)
 
 
 def test_a_fully_reused_rerun_reports_the_first_runs_figures(two_runs):
