@@ -59,9 +59,9 @@ def client_batch(n: int, concurrency: int, offset: int) -> dict[str, Any]:
     """N remove requests through FalBackend + run_batch (runs in the client subprocess)."""
     import asyncio
 
-    from bria_dagster.backends.fal import FalBackend
-    from bria_dagster.endpoints import RemoveBackgroundRequest
-    from bria_dagster.runner import run_batch
+    from bria_dagster.client.backends.fal import FalBackend
+    from bria_dagster.client.endpoints import RemoveBackgroundRequest
+    from bria_dagster.client.runner import run_batch
 
     photos = _inputs(n, offset)
     items = [(i, RemoveBackgroundRequest(image_url=data)) for i, data in enumerate(photos)]
@@ -107,7 +107,7 @@ def client_baseline(n: int, offset: int) -> dict[str, Any]:
     """The seed's quick-start way: ``fal_client.subscribe`` (sync), one after another."""
     import fal_client
 
-    from bria_dagster.images import to_data_uri
+    from bria_dagster.client.images import to_data_uri
 
     photos = _inputs(n, offset)
     cpu0, wall0 = time.process_time(), time.perf_counter()

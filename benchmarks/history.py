@@ -6,7 +6,7 @@
 1. History: ``--records`` synthetic earlier records in ``--batches`` partitions
    (``benchmarks/lineage.py``'s generator, written under the pipeline's own table
    folders ``<base>/tables/product_images__<asset>/``), then their reuse index
-   built by :func:`bria_dagster.reuse.rebuild` (the code path a lookup uses to
+   built by :func:`bria_dagster.records.reuse.rebuild` (the code path a lookup uses to
    index tables it finds without entries). With ``--base`` an existing history
    of the same size is kept and re-used.
 2. A new ``--products`` batch on the local engine (distinct products every run,
@@ -140,7 +140,7 @@ def ensure_history(base: Path, records: int, batches: int) -> None:
     """Generate the earlier records and index them (kept in ``base`` for the next run)."""
     from lineage import generate
 
-    from bria_dagster.reuse import rebuild
+    from bria_dagster.records.reuse import rebuild
 
     done = base / "history.json"
     wanted = {"records": records, "batches": batches, "prefix": f"{PIPELINE}__"}

@@ -46,12 +46,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bria_dagster.backends.local import LocalBackend
-from bria_dagster.endpoints import ExpandRequest, RemoveBackgroundRequest, ReplaceBackgroundRequest
+from bria_dagster.client.backends.local import LocalBackend
+from bria_dagster.client.endpoints import (
+    ExpandRequest,
+    RemoveBackgroundRequest,
+    ReplaceBackgroundRequest,
+)
+from bria_dagster.client.fetch import FetchPolicy
+from bria_dagster.client.images import decode_image, encode_png
 from bria_dagster.engine import matte, outpaint, scene
 from bria_dagster.engine.synthetic import make_product_photo
-from bria_dagster.fetch import FetchPolicy
-from bria_dagster.images import decode_image, encode_png
 
 TARGETS_MS = {"remove": 350.0, "replace": 150.0, "expand": 200.0}
 LARGE_RSS_LIMIT_MB = 1536.0

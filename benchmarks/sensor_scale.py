@@ -48,7 +48,7 @@ def main() -> None:
     import fsspec
 
     from bria_dagster import PipelineSettings, ProductImagePipeline
-    from bria_dagster.automation import build_catalog_sensor
+    from bria_dagster.orchestration.automation import build_catalog_sensor
     from tests.s3_server import counting_s3_requests, running_s3_server
 
     def tick(sensor, instance, cursor):

@@ -2,8 +2,8 @@
 
 The names a ``definitions.py`` uses are re-exported here and imported on first use
 (PEP 562), so that ``bria-dagster lineage ...`` answers without importing Dagster.
-Everything else stays importable from its module (``bria_dagster.runner.run_batch``,
-``bria_dagster.backends.fal.FalBackend``, ...).
+Everything else stays importable from its module (``bria_dagster.client.runner.run_batch``,
+``bria_dagster.client.backends.fal.FalBackend``, ...).
 """
 
 from __future__ import annotations
@@ -15,26 +15,26 @@ from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
     "BriaError": "errors",
-    "BriaResource": "resource",
-    "BriaStepProps": "translator",
-    "BriaTranslator": "translator",
+    "BriaResource": "orchestration.resource",
+    "BriaStepProps": "orchestration.translator",
+    "BriaTranslator": "orchestration.translator",
     "BudgetExceededError": "errors",
     "CatalogError": "errors",
-    "CheckSettings": "checks",
+    "CheckSettings": "steps.settings",
     "ConfigurationError": "errors",
-    "IMAGE_RECORD_SCHEMA": "records",
-    "ImageRecordIOManager": "io_manager",
-    "PipelineSettings": "assets",
-    "PipelineStorage": "storage",
-    "ProductImagePipeline": "pipeline",
-    "ProductImagesComponent": "component",
-    "REFRESH_TAG": "assets",
+    "IMAGE_RECORD_SCHEMA": "records.schema",
+    "ImageRecordIOManager": "orchestration.io_manager",
+    "PipelineSettings": "steps.settings",
+    "PipelineStorage": "records.storage",
+    "ProductImagePipeline": "orchestration.pipeline",
+    "ProductImagesComponent": "orchestration.component",
+    "REFRESH_TAG": "steps.settings",
     "RequestValidationError": "errors",
-    "build_definitions": "pipeline",
-    "derived": "lineage",
-    "load_records": "lineage",
-    "trace": "lineage",
-    "write_audit_report": "report",
+    "build_definitions": "orchestration.pipeline",
+    "derived": "lineage.frame",
+    "load_records": "lineage.frame",
+    "trace": "lineage.frame",
+    "write_audit_report": "lineage.report",
 }
 
 __all__ = [
@@ -77,9 +77,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .assets import REFRESH_TAG, PipelineSettings
-    from .checks import CheckSettings
-    from .component import ProductImagesComponent
     from .errors import (
         BriaError,
         BudgetExceededError,
@@ -87,11 +84,13 @@ if TYPE_CHECKING:
         ConfigurationError,
         RequestValidationError,
     )
-    from .io_manager import ImageRecordIOManager
-    from .lineage import derived, load_records, trace
-    from .pipeline import ProductImagePipeline, build_definitions
-    from .records import IMAGE_RECORD_SCHEMA
-    from .report import write_audit_report
-    from .resource import BriaResource
-    from .storage import PipelineStorage
-    from .translator import BriaStepProps, BriaTranslator
+    from .lineage.frame import derived, load_records, trace
+    from .lineage.report import write_audit_report
+    from .orchestration.component import ProductImagesComponent
+    from .orchestration.io_manager import ImageRecordIOManager
+    from .orchestration.pipeline import ProductImagePipeline, build_definitions
+    from .orchestration.resource import BriaResource
+    from .orchestration.translator import BriaStepProps, BriaTranslator
+    from .records.schema import IMAGE_RECORD_SCHEMA
+    from .records.storage import PipelineStorage
+    from .steps.settings import REFRESH_TAG, CheckSettings, PipelineSettings

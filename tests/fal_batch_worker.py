@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bria_dagster.backends.fal import FalBackend
-from bria_dagster.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.backends.fal import FalBackend
+from bria_dagster.client.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.journal import RequestJournal
+from bria_dagster.client.runner import run_batch
 from bria_dagster.engine.synthetic import make_product_photo
-from bria_dagster.journal import RequestJournal
-from bria_dagster.runner import run_batch
 
 
 async def main(journal: str, count: int) -> None:

@@ -9,9 +9,9 @@ import dagster as dg
 import pandas as pd
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
-from bria_dagster.automation import build_catalog_sensor, build_retry_schedule
-from bria_dagster.checks import CheckSettings
 from bria_dagster.engine.synthetic import make_product_photo
+from bria_dagster.orchestration.automation import build_catalog_sensor, build_retry_schedule
+from bria_dagster.steps.settings import CheckSettings
 from tests.test_pipeline import materialize, product, write_catalog
 
 NOW = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
@@ -118,7 +118,7 @@ def test_asset_checks_run_with_every_materialization(tmp_path):
 
 
 def test_cutout_alpha_check_fails_for_an_empty_matte(tmp_path):
-    from bria_dagster.checks import CheckSettings
+    from bria_dagster.steps.settings import CheckSettings
 
     blank = tmp_path / "images" / "blank.png"
     blank.parent.mkdir(parents=True)

@@ -32,11 +32,11 @@ import pytest
 from PIL import Image
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
-from bria_dagster.backends.local import LocalBackend
-from bria_dagster.catalog import load_catalog
-from bria_dagster.checks import CheckSettings
+from bria_dagster.client.backends.local import LocalBackend
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import CatalogError
+from bria_dagster.steps.catalog import load_catalog
+from bria_dagster.steps.settings import CheckSettings
 
 BATCH = "bad"
 SIZE = (64, 48)  # small, so that max_pixels=10_000 still admits every expansion

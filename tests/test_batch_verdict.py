@@ -1,5 +1,5 @@
 """The batch verdict: which products failed, when a batch fails its run, and what its
-``dagster.Failure`` says (bria_dagster.checks.batch_outcome / batch_failure)."""
+``dagster.Failure`` says (bria_dagster.orchestration.checks.batch_outcome / batch_failure)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from bria_dagster.checks import (
+from bria_dagster.orchestration.checks import (
     MESSAGE_CHARS,
     CheckSettings,
     batch_failure,
     batch_outcome,
 )
-from bria_dagster.records import FAILED, OK
+from bria_dagster.records.schema import FAILED, OK
 
 
 def rows(asset: str, *entries: tuple[str, str | None, str]) -> pd.DataFrame:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bria_dagster.catalog import load_catalog
 from bria_dagster.errors import CatalogError
+from bria_dagster.steps.catalog import load_catalog
 
 ROWS = [
     {"sku": "A1", "image_url": "images/a1.jpg", "prompt": "on marble", "seed": "7",

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from bria_dagster import PipelineSettings, ProductImagePipeline
-from bria_dagster.checks import CheckSettings, evaluate_checks
-from bria_dagster.io_manager import read_table
-from bria_dagster.packshot_step import PackshotSettings
-from bria_dagster.records import records_to_frame, reused_record
-from bria_dagster.store import ImageStore
+from bria_dagster.orchestration.checks import evaluate_checks
+from bria_dagster.orchestration.io_manager import read_table
+from bria_dagster.records.schema import records_to_frame, reused_record
+from bria_dagster.records.store import ImageStore
+from bria_dagster.steps.packshot import PackshotSettings
+from bria_dagster.steps.settings import CheckSettings
 
 from .test_packshot_pipeline import CHANNELS, SMALL, photo
 from .test_pipeline import BATCH, materialize, write_catalog
@@ -147,7 +148,7 @@ def test_reused_rows_are_sampled_after_the_rows_the_run_made(tmp_path):
     """With decode_sample 1 and one new and one reused cutout, the new one is read."""
     from PIL import Image
 
-    from bria_dagster.images import encode_png
+    from bria_dagster.client.images import encode_png
 
     store = ImageStore(str(tmp_path / "images"))
     rows = []

@@ -13,7 +13,7 @@ import types
 import pytest
 
 from bria_dagster.cli import main
-from bria_dagster.records import records_to_frame
+from bria_dagster.records.schema import records_to_frame
 from tests.test_lineage import product_rows, sha, write_store
 
 
@@ -122,16 +122,16 @@ def test_usage_errors_return_2(capsys):
 
 
 def test_demo_without_a_demo_module_says_so(monkeypatch, capsys):
-    # Simulate an installation without bria_dagster.demo, whether or not it exists today,
+    # Simulate an installation without bria_dagster.cli.demo, whether or not it exists today,
     # and whether or not a test before this one imported it (which sets the package's
     # attribute, found by `from . import demo` before sys.modules is consulted).
-    monkeypatch.setitem(sys.modules, "bria_dagster.demo", None)
+    monkeypatch.setitem(sys.modules, "bria_dagster.cli.demo", None)
     import bria_dagster
 
     monkeypatch.delattr(bria_dagster, "demo", raising=False)
     assert main(["demo", "--base", "somewhere"]) == 2
     err = capsys.readouterr().err
-    assert "bria_dagster.demo" in err
+    assert "bria_dagster.cli.demo" in err
     assert "Traceback" not in err
 
 
@@ -142,9 +142,9 @@ def test_demo_delegates_with_the_base(monkeypatch, tmp_path):
         seen["base"] = base
         return 0
 
-    fake = types.ModuleType("bria_dagster.demo")
+    fake = types.ModuleType("bria_dagster.cli.demo")
     fake.main = fake_main
-    monkeypatch.setitem(sys.modules, "bria_dagster.demo", fake)
+    monkeypatch.setitem(sys.modules, "bria_dagster.cli.demo", fake)
     import bria_dagster
 
     monkeypatch.setattr(bria_dagster, "demo", fake, raising=False)
@@ -154,7 +154,16 @@ def test_demo_delegates_with_the_base(monkeypatch, tmp_path):
 
 def test_python_dash_m_runs_the_cli(base):
     done = subprocess.run(
-        [sys.executable, "-m", "bria_dagster.cli", "lineage", "derived", "sku-a", "--base", base],
+        [
+            sys.executable,
+            "-m",
+            "bria_dagster.cli",
+            "lineage",
+            "derived",
+            "sku-a",
+            "--base",
+            base,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -162,7 +171,16 @@ def test_python_dash_m_runs_the_cli(base):
     assert done.returncode == 0, done.stderr
     assert "images derived from sku-a (5 rows)" in done.stdout
     missing = subprocess.run(
-        [sys.executable, "-m", "bria_dagster.cli", "lineage", "trace", "f" * 64, "--base", base],
+        [
+            sys.executable,
+            "-m",
+            "bria_dagster.cli",
+            "lineage",
+            "trace",
+            "f" * 64,
+            "--base",
+            base,
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -182,7 +200,7 @@ def test_unreadable_table_exits_2_naming_the_file(base, capsys):
 
 
 def test_an_index_failing_mid_query_falls_back_to_the_tables(base, monkeypatch, capsys):
-    from bria_dagster import lineage_index
+    from bria_dagster.lineage import index as lineage_index
 
     output = sha("expand-sku-a-16:9")
     assert main(["lineage", "trace", output, "--base", base, "--no-index"]) == 0

@@ -15,9 +15,9 @@ from bria_dagster import (
     ProductImagesComponent,
     build_definitions,
 )
-from bria_dagster.images import decode_image
-from bria_dagster.io_manager import read_table
-from bria_dagster.storage import PipelineStorage
+from bria_dagster.client.images import decode_image
+from bria_dagster.orchestration.io_manager import read_table
+from bria_dagster.records.storage import PipelineStorage
 from tests.test_component import write_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_two_component_instances_in_one_project_load_and_launch(monkeypatch):
 
 def test_one_session_serves_every_call_of_a_step(tmp_path, monkeypatch):
     """Backend, HTTP pool and journal are built once per execution, closed at its end."""
-    from bria_dagster.backends.local import LocalBackend
+    from bria_dagster.client.backends.local import LocalBackend
 
     made, closed = [], []
     original_init, original_close = LocalBackend.__init__, LocalBackend.aclose

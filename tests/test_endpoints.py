@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bria_dagster.endpoints import (
+from bria_dagster.client.endpoints import (
     ENDPOINTS,
     EXPAND,
     LIST_PRICES,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from bria_dagster.backends.fal import FalBackend
-from bria_dagster.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.backends.fal import FalBackend
+from bria_dagster.client.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.retry import RetryPolicy
+from bria_dagster.client.runner import run_batch
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import RetriesExhaustedError
-from bria_dagster.retry import RetryPolicy
-from bria_dagster.runner import run_batch
 
 KEY = "test-key-attempts"
 PACKAGE = Path(__file__).resolve().parents[1] / "bria_dagster"

@@ -16,19 +16,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bria_dagster.backends.fal import FalBackend
-from bria_dagster.endpoints import (
+from bria_dagster.client.backends.fal import FalBackend
+from bria_dagster.client.endpoints import (
     ExpandRequest,
     RemoveBackgroundRequest,
     ReplaceBackgroundRequest,
     request_fingerprint,
 )
+from bria_dagster.client.images import to_data_uri
+from bria_dagster.client.journal import RequestJournal
+from bria_dagster.client.retry import RetryPolicy
+from bria_dagster.client.runner import run_batch
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import FalRequestError, FalServiceError
-from bria_dagster.images import to_data_uri
-from bria_dagster.journal import RequestJournal
-from bria_dagster.retry import RetryPolicy
-from bria_dagster.runner import run_batch
 
 KEY = "test-key-0"
 FAST_RETRY = RetryPolicy(max_attempts=8, base_delay_s=0.02, max_delay_s=0.2)

@@ -21,8 +21,8 @@ import pytest
 from fal_client.client import Completed, FalClientHTTPError, InProgress, Queued
 from PIL import Image
 
+from bria_dagster.client.images import parse_data_uri, to_data_uri
 from bria_dagster.engine.synthetic import make_product_photo
-from bria_dagster.images import parse_data_uri, to_data_uri
 from tests.fal_server import FalTestServer, Knobs, point_fal_client_at, reserve_port
 
 REMOVE = "fal-ai/bria/background/remove"
@@ -383,7 +383,7 @@ CLIENT_SCRIPT = textwrap.dedent(
     import asyncio, json, sys
     import fal_client  # reads FAL_RUN_HOST / FAL_QUEUE_RUN_HOST now
     from bria_dagster.engine.synthetic import make_product_photo
-    from bria_dagster.images import to_data_uri
+    from bria_dagster.client.images import to_data_uri
 
     async def main():
         jpeg, _ = make_product_photo("colored", 2, (96, 64))

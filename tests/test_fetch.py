@@ -20,10 +20,8 @@ import trustme
 from aiohttp import web
 from pydantic import ValidationError
 
-from bria_dagster import fetch as fetch_mod
-from bria_dagster.engine.synthetic import make_product_photo
-from bria_dagster.errors import BriaError, FetchFailedError, FetchRefusedError
-from bria_dagster.fetch import (
+from bria_dagster.client import fetch as fetch_mod
+from bria_dagster.client.fetch import (
     Fetched,
     FetchPolicy,
     classify_address,
@@ -31,7 +29,9 @@ from bria_dagster.fetch import (
     resolve_and_check,
     sanitize_url,
 )
-from bria_dagster.images import to_data_uri
+from bria_dagster.client.images import to_data_uri
+from bria_dagster.engine.synthetic import make_product_photo
+from bria_dagster.errors import BriaError, FetchFailedError, FetchRefusedError
 
 LOCAL = FetchPolicy(allowed_hosts=("127.0.0.1",))
 SMALL_LIMIT = 4096

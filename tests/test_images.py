@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bria_dagster.errors import ImageDecodeError, ImageTooLargeError
-from bria_dagster.images import (
+from bria_dagster.client.images import (
     decode_image,
     encode_png,
     parse_data_uri,
@@ -17,6 +16,7 @@ from bria_dagster.images import (
     sniff_content_type,
     to_data_uri,
 )
+from bria_dagster.errors import ImageDecodeError, ImageTooLargeError
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bria_dagster.errors import BriaError
-from bria_dagster.lineage import (
+from bria_dagster.lineage.frame import (
     TRACE_COLUMNS,
     LineageIndex,
     LineageNotFoundError,
@@ -25,8 +25,8 @@ from bria_dagster.lineage import (
     trace,
     trace_image,
 )
-from bria_dagster.lineage_index import open_index
-from bria_dagster.records import (
+from bria_dagster.lineage.index import open_index
+from bria_dagster.records.schema import (
     FAILED,
     IMAGE_RECORD_SCHEMA,
     NOOP_BACKEND,

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from bria_dagster import lineage, lineage_index
 from bria_dagster.cli import main
-from bria_dagster.lineage_index import (
+from bria_dagster.lineage import frame as lineage
+from bria_dagster.lineage import index as lineage_index
+from bria_dagster.lineage.index import (
     IndexUnavailableError,
     LineageNotFoundError,
     RecordTableError,
@@ -22,7 +23,7 @@ from bria_dagster.lineage_index import (
     open_index,
     sync,
 )
-from bria_dagster.records import records_to_frame
+from bria_dagster.records.schema import records_to_frame
 from tests.test_lineage import product_rows, record, reused_cutout, sha, write_store
 
 

@@ -18,14 +18,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bria_dagster.backends.fal import FalBackend
-from bria_dagster.backends.local import LocalBackend
-from bria_dagster.endpoints import (
+from bria_dagster.client.backends.fal import FalBackend
+from bria_dagster.client.backends.local import LocalBackend
+from bria_dagster.client.endpoints import (
     ExpandRequest,
     RemoveBackgroundRequest,
     ReplaceBackgroundRequest,
     build_request,
 )
+from bria_dagster.client.fetch import FetchPolicy
+from bria_dagster.client.images import parse_data_uri, to_data_uri
+from bria_dagster.client.retry import RetryPolicy
 from bria_dagster.engine import matte
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import (
@@ -37,9 +40,6 @@ from bria_dagster.errors import (
     ImageTooLargeError,
     RequestValidationError,
 )
-from bria_dagster.fetch import FetchPolicy
-from bria_dagster.images import parse_data_uri, to_data_uri
-from bria_dagster.retry import RetryPolicy
 
 SIZE = (160, 120)  # (width, height): small, not square, so transposed sizes show up
 

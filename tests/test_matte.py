@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bria_dagster.cli.samples import sample_alpha
 from bria_dagster.engine.matte import MatteConfig, remove_background, to_rgba
 from bria_dagster.engine.synthetic import make_product_photo
-from bria_dagster.samples import sample_alpha
 
 
 def _photo(category: str, seed: int, shape: str | None = None):

@@ -9,7 +9,7 @@ import pytest
 
 from bria_dagster import PipelineSettings, ProductImagePipeline
 from bria_dagster.engine.synthetic import make_product_photo
-from bria_dagster.metadata import (
+from bria_dagster.orchestration.metadata import (
     PREVIEW_ROWS,
     PREVIEW_THUMBNAILS,
     column_schema,
@@ -18,9 +18,9 @@ from bria_dagster.metadata import (
     shorten,
     summary_markdown,
 )
-from bria_dagster.records import FAILED, IMAGE_RECORD_SCHEMA, REUSED, records_to_frame
-from bria_dagster.steps import StepReport
-from bria_dagster.store import ImageStore
+from bria_dagster.records.schema import FAILED, IMAGE_RECORD_SCHEMA, REUSED, records_to_frame
+from bria_dagster.records.store import ImageStore
+from bria_dagster.steps.rows import StepReport
 from tests.test_lineage import record, sha
 from tests.test_pipeline import catalog, materialize, meta, table  # noqa: F401 (fixture)
 

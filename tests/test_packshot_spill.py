@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bria_dagster.cli.samples import sample_alpha
 from bria_dagster.engine import matte
 from bria_dagster.engine.synthetic import make_cutout, make_product_photo
 from bria_dagster.packshot import ChannelPreset, check_packshot, render_packshot, resolve_preset
 from bria_dagster.packshot.compliance import SPILL_MAX, _background_mask
 from bria_dagster.packshot.spill import backdrop_colour, decontaminate, spill_share
-from bria_dagster.samples import sample_alpha
 
 GREEN = (30, 190, 70)
 RED = (200, 30, 40)

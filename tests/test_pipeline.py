@@ -21,14 +21,14 @@ from bria_dagster import (
     load_records,
     trace,
 )
-from bria_dagster.automation import partitions_needing_retry
-from bria_dagster.backends.local import LocalBackend
-from bria_dagster.checks import CheckSettings
-from bria_dagster.endpoints import AspectRatio, AspectRatioName
+from bria_dagster.client.backends.local import LocalBackend
+from bria_dagster.client.endpoints import AspectRatio, AspectRatioName
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import ConfigurationError
-from bria_dagster.records import COLUMNS, NOOP_BACKEND
-from bria_dagster.report import write_audit_report
+from bria_dagster.lineage.report import write_audit_report
+from bria_dagster.orchestration.automation import partitions_needing_retry
+from bria_dagster.records.schema import COLUMNS, NOOP_BACKEND
+from bria_dagster.steps.settings import CheckSettings
 
 BATCH = "b1"
 

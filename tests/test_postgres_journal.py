@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 
 from bria_dagster import BriaResource, PipelineStorage
+from bria_dagster.client.journal import PostgresRequestJournal, open_journal
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import ConfigurationError
-from bria_dagster.journal import PostgresRequestJournal, open_journal
-from bria_dagster.storage import resolve_journal_url
+from bria_dagster.orchestration.storage_access import resolve_journal_url
 from tests.fal_server import reserve_port
 
 REPO = Path(__file__).resolve().parents[1]

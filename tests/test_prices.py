@@ -8,22 +8,22 @@ import pandas as pd
 import pytest
 
 from bria_dagster import BriaResource, PipelineSettings
-from bria_dagster.backends.base import BackendResult
-from bria_dagster.backends.fal import FalBackend
-from bria_dagster.chain import ChainStep, StepChain
-from bria_dagster.endpoints import (
+from bria_dagster.client.backends.base import BackendResult
+from bria_dagster.client.backends.fal import FalBackend
+from bria_dagster.client.endpoints import (
     BriaRequest,
     PriceTable,
     RemoveBackgroundRequest,
     RemoveBackgroundResponse,
 )
+from bria_dagster.client.retry import RetryPolicy
+from bria_dagster.client.runner import run_batch
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import BudgetExceededError
-from bria_dagster.planning import StepPlanner
-from bria_dagster.retry import RetryPolicy
-from bria_dagster.runner import run_batch
-from bria_dagster.steps import StepContext
-from bria_dagster.store import ImageStore
+from bria_dagster.records.store import ImageStore
+from bria_dagster.steps.chain import ChainStep, StepChain
+from bria_dagster.steps.planning import StepPlanner
+from bria_dagster.steps.rows import StepContext
 
 CONTRACT = PriceTable(
     remove_usd_per_call=0.5,

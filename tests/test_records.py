@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bria_dagster.records import (
+from bria_dagster.records.schema import (
     IMAGE_RECORD_SCHEMA,
     OK,
     REUSED,
@@ -106,9 +106,9 @@ def test_reused_record_keeps_the_producer_and_names_the_reusing_run():
 
 
 def test_a_table_written_before_the_new_columns_still_reads(tmp_path):
-    from bria_dagster.io_manager import read_records, read_table
-    from bria_dagster.lineage import load_records, trace
-    from bria_dagster.lineage_index import open_index
+    from bria_dagster.lineage.frame import load_records, trace
+    from bria_dagster.lineage.index import open_index
+    from bria_dagster.orchestration.io_manager import read_records, read_table
 
     new = {"reused_in_run_id", "unit_price_usd"}
     old_schema = pa.schema([f for f in IMAGE_RECORD_SCHEMA if f.name not in new])

@@ -39,20 +39,20 @@ import pytest
 from PIL import Image
 
 from bria_dagster import PipelineSettings
-from bria_dagster.backends.local import LocalBackend
-from bria_dagster.checks import CheckSettings
 from bria_dagster.cli import main
+from bria_dagster.client.backends.local import LocalBackend
 from bria_dagster.errors import FalRequestError
-from bria_dagster.lineage import load_records
-from bria_dagster.records import frame_to_table, records_to_frame, reused_record
-from bria_dagster.report import (
+from bria_dagster.lineage.frame import load_records
+from bria_dagster.lineage.report import (
     UnknownBatchError,
     default_report_path,
     render_audit_report,
     thumbnail_data_uri,
     write_audit_report,
 )
-from bria_dagster.store import ImageStore
+from bria_dagster.records.schema import frame_to_table, records_to_frame, reused_record
+from bria_dagster.records.store import ImageStore
+from bria_dagster.steps.settings import CheckSettings
 from tests.test_lineage import record
 from tests.test_pipeline import BATCH, materialize, product, write_catalog
 
@@ -388,7 +388,7 @@ def test_costs_a_later_step_and_shared_images(synthetic, monkeypatch):
         made.append(len(data))
         return original(data, px)
 
-    monkeypatch.setattr("bria_dagster.report.thumbnail_data_uri", counting)
+    monkeypatch.setattr("bria_dagster.lineage.report.thumbnail_data_uri", counting)
     report = write_audit_report(synthetic.base, "batch-1", thumbnail_px=120)
     text = Path(report.path).read_text()
     page = Page(text)

@@ -6,9 +6,9 @@ import dagster as dg
 import pytest
 
 from bria_dagster import BriaResource
+from bria_dagster.client.images import decode_image
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import RequestValidationError
-from bria_dagster.images import decode_image
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_auto_is_fal_with_a_key_and_local_without(monkeypatch):
 
 
 def test_invalid_arguments_are_refused_before_any_call(photo, tmp_path, monkeypatch):
-    from bria_dagster.backends.local import LocalBackend
+    from bria_dagster.client.backends.local import LocalBackend
 
     calls = []
 

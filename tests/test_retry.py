@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from bria_dagster.client.retry import RetryLog, RetryPolicy, retry_reason, with_retries
 from bria_dagster.errors import FalRequestError, RetriesExhaustedError
-from bria_dagster.retry import RetryLog, RetryPolicy, retry_reason, with_retries
 
 
 def http_error(status: int, headers: dict[str, str] | None = None, body: str = "{}"):

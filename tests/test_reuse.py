@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline, cli
-from bria_dagster.io_manager import write_table
-from bria_dagster.records import (
+from bria_dagster.orchestration.io_manager import write_table
+from bria_dagster.records.reuse import ReuseIndex, rebuild
+from bria_dagster.records.schema import (
     FAILED,
     IMAGE_RECORD_SCHEMA,
     OK,
@@ -25,7 +26,6 @@ from bria_dagster.records import (
     canonical_json,
     records_to_frame,
 )
-from bria_dagster.reuse import ReuseIndex, rebuild
 from tests.test_pipeline import CountingBackends, product, write_catalog
 
 ASSET = "product_images__product_scenes"
@@ -319,7 +319,7 @@ def test_a_lost_index_heals_from_the_tables_and_lost_images_are_made_again(
 def test_a_large_shard_is_read_by_row_group(tmp_path, monkeypatch, whole_file_bytes):
     """A long history's shards are not read whole: a lookup reads the fingerprints of the
     row groups that can hold each one, and whole rows only where one is there."""
-    from bria_dagster import reuse
+    from bria_dagster.records import reuse
 
     monkeypatch.setattr(reuse, "WHOLE_SHARD_BYTES", 0)
     monkeypatch.setattr(reuse, "WHOLE_FILE_BYTES", whole_file_bytes)

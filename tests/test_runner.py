@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bria_dagster.backends.base import BackendResult
-from bria_dagster.endpoints import RemoveBackgroundRequest
-from bria_dagster.runner import run_batch
+from bria_dagster.client.backends.base import BackendResult
+from bria_dagster.client.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.runner import run_batch
 
 
 def _result(backend: str, duration_s: float) -> BackendResult:

@@ -18,9 +18,10 @@ import fsspec
 import pandas as pd
 import pytest
 
-from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline, lineage_index
+from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
 from bria_dagster.cli import main
-from bria_dagster.records import records_to_frame
+from bria_dagster.lineage import index as lineage_index
+from bria_dagster.records.schema import records_to_frame
 from tests.s3_server import AWS_ENV
 from tests.test_lineage import product_rows, sha, write_store
 from tests.test_pipeline import BATCH, CountingBackends, materialize, product, write_catalog
@@ -205,7 +206,7 @@ def test_the_index_of_an_s3_base_is_a_local_cache_reading_only_changed_tables(s3
 
 SYNC = """
 import os, sys, time
-from bria_dagster import lineage_index
+from bria_dagster.lineage import index as lineage_index
 while not os.path.exists(sys.argv[3]):
     time.sleep(0.005)
 stats = lineage_index.sync(sys.argv[1], cache_dir=sys.argv[2])

@@ -8,7 +8,7 @@ import dagster as dg
 import fsspec
 
 from bria_dagster import PipelineSettings, ProductImagePipeline
-from bria_dagster.automation import build_catalog_sensor
+from bria_dagster.orchestration.automation import build_catalog_sensor
 from tests.s3_server import counting_s3_requests
 from tests.test_automation import tick
 

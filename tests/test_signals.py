@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from bria_dagster.demo import interrupt_handlers_restored
+from bria_dagster.cli.demo import interrupt_handlers_restored
 from tests.signal_guard import changes_made_by
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,13 +6,14 @@ import hashlib
 
 import pytest
 
-from bria_dagster import PipelineSettings, steps
-from bria_dagster.endpoints import EXPAND, build_request, request_fingerprint
+from bria_dagster import PipelineSettings
+from bria_dagster.client.endpoints import EXPAND, build_request, request_fingerprint
 from bria_dagster.engine.outpaint import plan_expand
 from bria_dagster.errors import RequestValidationError
-from bria_dagster.planning import StepPlanner
-from bria_dagster.records import NOOP_BACKEND, records_to_frame
-from bria_dagster.steps import RequestPlanner
+from bria_dagster.records.schema import NOOP_BACKEND, records_to_frame
+from bria_dagster.steps import rows as steps
+from bria_dagster.steps.planning import StepPlanner
+from bria_dagster.steps.rows import RequestPlanner
 
 EXPAND_ID = EXPAND.endpoint_id
 

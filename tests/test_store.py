@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bria_dagster.store import ImageStore
+from bria_dagster.records.store import ImageStore
 
 
 @pytest.fixture(params=["local", "memory"])

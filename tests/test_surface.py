@@ -12,9 +12,9 @@ def test_the_top_level_names_are_the_user_facing_ones_and_shadow_nothing_of_dags
     for name in names:  # each one resolves (the lazy imports are right)
         assert getattr(bria_dagster, name) is not None
     # Internals stay importable from their modules.
-    from bria_dagster.backends.fal import FalBackend
-    from bria_dagster.retry import RetryPolicy
-    from bria_dagster.runner import run_batch
+    from bria_dagster.client.backends.fal import FalBackend
+    from bria_dagster.client.retry import RetryPolicy
+    from bria_dagster.client.runner import run_batch
 
     assert FalBackend and RetryPolicy and run_batch
     assert "RetryPolicy" not in names  # it used to shadow dagster.RetryPolicy

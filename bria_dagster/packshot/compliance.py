@@ -67,8 +67,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..client.images import MAX_PIXELS_DEFAULT
 from ..errors import ImageDecodeError
-from ..images import MAX_PIXELS_DEFAULT
 from .cutout import ALPHA_THRESHOLD, is_srgb_profile, load_cutout
 from .presets import ChannelPreset
 from .spill import backdrop_colour, spill_share

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageCms
 
-from ..images import decode_image
+from ..client.images import decode_image
 
 __all__ = [
     "ALPHA_THRESHOLD",
@@ -41,7 +41,8 @@ def product_mask_lut() -> list[int]:
 
 
 def load_cutout(cutout: bytes | Image.Image, *, source: str = "cutout") -> Image.Image:
-    """``cutout`` as an RGBA image (bytes go through :func:`~bria_dagster.images.decode_image`:
+    """``cutout`` as an RGBA image (bytes go through
+    :func:`~bria_dagster.client.images.decode_image`:
     size guard, EXIF orientation, mode normalisation). Its ICC profile, if any, stays in
     ``info['icc_profile']``; :func:`to_srgb` applies it."""
     if isinstance(cutout, bytes | bytearray | memoryview):

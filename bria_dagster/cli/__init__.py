@@ -1,0 +1,5 @@
+"""The ``bria-dagster`` command line: batches, lineage, reuse, reports, the demo."""
+
+from .commands import main
+
+__all__ = ["main"]

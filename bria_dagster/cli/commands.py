@@ -1,0 +1,442 @@
+"""The ``bria-dagster`` command: lineage queries over the record tables, and the demo.
+
+    bria-dagster lineage trace <image path | sha256> [--base DIR] [--format table|json|csv]
+    bria-dagster lineage derived <sku | source sha256 | uri> [--base DIR] [--format ...]
+        (both take --no-index: skip the SQLite index and read the Parquet tables with pandas)
+    bria-dagster lineage report --batch NAME [--out FILE.html] [--base DIR] [--pipeline NAME]
+        (one self-contained HTML page: failures, cost per step, every sku's chain of images)
+    bria-dagster batches add [BATCH ...] [--pipeline NAME] [--catalog-dir DIR]
+                             [-f FILE | -m MODULE]
+    bria-dagster batches list [--pipeline NAME] [-f FILE | -m MODULE]
+        (batches are the pipeline's partitions in the Dagster instance at $DAGSTER_HOME;
+        without --pipeline, the one pipeline of the code location: -f / -m, or the
+        project of the nearest pyproject.toml with [tool.dg] or [tool.dagster])
+    bria-dagster reuse rebuild [--base DIR] [--asset NAME ...]
+        (drops the reuse index and derives it again from the record tables)
+    bria-dagster demo [--base DIR]
+
+The queries run over a SQLite cache of the record tables, brought up to date
+(changed tables only) before every query; a one-line note on stderr says when tables
+were (re)indexed. For a local base it is ``<base>/tables/_lineage.sqlite``; for an
+fsspec URL (``s3://bucket/prefix``) it lives on this machine, in ``--cache-dir`` or
+``$BRIA_DAGSTER_CACHE_DIR`` or ``$XDG_CACHE_HOME/bria-dagster`` (``~/.cache/bria-dagster``),
+and is never written to the bucket. S3 endpoint and keys come from the standard AWS
+variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...).
+
+User errors (unknown image, unreadable store) print one line to stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sqlite3
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ..errors import BriaError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+DEMO_MODULE = "bria_dagster.cli.demo"
+FORMATS = ("table", "json", "csv")
+
+# Columns shown by the table format, with their headings: the rest are in json/csv.
+# run_id names the run that made a row's image; a reused row also names the run that
+# reused it (and paid nothing for it).
+TRACE_TABLE = (
+    ("hop", "hop"),
+    ("step", "step"),
+    ("sku", "sku"),
+    ("image_sha256", "image"),
+    ("endpoint_id", "endpoint"),
+    ("backend", "backend"),
+    ("parameters", "parameters"),
+    ("seed", "seed"),
+    ("run_id", "made_in_run"),
+    ("reused_in_run_id", "reused_in_run"),
+    ("partition", "partition"),
+    ("cost_usd", "cost_usd"),
+)
+DERIVED_TABLE = (
+    ("step", "step"),
+    ("sku", "sku"),
+    ("variant", "variant"),
+    ("status", "status"),
+    ("image_sha256", "image"),
+    ("parent_sha256", "parent"),
+    ("endpoint_id", "endpoint"),
+    ("parameters", "parameters"),
+    ("run_id", "made_in_run"),
+    ("reused_in_run_id", "reused_in_run"),
+    ("cost_usd", "cost_usd"),
+    ("error_message", "error"),
+)
+SHA_WIDTH = 12
+PARAM_VALUE_WIDTH = 24
+PARAMS_WIDTH = 60
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bria-dagster",
+        description="Bria image pipeline on Dagster: lineage queries and the offline demo.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lineage = commands.add_parser("lineage", help="where an image came from, what a source became")
+    queries = lineage.add_subparsers(dest="query", required=True, metavar="QUERY")
+    trace = queries.add_parser(
+        "trace", help="the chain from an output image back to its catalog source"
+    )
+    trace.add_argument("image", help="a stored image path or URI, a sha256, or a sha256 prefix")
+    trace.add_argument(
+        "--all-records",
+        action="store_true",
+        help="list every run's row for each hop, not only the most recent",
+    )
+    derived = queries.add_parser("derived", help="every image made from a sku or source image")
+    derived.add_argument("source", help="a sku, a source or image sha256, or a source URI")
+    derived.add_argument(
+        "--include-failed", action="store_true", help="also list failed rows (flagged)"
+    )
+    report = queries.add_parser(
+        "report",
+        help="write a batch's audit report: one self-contained HTML page",
+        description="Write the audit report of one catalog batch: failures in full, cost per "
+        "step, runs, and every sku's chain of images with thumbnails, in one HTML file that "
+        "needs nothing else to open.",
+    )
+    report.add_argument("--batch", required=True, help="the catalog batch (partition key)")
+    report.add_argument(
+        "--out",
+        help="where to write the page: a path or fsspec URL "
+        "(default: <base>/reports/<pipeline>/<batch>.html)",
+    )
+    report.add_argument(
+        "--pipeline", default="product_images", help="pipeline name (default: product_images)"
+    )
+    report.add_argument(
+        "--thumbnail-px",
+        type=int,
+        default=160,
+        help="longest side of the thumbnails, in pixels (default: 160)",
+    )
+    _add_base(report)
+    for sub in (trace, derived):
+        _add_base(sub)
+        sub.add_argument(
+            "--format", choices=FORMATS, default="table", help="output format (default: table)"
+        )
+        sub.add_argument(
+            "--no-index",
+            action="store_true",
+            help="read the Parquet tables with pandas instead of the SQLite index "
+            "(<base>/tables/_lineage.sqlite, or for an fsspec URL a file in the cache folder)",
+        )
+        sub.add_argument(
+            "--cache-dir",
+            help="local folder for the lineage index of an fsspec URL such as s3://... "
+            "(default: $BRIA_DAGSTER_CACHE_DIR, else $XDG_CACHE_HOME/bria-dagster, "
+            "else ~/.cache/bria-dagster); never written to the bucket",
+        )
+
+    batches = commands.add_parser(
+        "batches", help="add or list a pipeline's catalog batches (partitions) by hand"
+    )
+    actions = batches.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser(
+        "add", help="add batches as partitions (then launch them with --partition)"
+    )
+    add.add_argument(
+        "batch",
+        nargs="*",
+        help="batch names (default: every catalog file in the pipeline's catalog folder)",
+    )
+    add.add_argument(
+        "--catalog-dir",
+        help="the pipeline's catalog folder, where each batch's file is checked (default: the "
+        "pipeline's catalog_dir, read from its code location)",
+    )
+    listing = actions.add_parser("list", help="the batches the pipeline has")
+    for sub in (add, listing):
+        sub.add_argument(
+            "--pipeline",
+            help="pipeline name (default: the one pipeline of the code location; given "
+            "without -f/-m, nothing is loaded)",
+        )
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument(
+            "-f",
+            "--python-file",
+            help="the code location's Python file, as for `dagster dev -f` "
+            "(default: the project of the nearest pyproject.toml with [tool.dg] or "
+            "[tool.dagster])",
+        )
+        where.add_argument(
+            "-m", "--module-name", help="the code location's module, as for `dagster dev -m`"
+        )
+
+    reuse = commands.add_parser("reuse", help="maintain the index of earlier requests")
+    reuse_actions = reuse.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rebuild = reuse_actions.add_parser(
+        "rebuild",
+        help="drop the reuse index and derive it again from the record tables "
+        "(while no run is writing)",
+    )
+    _add_base(rebuild)
+    rebuild.add_argument(
+        "--asset",
+        action="append",
+        help="an asset's table folder name, e.g. product_images__product_cutouts "
+        "(repeatable; default: every asset with tables)",
+    )
+
+    demo = commands.add_parser("demo", help="run the offline demo pipeline end to end")
+    _add_base(demo)
+    return parser
+
+
+def _add_base(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--base",
+        default="bria_data",
+        help="store location: a folder or fsspec URL holding images/ and tables/ "
+        "(default: ./bria_data)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already explained
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if args.command == "demo":
+            return _demo(args.base)
+        if args.command == "batches":
+            return _batches(args, sys.stdout)
+        if args.command == "reuse":
+            return _reuse(args, sys.stdout)
+        return _lineage(args, sys.stdout)
+    except BriaError as exc:
+        print(f"bria-dagster: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error worth a traceback
+        return 0
+
+
+def _demo(base: str) -> int:
+    try:
+        from . import demo
+    except ImportError as exc:
+        missing = "module bria_dagster.cli.demo is missing" if exc.name == DEMO_MODULE else exc
+        print(
+            f"bria-dagster: error: the demo cannot start ({missing}); "
+            "reinstall bria-dagster with its dependencies",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    result = demo.main(base=base)
+    return result if isinstance(result, int) else 0
+
+
+def _batches(args: argparse.Namespace, out: TextIO) -> int:
+    from ..orchestration import batches
+
+    batches.dagster_home()  # before loading any code: without it nothing can be done
+    pipeline = batches.choose_pipeline(
+        args.pipeline, python_file=args.python_file, module_name=args.module_name
+    )
+    if args.action == "list":
+        for name in batches.list_batches(pipeline):
+            out.write(f"{name}\n")
+        return 0
+    done = batches.add_batches(pipeline, args.batch, catalog_dir=args.catalog_dir)
+    where = f"pipeline {pipeline.name} (partitions {pipeline.partitions})"
+    for name in done.added:
+        out.write(f"added {name} to {where}\n")
+    for name in done.known:
+        out.write(f"already there: {name} in {where}\n")
+    if done.added and done.checked_in is None:
+        print(
+            f"bria-dagster: note: catalog files not checked (pipeline {pipeline.name} named "
+            "without its code location): give --catalog-dir DIR, or -f FILE / -m MODULE",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _reuse(args: argparse.Namespace, out: TextIO) -> int:
+    from ..records.reuse import rebuild
+
+    for asset, tables in rebuild(args.base, args.asset).items():
+        out.write(f"{asset}: {tables} table(s) indexed\n")
+    return 0
+
+
+def _report(args: argparse.Namespace, out: TextIO) -> int:
+    from ..lineage.report import write_audit_report
+
+    if args.thumbnail_px < 16:
+        print("bria-dagster: error: --thumbnail-px must be at least 16", file=sys.stderr)
+        return EXIT_USAGE
+    report = write_audit_report(
+        args.base, args.batch, args.out, pipeline=args.pipeline, thumbnail_px=args.thumbnail_px
+    )
+    out.write(
+        f"wrote {report.path} ({report.size_bytes:,} bytes): {report.products} products, "
+        f"{report.images} images, {report.failures} failures, "
+        f"cost {report.cost_usd:.4f} USD (list price {report.list_price_usd:.4f} USD)\n"
+    )
+    if report.missing_images:
+        print(
+            f"bria-dagster: note: {report.missing_images} image(s) named by the tables are "
+            "missing from the store (marked in the report)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _lineage(args: argparse.Namespace, out: TextIO) -> int:
+    if args.query == "report":
+        return _report(args, out)
+    if not args.no_index:
+        from ..lineage import (
+            index as lineage_index,  # sqlite only: no pandas/pyarrow while the index is current
+        )
+
+        # A local base's index is beside its tables, an fsspec URL's in the local cache.
+        try:
+            index = lineage_index.open_index(args.base, cache_dir=args.cache_dir)
+        except lineage_index.IndexUnavailableError as exc:
+            print(f"bria-dagster: note: {exc}; reading the tables instead", file=sys.stderr)
+        else:
+            answer = io.StringIO()  # written out only once the index has answered whole
+            try:
+                with index:
+                    status = _lineage_indexed(args, index, answer)
+            except sqlite3.Error as exc:  # e.g. disk I/O error, locked past the timeout
+                print(
+                    f"bria-dagster: note: the lineage index failed during the query "
+                    f"({exc}); reading the tables instead",
+                    file=sys.stderr,
+                )
+                return _lineage_tables(args, out)
+            out.write(answer.getvalue())
+            if index.stats.changed:
+                print(index.stats.summary(), file=sys.stderr)
+            return status
+    return _lineage_tables(args, out)
+
+
+def _lineage_indexed(args: argparse.Namespace, index: Any, out: TextIO) -> int:
+    """The query over the SQLite index (:mod:`bria_dagster.lineage.index`), plain dict rows."""
+    from ..lineage import index as lineage_index
+
+    if args.query == "trace":
+        result = index.trace(args.image, all_records=args.all_records)
+    else:
+        result = index.derived(args.source, include_failed=args.include_failed)
+    if args.format == "json":
+        lineage_index.dump_json(result, out)
+    elif args.format == "csv":
+        lineage_index.write_csv(result, out)
+    else:
+        _write_table(args, result.rows, result.source_uri, out)
+    _report_cost(args, result.total_cost_usd, out)
+    return 0
+
+
+def _lineage_tables(args: argparse.Namespace, out: TextIO) -> int:
+    """The query over the Parquet tables with pandas (fsspec URLs, or ``--no-index``)."""
+    from ..lineage import frame as lineage  # pandas/pyarrow load only when a query runs
+
+    index = lineage.LineageIndex.load(args.base)
+    if args.query == "trace":
+        rows = index.trace(args.image, all_records=args.all_records)
+    else:
+        rows = index.derived(args.source, include_failed=args.include_failed)
+    if args.format == "json":
+        json.dump(lineage.plain_rows(rows), out, indent=2)
+        out.write("\n")
+    elif args.format == "csv":
+        rows.to_csv(out, index=False)
+    else:
+        _write_table(args, lineage.plain_rows(rows), rows.attrs.get("source_uri"), out)
+    _report_cost(args, lineage.total_cost(rows), out)
+    return 0
+
+
+def _write_table(
+    args: argparse.Namespace, rows: list[dict[str, Any]], source_uri: str | None, out: TextIO
+) -> None:
+    """The ``table`` format, the same from either path: title, columns, source, total."""
+    if args.query == "trace":
+        out.write(f"lineage of {rows[0]['image_sha256']} ({len(rows)} rows)\n")
+        out.write(_render_table(rows, TRACE_TABLE))
+        out.write(f"source: {source_uri}\n")
+    else:
+        out.write(f"images derived from {args.source} ({len(rows)} rows)\n")
+        out.write(_render_table(rows, DERIVED_TABLE))
+
+
+def _report_cost(args: argparse.Namespace, cost: float, out: TextIO) -> None:
+    """The total: the table's last line, or on stderr beside json/csv (stdout stays data)."""
+    if args.format == "table":
+        out.write(f"total cost: {cost:.4f} USD\n")
+    else:
+        print(f"total cost: {cost:.4f} USD", file=sys.stderr)
+
+
+def _render_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Aligned plain-text columns; shas shortened, parameters shown as key=value."""
+    shown = [[_cell(name, row.get(name)) for name, _ in columns] for row in rows]
+    headings = [heading for _, heading in columns]
+    widths = [max([len(h), *(len(r[i]) for r in shown)]) for i, h in enumerate(headings)]
+    lines = [headings, ["-" * w for w in widths], *shown]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n"
+        for line in lines
+    )
+
+
+def _cell(name: str, value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if name.endswith("sha256"):
+        return str(value)[:SHA_WIDTH]
+    if name == "cost_usd":
+        return f"{float(value):.4f}"
+    if name == "parameters":
+        return _compact_parameters(str(value))
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= PARAMS_WIDTH else text[: PARAMS_WIDTH - 3] + "..."
+
+
+def _compact_parameters(text: str) -> str:
+    """``{"prompt": "a long prompt", "seed": 3}`` -> ``prompt='a long pr...' seed=3``."""
+    try:
+        params = json.loads(text)
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        return text[:PARAMS_WIDTH]
+    parts = []
+    for key, value in params.items():
+        if value is None or value == "":
+            continue
+        shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        if len(shown) > PARAM_VALUE_WIDTH:
+            shown = shown[: PARAM_VALUE_WIDTH - 3] + "..."
+        parts.append(f"{key}={shown}")
+    joined = " ".join(parts) or "-"
+    return joined if len(joined) <= PARAMS_WIDTH else joined[: PARAMS_WIDTH - 3] + "..."
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

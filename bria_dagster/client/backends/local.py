@@ -1,0 +1,262 @@
+"""LocalBackend: the embedded engine behind the same contract as fal.
+
+Takes the same validated requests, returns the same fal-shaped responses, with
+outputs written as files (``file://`` URLs) or, with ``sync_mode``, data URIs.
+Runs with no key and no network: inputs are fetched from http(s)/file/data URLs
+under a :class:`~bria_dagster.client.fetch.FetchPolicy`, and the image work runs in
+worker threads (OpenCV and NumPy release the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+
+from ...engine import matte, outpaint, scene
+from ...errors import BriaError, EngineError
+from ..endpoints import (
+    BriaRequest,
+    ExpandRequest,
+    Image,
+    RemoveBackgroundRequest,
+    ReplaceBackgroundRequest,
+    endpoint_for,
+)
+from ..fetch import FetchPolicy, fetch_bytes
+from ..images import decode_image, encode_png, to_data_uri
+from ..journal import RequestJournal
+from .base import BackendResult, OutputImage
+
+__all__ = ["LocalBackend"]
+
+
+def _derive_seed(request: BriaRequest) -> int:
+    """fal picks a random seed when none is given; we pick a reproducible one."""
+    digest = hashlib.sha256(request.model_dump_json().encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class LocalBackend:
+    """Runs Bria requests on the embedded engine (no key, no network needed).
+
+    Args:
+        output_dir: where output files are written; by default a temporary folder that
+            :meth:`aclose` removes (the bytes are in the result either way).
+        fetch_policy: what input URLs may be fetched (schemes, hosts, sizes, time).
+        max_workers: image operations run at once (default: CPU count).
+        max_pixels: decompression-bomb limit for inputs.
+        matte_model: optional ONNX segmentation model for remove (see README).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        output_dir: str | os.PathLike[str] | None = None,
+        fetch_policy: FetchPolicy | None = None,
+        max_workers: int | None = None,
+        max_pixels: int = 50_000_000,
+        matte_model: Any | None = None,
+    ) -> None:
+        # A folder of our own is removed by aclose(); the bytes travel in BackendResult.
+        self._owns_output_dir = output_dir is None
+        self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="bria-local-"))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.fetch_policy = fetch_policy or FetchPolicy()
+        self.max_pixels = max_pixels
+        self.matte_model = matte_model
+        self._slots = asyncio.Semaphore(max_workers or os.cpu_count() or 2)
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(output_dir={str(self.output_dir)!r})"
+
+    async def aclose(self) -> None:
+        if self._owns_output_dir:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+
+    async def _fetch(self, value: str | Path | bytes, what: str) -> tuple[bytes, str]:
+        """Input bytes and a name for messages; paths obey ``fetch_policy.file_roots`` too."""
+        if isinstance(value, bytes):
+            return value, f"{what} (bytes)"
+        text = str(value)
+        return (await fetch_bytes(text, self.fetch_policy)).data, f"{what} {text[:200]}"
+
+    async def run(
+        self,
+        request: BriaRequest,
+        *,
+        journal: RequestJournal | None = None,
+        on_service_done: Callable[[], None] | None = None,
+    ) -> BackendResult:
+        """Run one request in-process; ``journal`` and ``on_service_done`` are unused
+        (nothing remote to re-attach; the work is the whole request)."""
+        spec = endpoint_for(request)
+        started = time.perf_counter()
+        image = await self._fetch(request.image_url, "image_url")
+        reference = None
+        if isinstance(request, ReplaceBackgroundRequest) and request.ref_image_url is not None:
+            reference = await self._fetch(request.ref_image_url, "ref_image_url")
+        seed = getattr(request, "seed", None)
+        if seed is None and not isinstance(request, RemoveBackgroundRequest):
+            seed = _derive_seed(request)
+        async with self._slots:
+            try:
+                outputs = await asyncio.to_thread(self._work, request, image, reference, seed)
+            except BriaError:
+                raise
+            except Exception as exc:  # the engine's contract: a BriaError, never a crash
+                raise EngineError(
+                    f"local {spec.name} failed on {image[1]}: {type(exc).__name__}: {exc}"
+                ) from exc
+        images = [
+            self._publish(data, content_type, request.sync_mode) for data, content_type in outputs
+        ]
+        payload: dict[str, Any]
+        if isinstance(request, ReplaceBackgroundRequest):
+            payload = {"images": [img.model_dump() for img in images], "seed": seed}
+        else:
+            payload = {"image": images[0].model_dump()}
+            if seed is not None:
+                payload["seed"] = seed
+        response = spec.parse_response(payload)
+        return BackendResult(
+            endpoint_id=spec.endpoint_id,
+            backend=self.name,
+            request_id=f"local-{uuid.uuid4().hex}",
+            response=response,
+            images=[
+                OutputImage(
+                    data=data,
+                    content_type=content_type,
+                    width=img.width or 0,
+                    height=img.height or 0,
+                    url=img.url if not img.url.startswith("data:") else None,
+                )
+                for (data, content_type), img in zip(outputs, images, strict=True)
+            ],
+            seed=seed,
+            cost_usd=0.0,
+            duration_s=time.perf_counter() - started,
+        )
+
+    def _work(
+        self,
+        request: BriaRequest,
+        image: tuple[bytes, str],
+        reference: tuple[bytes, str] | None,
+        seed: int | None,
+    ) -> list[tuple[bytes, str]]:
+        """Decode and render in a worker thread, under a slot (bounds memory and CPU)."""
+        decoded = decode_image(image[0], max_pixels=self.max_pixels, source=image[1])
+        ref = None
+        if reference is not None:
+            ref = decode_image(reference[0], max_pixels=self.max_pixels, source=reference[1])
+        return self._render(request, decoded, ref, seed)
+
+    def _render(
+        self,
+        request: BriaRequest,
+        image: PILImage.Image,
+        reference: PILImage.Image | None,
+        seed: int | None,
+    ) -> list[tuple[bytes, str]]:
+        if isinstance(request, RemoveBackgroundRequest):
+            return [(_encode_png(self._cutout(image)), "image/png")]
+        if isinstance(request, ReplaceBackgroundRequest):
+            rgba = self._as_cutout(image)
+            scenes = scene.replace_background(
+                rgba,
+                prompt=request.prompt,
+                reference=None if reference is None else np.asarray(reference.convert("RGB")),
+                seed=int(seed or 0),
+                num_images=request.num_images,
+            )
+            return [(_encode_jpeg(arr), "image/jpeg") for arr in scenes]
+        if isinstance(request, ExpandRequest):
+            arr = np.asarray(image)
+            placement = outpaint.plan_expand(
+                image.size,
+                canvas_size=request.canvas_size,
+                original_image_size=request.original_image_size,
+                original_image_location=request.original_image_location,
+                aspect_ratio=None if request.aspect_ratio is None else str(request.aspect_ratio),
+            )
+            pw, ph = placement.size
+            if pw * ph > self.max_pixels:
+                # The original is resized to this size before cropping to the canvas.
+                raise EngineError(
+                    f"expand: original_image_size {pw}x{ph} is {pw * ph:,} pixels, over this "
+                    f"backend's max_pixels={self.max_pixels:,}; give a smaller original_image_size"
+                )
+            out = outpaint.expand_image(arr, placement, seed=int(seed or 0))
+            if out.shape[2] == 4:
+                return [(_encode_png(out), "image/png")]
+            return [(_encode_jpeg(out), "image/jpeg")]
+        raise EngineError(f"the local engine does not implement {request.endpoint_id}")
+
+    def _cutout(self, image: PILImage.Image) -> np.ndarray:
+        rgb = np.asarray(image.convert("RGB"))
+        if self.matte_model is not None:
+            alpha = self.matte_model.predict(rgb)
+        else:
+            alpha = matte.remove_background(rgb)
+        if image.mode == "RGBA":
+            # What the input already hides (transparent PNG/GIF pixels) stays hidden.
+            given = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
+            alpha = np.minimum(alpha, given)
+        return matte.to_rgba(rgb, alpha)
+
+    def _as_cutout(self, image: PILImage.Image) -> np.ndarray:
+        """Replace takes a photo or a cutout: a real alpha channel is kept, else matted."""
+        if image.mode == "RGBA":
+            arr = np.asarray(image)
+            if int(arr[..., 3].min()) < 255:
+                return arr
+        return self._cutout(image)
+
+    def _publish(self, data: bytes, content_type: str, sync_mode: bool) -> Image:
+        with PILImage.open(io.BytesIO(data)) as img:
+            width, height = img.size
+        ext = "png" if content_type == "image/png" else "jpg"
+        name = f"{hashlib.sha256(data).hexdigest()[:32]}.{ext}"
+        if sync_mode:
+            url = to_data_uri(data, content_type)
+        else:
+            path = self.output_dir / name
+            if not path.exists():
+                tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            url = path.resolve().as_uri()
+        return Image(
+            url=url,
+            content_type=content_type,
+            file_name=name,
+            file_size=len(data),
+            width=width,
+            height=height,
+        )
+
+
+def _encode_png(rgba: np.ndarray) -> bytes:
+    # Level 1: about as small as 3 on photos and cutouts, and the fastest zlib setting.
+    return encode_png(PILImage.fromarray(rgba), compress_level=1)
+
+
+def _encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, format="JPEG", quality=quality, optimize=False)
+    return buf.getvalue()

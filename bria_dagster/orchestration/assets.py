@@ -1,0 +1,552 @@
+"""The asset factory: catalog batch -> cutouts -> scenes -> expansions, partitioned by batch.
+
+``build_product_image_assets`` returns the software-defined assets (and their
+checks) for one pipeline. Every asset's value is an ImageRecord table, one row
+per output image or failure, stored by :class:`ImageRecordIOManager`.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+import fsspec
+import httpx
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from dagster import AssetExecutionContext
+
+from .._version import __version__
+from ..client.fetch import fetch_bytes, fetch_client
+from ..client.images import decode_image, sniff_content_type
+from ..errors import BriaError, CatalogError
+from ..lineage.report import write_audit_report
+from ..records.reuse import ReuseIndex
+from ..records.schema import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
+from ..records.storage import PipelineStorage
+from ..steps.catalog import FORMATS, load_catalog, row_json
+from ..steps.chain import ChainStep, StepChain
+from ..steps.export import export_channel
+from ..steps.packshot import COMPLIANCE_ERROR, run_packshots
+from ..steps.planning import StepPlanner
+from ..steps.rows import StepContext, StepReport, source_row
+from ..steps.settings import REFRESH_TAG, PipelineSettings
+from .batches import pipeline_marker
+from .checks import (
+    batch_failure,
+    batch_outcome,
+    check_specs_for,
+    compliance_results,
+    evaluate_checks,
+)
+from .io_manager import read_records, read_table
+from .metadata import definition_metadata, materialization_metadata
+from .resource import BriaResource
+from .storage_access import guarded, resolve_journal_url
+
+if TYPE_CHECKING:
+    from .pipeline import ProductImagePipeline
+
+__all__ = [
+    "REFRESH_TAG",
+    "PipelineSettings",
+    "build_product_image_assets",
+    "find_catalog_file",
+]
+
+
+def find_catalog_file(catalog_dir: str, batch: str) -> str:
+    """The catalog file of ``batch`` in ``catalog_dir`` (any supported extension)."""
+    fs, root = fsspec.core.url_to_fs(catalog_dir)
+    prefix = "" if "://" not in catalog_dir else catalog_dir.split("://", 1)[0] + "://"
+    for ext in FORMATS:
+        path = f"{root.rstrip('/')}/{batch}{ext}"
+        if fs.exists(path):
+            return prefix + path if prefix else path
+    others = [p for p in fs.glob(f"{root.rstrip('/')}/{batch}.*") if not p.endswith(".tmp")]
+    if others:
+        raise CatalogError(
+            f"catalog file {others[0]} for batch {batch!r} has an unsupported type; "
+            f"use {', '.join(FORMATS)}"
+        )
+    raise CatalogError(
+        f"no catalog file for batch {batch!r} in {catalog_dir} "
+        f"(looked for {batch}{{{','.join(FORMATS)}}}); add the file or remove the partition"
+    )
+
+
+def build_product_image_assets(
+    pipeline: "ProductImagePipeline", *, pool: str | None = "bria"
+) -> list[dg.AssetsDefinition]:
+    """The assets of ``pipeline``: ``catalog_batch`` and the steps in ``settings.steps``.
+
+    Args:
+        pipeline: name, settings, storage and translator.
+        pool: Dagster concurrency pool of the steps that call the backend; cap it in
+            ``dagster.yaml`` so that concurrent runs share the fal request limit.
+    """
+    settings = pipeline.settings
+    storage = pipeline.store
+    specs = {step: pipeline.asset_spec(step) for step in ["source", *settings.steps]}
+
+    def step_context(
+        context: AssetExecutionContext, step: str, key: dg.AssetKey | None = None
+    ) -> StepContext:
+        key = key or context.asset_key
+        return StepContext(
+            partition=context.partition_key,
+            run_id=context.run.run_id,
+            asset_key=key.to_user_string(),
+            code_version=__version__,
+            step=step,
+        )
+
+    def asset_args(step: str) -> dict[str, Any]:
+        spec = specs[step]
+        # catalog_batch names its pipeline and catalog folder, after the translation (which
+        # may change keys and metadata): `bria-dagster batches add` finds pipelines by it.
+        marker = pipeline_marker(pipeline.name, settings.catalog_dir) if step == "source" else {}
+        return dict(
+            **_spec_args(pipeline, spec),
+            metadata={**definition_metadata(), **spec.metadata, **marker},
+            check_specs=check_specs_for(spec.key, step, settings.checks),
+            io_manager_key=pipeline.io_manager_key,
+        )
+
+    @dg.asset(**asset_args("source"))
+    @guarded(storage)  # storage refused (wrong S3 credentials): one dg.Failure that says so
+    def catalog_batch(context: AssetExecutionContext, bria: BriaResource):
+        ctx = step_context(context, "source")
+        try:
+            path = find_catalog_file(settings.catalog_dir, context.partition_key)
+            batch = load_catalog(path, batch=context.partition_key)
+        except CatalogError as exc:  # the whole batch is unusable: fail the step, say why
+            raise dg.Failure(
+                description=str(exc),
+                metadata={
+                    "error_class": type(exc).__name__,
+                    "batch": context.partition_key,
+                    "catalog_dir": dg.MetadataValue.path(settings.catalog_dir),
+                },
+                allow_retries=False,
+            ) from exc
+        store = storage.image_store()
+        policy = bria.fetch_policy()
+        rows: list[dict[str, Any]] = []
+        for rej in batch.rejected.to_dict("records"):
+            rows.append(
+                source_row(
+                    ctx,
+                    sku=rej["sku"] or f"<row {rej['row_number']}>",
+                    image_url="",
+                    identity=f"rejected row {rej['row_number']}",
+                    catalog_row=row_json(rej),
+                    error_class="CatalogRowError",
+                    error_message=f"{Path(path).name} row {rej['row_number']}, column "
+                    f"{rej['column']}: {rej['reason']}",
+                )
+            )
+        refresh = context.run.tags.get(REFRESH_TAG) == "1"
+        own = storage.table_path(context.asset_key, context.partition_key)
+        previous = {} if refresh else _previous_sources(own)
+        entries = batch.valid.to_dict("records")
+
+        def reuse(entry: dict[str, Any]) -> dict[str, Any] | None:
+            earlier = previous.get((entry["sku"], entry["image_url"]))
+            if earlier is None or not store.exists(
+                earlier["image_sha256"], earlier["content_type"]
+            ):
+                return None
+            return reused_record(
+                earlier, ctx.run_id, catalog_row=row_json(entry), partition=ctx.partition
+            )
+
+        async def ingest(
+            entry: dict[str, Any], slots: asyncio.Semaphore, client: httpx.AsyncClient
+        ) -> dict[str, Any]:
+            sku, url, crow = entry["sku"], entry["image_url"], row_json(entry)
+            try:
+                async with slots:
+                    fetched = await fetch_bytes(url, policy, client=client)
+                    # Decoding (validation) and storing run off the event loop, in the slot.
+                    image = await asyncio.to_thread(
+                        decode_image, fetched.data, max_pixels=bria.max_pixels, source=url
+                    )
+                    stored = await asyncio.to_thread(
+                        store.put, fetched.data, sniff_content_type(fetched.data)
+                    )
+            except BriaError as exc:
+                return source_row(
+                    ctx,
+                    sku=sku,
+                    image_url=url,
+                    catalog_row=crow,
+                    error_class=type(exc).__name__,
+                    error_message=str(exc),
+                )
+            return source_row(
+                ctx,
+                sku=sku,
+                image_url=url,
+                catalog_row=crow,
+                data=fetched.data,
+                content_type=stored.content_type,
+                width=image.width,
+                height=image.height,
+                uri=stored.uri,
+            )
+
+        async def ingest_all(to_fetch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            slots = asyncio.Semaphore(settings.fetch_concurrency)
+            async with fetch_client(policy) as client:  # one SSL context for the batch
+                return list(await asyncio.gather(*(ingest(e, slots, client) for e in to_fetch)))
+
+        started = time.perf_counter()
+        to_fetch = []
+        for entry in entries:
+            reused = reuse(entry)
+            if reused is None:
+                to_fetch.append(entry)
+            else:
+                rows.append(reused)
+        if to_fetch:  # an unchanged batch opens no HTTP client at all
+            rows.extend(asyncio.run(ingest_all(to_fetch)))
+        frame = records_to_frame(sorted(rows, key=lambda r: r["sku"]))
+        report = StepReport(
+            ok=int((frame["status"] == OK).sum()),
+            failed=int((frame["status"] == FAILED).sum()),
+            reused=int((frame["status"] == REUSED).sum()),
+            duration_s=time.perf_counter() - started,
+        )
+        report.images_written = report.ok
+        meta = materialization_metadata(
+            frame,
+            report,
+            backend=bria.selected_backend(),
+            store=store,
+            preview_rows=settings.preview_rows,
+        )
+        meta.update(
+            catalog_file=dg.MetadataValue.path(path),
+            catalog_sha256=batch.content_sha256,
+            catalog_rows=len(batch.valid) + len(batch.rejected),
+            catalog_rows_rejected=len(batch.rejected),
+        )
+        yield dg.Output(frame, metadata=meta)
+        expected = list(batch.valid["sku"]) + [r["sku"] for r in rows if r["status"] == FAILED]
+        results = evaluate_checks(
+            context.asset_key, "source", frame, expected, store, settings.checks
+        )
+        yield from results
+        # The batch's verdict is given by the last asset of the run that writes records: the
+        # image steps when they follow (they record every product, failed ones too, so each
+        # step's table is written before the run fails), else this one.
+        blocked = any(
+            r.check_name == "failure_rate"
+            and not r.passed
+            and r.severity == dg.AssetCheckSeverity.ERROR
+            for r in results
+        )
+        steps_follow = any(_in_run(context, specs[s].key) for s in settings.steps)
+        if blocked or not steps_follow:
+            _fail_if_batch_failed(context, pipeline, [frame])
+
+    assets = [catalog_batch]
+    if settings.steps:
+        assets.append(_image_steps(pipeline, specs, asset_args, step_context, pool))
+    if settings.packshots.channels:
+        if "remove" not in settings.steps:
+            raise ValueError(
+                "packshots need the remove step (a packshot is a cutout on a channel's "
+                "canvas): add 'remove' to steps, or leave packshots.channels empty"
+            )
+        assets.extend(_packshot_assets(pipeline, specs["remove"].key, step_context))
+    if settings.report:
+        assets.append(_report_asset(pipeline, [a.keys for a in assets]))
+    return assets
+
+
+def _spec_args(pipeline: "ProductImagePipeline", spec: dg.AssetSpec) -> dict[str, Any]:
+    """What every pipeline asset takes from its translated spec, and its partitions and
+    code version (the caller adds metadata, checks, IO manager, inputs)."""
+    return dict(
+        key=spec.key,
+        description=spec.description,
+        group_name=spec.group_name,
+        owners=spec.owners,
+        tags=spec.tags,
+        kinds=spec.kinds,
+        partitions_def=pipeline.partitions_def,
+        code_version=__version__,
+    )
+
+
+def _packshot_assets(
+    pipeline: "ProductImagePipeline",
+    cutouts_key: dg.AssetKey,
+    step_context: Callable[[AssetExecutionContext, str, dg.AssetKey], StepContext],
+) -> list[dg.AssetsDefinition]:
+    """``product_packshots`` (records, reuse, per-channel compliance checks) and
+    ``channel_exports`` (files and manifests per channel)."""
+    settings, storage = pipeline.settings, pipeline.store
+    options = settings.packshots
+    presets = options.resolved()  # an unknown channel fails here, when definitions load
+    channels = [p.name for p in presets]
+    spec = pipeline.asset_spec("packshot")
+    key = spec.key
+
+    @dg.asset(
+        **_spec_args(pipeline, spec),
+        metadata={
+            **definition_metadata(),
+            **spec.metadata,
+            "bria/channels": ", ".join(channels),
+        },
+        check_specs=check_specs_for(key, "packshot", settings.checks, channels=channels),
+        io_manager_key=pipeline.io_manager_key,
+        ins={"cutouts": dg.AssetIn(key=cutouts_key)},
+    )
+    @guarded(storage)
+    def product_packshots(context: AssetExecutionContext, cutouts: pd.DataFrame):
+        store = storage.image_store()
+        frame, report = run_packshots(
+            step_context(context, "packshot", key),
+            frame_rows(cutouts),
+            presets,
+            store,
+            ReuseIndex(storage, key).lookup,
+            workers=options.workers,
+        )
+        context.log.info(
+            f"packshots for {len(channels)} channel(s): {report.ok} made, "
+            f"{report.reused} reused, {report.failed} failed"
+        )
+        meta = materialization_metadata(
+            frame, report, backend="local", store=store, preview_rows=settings.preview_rows
+        )
+        yield dg.Output(frame, metadata=meta)
+        yield from evaluate_checks(
+            key, "packshot", frame, list(cutouts["sku"]), store, settings.checks
+        )
+        yield from compliance_results(key, frame, channels, COMPLIANCE_ERROR)
+
+    export_spec = pipeline.asset_spec("export")
+    export_to = options.export_to or f"{storage.base.rstrip('/')}/exports"
+
+    @dg.asset(
+        **_spec_args(pipeline, export_spec),
+        metadata={**export_spec.metadata, "bria/export_to": dg.MetadataValue.path(export_to)},
+        ins={"packshots": dg.AssetIn(key=key, input_manager_key=pipeline.io_manager_key)},
+    )
+    @guarded(storage)
+    def channel_exports(context: AssetExecutionContext, packshots: pd.DataFrame):
+        store = storage.image_store()
+        meta: dict[str, Any] = {}
+        written = 0
+        for channel in channels:
+            done = export_channel(
+                packshots,
+                channel,
+                batch=context.partition_key,
+                export_to=export_to,
+                store=store,
+                filename_template=options.filename_template,
+            )
+            written += len(done.written)
+            meta.update(done.metadata())
+            meta[f"{channel}.manifest"] = dg.MetadataValue.path(done.manifest)
+        meta["files_written"] = written
+        meta["export_to"] = dg.MetadataValue.path(export_to)
+        return dg.MaterializeResult(metadata=meta)
+
+    return [product_packshots, channel_exports]
+
+
+def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.AssetsDefinition:
+    """``audit_report``: the batch's HTML audit report, linked from its metadata (an http
+    link with ``report_url_base``), and what each product became (``products``)."""
+    storage = pipeline.store
+    spec = pipeline.asset_spec("report")
+    deps = sorted({k for keys in upstream for k in keys}, key=lambda k: k.to_user_string())
+
+    @dg.asset(**_spec_args(pipeline, spec), metadata=dict(spec.metadata), deps=deps)
+    @guarded(storage)
+    def audit_report(context: AssetExecutionContext) -> dg.MaterializeResult:
+        written = write_audit_report(storage, context.partition_key, pipeline=pipeline.name)
+        settings = pipeline.settings
+        return dg.MaterializeResult(
+            metadata=written.metadata(
+                url_base=settings.report_url_base, products=settings.preview_rows
+            )
+        )
+
+    return audit_report
+
+
+def _image_steps(
+    pipeline: "ProductImagePipeline",
+    specs: dict[str, dg.AssetSpec],
+    asset_args: Callable[[str], dict[str, Any]],
+    step_context: Callable[[AssetExecutionContext, str, dg.AssetKey], StepContext],
+    pool: str | None,
+) -> dg.AssetsDefinition:
+    """The steps as one multi-asset: each product streams through every selected step.
+
+    Every step stays its own asset (table, lineage rows, reuse, checks, metadata);
+    selecting one step alone reads its parents' table from the pipeline's storage.
+    """
+    settings, storage = pipeline.settings, pipeline.store
+    steps = list(settings.steps)
+    step_specs, check_specs = [], []
+    for i, step in enumerate(steps):
+        args = asset_args(step)
+        parent = specs["source" if i == 0 else steps[i - 1]].key
+        step_specs.append(
+            specs[step]
+            .replace_attributes(
+                deps=[parent],
+                partitions_def=args["partitions_def"],
+                code_version=args["code_version"],
+                kinds=args["kinds"],
+                metadata=args["metadata"],
+            )
+            .with_io_manager_key(args["io_manager_key"])
+        )
+        check_specs.extend(args["check_specs"])
+
+    @dg.multi_asset(
+        name=f"{pipeline.name}_image_steps",
+        specs=step_specs,
+        check_specs=check_specs,
+        can_subset=True,
+        partitions_def=pipeline.partitions_def,
+        ins={"sources": dg.AssetIn(key=specs["source"].key)},
+        pool=pool,
+        description="Remove -> replace -> expand, each product carried through every selected "
+        "step as soon as its parent image is ready.",
+    )
+    @guarded(storage)
+    def image_steps(context: AssetExecutionContext, bria: BriaResource, sources: pd.DataFrame):
+        selected = [s for s in steps if specs[s].key in context.selected_asset_keys]
+        checks = context.selected_asset_check_keys
+        store = storage.image_store()
+        journal, setting = resolve_journal_url(storage, context.instance)
+        bria.open_journal(journal, setting=setting)  # fails here, before any request is sent
+        produced = [sources]  # every table of this run, in step order, for the verdict
+        for group in _contiguous(steps, selected):
+            first = steps.index(group[0])
+            parents = (
+                sources
+                if first == 0
+                else _stored_parents(context, storage, specs[steps[first - 1]].key)
+            )
+            chain = StepChain(
+                [
+                    ChainStep(
+                        ctx=step_context(context, step, specs[step].key),
+                        plan=StepPlanner(settings, step).jobs,
+                        reuse=ReuseIndex(storage, specs[step].key).lookup,
+                    )
+                    for step in group
+                ],
+                bria,
+                store,
+                journal=journal,
+                log=context.log.info,
+            )
+            expected = list(parents["sku"])
+            # Each step's table is stored, described and checked as soon as the step is
+            # complete, while the products still in later steps go on.
+            for index, frame, report in chain.stream(frame_rows(parents)):
+                step = group[index]
+                key = specs[step].key
+                yield dg.Output(
+                    frame,
+                    output_name=key.to_python_identifier(),
+                    metadata=materialization_metadata(
+                        frame,
+                        report,
+                        backend=bria.selected_backend(),
+                        store=store,
+                        preview_rows=settings.preview_rows,
+                    ),
+                )
+                for result in evaluate_checks(key, step, frame, expected, store, settings.checks):
+                    if dg.AssetCheckKey(key, result.check_name) in checks:
+                        yield result
+                expected = list(frame["sku"])
+                produced.append(frame)
+        # Every selected step's table is stored: now the batch's verdict.
+        _fail_if_batch_failed(context, pipeline, produced)
+
+    return image_steps
+
+
+def _in_run(context: AssetExecutionContext, key: dg.AssetKey) -> bool:
+    """Whether this run materializes ``key``: the run's asset selection when it names
+    one (a launched subset), else the job's (``dg.materialize`` leaves the run's empty)."""
+    selection = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
+    return key in selection
+
+
+def _fail_if_batch_failed(
+    context: AssetExecutionContext, pipeline: "ProductImagePipeline", frames: list[pd.DataFrame]
+) -> None:
+    """Raise the batch's ``dg.Failure`` when more than ``checks.fail_run_above`` of its
+    products (or all of them) failed in ``frames`` (its step tables, in step order, already
+    stored). The audit report is written first when the run was to write it, since its
+    asset will not run after a failed step."""
+    settings = pipeline.settings
+    outcome = batch_outcome(frames)
+    if not outcome.fails_run(settings.checks.fail_run_above):
+        return
+    batch = context.partition_key
+    written = None
+    if settings.report and _in_run(context, pipeline.asset_key("report")):
+        try:
+            report = write_audit_report(pipeline.store, batch, pipeline=pipeline.name)
+            written = report.path or report.url
+        except BriaError as exc:  # the batch's own failure matters more: report it, go on
+            context.log.warning(
+                f"could not write the audit report of batch {batch!r} before failing the "
+                f"run: {type(exc).__name__}: {exc}"
+            )
+    raise batch_failure(batch, outcome, settings.checks, audit_report=written)
+
+
+def _contiguous(steps: list[str], selected: list[str]) -> list[list[str]]:
+    """``selected`` split into runs of consecutive steps (each run streams as one chain)."""
+    groups: list[list[str]] = []
+    for step in selected:
+        if groups and steps.index(groups[-1][-1]) + 1 == steps.index(step):
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return groups
+
+
+def _stored_parents(
+    context: AssetExecutionContext, storage: PipelineStorage, key: dg.AssetKey
+) -> pd.DataFrame:
+    """The parent step's table of this partition, for a step selected without it."""
+    frame = read_table(storage.table_path(key, context.partition_key))
+    if frame is None:
+        raise dg.Failure(
+            description=f"{key.to_user_string()} has no records for batch "
+            f"{context.partition_key!r} yet: materialize it first (or select it too)",
+            metadata={"batch": context.partition_key, "missing_asset": key.to_user_string()},
+        )
+    return frame
+
+
+def _previous_sources(path: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """(sku, source url) -> the usable source record of an earlier run of the partition
+    whose table is at ``path`` (sources are reused within their own batch only)."""
+    table = read_records(path)
+    if table is None:
+        return {}
+    usable = pc.is_in(table["status"], pa.array([OK, REUSED]))
+    return {(row["sku"], row["root_source_uri"]): row for row in table.filter(usable).to_pylist()}
