@@ -148,7 +148,7 @@ def causes(error: BaseException | None) -> list[str]:
 def test_invalid_attributes_name_the_setting(loaded, tmp_path):
     with pytest.raises(Exception) as info:  # dg wraps it in its own error, cause kept
         loaded({"catalog_dir": "catalogs", "steps": ["replace"]})
-    assert any("steps must be a prefix" in text for text in causes(info.value))
+    assert any("works on the images of step 'remove'" in text for text in causes(info.value))
     with pytest.raises(ValueError, match="num_images"):
         ProductImagesComponent(catalog_dir="c", num_images=9).pipeline_settings(tmp_path)
 

@@ -473,8 +473,10 @@ def test_a_bad_step_or_aspect_ratio_names_the_allowed_values():
         PipelineSettings(aspect_ratios=["1:1", "4x5"])
     with pytest.raises(ValueError, match=f"aspect_ratio '4x5' is not one of {RATIOS}"):
         AspectRatio("4x5")  # the enum says the same, wherever it is used
-    with pytest.raises(ValueError, match=r"steps must be a prefix of \['remove', 'replace'"):
+    with pytest.raises(ValueError, match="step 'replace' works on the images of step 'remove'"):
         PipelineSettings(steps=["replace"])
+    # Steps run parents first, whatever order they are given in.
+    assert PipelineSettings(steps=["replace", "remove"]).steps == ("remove", "replace")
     # The types the JSON schema lists are exactly the enum's and the chain's values.
     assert get_args(AspectRatioName) == tuple(r.value for r in AspectRatio)
     assert PipelineSettings(aspect_ratios=[AspectRatio.R16_9]).aspect_ratios == ("16:9",)

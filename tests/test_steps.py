@@ -9,11 +9,14 @@ import pytest
 from bria_dagster import PipelineSettings
 from bria_dagster.client.endpoints import EXPAND, build_request, request_fingerprint
 from bria_dagster.engine.outpaint import plan_expand
-from bria_dagster.errors import RequestValidationError
+from bria_dagster.errors import ConfigurationError, RequestValidationError
 from bria_dagster.records.schema import NOOP_BACKEND, records_to_frame
 from bria_dagster.steps import rows as steps
+from bria_dagster.steps.catalog import CatalogRow, row_json
 from bria_dagster.steps.planning import StepPlanner
+from bria_dagster.steps.registry import all_steps, step_named, step_names
 from bria_dagster.steps.rows import RequestPlanner
+from bria_dagster.steps.step import SOURCE
 
 EXPAND_ID = EXPAND.endpoint_id
 
@@ -129,3 +132,36 @@ def test_a_noop_row_holds_its_parent_image_and_costs_nothing():
     assert row["request_fingerprint"] == job.fingerprint and row["endpoint_id"] == EXPAND_ID
     frame = records_to_frame([row])  # a complete record
     assert frame["noop_reason"].iloc[0] == job.noop
+
+
+def test_the_registry_lists_every_step_module_parents_first():
+    names = step_names()
+    assert names[:3] == ("remove", "replace", "expand")
+    for step in all_steps():
+        assert step.parent == SOURCE or names.index(step.parent) < names.index(step.name)
+        assert step_named(step.name) is step and step.asset
+    with pytest.raises(ConfigurationError, match="step 'nope' is not one of remove, replace"):
+        step_named("nope")
+
+
+def test_a_catalog_row_is_parsed_once_and_travels_with_the_rows():
+    text = row_json(
+        {"sku": "S1", "image_url": "a.jpg", "prompt": None, "seed": 4, "category": "mug"}
+    )
+    parent = {**_scene(640, 640), "catalog_row": text}
+    settings = PipelineSettings(prompt_template="a {category} on oak")
+    [job] = StepPlanner(settings, "replace").jobs(parent)
+    catalog = parent[steps.PARSED_CATALOG]
+    assert catalog == CatalogRow.from_json(text) and catalog.extra == {"category": "mug"}
+    assert job.request.prompt == "a mug on oak" and job.request.seed == 4
+    ctx = steps.StepContext("b1", "run-1", "p/product_scenes", "1", "replace")
+    child = steps.failed_row(ctx, job, "X", "y")
+    assert child[steps.PARSED_CATALOG] is catalog  # the next step does not parse it again
+    assert child["catalog_row"] == text  # the tables keep the JSON
+
+
+def test_a_template_naming_a_missing_column_fails_the_row_not_the_batch():
+    settings = PipelineSettings(prompt_template="a {category} on oak")
+    [job] = StepPlanner(settings, "replace").jobs(_scene(640, 640))
+    assert job.request is None and isinstance(job.error, RequestValidationError)
+    assert "prompt_template needs catalog column(s) category" in str(job.error)

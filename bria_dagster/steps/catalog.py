@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,9 +23,16 @@ import fsspec
 import pandas as pd
 
 from ..client.endpoints import MAX_SEED, AspectRatio
-from ..errors import CatalogError
+from ..errors import CatalogError, RequestValidationError
 
-__all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogBatch", "load_catalog"]
+__all__ = [
+    "OPTIONAL_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "CatalogBatch",
+    "CatalogRow",
+    "load_catalog",
+    "row_json",
+]
 
 REQUIRED_COLUMNS = ("sku", "image_url")
 OPTIONAL_COLUMNS = ("prompt", "negative_prompt", "ref_image_url", "seed", "aspect_ratios")
@@ -204,6 +214,71 @@ def load_catalog(path: str | Path, *, batch: str | None = None) -> CatalogBatch:
     )
 
 
-def row_json(row: dict[str, Any]) -> str:
+def row_json(row: Mapping[str, Any]) -> str:
     """A catalog row as JSON, for the ``catalog_row`` lineage column."""
-    return json.dumps(row, sort_keys=True, default=str)
+    return json.dumps(dict(row), sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """One catalog row as the steps read it: the columns they know, typed, and the rest.
+
+    Parsed once per product and run from its records' ``catalog_row`` JSON (which stays
+    the tables' format), then handed from step to step with the product's rows.
+    """
+
+    sku: str
+    image_url: str = ""
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    ref_image_url: str | None = None
+    seed: int | None = None
+    aspect_ratios: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    """Every other column (``row_number`` and the catalog's own columns), by name."""
+
+    @classmethod
+    def from_json(cls, text: str | None) -> CatalogRow:
+        """The row a record's ``catalog_row`` column holds (``{}``: an empty row)."""
+        columns = json.loads(text or "{}")
+        known = {name: columns.pop(name, None) for name in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)}
+        seed = known["seed"]
+        return cls(
+            sku=str(known["sku"] or ""),
+            image_url=str(known["image_url"] or ""),
+            prompt=known["prompt"] or None,
+            negative_prompt=known["negative_prompt"] or None,
+            ref_image_url=known["ref_image_url"] or None,
+            seed=None if seed is None else int(seed),
+            aspect_ratios=tuple(known["aspect_ratios"] or ()),
+            extra=MappingProxyType(columns),
+        )
+
+    def columns(self) -> dict[str, Any]:
+        """Every column by name, as the catalog file had it (what templates may use)."""
+        known = {
+            "sku": self.sku,
+            "image_url": self.image_url,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "ref_image_url": self.ref_image_url,
+            "seed": self.seed,
+            "aspect_ratios": list(self.aspect_ratios) or None,
+        }
+        return {**self.extra, **known}
+
+    def fill(self, template: str, setting: str) -> str:
+        """``template`` with ``{column}`` fields filled from this row.
+
+        Raises :class:`~bria_dagster.errors.RequestValidationError` naming ``setting`` and
+        the columns this row lacks.
+        """
+        columns = self.columns()
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        missing = sorted(f for f in fields if columns.get(f) is None)
+        if missing:
+            raise RequestValidationError(
+                f"{setting} needs catalog column(s) {', '.join(missing)}, which this row "
+                "lacks; add them or change the template"
+            )
+        return template.format(**columns)

@@ -1,9 +1,12 @@
-"""Consecutive steps run as one stream: each product moves on as soon as its image is ready.
+"""Steps run as one stream: each product moves on as soon as its image is ready.
 
-A cutout's replace request is sent the moment the cutout is stored, not when the
+The steps of a chain form a tree by their declared parents (:class:`~bria_dagster.steps.
+step.Step`): the chain's first rows (sources, or a stored parent step's table) feed every
+step whose parent is not in the chain, and each step's rows feed its children. A cutout's
+replace request is sent the moment the cutout is stored, not when the
 batch's last cutout is; so a run carries every product through every selected step
 without waiting for a step's slowest request (the per-step tail that made small
-batches slower than a hand-written loop). Ready requests of earlier steps go first (every
+batches slower than a hand-written loop). Ready requests of the first steps go first (every
 product's chain starts early: the shortest batch) until later steps hold a backlog of
 ``BACKLOG_PER_SLOT`` jobs per request slot; then later steps go first, so
 products finish early and few half-done products pile up.
@@ -35,6 +38,7 @@ from ..client.runner import ItemOutcome
 from ..orchestration.resource import BriaResource
 from ..records.schema import FAILED, NOOP_BACKEND, OK, REUSED, records_to_frame
 from ..records.store import ImageStore
+from .registry import step_named
 from .rows import (
     Job,
     StepContext,
@@ -75,10 +79,11 @@ class ChainStep:
 
 
 class StepChain:
-    """Runs ``steps`` (consecutive: each consumes the rows of the one before) as a stream.
+    """Runs ``steps`` (each consumes the rows of its declared parent step) as a stream.
 
     Args:
-        steps: the steps, in order.
+        steps: the steps, parents before their children; a step whose parent is not
+            among them takes the chain's first rows.
         bria: the resource (its session bounds requests in flight; its prices).
         store: where input images are read and output images written.
         journal: the pipeline's request journal file.
@@ -97,6 +102,12 @@ class StepChain:
         if not steps:
             raise ValueError("a chain needs at least one step")
         self.steps = steps
+        names = [step.ctx.step for step in steps]
+        parents = [step_named(name).parent for name in names]
+        self._roots = [i for i, parent in enumerate(parents) if parent not in names]
+        self._children = [
+            [i for i, parent in enumerate(parents) if parent == name] for name in names
+        ]
         self.bria = bria
         self.store = store
         self.journal = journal
@@ -115,13 +126,13 @@ class StepChain:
         self._started = time.perf_counter()
         self._queued = [0] * len(steps)  # jobs sent or waiting, per step
         self._backlog = BACKLOG_PER_SLOT * bria.max_concurrency
-        self._done_through = -1  # the last step known complete
+        self._done_through = -1  # the last step known complete (with every step before it)
         self._complete: queue.Queue[int] = queue.Queue()
 
     # -- the run --------------------------------------------------------------------------
 
     def run(self, parents: Iterable[dict[str, Any]]) -> list[tuple[pd.DataFrame, StepReport]]:
-        """Carry ``parents`` (rows of the step before the first) through every step.
+        """Carry ``parents`` (the rows the first steps take) through every step.
 
         Returns each step's record table and report, in step order.
         """
@@ -200,7 +211,8 @@ class StepChain:
                         self._initial_done = True
                     else:
                         self._initial = itertools.chain([following], self._initial)
-                    self._settle(0, group)
+                    for root in self._roots:
+                        self._settle(root, group)
                     self._note_complete()
                     key = self._next_ready()
                 if key is None and self._initial_done and self._outstanding == 0:
@@ -218,9 +230,10 @@ class StepChain:
 
     def _next_ready(self) -> int | None:
         """Earlier steps first (each product's remaining chain starts as early as it can:
-        the shortest batch), unless the later steps already hold ``backlog`` jobs: then
-        later steps first, so half-done products do not pile up."""
-        backlog = sum(self._queued[1:])
+        the shortest batch), unless the later steps (those after the first rows) already
+        hold ``backlog`` jobs: then later steps first, so half-done products do not pile
+        up."""
+        backlog = sum(n for i, n in enumerate(self._queued) if i not in self._roots)
         levels = self._ready if backlog < self._backlog else reversed(self._ready)
         for ready in levels:
             if ready:
@@ -267,10 +280,10 @@ class StepChain:
         self._emit(level, settled)
 
     def _emit(self, level: int, rows: list[dict[str, Any]]) -> None:
-        """Finished rows of step ``level``; the next step plans from them at once."""
+        """Finished rows of step ``level``; its children plan from them at once."""
         self.steps[level].rows.extend(rows)
-        if level + 1 < len(self.steps):
-            self._settle(level + 1, rows)
+        for child in self._children[level]:
+            self._settle(child, rows)
 
     def _on_outcome(self, outcome: ItemOutcome) -> None:
         """A request came back (runs in a worker thread: storing images takes time)."""

@@ -45,6 +45,7 @@ from ..records.schema import (
 from ..records.store import ImageStore
 
 __all__ = [
+    "PARSED_CATALOG",
     "Job",
     "RequestPlanner",
     "StepContext",
@@ -60,6 +61,11 @@ logger = logging.getLogger("bria_dagster.steps.rows")
 
 # A stand-in image for validating parameters before any bytes are read.
 _PLACEHOLDER = b"\x00"
+
+PARSED_CATALOG = "_catalog"
+"""The key under which a row carries its parsed
+:class:`~bria_dagster.steps.catalog.CatalogRow` from step to step (not a record column:
+the tables keep the ``catalog_row`` JSON, and ignore this key)."""
 
 
 @dataclass
@@ -211,6 +217,7 @@ def _base_row(ctx: StepContext, job: Job) -> dict[str, Any]:
         "asset_key": ctx.asset_key,
         "code_version": ctx.code_version,
         "catalog_row": parent.get("catalog_row") or "{}",
+        PARSED_CATALOG: parent.get(PARSED_CATALOG),
         "attempts": 0,
         "cost_usd": 0.0,
         "duration_s": 0.0,
@@ -284,6 +291,7 @@ def reused_rows(ctx: StepContext, job: Job, earlier: list[dict[str, Any]]) -> li
                 asset_key=ctx.asset_key,
                 code_version=ctx.code_version,
                 catalog_row=job.parent.get("catalog_row") or "{}",
+                **{PARSED_CATALOG: job.parent.get(PARSED_CATALOG)},
                 root_source_uri=job.parent.get("root_source_uri") or "",
                 root_source_sha256=job.parent.get("root_source_sha256"),
             )

@@ -1,17 +1,19 @@
 """What a pipeline does: its steps, their defaults, and its checks' thresholds.
 
 Dagster-free: the steps layer plans from these settings; the Dagster layer builds assets
-from them.
+from them. Each step adds its own fields (its declaration's ``settings`` model, see
+:mod:`bria_dagster.steps.registry`): ``PipelineSettings`` inherits them all.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..client.endpoints import AspectRatio, AspectRatioName
 from .packshot import PackshotSettings
+from .registry import all_steps, step_named, step_names
+from .step import SOURCE
 
 __all__ = [
     "API_STEPS",
@@ -23,23 +25,21 @@ __all__ = [
     "StepName",
 ]
 
+API_STEPS: tuple[str, ...] = step_names()
+"""The steps that call a Bria endpoint (every declared step), parents first."""
+
+StepName = Literal[API_STEPS]  # type: ignore[valid-type]
+"""A step as settings spell it: a declared step's name (a JSON-schema ``enum``)."""
+
 STEP_ASSETS = {
-    "source": "catalog_batch",
-    "remove": "product_cutouts",
-    "replace": "product_scenes",
-    "expand": "product_expansions",
+    SOURCE: "catalog_batch",
+    **{step.name: step.asset for step in all_steps()},
     "packshot": "product_packshots",
     "export": "channel_exports",
     "report": "audit_report",
 }
 """Each step's default asset name (``packshot`` and ``export`` exist when the pipeline has
 packshot channels; ``report`` unless ``report=False``)."""
-
-StepName = Literal["remove", "replace", "expand"]
-"""A step that calls a Bria endpoint, as settings spell it (a JSON-schema ``enum``)."""
-
-API_STEPS: tuple[StepName, ...] = get_args(StepName)
-"""The steps that call a Bria endpoint, in chain order."""
 
 PREVIEW_ROWS = 50
 """Rows in the preview by default (``PipelineSettings.preview_rows``)."""
@@ -78,8 +78,15 @@ REFRESH_TAG = "bria/refresh"
 """Run tag: fetch source images again instead of reusing earlier source records."""
 
 
-class PipelineSettings(BaseModel):
-    """What the pipeline does; per-row catalog columns override the defaults."""
+_STEP_SETTINGS = tuple(dict.fromkeys(s.settings for s in all_steps() if s.settings is not None))
+
+
+class PipelineSettings(*_STEP_SETTINGS, BaseModel):  # type: ignore[misc]
+    """What the pipeline does; per-row catalog columns override the defaults.
+
+    Besides the fields below, every step's own settings (replace's ``prompt_template``,
+    ``num_images``...; expand's ``aspect_ratios``; see each step's module).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -89,21 +96,10 @@ class PipelineSettings(BaseModel):
     )
     steps: tuple[StepName, ...] = Field(
         default=("remove", "replace", "expand"),
-        description="Which steps run, in order; each needs the ones before it.",
+        description="Which steps run; each step's parent step must run too, unless it is "
+        "the source images.",
     )
-    prompt_template: str = Field(
-        default="professional studio product photo, soft light, clean seamless backdrop",
-        description="Default replace prompt; may use {sku} and any catalog column.",
-    )
-    ref_image_url: str | None = Field(
-        default=None, description="Default reference background (instead of a prompt)."
-    )
-    negative_prompt: str = ""
-    num_images: int = Field(default=1, ge=1, le=4, description="Scenes per cutout.")
     seed: int | None = Field(default=None, description="Default seed (catalog 'seed' wins).")
-    aspect_ratios: tuple[AspectRatioName, ...] = Field(
-        default=("1:1", "4:5"), description="Expansions per scene (catalog 'aspect_ratios' wins)."
-    )
     fetch_concurrency: int = Field(default=16, ge=1, description="Source images fetched at once.")
     checks: CheckSettings = Field(default_factory=CheckSettings, description="Check thresholds.")
     packshots: PackshotSettings = Field(
@@ -136,24 +132,23 @@ class PipelineSettings(BaseModel):
             )
         return value.rstrip("/") if value else value
 
-    # Before the Literal types' own checks, so that the error names the setting, the
-    # value and every allowed one in words ("step 'replce' is not one of ...").
+    # Before the Literal type's own check, so that the error names the setting, the value
+    # and every allowed one in words ("step 'replce' is not one of ...").
     @field_validator("steps", mode="before")
     @classmethod
     def _known_steps(cls, value: Any) -> Any:
-        for step in value if isinstance(value, list | tuple) else ():
-            if step not in API_STEPS:
-                raise ValueError(f"step {step!r} is not one of {', '.join(API_STEPS)}")
-        if isinstance(value, list | tuple) and list(value) != list(API_STEPS[: len(value)]):
-            raise ValueError(
-                f"steps must be a prefix of {list(API_STEPS)} (each step consumes the one "
-                f"before), got {list(value)}"
-            )
-        return value
-
-    @field_validator("aspect_ratios", mode="before")
-    @classmethod
-    def _known_ratios(cls, value: Any) -> Any:
-        for ratio in value if isinstance(value, list | tuple) else ():
-            AspectRatio(ratio)  # raises "aspect_ratio '4x5' is not one of 1:1, 2:3, ..."
-        return value
+        if not isinstance(value, list | tuple):
+            return value
+        for name in value:
+            if name not in API_STEPS:
+                raise ValueError(f"step {name!r} is not one of {', '.join(API_STEPS)}")
+        for name in value:
+            parent = step_named(name).parent
+            if parent != SOURCE and parent not in value:
+                raise ValueError(
+                    f"step {name!r} works on the images of step {parent!r}: add {parent!r} "
+                    f"to steps (got {list(value)})"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError(f"steps names a step twice: {list(value)}")
+        return tuple(name for name in API_STEPS if name in value)  # parents first
