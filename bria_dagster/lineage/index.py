@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from ..errors import BriaError, StorageAccessError, storage_access
+from ..steps.registry import step_rank
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -63,7 +64,7 @@ CACHE_DIR_ENV = "BRIA_DAGSTER_CACHE_DIR"
 SCHEMA_VERSION = 4  # 3: reused_in_run_id and unit_price_usd; 4: noop_reason
 BUSY_TIMEOUT_S = 60.0
 MIN_PREFIX = 8
-STEP_ORDER = {"source": 0, "remove": 1, "replace": 2, "expand": 3}
+STEP_ORDER = step_rank()
 OK, FAILED, REUSED = "ok", "failed", "reused"
 
 TRACE_COLUMNS = (

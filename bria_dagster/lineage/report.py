@@ -55,6 +55,7 @@ from ..errors import BriaError, StorageAccessError, storage_access, storage_acce
 from ..records.schema import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, UPSTREAM_FAILED
 from ..records.schema import NOOP_BACKEND as NOOP
 from ..records.store import ImageStore
+from ..steps.registry import all_steps
 from .index import STEP_ORDER, RecordTableError
 
 if TYPE_CHECKING:
@@ -1202,12 +1203,10 @@ def _time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "—"
 
 
-# translator.STEP_ASSETS inverted (not imported: translator imports Dagster).
+# Each step's default asset name, ranked as the steps are listed.
 _DEFAULT_ASSETS = {
     "catalog_batch": 0,
-    "product_cutouts": 1,
-    "product_scenes": 2,
-    "product_expansions": 3,
+    **{step.asset: STEP_ORDER[step.name] for step in all_steps()},
 }
 
 

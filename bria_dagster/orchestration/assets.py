@@ -32,8 +32,10 @@ from ..steps.chain import ChainStep, StepChain
 from ..steps.export import export_channel
 from ..steps.packshot import COMPLIANCE_ERROR, run_packshots
 from ..steps.planning import StepPlanner
+from ..steps.registry import step_named
 from ..steps.rows import StepContext, StepReport, source_row
 from ..steps.settings import REFRESH_TAG, PipelineSettings
+from ..steps.step import SOURCE
 from .batches import pipeline_marker
 from .checks import (
     batch_failure,
@@ -399,15 +401,15 @@ def _image_steps(
     selecting one step alone reads its parents' table from the pipeline's storage.
     """
     settings, storage = pipeline.settings, pipeline.store
-    steps = list(settings.steps)
+    steps = list(settings.steps)  # parents first
+    parent_of = {step: step_named(step).parent for step in steps}
     step_specs, check_specs = [], []
-    for i, step in enumerate(steps):
+    for step in steps:
         args = asset_args(step)
-        parent = specs["source" if i == 0 else steps[i - 1]].key
         step_specs.append(
             specs[step]
             .replace_attributes(
-                deps=[parent],
+                deps=[specs[parent_of[step]].key],
                 partitions_def=args["partitions_def"],
                 code_version=args["code_version"],
                 kinds=args["kinds"],
@@ -423,10 +425,10 @@ def _image_steps(
         check_specs=check_specs,
         can_subset=True,
         partitions_def=pipeline.partitions_def,
-        ins={"sources": dg.AssetIn(key=specs["source"].key)},
+        ins={"sources": dg.AssetIn(key=specs[SOURCE].key)},
         pool=pool,
-        description="Remove -> replace -> expand, each product carried through every selected "
-        "step as soon as its parent image is ready.",
+        description=f"The steps {', '.join(steps)}: each product carried through every "
+        "selected step as soon as its parent image is ready.",
     )
     @guarded(storage)
     def image_steps(context: AssetExecutionContext, bria: BriaResource, sources: pd.DataFrame):
@@ -436,13 +438,11 @@ def _image_steps(
         journal, setting = resolve_journal_url(storage, context.instance)
         bria.open_journal(journal, setting=setting)  # fails here, before any request is sent
         produced = [sources]  # every table of this run, in step order, for the verdict
-        for group in _contiguous(steps, selected):
-            first = steps.index(group[0])
-            parents = (
-                sources
-                if first == 0
-                else _stored_parents(context, storage, specs[steps[first - 1]].key)
-            )
+        tables = {SOURCE: sources}  # this run's tables, by step
+        for start, group in _chains(parent_of, selected).items():
+            parents = tables.get(start)
+            if parents is None:
+                parents = _stored_parents(context, storage, specs[start].key)
             chain = StepChain(
                 [
                     ChainStep(
@@ -457,7 +457,6 @@ def _image_steps(
                 journal=journal,
                 log=context.log.info,
             )
-            expected = list(parents["sku"])
             # Each step's table is stored, described and checked as soon as the step is
             # complete, while the products still in later steps go on.
             for index, frame, report in chain.stream(frame_rows(parents)):
@@ -474,10 +473,11 @@ def _image_steps(
                         preview_rows=settings.preview_rows,
                     ),
                 )
+                expected = list(tables.get(parent_of[step], parents)["sku"])
                 for result in evaluate_checks(key, step, frame, expected, store, settings.checks):
                     if dg.AssetCheckKey(key, result.check_name) in checks:
                         yield result
-                expected = list(frame["sku"])
+                tables[step] = frame
                 produced.append(frame)
         # Every selected step's table is stored: now the batch's verdict.
         _fail_if_batch_failed(context, pipeline, produced)
@@ -517,15 +517,17 @@ def _fail_if_batch_failed(
     raise batch_failure(batch, outcome, settings.checks, audit_report=written)
 
 
-def _contiguous(steps: list[str], selected: list[str]) -> list[list[str]]:
-    """``selected`` split into runs of consecutive steps (each run streams as one chain)."""
-    groups: list[list[str]] = []
+def _chains(parent_of: dict[str, str], selected: list[str]) -> dict[str, list[str]]:
+    """``selected`` (parents first) as chains, by the step whose rows each starts from: a
+    step joins its parent's chain when its parent is selected, else it starts from its
+    parent's rows (the source's, or a stored table)."""
+    start: dict[str, str] = {}
+    chains: dict[str, list[str]] = {}
     for step in selected:
-        if groups and steps.index(groups[-1][-1]) + 1 == steps.index(step):
-            groups[-1].append(step)
-        else:
-            groups.append([step])
-    return groups
+        parent = parent_of[step]
+        start[step] = start.get(parent, parent)
+        chains.setdefault(start[step], []).append(step)
+    return chains
 
 
 def _stored_parents(

@@ -30,6 +30,7 @@ from PIL import Image
 
 from ..records.schema import FAILED, OK, REUSED, UPSTREAM_FAILED
 from ..records.store import ImageStore
+from ..steps.registry import step_named, step_names
 from ..steps.settings import CheckSettings
 
 __all__ = [
@@ -95,7 +96,7 @@ def check_specs_for(
         names.append("outputs_decode")
     elif step != "source":
         names += ["outputs_decode", "within_budget"]
-    if step == "remove":
+    if _makes_cutouts(step):
         names.append("cutouts_have_alpha")
     specs = [
         dg.AssetCheckSpec(
@@ -163,9 +164,14 @@ def compliance_results(
 
 
 def _expected_mode(step: str) -> Sequence[str]:
-    return {"remove": ("RGBA",), "replace": ("RGB",), "expand": ("RGB", "RGBA")}.get(
-        step, ("RGB", "RGBA", "L", "P", "CMYK", "I;16")
-    )
+    """The modes a step's images may have: its declaration's, or any (packshot)."""
+    if step in step_names():
+        return step_named(step).image_modes
+    return ("RGB", "RGBA", "L", "P", "CMYK", "I;16")
+
+
+def _makes_cutouts(step: str) -> bool:
+    return step in step_names() and step_named(step).cutout
 
 
 def _image_sample(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
@@ -186,13 +192,13 @@ def _inspect(row: dict, step: str, store: ImageStore) -> tuple[str | None, float
     row says, at a fraction of a decode. A cutout is decoded either way (its alpha)."""
     try:
         img = Image.open(io.BytesIO(store.get(row["image_sha256"])))
-        if row["status"] != REUSED or step == "remove":
+        if row["status"] != REUSED or _makes_cutouts(step):
             img.load()
     except Exception as exc:
         return f"{row['sku']}/{row['variant']}: {exc}", None
     if img.mode not in _expected_mode(step) or img.size != (row["width"], row["height"]):
         return f"{row['sku']}/{row['variant']}: {img.mode} {img.size[0]}x{img.size[1]}", None
-    if step != "remove":
+    if not _makes_cutouts(step):
         return None, None
     return None, float((np.asarray(img.getchannel("A")) >= 128).mean())
 
@@ -262,7 +268,7 @@ def evaluate_checks(
         covered = (
             f"{len(records)} image(s) read: {len(records) - reused} made by this run, "
             f"{reused} reused (re-read from the store"
-            f"{')' if step == 'remove' else '; their header checked, decoded when made)'}"
+            f"{')' if _makes_cutouts(step) else '; their header checked, decoded when made)'}"
         )
     else:
         covered = "no image to read"
@@ -273,7 +279,7 @@ def evaluate_checks(
         decoded=len(records) - len(bad),
         problems="; ".join(bad[:5]) or "none",
     )
-    if step == "remove":
+    if _makes_cutouts(step):
         out_of_range = [
             f for f in foreground if not settings.min_foreground <= f <= settings.max_foreground
         ]

@@ -52,9 +52,10 @@ from pydantic import (
     model_validator,
 )
 
-from ..client.endpoints import AspectRatioName, PriceTable
+from ..client.endpoints import PriceTable
 from ..errors import ConfigurationError, SecretInConfigError
 from ..steps.packshot import PackshotSettings
+from ..steps.registry import all_steps
 from ..steps.settings import CheckSettings, PipelineSettings
 from .pipeline import DEFAULT_PIPELINE_NAME, ProductImagePipeline, require_catalog_dir
 from .resource import BriaResource
@@ -111,15 +112,25 @@ BriaResourceSettings = create_model(
     },
 )
 
+
+def _step_settings() -> dict[str, Any]:
+    """Each step's own settings (replace's ``prompt_template``, expand's ``aspect_ratios``,
+    ...) as optional attributes: left out, the step's default applies."""
+    return {
+        name: info
+        for step in all_steps()
+        if step.settings is not None
+        for name, info in step.settings.model_fields.items()
+    }
+
+
+_STEP_SETTINGS = _step_settings()
+
 # Attributes passed to PipelineSettings when given; left out, its defaults apply.
 _SETTINGS_FIELDS = (
     "steps",
-    "prompt_template",
-    "ref_image_url",
-    "negative_prompt",
-    "num_images",
+    *_STEP_SETTINGS,
     "seed",
-    "aspect_ratios",
     "fetch_concurrency",
     "report_url_base",
     "preview_rows",
@@ -206,22 +217,20 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     )
     steps: list[StepName] | None = Field(
         default=None,
-        description="A prefix of [remove, replace, expand]; default all three.",
+        description="The steps to run (each needs its parent step, unless that is the "
+        "source images); default [remove, replace, expand].",
         json_schema_extra=_name_bad_values,
     )
-    prompt_template: str | None = Field(
-        default=None, description="Replace prompt; may use {sku} and any catalog column."
-    )
-    ref_image_url: str | None = Field(
-        default=None, description="Reference background instead of a prompt."
-    )
-    negative_prompt: str | None = None
-    num_images: int | None = Field(default=None, description="Scenes per cutout (1-4).")
     seed: int | None = Field(default=None, description="Default seed (catalog 'seed' wins).")
-    aspect_ratios: list[AspectRatioName] | None = Field(
-        default=None,
-        description="Expansions per scene, e.g. ['1:1', '4:5'].",
-        json_schema_extra=_name_bad_values,
+    # Every step's own settings, optional (see _step_settings): declared from the steps.
+    __annotations__.update({name: info.annotation | None for name, info in _STEP_SETTINGS.items()})
+    vars().update(
+        {
+            name: Field(
+                default=None, description=info.description, json_schema_extra=_name_bad_values
+            )
+            for name, info in _STEP_SETTINGS.items()
+        }
     )
     fetch_concurrency: int | None = Field(
         default=None, description="Source images fetched at once."

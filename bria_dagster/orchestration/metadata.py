@@ -41,7 +41,7 @@ from ..errors import BriaError
 from ..records.schema import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, UPSTREAM_FAILED
 from ..records.store import ImageStore
 from ..steps.rows import StepReport
-from ..steps.settings import PREVIEW_ROWS
+from ..steps.settings import API_STEPS, PREVIEW_ROWS
 
 __all__ = [
     "COLUMN_DESCRIPTIONS",
@@ -73,7 +73,7 @@ COLUMN_DESCRIPTIONS = {
     "record_id": "Stable id of the row: partition, step, sku, variant and request fingerprint.",
     "partition": "The catalog batch (Dagster partition) the row belongs to.",
     "sku": "The product's SKU from the catalog.",
-    "step": "source, remove, replace, expand or packshot.",
+    "step": f"source, {', '.join(API_STEPS)} or packshot.",
     "variant": "Which output of the sku: source, cutout, scene (scene#0, scene#1, ... with "
     "several num_images), a scene in one aspect ratio (scene@1:1, ...), or a packshot's "
     "channel (amazon_main, ...).",

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
-from ..client.endpoints import endpoint_for
 from ..errors import ConfigurationError
 from ..records.storage import PipelineStorage
+from ..steps.registry import step_named
 from ..steps.settings import PipelineSettings
 from .assets import build_product_image_assets
 from .automation import build_catalog_sensor, build_refresh_schedule, build_retry_schedule
@@ -114,7 +114,7 @@ class ProductImagePipeline:
         props = BriaStepProps(
             pipeline=self.name,
             step=step,
-            endpoint_id=endpoint_for(step).endpoint_id if step in API_STEPS else None,
+            endpoint_id=step_named(step).endpoint if step in API_STEPS else None,
         )
         return self.translator.get_asset_spec(props)
 
@@ -135,7 +135,7 @@ class ProductImagePipeline:
             self.job_name,
             selection=dg.AssetSelection.assets(*(assets or self.build_assets())),
             description=f"Materialize one catalog batch of pipeline {self.name!r} end to end: "
-            "source -> cutouts -> scenes -> expansions.",
+            f"the source images through its steps ({', '.join(self.settings.steps)}).",
         )
 
     def io_manager(self) -> ImageRecordIOManager:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from ..steps.registry import all_steps
 from ..steps.settings import API_STEPS, STEP_ASSETS, StepName
 
 __all__ = ["API_STEPS", "STEP_ASSETS", "BriaStepProps", "BriaTranslator", "StepName"]
@@ -27,9 +28,7 @@ _KINDS = {"export": {"bria", "csv"}, "report": {"bria", "html"}}
 _DESCRIPTIONS = {
     "source": "The catalog batch: one source record per row (fetched, hashed, stored) and a "
     "failed record for every rejected row.",
-    "remove": "Background removed: one RGBA PNG cutout per source image.",
-    "replace": "New backgrounds: num_images scenes per cutout, from a prompt or reference image.",
-    "expand": "Expanded formats: one image per scene and aspect ratio.",
+    **{step.name: step.description for step in all_steps()},
     "packshot": "Channel packshots: each cutout on each channel's canvas (background, size, "
     "fill, format, file-size limit), checked against the channel's rules; composed locally.",
     "export": "The compliant packshots of the batch as files per channel, named by "
@@ -46,8 +45,8 @@ class BriaStepProps:
     pipeline: str
     """The pipeline's name."""
     step: str
-    """``source``, ``remove``, ``replace``, ``expand``, ``packshot``, ``export`` or
-    ``report``."""
+    """``source``, a declared step (``remove``, ``replace``, ...), ``packshot``, ``export``
+    or ``report``."""
     endpoint_id: str | None
     """The Bria endpoint the step calls (``None`` for ``source``)."""
 

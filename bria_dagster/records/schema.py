@@ -36,7 +36,6 @@ __all__ = [
     "NOOP_BACKEND",
     "OK",
     "REUSED",
-    "STEPS",
     "UPSTREAM_FAILED",
     "canonical_json",
     "frame_rows",
@@ -51,7 +50,6 @@ NOOP_BACKEND = "noop"
 """The ``backend`` of an ok row whose request was not sent because it would not change
 its image (an expansion to the ratio the image already has): its image is the parent's
 bytes, its cost and unit price 0, and ``noop_reason`` says why."""
-STEPS = ("source", "remove", "replace", "expand")
 UPSTREAM_FAILED = "UpstreamFailed"
 """The ``error_class`` of a row not made because the sku failed in an earlier step (its
 message says which step and why); the earlier failure is the root cause."""
