@@ -26,7 +26,9 @@ __all__ = [
     "SubjectPlacement",
     "parse_prompt_palette",
     "plan_subject",
+    "render_scene",
     "replace_background",
+    "subject_box",
 ]
 
 COLOR_WORDS: dict[str, tuple[int, int, int]] = {
@@ -186,7 +188,8 @@ class SubjectPlacement:
         )
 
 
-def _subject_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
+def subject_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the box of the cutout's visible pixels (``alpha`` in 0..1)."""
     rows = np.flatnonzero((alpha > _CUTOUT_ALPHA_MIN).any(axis=1))
     cols = np.flatnonzero((alpha > _CUTOUT_ALPHA_MIN).any(axis=0))
     if not len(rows):
@@ -204,7 +207,7 @@ def plan_subject(alpha: np.ndarray, *, seed: int, variant: int = 0) -> SubjectPl
     and ground line are jittered from ``(seed, variant)``.
     """
     h, w = alpha.shape
-    x0, y0, x1, y1 = _subject_box(alpha)
+    x0, y0, x1, y1 = subject_box(alpha)
     rng = np.random.default_rng([seed, variant, 1])
     ground = h * rng.uniform(0.85, 0.90)
     fit = min(1.0, (ground - 0.1 * h) / (y1 - y0), 0.84 * w / (x1 - x0))
@@ -343,7 +346,7 @@ def _decontaminate(rgb: np.ndarray, alpha8: np.ndarray) -> np.ndarray:
     A matte keeps the old background mixed into its soft edge; without this a
     light halo from the old backdrop would outline the subject on the new one.
     """
-    x0, y0, x1, y1 = _subject_box(alpha8.astype(np.float32) / 255.0)
+    x0, y0, x1, y1 = subject_box(alpha8.astype(np.float32) / 255.0)
     a = alpha8[y0:y1, x0:x1]
     solid = a >= 250
     edge = (a > 0) & ~solid
@@ -415,14 +418,37 @@ def replace_background(
         raise EngineError(f"num_images must be at least 1, got {num_images}")
     h, w = cutout.shape[:2]
     alpha = cutout[..., 3].astype(np.float32) / 255.0
-    palette = parse_prompt_palette(prompt) if has_prompt else None
-    images = []
-    for variant in range(num_images):
-        place = plan_subject(alpha, seed=seed, variant=variant)
-        rng = np.random.default_rng([seed, variant, 2])
-        if palette is not None:
-            background = _studio_backdrop(palette, h, w, rng)
-        else:
-            background = _cover_fit(reference, h, w, rng)
-        images.append(_compose(cutout, background, place, rng))
-    return images
+    return [
+        render_scene(
+            cutout,
+            plan_subject(alpha, seed=seed, variant=variant),
+            (w, h),
+            prompt=prompt if has_prompt else None,
+            reference=reference,
+            seed=seed,
+            variant=variant,
+        )
+        for variant in range(num_images)
+    ]
+
+
+def render_scene(
+    cutout: np.ndarray,
+    place: SubjectPlacement,
+    size: tuple[int, int],
+    *,
+    prompt: str | None,
+    reference: np.ndarray | None,
+    seed: int,
+    variant: int = 0,
+) -> np.ndarray:
+    """One RGB scene (uint8, ``size`` = width x height): the cutout placed by ``place`` on a
+    studio backdrop in the prompt's colours and material, or on ``reference`` cover-fitted,
+    with a contact shadow. The same inputs, seed and variant give the same bytes."""
+    w, h = size
+    rng = np.random.default_rng([seed, variant, 2])
+    if reference is None:
+        background = _studio_backdrop(parse_prompt_palette(prompt or ""), h, w, rng)
+    else:
+        background = _cover_fit(reference, h, w, rng)
+    return _compose(cutout, background, place, rng)
