@@ -44,6 +44,7 @@ from .checks import (
 )
 from .io_manager import read_records, read_table
 from .metadata import definition_metadata, materialization_metadata
+from .report_metadata import audit_report_metadata
 from .resource import BriaResource
 from .storage_access import guarded, resolve_journal_url
 
@@ -378,8 +379,8 @@ def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.A
         written = write_audit_report(storage, context.partition_key, pipeline=pipeline.name)
         settings = pipeline.settings
         return dg.MaterializeResult(
-            metadata=written.metadata(
-                url_base=settings.report_url_base, products=settings.preview_rows
+            metadata=audit_report_metadata(
+                written, url_base=settings.report_url_base, products=settings.preview_rows
             )
         )
 
