@@ -167,19 +167,18 @@ def build_product_image_assets(
     return assets
 
 
+_SPEC_FIELDS = ("key", "description", "group_name", "owners", "tags", "kinds")
+"""What an asset takes from its translated spec as it is."""
+
+
 def _spec_args(pipeline: "PipelineIdentity", spec: dg.AssetSpec) -> dict[str, Any]:
     """What every pipeline asset takes from its translated spec, and its partitions and
     code version (the caller adds metadata, checks, IO manager, inputs)."""
-    return dict(
-        key=spec.key,
-        description=spec.description,
-        group_name=spec.group_name,
-        owners=spec.owners,
-        tags=spec.tags,
-        kinds=spec.kinds,
-        partitions_def=pipeline.partitions_def,
-        code_version=__version__,
-    )
+    return {
+        **{name: getattr(spec, name) for name in _SPEC_FIELDS},
+        "partitions_def": pipeline.partitions_def,
+        "code_version": __version__,
+    }
 
 
 def _packshot_assets(
