@@ -28,17 +28,20 @@ DEFAULT_PIPELINE_NAME = "product_images"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
+class _DerivedName:
+    """A name the pipeline adds to a code location: its own ``name`` and a suffix."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    def __get__(self, pipeline: PipelineIdentity, owner: type | None = None) -> str:
+        return f"{pipeline.name}{self.suffix}"
+
+
 @dataclass(frozen=True)
 class PipelineIdentity:
-    """One product-image pipeline's identity (see :class:`ProductImagePipeline`).
-
-    Args:
-        name: names everything the pipeline adds (see the module docs); letters, digits
-            and ``_``, starting with a letter.
-        settings: what the steps do.
-        storage: a folder, an fsspec URL or a :class:`PipelineStorage`.
-        translator: how steps appear as assets (key, group, owners, tags, ...).
-    """
+    """One product-image pipeline's identity: the fields of :class:`ProductImagePipeline`
+    (documented there) and the names derived from them."""
 
     name: str = DEFAULT_PIPELINE_NAME
     settings: PipelineSettings = field(default_factory=PipelineSettings)
@@ -61,25 +64,11 @@ class PipelineIdentity:
         assert isinstance(self.storage, PipelineStorage)
         return self.storage
 
-    @property
-    def job_name(self) -> str:
-        return self.name
-
-    @property
-    def io_manager_key(self) -> str:
-        return f"{self.name}_io_manager"
-
-    @property
-    def sensor_name(self) -> str:
-        return f"{self.name}_catalog_sensor"
-
-    @property
-    def retry_schedule_name(self) -> str:
-        return f"{self.name}_retry_failed_daily"
-
-    @property
-    def refresh_schedule_name(self) -> str:
-        return f"{self.name}_refresh_weekly"
+    job_name = _DerivedName("")
+    io_manager_key = _DerivedName("_io_manager")
+    sensor_name = _DerivedName("_catalog_sensor")
+    retry_schedule_name = _DerivedName("_retry_failed_daily")
+    refresh_schedule_name = _DerivedName("_refresh_weekly")
 
     @property
     def partitions_def(self) -> dg.DynamicPartitionsDefinition:
