@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
-from ..client.endpoints import endpoint_for
+from ..client.contracts import endpoint_for
 from ..errors import ConfigurationError
 from ..records.storage import PipelineStorage
 from ..steps.settings import PipelineSettings
