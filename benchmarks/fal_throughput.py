@@ -60,7 +60,7 @@ def client_batch(n: int, concurrency: int, offset: int) -> dict[str, Any]:
     import asyncio
 
     from bria_dagster.client.backends.fal import FalBackend
-    from bria_dagster.client.endpoints import RemoveBackgroundRequest
+    from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
     from bria_dagster.client.runner import run_batch
 
     photos = _inputs(n, offset)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bria_dagster.client.backends.fal import FalBackend
-from bria_dagster.client.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
 from bria_dagster.client.retry import RetryPolicy
 from bria_dagster.client.runner import run_batch
 from bria_dagster.engine.synthetic import make_product_photo

@@ -17,12 +17,10 @@ import pytest
 from PIL import Image
 
 from bria_dagster.client.backends.fal import FalBackend
-from bria_dagster.client.endpoints import (
-    ExpandRequest,
-    RemoveBackgroundRequest,
-    ReplaceBackgroundRequest,
-    request_fingerprint,
-)
+from bria_dagster.client.contracts.expand import ExpandRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
+from bria_dagster.client.contracts.replace import ReplaceBackgroundRequest
+from bria_dagster.client.fingerprint import request_fingerprint
 from bria_dagster.client.images import to_data_uri
 from bria_dagster.client.journal import RequestJournal
 from bria_dagster.client.retry import RetryPolicy

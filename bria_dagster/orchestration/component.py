@@ -52,7 +52,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..client.endpoints import PriceTable
+from ..client.prices import PriceTable
 from ..errors import ConfigurationError, SecretInConfigError
 from ..steps.packshot import PackshotSettings
 from ..steps.registry import all_steps

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from ...client.endpoints import AspectRatio, AspectRatioName, ExpandRequest
+from ...client.contracts.expand import AspectRatio, AspectRatioName, ExpandRequest
 from ...errors import BriaError
 from ..step import Step
 

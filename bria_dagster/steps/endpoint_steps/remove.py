@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...client.endpoints import RemoveBackgroundRequest
+from ...client.contracts.remove import RemoveBackgroundRequest
 from ..step import SOURCE, Step
 
 if TYPE_CHECKING:

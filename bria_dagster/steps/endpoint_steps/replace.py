@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from ...client.endpoints import ReplaceBackgroundRequest
+from ...client.contracts.replace import ReplaceBackgroundRequest
 from ...errors import BriaError
 from ..step import Step
 
