@@ -15,6 +15,7 @@ from bria_dagster import ProductImagesComponent
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import SecretInConfigError
 from bria_dagster.orchestration.io_manager import read_table, table_path
+from bria_dagster.steps.registry import step_names
 
 TYPE = "bria_dagster.ProductImagesComponent"
 
@@ -317,8 +318,9 @@ def test_the_readme_example_resolves(tmp_path):
 
 def test_steps_and_aspect_ratios_are_enums_in_the_schema_and_at_load(loaded):
     schema = ProductImagesComponent.get_model_cls().model_json_schema()
+    names = [repr(name) for name in step_names()]
     for field, values in (
-        ("steps", ["remove", "replace", "expand"]),
+        ("steps", list(step_names())),
         ("aspect_ratios", ["1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9"]),
     ):
         # `if` a template string (or null) `else` the list: dg check yaml then names the
@@ -326,7 +328,7 @@ def test_steps_and_aspect_ratios_are_enums_in_the_schema_and_at_load(loaded):
         assert schema["properties"][field]["else"]["items"]["enum"] == values
     # Loaded anyway (dg check defs): pydantic's error names the allowed values too.
     for attributes, allowed in (
-        ({"steps": ["replce"]}, "Input should be 'remove', 'replace' or 'expand'"),
+        ({"steps": ["replce"]}, f"Input should be {', '.join(names[:-1])} or {names[-1]}"),
         ({"aspect_ratios": ["4x5"]}, "Input should be '1:1', '2:3', '3:2', '3:4', '4:3', "),
     ):
         with pytest.raises(Exception) as info:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import bria_dagster
+from bria_dagster.steps.registry import step_names
 from tests.test_component import write_batch
 
 DG = Path(sys.executable).with_name("dg")
@@ -274,7 +275,7 @@ def test_dg_check_yaml_names_a_bad_step_or_aspect_ratio_and_the_allowed_ones(tmp
     output = check.stdout + check.stderr
     assert check.returncode == 1, output
     for expected in (
-        "attributes.steps.1 'replce' is not one of ['remove', 'replace', 'expand']",
+        f"attributes.steps.1 'replce' is not one of {list(step_names())}",
         "attributes.aspect_ratios.1 '4x5' is not one of ['1:1', '2:3', '3:2', '3:4', '4:3', "
         "'4:5', '5:4', '9:16', '16:9']",
     ):
