@@ -84,7 +84,10 @@ class StepPlanner:
         """The jobs ``row`` needs in this step (failed ones for a failed parent)."""
         parent = Parent(row, catalog_of(row), self.settings, self.step, self._planner)
         if row["status"] != FAILED:
-            return self.step.plan(parent)
+            try:
+                return self.step.plan(parent)
+            except BriaError as exc:  # e.g. a template naming a column the row lacks
+                return [parent.failed(variant, exc) for variant in self.step.variants(parent)]
         message = (
             row["error_message"]
             if row["error_class"] == UPSTREAM_FAILED

@@ -49,7 +49,8 @@ class Step:
     """What its asset holds, for the Dagster UI."""
     plan: Callable[[Parent], list[Job]]
     """The jobs of one ok parent row: each a request (``parent.request``) or a failure
-    (``parent.failed``), one per output variant."""
+    (``parent.failed``), one per output variant. A :class:`~bria_dagster.errors.BriaError`
+    it raises fails every variant of the row (the batch goes on)."""
     variants: Callable[[Parent], list[str]]
     """The variants a parent row would have had: a failed parent records each as
     ``UpstreamFailed``, so every sku stays accounted for in every step."""

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from ...client.contracts.replace import ReplaceBackgroundRequest
-from ...errors import BriaError
 from ..step import Step
 
 if TYPE_CHECKING:
@@ -44,12 +43,9 @@ def _plan(parent: Parent) -> list[Job]:
     if ref:
         arguments["ref_image_url"] = ref
     else:
-        try:
-            arguments["prompt"] = catalog.prompt or catalog.fill(
-                settings.prompt_template, "prompt_template"
-            )
-        except BriaError as exc:
-            return [parent.failed("scene", exc)]
+        arguments["prompt"] = catalog.prompt or catalog.fill(
+            settings.prompt_template, "prompt_template"
+        )
     return [parent.request("scene", arguments)]
 
 
