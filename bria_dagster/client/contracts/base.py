@@ -188,6 +188,24 @@ class LocalInputs:
     """The backend's matting (its ONNX model when configured): an RGBA array."""
     max_pixels: int
 
+    def subject(self) -> np.ndarray:
+        """``image_url`` as an RGBA cutout: a real alpha channel is kept (the endpoint
+        takes a photo or a cutout), anything else is matted."""
+        import numpy as np
+
+        image = self.images["image_url"]
+        rgba = np.asarray(image) if image.mode == "RGBA" else None
+        if rgba is None or int(rgba[..., 3].min()) == 255:
+            rgba = self.cutout(image)
+        return rgba
+
+    def rgb(self, name: str) -> np.ndarray | None:
+        """Input ``name`` (``ref_image_url``, ...) as an RGB array; ``None`` when not given."""
+        import numpy as np
+
+        image = self.images.get(name)
+        return None if image is None else np.asarray(image.convert("RGB"))
+
 
 LocalRenderer = Callable[[Any, LocalInputs], list[tuple[bytes, str]]]
 """``(request, inputs) -> [(image bytes, content type), ...]``: an endpoint on the engine."""

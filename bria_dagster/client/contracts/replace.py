@@ -83,21 +83,14 @@ class ReplaceBackgroundResponse(BriaResponse):
 
 
 def render_local(request: ReplaceBackgroundRequest, inputs: LocalInputs) -> list[tuple[bytes, str]]:
-    """A generated scene behind the subject: a real alpha channel is kept, else matted."""
-    import numpy as np
-
+    """A generated scene behind the subject (see :meth:`LocalInputs.subject`)."""
     from ...engine import scene
     from ..images import encode_array
 
-    image = inputs.images["image_url"]
-    rgba = np.asarray(image) if image.mode == "RGBA" else None
-    if rgba is None or int(rgba[..., 3].min()) == 255:
-        rgba = inputs.cutout(image)
-    reference = inputs.images.get("ref_image_url")
     scenes = scene.replace_background(
-        rgba,
+        inputs.subject(),
         prompt=request.prompt,
-        reference=None if reference is None else np.asarray(reference.convert("RGB")),
+        reference=inputs.rgb("ref_image_url"),
         seed=inputs.seed,
         num_images=request.num_images,
     )
