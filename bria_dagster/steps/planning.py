@@ -2,14 +2,14 @@
 
 A parent row is a record of the step before (a source, a cutout, a scene). The step's
 module (:class:`~bria_dagster.steps.step.Step`) plans its requests from a
-:class:`Parent`: the row, its catalog row (whose columns override the pipeline's
-defaults) and the settings. A failed parent becomes one failed job per variant it would
-have had (``UpstreamFailed``), so every sku stays accounted for in every step.
+:class:`~bria_dagster.steps.step.Parent`: the row, its catalog row (whose columns
+override the pipeline's defaults) and the settings. A failed parent becomes one failed
+job per variant it would have had (``UpstreamFailed``), so every sku stays accounted for
+in every step.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BriaError
@@ -17,9 +17,9 @@ from ..records.schema import FAILED, UPSTREAM_FAILED
 from .catalog import CatalogRow
 from .registry import step_named
 from .rows import PARSED_CATALOG, Job, RequestPlanner
-from .step import Step
+from .step import Parent, Step
 
-__all__ = ["Job", "Parent", "StepPlanner", "catalog_of"]
+__all__ = ["StepPlanner", "catalog_of"]
 
 
 def catalog_of(row: dict[str, Any]) -> CatalogRow:
@@ -29,47 +29,6 @@ def catalog_of(row: dict[str, Any]) -> CatalogRow:
     if parsed is None:
         parsed = row[PARSED_CATALOG] = CatalogRow.from_json(row.get("catalog_row"))
     return parsed
-
-
-@dataclass(frozen=True)
-class Parent:
-    """One parent row as a step's ``plan`` and ``variants`` see it."""
-
-    row: dict[str, Any]
-    catalog: CatalogRow
-    settings: Any
-    """The pipeline's :class:`~bria_dagster.steps.settings.PipelineSettings` (every step's
-    own settings fields included)."""
-    step: Step
-    planner: RequestPlanner
-
-    @property
-    def sku(self) -> str:
-        return str(self.row["sku"])
-
-    @property
-    def variant(self) -> str:
-        """The parent row's variant (``cutout``, ``scene#1``, ...)."""
-        return str(self.row["variant"])
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """The parent image's width and height."""
-        return int(self.row["width"]), int(self.row["height"])
-
-    @property
-    def seed(self) -> int | None:
-        """The catalog row's seed, else the settings' default seed."""
-        return self.catalog.seed if self.catalog.seed is not None else self.settings.seed
-
-    def request(self, variant: str, arguments: dict[str, Any]) -> Job:
-        """A job for ``variant``: ``arguments`` validated against the step's contract (once
-        per distinct set of arguments in the run) and fingerprinted with the parent image."""
-        return self.planner.plan(self.sku, variant, self.row, self.step.endpoint, arguments)
-
-    def failed(self, variant: str, error: BriaError) -> Job:
-        """A job for ``variant`` that failed before any call (it becomes a failed record)."""
-        return Job(self.sku, variant, self.row, error=error)
 
 
 class StepPlanner:

@@ -17,18 +17,64 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from .planning import Job, Parent
+    from ..errors import BriaError
+    from .catalog import CatalogRow
+    from .rows import Job, RequestPlanner
 
-__all__ = ["SOURCE", "Step"]
+__all__ = ["SOURCE", "Parent", "Step"]
 
 SOURCE = "source"
 """The step name of the catalog's source images: the parent of a step that starts from
 them (no module declares it; the catalog ingest makes its records)."""
+
+
+@dataclass(frozen=True)
+class Parent:
+    """One parent row as a step's ``plan`` and ``variants`` see it (built by
+    :class:`~bria_dagster.steps.planning.StepPlanner`)."""
+
+    row: dict[str, Any]
+    catalog: CatalogRow
+    settings: Any
+    """The pipeline's :class:`~bria_dagster.steps.settings.PipelineSettings` (every step's
+    own settings fields included)."""
+    step: Step
+    planner: RequestPlanner
+
+    @property
+    def sku(self) -> str:
+        return str(self.row["sku"])
+
+    @property
+    def variant(self) -> str:
+        """The parent row's variant (``cutout``, ``scene#1``, ...)."""
+        return str(self.row["variant"])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The parent image's width and height."""
+        return int(self.row["width"]), int(self.row["height"])
+
+    @property
+    def seed(self) -> int | None:
+        """The catalog row's seed, else the settings' default seed."""
+        return self.catalog.seed if self.catalog.seed is not None else self.settings.seed
+
+    def request(self, variant: str, arguments: dict[str, Any]) -> Job:
+        """A job for ``variant``: ``arguments`` validated against the step's contract (once
+        per distinct set of arguments in the run) and fingerprinted with the parent image."""
+        return self.planner.plan(self.sku, variant, self.row, self.step.endpoint, arguments)
+
+    def failed(self, variant: str, error: BriaError) -> Job:
+        """A job for ``variant`` that failed before any call (it becomes a failed record)."""
+        from .rows import Job  # a job's module reads records: imported when planning
+
+        return Job(self.sku, variant, self.row, error=error)
 
 
 @dataclass(frozen=True)

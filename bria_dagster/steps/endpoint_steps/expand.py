@@ -8,10 +8,10 @@ from pydantic import BaseModel, Field, field_validator
 
 from ...client.contracts.expand import AspectRatio, AspectRatioName, ExpandRequest
 from ...errors import BriaError
-from ..step import Step
+from ..step import Parent, Step
 
 if TYPE_CHECKING:
-    from ..planning import Job, Parent
+    from ..rows import Job
 
 __all__ = ["STEP", "ExpandSettings"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...client.contracts.remove import RemoveBackgroundRequest
-from ..step import SOURCE, Step
+from ..step import SOURCE, Parent, Step
 
 if TYPE_CHECKING:
-    from ..planning import Job, Parent
+    from ..rows import Job
 
 __all__ = ["STEP"]
 

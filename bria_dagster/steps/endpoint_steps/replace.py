@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from ...client.contracts.replace import ReplaceBackgroundRequest
-from ..step import Step
+from ..step import Parent, Step
 
 if TYPE_CHECKING:
-    from ..planning import Job, Parent
+    from ..rows import Job
 
 __all__ = ["STEP", "ReplaceSettings"]
 
