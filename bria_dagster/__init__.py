@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
+    "BriaClient": "client.client",
     "BriaError": "errors",
     "BriaResource": "orchestration.resource",
     "BriaStepProps": "orchestration.translator",
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "IMAGE_RECORD_SCHEMA",
     "REFRESH_TAG",
+    "BriaClient",
     "BriaError",
     "BriaResource",
     "BriaStepProps",
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .client.client import BriaClient
     from .errors import (
         BriaError,
         BudgetExceededError,

@@ -452,7 +452,7 @@ def _image_steps(
                     )
                     for step in group
                 ],
-                bria,
+                bria.get_client(context),
                 store,
                 journal=journal,
                 log=context.log.info,
