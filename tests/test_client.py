@@ -13,7 +13,7 @@ import pytest
 
 from bria_dagster import BriaClient
 from bria_dagster.client.contracts import build_request
-from bria_dagster.client.fetch import FetchPolicy
+from bria_dagster.client.fetch_policy import FetchPolicy
 from bria_dagster.client.images import decode_image
 from bria_dagster.client.prices import PriceTable
 from bria_dagster.engine.synthetic import make_product_photo

@@ -31,7 +31,7 @@ from .backends.base import Backend, BackendResult
 from .contracts import build_request
 from .contracts.base import BriaRequest, ImageInput
 from .contracts.expand import AspectRatio, ExpandRequest
-from .fetch import FetchPolicy
+from .fetch_policy import FetchPolicy
 from .noop import unchanged_expansion
 from .prices import LIST_PRICES, PriceTable
 from .retry import RetryPolicy

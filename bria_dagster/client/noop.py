@@ -20,7 +20,8 @@ from ..records.schema import NOOP_BACKEND
 from .backends.base import BackendResult, OutputImage
 from .contracts.base import BriaRequest, Image
 from .contracts.expand import ExpandRequest, ExpandResponse
-from .fetch import FetchPolicy, fetch_bytes
+from .fetch import fetch_bytes
+from .fetch_policy import FetchPolicy
 from .images import sniff_content_type, to_data_uri
 
 __all__ = ["unchanged_expansion"]

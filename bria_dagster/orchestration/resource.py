@@ -22,7 +22,7 @@ from pydantic import Field, PrivateAttr, create_model
 from ..client.backends.base import BackendResult
 from ..client.client import BriaClient, ExpandArguments, ReplaceArguments, selected_backend
 from ..client.contracts.base import ImageInput
-from ..client.fetch import FetchPolicy
+from ..client.fetch_policy import FetchPolicy
 from ..client.prices import PriceTable
 from ..client.retry import RetryPolicy
 from ..client.runner import Usage

@@ -3,7 +3,7 @@
 Takes the same validated requests, returns the same fal-shaped responses, with
 outputs written as files (``file://`` URLs) or, with ``sync_mode``, data URIs.
 Runs with no key and no network: inputs are fetched from http(s)/file/data URLs
-under a :class:`~bria_dagster.client.fetch.FetchPolicy`, and the image work runs in
+under a :class:`~bria_dagster.client.fetch_policy.FetchPolicy`, and the image work runs in
 worker threads (OpenCV and NumPy release the GIL).
 """
 
@@ -28,7 +28,8 @@ from ...engine import matte
 from ...errors import BriaError, EngineError
 from ..contracts import endpoint_for
 from ..contracts.base import BriaRequest, Image, LocalInputs
-from ..fetch import FetchPolicy, fetch_bytes
+from ..fetch import fetch_bytes
+from ..fetch_policy import FetchPolicy
 from ..images import decode_image, to_data_uri
 from ..journal import RequestJournal
 from .base import BackendResult, OutputImage
