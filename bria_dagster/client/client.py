@@ -38,7 +38,14 @@ from .retry import RetryPolicy
 from .runner import BatchProgress, ItemOutcome, Usage, run_batch
 from .session import BriaSession, SessionCall
 
-__all__ = ["BriaClient", "ExpandArguments", "ReplaceArguments", "selected_backend"]
+__all__ = [
+    "BatchOptions",
+    "BriaClient",
+    "ExpandArguments",
+    "RemoveArguments",
+    "ReplaceArguments",
+    "selected_backend",
+]
 
 BackendChoice = Literal["auto", "fal", "local"]
 SINGLE_CALL_JOURNAL = ".bria_journal.sqlite"
@@ -47,6 +54,23 @@ OUTCOME_THREADS = 4
 """Outcomes of a batch handled at once (``on_outcome`` must be thread-safe)."""
 
 Items = Iterable[tuple[Hashable, BriaRequest]] | AsyncIterable[tuple[Hashable, BriaRequest]]
+
+
+class BatchOptions(TypedDict, total=False):
+    """:meth:`BriaClient.run_batch`'s options."""
+
+    total: int | None
+    """How many items there are, for progress (``None``: unknown)."""
+    on_progress: Callable[[BatchProgress], None] | None
+    """Called with a :class:`BatchProgress` after every completed item."""
+    journal: str | None
+    """The batch's request journal (a path, ``sqlite:///``, ``postgresql://``)."""
+
+
+class RemoveArguments(TypedDict, total=False):
+    """:meth:`BriaClient.remove_background`'s options (omitted: fal's default)."""
+
+    sync_mode: bool
 
 
 class ReplaceArguments(TypedDict, total=False):
@@ -272,10 +296,7 @@ class BriaClient:
         self,
         items: Items,
         on_outcome: Callable[[ItemOutcome], None],
-        *,
-        total: int | None = None,
-        on_progress: Callable[[BatchProgress], None] | None = None,
-        journal: str | None = None,
+        **options: Unpack[BatchOptions],
     ) -> Usage:
         """Run requests with bounded concurrency; ``on_outcome`` sees each as it completes
         (in a worker thread; several may run at once).
@@ -284,9 +305,7 @@ class BriaClient:
         steps, :class:`~bria_dagster.steps.chain.StepChain`); it is consumed on the session
         loop. ``journal``: the batch's request journal. Returns the batch's usage.
         """
-        return self.start_batch(
-            items, on_outcome, total=total, on_progress=on_progress, journal=journal
-        ).result()
+        return self.start_batch(items, on_outcome, **options).result()
 
     def start_batch(
         self,
@@ -366,15 +385,17 @@ class BriaClient:
         self._count(result)
         return result
 
-    def remove_background(self, image_url: ImageInput, *, sync_mode: bool = False) -> BackendResult:
+    def remove_background(
+        self, image_url: ImageInput, **options: Unpack[RemoveArguments]
+    ) -> BackendResult:
         """Cut the subject out of ``image_url`` (URL, path or bytes): one RGBA PNG."""
-        return self.call("remove", image_url=image_url, sync_mode=sync_mode)
+        return self.call("remove", image_url=image_url, **_request_arguments(dict(options)))
 
     async def aremove_background(
-        self, image_url: ImageInput, *, sync_mode: bool = False
+        self, image_url: ImageInput, **options: Unpack[RemoveArguments]
     ) -> BackendResult:
         """:meth:`remove_background`, awaitable."""
-        return await self.acall("remove", image_url=image_url, sync_mode=sync_mode)
+        return await self.acall("remove", image_url=image_url, **_request_arguments(dict(options)))
 
     def replace_background(
         self, image_url: ImageInput, **options: Unpack[ReplaceArguments]

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Literal, Unpack
+from typing import Literal, TypedDict, Unpack
 
 import dagster as dg
 from pydantic import Field, PrivateAttr, create_model
 
 from ..client.backends.base import BackendResult
-from ..client.client import BriaClient, ExpandArguments, ReplaceArguments, selected_backend
+from ..client.client import (
+    BriaClient,
+    ExpandArguments,
+    RemoveArguments,
+    ReplaceArguments,
+    selected_backend,
+)
 from ..client.contracts.base import ImageInput
 from ..client.fetch_policy import FetchPolicy
 from ..client.prices import PriceTable
@@ -32,6 +38,24 @@ from ..records.schema import NOOP_BACKEND
 __all__ = ["BriaResource", "PriceSettings"]
 
 AnyContext = dg.OpExecutionContext | dg.AssetExecutionContext
+
+
+class _InAsset(TypedDict, total=False):
+    context: AnyContext | None
+    """The calling op's or asset's context: the call's usage lands in its metadata."""
+
+
+class RemoveInAsset(RemoveArguments, _InAsset, total=False):
+    """:meth:`BriaResource.remove_background`'s options."""
+
+
+class ReplaceInAsset(ReplaceArguments, _InAsset, total=False):
+    """:meth:`BriaResource.replace_background`'s options."""
+
+
+class ExpandInAsset(ExpandArguments, _InAsset, total=False):
+    """:meth:`BriaResource.expand_image`'s options."""
+
 
 PriceSettings = create_model(
     "PriceSettings",
@@ -234,60 +258,45 @@ class BriaResource(dg.ConfigurableResource):
         return result
 
     def remove_background(
-        self, image_url: ImageInput, *, sync_mode: bool = False, context: AnyContext | None = None
+        self, image_url: ImageInput, **options: Unpack[RemoveInAsset]
     ) -> BackendResult:
         """Cut the subject out of ``image_url`` (URL, path or bytes): one RGBA PNG."""
-        return self._record(
-            context, self.client().remove_background(image_url, sync_mode=sync_mode)
-        )
+        context = options.pop("context", None)
+        return self._record(context, self.client().remove_background(image_url, **options))
 
     async def aremove_background(
-        self, image_url: ImageInput, *, sync_mode: bool = False, context: AnyContext | None = None
+        self, image_url: ImageInput, **options: Unpack[RemoveInAsset]
     ) -> BackendResult:
         """:meth:`remove_background`, awaitable from an ``async def`` asset."""
-        result = await self.client().aremove_background(image_url, sync_mode=sync_mode)
-        return self._record(context, result)
+        context = options.pop("context", None)
+        return self._record(context, await self.client().aremove_background(image_url, **options))
 
     def replace_background(
-        self,
-        image_url: ImageInput,
-        *,
-        context: AnyContext | None = None,
-        **options: Unpack[ReplaceArguments],
+        self, image_url: ImageInput, **options: Unpack[ReplaceInAsset]
     ) -> BackendResult:
         """A new background from ``prompt`` or ``ref_image_url`` (exactly one); 1-4 images
         (:meth:`BriaClient.replace_background`)."""
+        context = options.pop("context", None)
         return self._record(context, self.client().replace_background(image_url, **options))
 
     async def areplace_background(
-        self,
-        image_url: ImageInput,
-        *,
-        context: AnyContext | None = None,
-        **options: Unpack[ReplaceArguments],
+        self, image_url: ImageInput, **options: Unpack[ReplaceInAsset]
     ) -> BackendResult:
         """:meth:`replace_background`, awaitable from an ``async def`` asset."""
-        result = await self.client().areplace_background(image_url, **options)
-        return self._record(context, result)
+        context = options.pop("context", None)
+        return self._record(context, await self.client().areplace_background(image_url, **options))
 
     def expand_image(
-        self,
-        image_url: ImageInput,
-        *,
-        context: AnyContext | None = None,
-        **options: Unpack[ExpandArguments],
+        self, image_url: ImageInput, **options: Unpack[ExpandInAsset]
     ) -> BackendResult:
         """Grow the canvas to ``aspect_ratio`` (centred, wins) or ``canvas_size`` with the
         original's size and location; the new area is filled (:meth:`BriaClient.expand_image`)."""
+        context = options.pop("context", None)
         return self._record(context, self.client().expand_image(image_url, **options))
 
     async def aexpand_image(
-        self,
-        image_url: ImageInput,
-        *,
-        context: AnyContext | None = None,
-        **options: Unpack[ExpandArguments],
+        self, image_url: ImageInput, **options: Unpack[ExpandInAsset]
     ) -> BackendResult:
         """:meth:`expand_image`, awaitable from an ``async def`` asset."""
-        result = await self.client().aexpand_image(image_url, **options)
-        return self._record(context, result)
+        context = options.pop("context", None)
+        return self._record(context, await self.client().aexpand_image(image_url, **options))
