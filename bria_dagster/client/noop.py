@@ -3,7 +3,7 @@
 An expansion whose canvas is the image's own size, with the image unresized at (0, 0)
 (a square image to ``1:1``), returns the image as it is: on fal that is still a paid
 call. The pipeline records such a request instead of sending it (``planning``); this
-module does the same for the single-image calls (``BriaResource.expand_image``) when the
+module does the same for the single-image calls (``BriaClient.expand_image``) when the
 input is at hand (bytes, a ``data:`` URI or a local file). An ``http(s)``, ``s3`` or
 ``gs`` input is sent as it is: learning its size would mean downloading it here too.
 """
