@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.fal_server import reserve_port
+from .ports import reserve_port
 
 __all__ = ["PostgresTestServer"]
 
@@ -30,7 +30,9 @@ def _wheel_install() -> Path:
     sets up a lock folder under XDG_RUNTIME_DIR)."""
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the tests need the pgserver wheel: pip install -e '.[dev]'")
+        raise RuntimeError(
+            "PostgresTestServer needs the pgserver wheel: pip install 'bria-dagster[testing]'"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 
