@@ -165,6 +165,16 @@ class JobQueue:
             headers={"x-fal-request-id": request_id},
         )
 
+    def _admit(self, request: web.Request, op: str) -> str | web.StreamResponse:
+        """Count a ``status`` or ``result`` call; its API key, or the answer that ends it
+        (401, or an injected fault)."""
+        self._state.count(f"{op}_calls")
+        key = auth_key(request)
+        if key is None:
+            return self._state.unauthorized(op)
+        fault = self._state.fault(request, op)
+        return key if fault is None else fault
+
     def _find(self, prefix: list[str], request_id: str, key: str) -> _Job:
         job = self._jobs.get(request_id)
         app = "/".join(prefix)
@@ -176,13 +186,9 @@ class JobQueue:
         return job
 
     async def status(self, request: web.Request, prefix: list[str], rid: str) -> web.StreamResponse:
-        self._state.count("status_calls")
-        key = auth_key(request)
-        if key is None:
-            return self._state.unauthorized("status")
-        fault = self._state.fault(request, "status")
-        if fault is not None:
-            return fault
+        key = self._admit(request, "status")
+        if not isinstance(key, str):
+            return key
         job = self._find(prefix, rid, key)
         with_logs = request.query.get("logs", "").lower() in ("true", "1")
         logs: list[dict[str, Any]] | None = [] if with_logs else None
@@ -202,13 +208,9 @@ class JobQueue:
         return json_response(body, headers={"x-fal-request-id": rid})
 
     async def result(self, request: web.Request, prefix: list[str], rid: str) -> web.StreamResponse:
-        self._state.count("result_calls")
-        key = auth_key(request)
-        if key is None:
-            return self._state.unauthorized("result")
-        fault = self._state.fault(request, "result")
-        if fault is not None:
-            return fault
+        key = self._admit(request, "result")
+        if not isinstance(key, str):
+            return key
         job = self._find(prefix, rid, key)
         headers = {"x-fal-request-id": rid}
         if job.state != "COMPLETED":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import random
 import threading
+from collections import Counter
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -15,35 +16,36 @@ from .http import json_response
 __all__ = ["ServerState", "Stats"]
 
 
+@dataclass
 class Stats:
     """The counters behind :meth:`FalTestServer.stats` (replaced whole on reset)."""
 
-    def __init__(self) -> None:
-        self.submissions = 0
-        self.per_request: collections.Counter[str] = collections.Counter()
-        self.rejected_submissions = 0
-        self.completed = 0
-        self.failed = 0
-        self.cancelled = 0
-        self.billed_micro_usd = 0
-        self.billed_jobs = 0
-        self.max_in_progress_by_key: dict[str, int] = {}
-        self.max_outstanding_by_key: dict[str, int] = {}
-        self.status_calls = 0
-        self.result_calls = 0
-        self.cancel_calls = 0
-        self.file_gets = 0
-        self.uploads = 0
-        self.files_evicted = 0
-        self.unauthorized = 0
-        self.faults: collections.Counter[str] = collections.Counter()
-        self.faults_by_op: collections.Counter[str] = collections.Counter()
-        # Every HTTP attempt that reached an operation (faulted ones included), by op.
-        self.requests_by_op: collections.Counter[str] = collections.Counter()
-        self.requests_in_flight = 0
-        self.max_requests_in_flight = 0
-        self.connections: set[asyncio.BaseTransport] = set()  # client TCP connections seen
-        self.max_open_connections = 0
+    submissions: int = 0
+    per_request: Counter[str] = field(default_factory=Counter)
+    rejected_submissions: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    billed_micro_usd: int = 0
+    billed_jobs: int = 0
+    max_in_progress_by_key: dict[str, int] = field(default_factory=dict)
+    max_outstanding_by_key: dict[str, int] = field(default_factory=dict)
+    status_calls: int = 0
+    result_calls: int = 0
+    cancel_calls: int = 0
+    file_gets: int = 0
+    uploads: int = 0
+    files_evicted: int = 0
+    unauthorized: int = 0
+    faults: Counter[str] = field(default_factory=Counter)
+    faults_by_op: Counter[str] = field(default_factory=Counter)
+    # Every HTTP attempt that reached an operation (faulted ones included), by op.
+    requests_by_op: Counter[str] = field(default_factory=Counter)
+    requests_in_flight: int = 0
+    max_requests_in_flight: int = 0
+    # Client TCP connections seen.
+    connections: set[asyncio.BaseTransport] = field(default_factory=set)
+    max_open_connections: int = 0
 
 
 class ServerState:
