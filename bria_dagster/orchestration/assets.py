@@ -48,7 +48,7 @@ from .resource import BriaResource
 from .storage_access import guarded, resolve_journal_url
 
 if TYPE_CHECKING:
-    from .pipeline import ProductImagePipeline
+    from .identity import PipelineIdentity
 
 __all__ = [
     "REFRESH_TAG",
@@ -79,7 +79,7 @@ def find_catalog_file(catalog_dir: str, batch: str) -> str:
 
 
 def build_product_image_assets(
-    pipeline: "ProductImagePipeline", *, pool: str | None = "bria"
+    pipeline: "PipelineIdentity", *, pool: str | None = "bria"
 ) -> list[dg.AssetsDefinition]:
     """The assets of ``pipeline``: ``catalog_batch`` and the steps in ``settings.steps``.
 
@@ -269,7 +269,7 @@ def build_product_image_assets(
     return assets
 
 
-def _spec_args(pipeline: "ProductImagePipeline", spec: dg.AssetSpec) -> dict[str, Any]:
+def _spec_args(pipeline: "PipelineIdentity", spec: dg.AssetSpec) -> dict[str, Any]:
     """What every pipeline asset takes from its translated spec, and its partitions and
     code version (the caller adds metadata, checks, IO manager, inputs)."""
     return dict(
@@ -285,7 +285,7 @@ def _spec_args(pipeline: "ProductImagePipeline", spec: dg.AssetSpec) -> dict[str
 
 
 def _packshot_assets(
-    pipeline: "ProductImagePipeline",
+    pipeline: "PipelineIdentity",
     cutouts_key: dg.AssetKey,
     step_context: Callable[[AssetExecutionContext, str, dg.AssetKey], StepContext],
 ) -> list[dg.AssetsDefinition]:
@@ -365,7 +365,7 @@ def _packshot_assets(
     return [product_packshots, channel_exports]
 
 
-def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.AssetsDefinition:
+def _report_asset(pipeline: "PipelineIdentity", upstream: list[Any]) -> dg.AssetsDefinition:
     """``audit_report``: the batch's HTML audit report, linked from its metadata (an http
     link with ``report_url_base``), and what each product became (``products``)."""
     storage = pipeline.store
@@ -387,7 +387,7 @@ def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.A
 
 
 def _image_steps(
-    pipeline: "ProductImagePipeline",
+    pipeline: "PipelineIdentity",
     specs: dict[str, dg.AssetSpec],
     asset_args: Callable[[str], dict[str, Any]],
     step_context: Callable[[AssetExecutionContext, str, dg.AssetKey], StepContext],
@@ -493,7 +493,7 @@ def _in_run(context: AssetExecutionContext, key: dg.AssetKey) -> bool:
 
 
 def _fail_if_batch_failed(
-    context: AssetExecutionContext, pipeline: "ProductImagePipeline", frames: list[pd.DataFrame]
+    context: AssetExecutionContext, pipeline: "PipelineIdentity", frames: list[pd.DataFrame]
 ) -> None:
     """Raise the batch's ``dg.Failure`` when more than ``checks.fail_run_above`` of its
     products (or all of them) failed in ``frames`` (its step tables, in step order, already

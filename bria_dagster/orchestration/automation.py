@@ -32,7 +32,7 @@ from .batches import catalog_listing
 from .io_manager import read_table
 
 if TYPE_CHECKING:
-    from .pipeline import ProductImagePipeline
+    from .identity import PipelineIdentity
 
 __all__ = [
     "REFRESH_TAG",
@@ -133,7 +133,7 @@ def _hash_files(infos: dict[str, dict]) -> dict[str, str]:
 
 
 def build_catalog_sensor(
-    pipeline: ProductImagePipeline, *, minimum_interval_seconds: int = 60
+    pipeline: PipelineIdentity, *, minimum_interval_seconds: int = 60
 ) -> dg.SensorDefinition:
     """A sensor adding a partition and requesting a run for each new batch file.
 
@@ -279,7 +279,7 @@ def partitions_needing_retry(
 
 
 def build_retry_schedule(
-    pipeline: ProductImagePipeline, *, cron_schedule: str = "0 3 * * *"
+    pipeline: PipelineIdentity, *, cron_schedule: str = "0 3 * * *"
 ) -> dg.ScheduleDefinition:
     """Daily: a run for every partition with failed or missing rows (only those rows redo).
 
@@ -311,7 +311,7 @@ def build_retry_schedule(
 
 
 def build_refresh_schedule(
-    pipeline: ProductImagePipeline, *, cron_schedule: str = "0 4 * * 0"
+    pipeline: PipelineIdentity, *, cron_schedule: str = "0 4 * * 0"
 ) -> dg.ScheduleDefinition:
     """Re-runs every batch, re-fetching source images; unchanged outputs are reused."""
     partitions_name = pipeline.partitions_def.name
