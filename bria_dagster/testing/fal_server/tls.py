@@ -17,16 +17,23 @@ import ssl
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trustme
-
-if TYPE_CHECKING:
-    from .server import FalTestServer
 
 __all__ = ["ServerCertificate", "client_env", "point_fal_client_at"]
 
 _LOOPBACK = "127.0.0.1,localhost"
+
+
+class Served(Protocol):
+    """What :func:`point_fal_client_at` reads of a server (a ``FalTestServer``)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def ca_path(self) -> str: ...
 
 
 class ServerCertificate:
@@ -71,7 +78,7 @@ def client_env(port: int, ca_path: str, key: str) -> dict[str, str]:
     }
 
 
-def point_fal_client_at(server: FalTestServer) -> Callable[[], None]:
+def point_fal_client_at(server: Served) -> Callable[[], None]:
     """Aim an already imported ``fal_client`` at ``server``; returns an undo function.
 
     Sets the module's URL settings (``QUEUE_URL_FORMAT``, ``RUN_URL_FORMAT``,
