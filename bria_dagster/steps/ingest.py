@@ -24,7 +24,8 @@ import fsspec
 import httpx
 import pandas as pd
 
-from ..client.fetch import FetchPolicy, fetch_bytes, fetch_client
+from ..client.fetch import fetch_bytes, fetch_client
+from ..client.fetch_policy import FetchPolicy
 from ..client.images import decode_image, sniff_content_type
 from ..errors import BriaError, CatalogError
 from ..records.schema import FAILED, OK, REUSED, records_to_frame, reused_record
