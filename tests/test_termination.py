@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from bria_dagster.testing import FalServerProcess
 from tests.test_fault_soak import load_soak
 
 ROWS = 24
@@ -47,7 +48,7 @@ def terminate_and_rerun(tmp_path, on_terminate: str, sig: int = signal.SIGTERM) 
     )
     (partition,) = soak.write_batches(tmp_path, config)
     home = soak.make_home(tmp_path, [partition], pool_limit=1)
-    server = soak._server_class()(
+    server = FalServerProcess(
         tmp_path, key="term-key", latency=config.latency, max_in_progress=config.server_slots
     )
     try:
