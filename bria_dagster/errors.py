@@ -25,9 +25,12 @@ __all__ = [
     "FetchRefusedError",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "IndexUnavailableError",
+    "LineageNotFoundError",
     "OutputVerificationError",
     "PipelineChoiceError",
     "PresetError",
+    "RecordTableError",
     "RequestValidationError",
     "RetriesExhaustedError",
     "SecretInConfigError",
@@ -162,6 +165,20 @@ class StorageAccessError(BriaError, PermissionError):
         self.url = url
         self.action = action
         self.cause = redact(cause)
+
+
+class RecordTableError(BriaError):
+    """A record table under ``<base>/tables`` could not be read with the ImageRecord schema
+    (not Parquet, or columns of other types): only pipeline-written tables belong there."""
+
+
+class LineageNotFoundError(BriaError, LookupError):
+    """An image, sku or source named in a lineage query is not in the record tables."""
+
+
+class IndexUnavailableError(BriaError):
+    """The SQLite lineage index cannot be opened or written here (read-only store, corrupt
+    file); the tables themselves can still be read (``--no-index``)."""
 
 
 AWS_VARIABLES = (

@@ -21,7 +21,7 @@ import pytest
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
 from bria_dagster.cli import main
 from bria_dagster.lineage import index as lineage_index
-from bria_dagster.records.schema import records_to_frame
+from bria_dagster.records.tables import records_to_frame
 from tests.s3_server import AWS_ENV
 from tests.test_lineage import product_rows, sha, write_store
 from tests.test_pipeline import BATCH, CountingBackends, materialize, product, write_catalog

@@ -10,7 +10,8 @@ from bria_dagster import PipelineSettings
 from bria_dagster.client.endpoints import EXPAND, build_request, request_fingerprint
 from bria_dagster.engine.outpaint import plan_expand
 from bria_dagster.errors import RequestValidationError
-from bria_dagster.records.schema import NOOP_BACKEND, records_to_frame
+from bria_dagster.records.schema import NOOP_BACKEND
+from bria_dagster.records.tables import records_to_frame
 from bria_dagster.steps import rows as steps
 from bria_dagster.steps.planning import StepPlanner
 from bria_dagster.steps.rows import RequestPlanner

@@ -51,11 +51,17 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 from .._version import __version__
-from ..errors import BriaError, StorageAccessError, storage_access, storage_access_error
-from ..records.schema import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, UPSTREAM_FAILED
+from ..errors import (
+    BriaError,
+    RecordTableError,
+    StorageAccessError,
+    storage_access,
+    storage_access_error,
+)
+from ..records.schema import FAILED, OK, REUSED, STEP_ORDER, UPSTREAM_FAILED
 from ..records.schema import NOOP_BACKEND as NOOP
 from ..records.store import ImageStore
-from .index import STEP_ORDER, RecordTableError
+from ..records.tables import IMAGE_RECORD_SCHEMA
 
 if TYPE_CHECKING:
     from ..records.storage import PipelineStorage

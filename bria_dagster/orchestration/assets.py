@@ -25,8 +25,9 @@ from ..client.images import decode_image, sniff_content_type
 from ..errors import BriaError, CatalogError
 from ..lineage.report import write_audit_report
 from ..records.reuse import ReuseIndex
-from ..records.schema import FAILED, OK, REUSED, frame_rows, records_to_frame, reused_record
+from ..records.schema import FAILED, OK, REUSED, reused_record
 from ..records.storage import PipelineStorage
+from ..records.tables import frame_rows, read_records, read_table, records_to_frame
 from ..steps.catalog import FORMATS, load_catalog, row_json
 from ..steps.chain import ChainStep, StepChain
 from ..steps.export import export_channel
@@ -42,7 +43,6 @@ from .checks import (
     compliance_results,
     evaluate_checks,
 )
-from .io_manager import read_records, read_table
 from .metadata import definition_metadata, materialization_metadata
 from .resource import BriaResource
 from .storage_access import guarded, resolve_journal_url

@@ -33,8 +33,9 @@ import pandas as pd
 from ..client.endpoints import BriaRequest, PriceTable
 from ..client.runner import ItemOutcome
 from ..orchestration.resource import BriaResource
-from ..records.schema import FAILED, NOOP_BACKEND, OK, REUSED, records_to_frame
+from ..records.schema import FAILED, NOOP_BACKEND, OK, REUSED
 from ..records.store import ImageStore
+from ..records.tables import records_to_frame
 from .rows import (
     Job,
     StepContext,
