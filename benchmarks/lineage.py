@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bria_dagster.lineage import database as lineage_database  # noqa: E402
 from bria_dagster.lineage import index as lineage_index  # noqa: E402
 from bria_dagster.lineage.frame import load_records  # noqa: E402
 from bria_dagster.records.schema import INDEXED_COLUMNS  # noqa: E402
@@ -192,7 +193,7 @@ def indexed_section(base: Path, names: dict[str, str], records: int) -> bool:
     """Build the SQLite index, then time the CLI with and without it; True when it passes."""
     print()
     print("SQLite lineage index (the CLI's path for local bases)")
-    index_file = Path(lineage_index.index_path(base))
+    index_file = Path(lineage_database.index_path(base))
     for leftover in index_file.parent.glob(f"{index_file.name}*"):
         leftover.unlink()  # time a first build, not an earlier run's index
     start = time.perf_counter()

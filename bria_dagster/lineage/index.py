@@ -44,7 +44,7 @@ from .database import (
     uri_key,
 )
 from .resolve import ImageResolver, looks_like_sha
-from .sync import SyncStats, load_frame, sync_tables
+from .sync import SyncStats, load_table, sync_tables
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -142,7 +142,7 @@ class LineageIndex(ImageResolver):
         columns and ``created_at``), for rows that are not (yet) in a store."""
         conn = connect(":memory:")
         try:
-            stats = load_frame(conn, records)
+            stats = load_table(conn, records)
         except BaseException:
             conn.close()
             raise

@@ -30,10 +30,10 @@ from .database import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["FRAME_TABLE", "SyncStats", "insert_rows", "sync_tables"]
+__all__ = ["HELD_TABLE", "SyncStats", "load_table", "read_columns", "sync_tables"]
 
-FRAME_TABLE = "<records>"
-"""The ``tables`` entry of rows loaded from a frame rather than from a file."""
+HELD_TABLE = "<records>"
+"""The ``tables`` entry of rows a caller holds (not read from a file)."""
 _BULK_BELOW = 100_000  # rows kept from before: fewer, and indexes are rebuilt at the end
 _INSERT = "INSERT INTO records (id, created_us, {names}) VALUES ({marks})".format(
     names=", ".join((*INDEXED_COLUMNS, *KEY_COLUMNS)),
@@ -195,11 +195,11 @@ def delete_file(conn: sqlite3.Connection, file_id: int) -> None:
     conn.execute("DELETE FROM records WHERE id >= ? AND id < ?", (first, first + (1 << ROW_BITS)))
 
 
-def load_frame(conn: sqlite3.Connection, table: pa.Table) -> SyncStats:
-    """Load record rows that are not in a table file (a frame a caller holds) as one table."""
+def load_table(conn: sqlite3.Connection, table: pa.Table) -> SyncStats:
+    """Index record rows a caller holds (not in a table file), as one table."""
     start = time.perf_counter()
     conn.execute("BEGIN")
-    file_id = add_file(conn, FRAME_TABLE, table.num_rows)
+    file_id = add_file(conn, HELD_TABLE, table.num_rows)
     rows = insert_rows(conn, file_id, table)
     conn.execute("COMMIT")
     stats = SyncStats(tables=1, records=rows, rows_written=rows)
