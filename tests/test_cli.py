@@ -126,9 +126,9 @@ def test_demo_without_a_demo_module_says_so(monkeypatch, capsys):
     # and whether or not a test before this one imported it (which sets the package's
     # attribute, found by `from . import demo` before sys.modules is consulted).
     monkeypatch.setitem(sys.modules, "bria_dagster.cli.demo", None)
-    import bria_dagster
+    import bria_dagster.cli
 
-    monkeypatch.delattr(bria_dagster, "demo", raising=False)
+    monkeypatch.delattr(bria_dagster.cli, "demo", raising=False)
     assert main(["demo", "--base", "somewhere"]) == 2
     err = capsys.readouterr().err
     assert "bria_dagster.cli.demo" in err
@@ -145,9 +145,9 @@ def test_demo_delegates_with_the_base(monkeypatch, tmp_path):
     fake = types.ModuleType("bria_dagster.cli.demo")
     fake.main = fake_main
     monkeypatch.setitem(sys.modules, "bria_dagster.cli.demo", fake)
-    import bria_dagster
+    import bria_dagster.cli
 
-    monkeypatch.setattr(bria_dagster, "demo", fake, raising=False)
+    monkeypatch.setattr(bria_dagster.cli, "demo", fake, raising=False)
     assert main(["demo", "--base", str(tmp_path)]) == 0
     assert seen == {"base": str(tmp_path)}
 

@@ -50,6 +50,7 @@ from bria_dagster.lineage.report import (
     thumbnail_data_uri,
     write_audit_report,
 )
+from bria_dagster.orchestration.report_metadata import audit_report_metadata
 from bria_dagster.records.schema import reused_record
 from bria_dagster.records.store import ImageStore
 from bria_dagster.records.tables import frame_to_table, records_to_frame
@@ -389,7 +390,7 @@ def test_costs_a_later_step_and_shared_images(synthetic, monkeypatch):
         made.append(len(data))
         return original(data, px)
 
-    monkeypatch.setattr("bria_dagster.lineage.report.thumbnail_data_uri", counting)
+    monkeypatch.setattr("bria_dagster.lineage.report.thumbnails.thumbnail_data_uri", counting)
     report = write_audit_report(synthetic.base, "batch-1", thumbnail_px=120)
     text = Path(report.path).read_text()
     page = Page(text)
@@ -456,7 +457,7 @@ def test_thumbnails_reduce_big_jpegs_and_keep_transparency():
 
 def test_metadata_links_the_page_over_http_or_says_how_to_serve_it(runs):
     report = write_audit_report(runs.base, BATCH)
-    local = report.metadata()
+    local = audit_report_metadata(report)
     assert local["audit_report"].path == report.path  # a path: the UI copies it, no link
     hint = local["audit_report_open"].value
     reports = Path(runs.base) / "reports"
@@ -464,7 +465,7 @@ def test_metadata_links_the_page_over_http_or_says_how_to_serve_it(runs):
     assert f"http://127.0.0.1:8000/product_images/{BATCH}.html" in hint
     assert (reports / "product_images" / f"{BATCH}.html").is_file()
 
-    linked = report.metadata(url_base="https://audits.example.org/bria/")
+    linked = audit_report_metadata(report, url_base="https://audits.example.org/bria/")
     assert "audit_report_open" not in linked
     assert (
         linked["audit_report"].url == f"https://audits.example.org/bria/product_images/{BATCH}.html"
@@ -485,7 +486,9 @@ def test_metadata_links_the_page_over_http_or_says_how_to_serve_it(runs):
     assert by_sku["A1"][3] == f"`{cutout['image_sha256'][:10]}` {size} (1 reused)"
     assert "1 failed: FetchFailedError" in by_sku["A4"][2]
     assert by_sku["A3"][1] == "failed (2)" and "1 failed: FalRequestError" in by_sku["A3"][4]
-    assert report.metadata(products=2)["products"].value.startswith("**2 of 5 products**")
+    assert audit_report_metadata(report, products=2)["products"].value.startswith(
+        "**2 of 5 products**"
+    )
 
 
 def test_unknown_batch_names_the_batches_there_are(runs, synthetic):

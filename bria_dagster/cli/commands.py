@@ -186,10 +186,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _reuse(args, sys.stdout)
         return _lineage(args, sys.stdout)
     except BriaError as exc:
-        print(f"bria-dagster: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _error(str(exc))
     except BrokenPipeError:  # `... | head` closed the pipe: not an error worth a traceback
         return 0
+
+
+def _error(message: str) -> int:
+    """Say what went wrong on stderr, in one line; returns the usage exit status."""
+    print(f"bria-dagster: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _note(message: str) -> None:
+    """A remark beside the output, on stderr (stdout stays the answer)."""
+    print(f"bria-dagster: note: {message}", file=sys.stderr)
 
 
 def _demo(base: str) -> int:
@@ -197,12 +207,9 @@ def _demo(base: str) -> int:
         from . import demo
     except ImportError as exc:
         missing = "module bria_dagster.cli.demo is missing" if exc.name == DEMO_MODULE else exc
-        print(
-            f"bria-dagster: error: the demo cannot start ({missing}); "
-            "reinstall bria-dagster with its dependencies",
-            file=sys.stderr,
+        return _error(
+            f"the demo cannot start ({missing}); reinstall bria-dagster with its dependencies"
         )
-        return EXIT_USAGE
     result = demo.main(base=base)
     return result if isinstance(result, int) else 0
 
@@ -225,10 +232,9 @@ def _batches(args: argparse.Namespace, out: TextIO) -> int:
     for name in done.known:
         out.write(f"already there: {name} in {where}\n")
     if done.added and done.checked_in is None:
-        print(
-            f"bria-dagster: note: catalog files not checked (pipeline {pipeline.name} named "
-            "without its code location): give --catalog-dir DIR, or -f FILE / -m MODULE",
-            file=sys.stderr,
+        _note(
+            f"catalog files not checked (pipeline {pipeline.name} named without its code "
+            "location): give --catalog-dir DIR, or -f FILE / -m MODULE"
         )
     return 0
 
@@ -245,8 +251,7 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
     from ..lineage.report import write_audit_report
 
     if args.thumbnail_px < 16:
-        print("bria-dagster: error: --thumbnail-px must be at least 16", file=sys.stderr)
-        return EXIT_USAGE
+        return _error("--thumbnail-px must be at least 16")
     report = write_audit_report(
         args.base, args.batch, args.out, pipeline=args.pipeline, thumbnail_px=args.thumbnail_px
     )
@@ -256,10 +261,9 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
         f"cost {report.cost_usd:.4f} USD (list price {report.list_price_usd:.4f} USD)\n"
     )
     if report.missing_images:
-        print(
-            f"bria-dagster: note: {report.missing_images} image(s) named by the tables are "
-            "missing from the store (marked in the report)",
-            file=sys.stderr,
+        _note(
+            f"{report.missing_images} image(s) named by the tables are missing from the "
+            "store (marked in the report)"
         )
     return 0
 
@@ -269,7 +273,7 @@ def _lineage(args: argparse.Namespace, out: TextIO) -> int:
         return _report(args, out)
     from .lineage import run  # the SQLite index only: no pandas/pyarrow while it is current
 
-    return run(args, out)
+    return run(args, out, _note)
 
 
 if __name__ == "__main__":

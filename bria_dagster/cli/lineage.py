@@ -13,7 +13,7 @@ import io
 import json
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ..errors import IndexUnavailableError
@@ -57,26 +57,25 @@ PARAM_VALUE_WIDTH = 24
 PARAMS_WIDTH = 60
 
 
-def run(args: argparse.Namespace, out: TextIO) -> int:
+def run(args: argparse.Namespace, out: TextIO, note: Callable[[str], None]) -> int:
     """``lineage trace`` / ``lineage derived``: the answer of the base's cached index, or,
     when it cannot be used (``--no-index``, a read-only store, a failure mid-query), of
-    an index of the tables built in memory; the same rows either way."""
+    an index of the tables built in memory; the same rows either way. ``note`` says on
+    stderr why the tables were read instead."""
     if not args.no_index:
         # A local base's index is beside its tables, an fsspec URL's in the local cache.
         try:
             index = open_index(args.base, cache_dir=args.cache_dir)
         except IndexUnavailableError as exc:
-            print(f"bria-dagster: note: {exc}; reading the tables instead", file=sys.stderr)
+            note(f"{exc}; reading the tables instead")
         else:
             answer = io.StringIO()  # written out only once the index has answered whole
             try:
                 with index:
                     status = _answer(args, index, answer)
             except sqlite3.Error as exc:  # e.g. disk I/O error, locked past the timeout
-                print(
-                    f"bria-dagster: note: the lineage index failed during the query "
-                    f"({exc}); reading the tables instead",
-                    file=sys.stderr,
+                note(
+                    f"the lineage index failed during the query ({exc}); reading the tables instead"
                 )
                 return _from_tables(args, out)
             out.write(answer.getvalue())

@@ -5,35 +5,28 @@ checks) for one pipeline. Every asset's value is an ImageRecord table, one row
 per output image or failure, stored by :class:`ImageRecordIOManager`.
 """
 
-import asyncio
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import fsspec
-import httpx
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext
 
 from .._version import __version__
-from ..client.fetch import fetch_bytes, fetch_client
-from ..client.images import decode_image, sniff_content_type
 from ..errors import BriaError, CatalogError
 from ..lineage.report import write_audit_report
 from ..records.reuse import ReuseIndex
-from ..records.schema import FAILED, OK, REUSED, reused_record
+from ..records.schema import OK, REUSED
 from ..records.storage import PipelineStorage
-from ..records.tables import frame_rows, read_records, read_table, records_to_frame
-from ..steps.catalog import FORMATS, load_catalog, row_json
+from ..records.tables import frame_rows, read_records, read_table
 from ..steps.chain import ChainStep, StepChain
 from ..steps.export import export_channel
+from ..steps.ingest import ingest_sources, load_batch_catalog
 from ..steps.packshot import COMPLIANCE_ERROR, run_packshots
 from ..steps.planning import StepPlanner
-from ..steps.rows import StepContext, StepReport, source_row
+from ..steps.rows import StepContext
 from ..steps.settings import REFRESH_TAG, PipelineSettings
 from .batches import pipeline_marker
 from .checks import (
@@ -44,42 +37,22 @@ from .checks import (
     evaluate_checks,
 )
 from .metadata import definition_metadata, materialization_metadata
+from .report_metadata import audit_report_metadata
 from .resource import BriaResource
 from .storage_access import guarded, resolve_journal_url
 
 if TYPE_CHECKING:
-    from .pipeline import ProductImagePipeline
+    from .identity import PipelineIdentity
 
 __all__ = [
     "REFRESH_TAG",
     "PipelineSettings",
     "build_product_image_assets",
-    "find_catalog_file",
 ]
 
 
-def find_catalog_file(catalog_dir: str, batch: str) -> str:
-    """The catalog file of ``batch`` in ``catalog_dir`` (any supported extension)."""
-    fs, root = fsspec.core.url_to_fs(catalog_dir)
-    prefix = "" if "://" not in catalog_dir else catalog_dir.split("://", 1)[0] + "://"
-    for ext in FORMATS:
-        path = f"{root.rstrip('/')}/{batch}{ext}"
-        if fs.exists(path):
-            return prefix + path if prefix else path
-    others = [p for p in fs.glob(f"{root.rstrip('/')}/{batch}.*") if not p.endswith(".tmp")]
-    if others:
-        raise CatalogError(
-            f"catalog file {others[0]} for batch {batch!r} has an unsupported type; "
-            f"use {', '.join(FORMATS)}"
-        )
-    raise CatalogError(
-        f"no catalog file for batch {batch!r} in {catalog_dir} "
-        f"(looked for {batch}{{{','.join(FORMATS)}}}); add the file or remove the partition"
-    )
-
-
 def build_product_image_assets(
-    pipeline: "ProductImagePipeline", *, pool: str | None = "bria"
+    pipeline: "PipelineIdentity", *, pool: str | None = "bria"
 ) -> list[dg.AssetsDefinition]:
     """The assets of ``pipeline``: ``catalog_batch`` and the steps in ``settings.steps``.
 
@@ -119,10 +92,8 @@ def build_product_image_assets(
     @dg.asset(**asset_args("source"))
     @guarded(storage)  # storage refused (wrong S3 credentials): one dg.Failure that says so
     def catalog_batch(context: AssetExecutionContext, bria: BriaResource):
-        ctx = step_context(context, "source")
         try:
-            path = find_catalog_file(settings.catalog_dir, context.partition_key)
-            batch = load_catalog(path, batch=context.partition_key)
+            catalog = load_batch_catalog(settings.catalog_dir, context.partition_key)
         except CatalogError as exc:  # the whole batch is unusable: fail the step, say why
             raise dg.Failure(
                 description=str(exc),
@@ -134,111 +105,38 @@ def build_product_image_assets(
                 allow_retries=False,
             ) from exc
         store = storage.image_store()
-        policy = bria.fetch_policy()
-        rows: list[dict[str, Any]] = []
-        for rej in batch.rejected.to_dict("records"):
-            rows.append(
-                source_row(
-                    ctx,
-                    sku=rej["sku"] or f"<row {rej['row_number']}>",
-                    image_url="",
-                    identity=f"rejected row {rej['row_number']}",
-                    catalog_row=row_json(rej),
-                    error_class="CatalogRowError",
-                    error_message=f"{Path(path).name} row {rej['row_number']}, column "
-                    f"{rej['column']}: {rej['reason']}",
-                )
-            )
         refresh = context.run.tags.get(REFRESH_TAG) == "1"
         own = storage.table_path(context.asset_key, context.partition_key)
-        previous = {} if refresh else _previous_sources(own)
-        entries = batch.valid.to_dict("records")
-
-        def reuse(entry: dict[str, Any]) -> dict[str, Any] | None:
-            earlier = previous.get((entry["sku"], entry["image_url"]))
-            if earlier is None or not store.exists(
-                earlier["image_sha256"], earlier["content_type"]
-            ):
-                return None
-            return reused_record(
-                earlier, ctx.run_id, catalog_row=row_json(entry), partition=ctx.partition
-            )
-
-        async def ingest(
-            entry: dict[str, Any], slots: asyncio.Semaphore, client: httpx.AsyncClient
-        ) -> dict[str, Any]:
-            sku, url, crow = entry["sku"], entry["image_url"], row_json(entry)
-            try:
-                async with slots:
-                    fetched = await fetch_bytes(url, policy, client=client)
-                    # Decoding (validation) and storing run off the event loop, in the slot.
-                    image = await asyncio.to_thread(
-                        decode_image, fetched.data, max_pixels=bria.max_pixels, source=url
-                    )
-                    stored = await asyncio.to_thread(
-                        store.put, fetched.data, sniff_content_type(fetched.data)
-                    )
-            except BriaError as exc:
-                return source_row(
-                    ctx,
-                    sku=sku,
-                    image_url=url,
-                    catalog_row=crow,
-                    error_class=type(exc).__name__,
-                    error_message=str(exc),
-                )
-            return source_row(
-                ctx,
-                sku=sku,
-                image_url=url,
-                catalog_row=crow,
-                data=fetched.data,
-                content_type=stored.content_type,
-                width=image.width,
-                height=image.height,
-                uri=stored.uri,
-            )
-
-        async def ingest_all(to_fetch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            slots = asyncio.Semaphore(settings.fetch_concurrency)
-            async with fetch_client(policy) as client:  # one SSL context for the batch
-                return list(await asyncio.gather(*(ingest(e, slots, client) for e in to_fetch)))
-
-        started = time.perf_counter()
-        to_fetch = []
-        for entry in entries:
-            reused = reuse(entry)
-            if reused is None:
-                to_fetch.append(entry)
-            else:
-                rows.append(reused)
-        if to_fetch:  # an unchanged batch opens no HTTP client at all
-            rows.extend(asyncio.run(ingest_all(to_fetch)))
-        frame = records_to_frame(sorted(rows, key=lambda r: r["sku"]))
-        report = StepReport(
-            ok=int((frame["status"] == OK).sum()),
-            failed=int((frame["status"] == FAILED).sum()),
-            reused=int((frame["status"] == REUSED).sum()),
-            duration_s=time.perf_counter() - started,
+        sources = ingest_sources(
+            step_context(context, "source"),
+            catalog,
+            store=store,
+            policy=bria.fetch_policy(),
+            max_pixels=bria.max_pixels,
+            concurrency=settings.fetch_concurrency,
+            earlier={} if refresh else _previous_sources(own),
         )
-        report.images_written = report.ok
         meta = materialization_metadata(
-            frame,
-            report,
+            sources.frame,
+            sources.report,
             backend=bria.selected_backend(),
             store=store,
             preview_rows=settings.preview_rows,
         )
         meta.update(
-            catalog_file=dg.MetadataValue.path(path),
-            catalog_sha256=batch.content_sha256,
-            catalog_rows=len(batch.valid) + len(batch.rejected),
-            catalog_rows_rejected=len(batch.rejected),
+            catalog_file=dg.MetadataValue.path(catalog.source_path),
+            catalog_sha256=catalog.content_sha256,
+            catalog_rows=len(catalog.valid) + len(catalog.rejected),
+            catalog_rows_rejected=len(catalog.rejected),
         )
-        yield dg.Output(frame, metadata=meta)
-        expected = list(batch.valid["sku"]) + [r["sku"] for r in rows if r["status"] == FAILED]
+        yield dg.Output(sources.frame, metadata=meta)
         results = evaluate_checks(
-            context.asset_key, "source", frame, expected, store, settings.checks
+            context.asset_key,
+            "source",
+            sources.frame,
+            sources.expected_skus,
+            store,
+            settings.checks,
         )
         yield from results
         # The batch's verdict is given by the last asset of the run that writes records: the
@@ -252,7 +150,7 @@ def build_product_image_assets(
         )
         steps_follow = any(_in_run(context, specs[s].key) for s in settings.steps)
         if blocked or not steps_follow:
-            _fail_if_batch_failed(context, pipeline, [frame])
+            _fail_if_batch_failed(context, pipeline, [sources.frame])
 
     assets = [catalog_batch]
     if settings.steps:
@@ -269,23 +167,22 @@ def build_product_image_assets(
     return assets
 
 
-def _spec_args(pipeline: "ProductImagePipeline", spec: dg.AssetSpec) -> dict[str, Any]:
+_SPEC_FIELDS = ("key", "description", "group_name", "owners", "tags", "kinds")
+"""What an asset takes from its translated spec as it is."""
+
+
+def _spec_args(pipeline: "PipelineIdentity", spec: dg.AssetSpec) -> dict[str, Any]:
     """What every pipeline asset takes from its translated spec, and its partitions and
     code version (the caller adds metadata, checks, IO manager, inputs)."""
-    return dict(
-        key=spec.key,
-        description=spec.description,
-        group_name=spec.group_name,
-        owners=spec.owners,
-        tags=spec.tags,
-        kinds=spec.kinds,
-        partitions_def=pipeline.partitions_def,
-        code_version=__version__,
-    )
+    return {
+        **{name: getattr(spec, name) for name in _SPEC_FIELDS},
+        "partitions_def": pipeline.partitions_def,
+        "code_version": __version__,
+    }
 
 
 def _packshot_assets(
-    pipeline: "ProductImagePipeline",
+    pipeline: "PipelineIdentity",
     cutouts_key: dg.AssetKey,
     step_context: Callable[[AssetExecutionContext, str, dg.AssetKey], StepContext],
 ) -> list[dg.AssetsDefinition]:
@@ -365,7 +262,7 @@ def _packshot_assets(
     return [product_packshots, channel_exports]
 
 
-def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.AssetsDefinition:
+def _report_asset(pipeline: "PipelineIdentity", upstream: list[Any]) -> dg.AssetsDefinition:
     """``audit_report``: the batch's HTML audit report, linked from its metadata (an http
     link with ``report_url_base``), and what each product became (``products``)."""
     storage = pipeline.store
@@ -378,8 +275,8 @@ def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.A
         written = write_audit_report(storage, context.partition_key, pipeline=pipeline.name)
         settings = pipeline.settings
         return dg.MaterializeResult(
-            metadata=written.metadata(
-                url_base=settings.report_url_base, products=settings.preview_rows
+            metadata=audit_report_metadata(
+                written, url_base=settings.report_url_base, products=settings.preview_rows
             )
         )
 
@@ -387,7 +284,7 @@ def _report_asset(pipeline: "ProductImagePipeline", upstream: list[Any]) -> dg.A
 
 
 def _image_steps(
-    pipeline: "ProductImagePipeline",
+    pipeline: "PipelineIdentity",
     specs: dict[str, dg.AssetSpec],
     asset_args: Callable[[str], dict[str, Any]],
     step_context: Callable[[AssetExecutionContext, str, dg.AssetKey], StepContext],
@@ -493,7 +390,7 @@ def _in_run(context: AssetExecutionContext, key: dg.AssetKey) -> bool:
 
 
 def _fail_if_batch_failed(
-    context: AssetExecutionContext, pipeline: "ProductImagePipeline", frames: list[pd.DataFrame]
+    context: AssetExecutionContext, pipeline: "PipelineIdentity", frames: list[pd.DataFrame]
 ) -> None:
     """Raise the batch's ``dg.Failure`` when more than ``checks.fail_run_above`` of its
     products (or all of them) failed in ``frames`` (its step tables, in step order, already

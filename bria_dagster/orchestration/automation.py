@@ -18,7 +18,7 @@ import base64
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,7 @@ from ..steps.settings import REFRESH_TAG
 from .batches import catalog_listing
 
 if TYPE_CHECKING:
-    from .pipeline import ProductImagePipeline
+    from .identity import PipelineIdentity
 
 __all__ = [
     "REFRESH_TAG",
@@ -134,7 +134,7 @@ def _hash_files(infos: dict[str, dict]) -> dict[str, str]:
 
 
 def build_catalog_sensor(
-    pipeline: ProductImagePipeline, *, minimum_interval_seconds: int = 60
+    pipeline: PipelineIdentity, *, minimum_interval_seconds: int = 60
 ) -> dg.SensorDefinition:
     """A sensor adding a partition and requesting a run for each new batch file.
 
@@ -280,7 +280,7 @@ def partitions_needing_retry(
 
 
 def build_retry_schedule(
-    pipeline: ProductImagePipeline, *, cron_schedule: str = "0 3 * * *"
+    pipeline: PipelineIdentity, *, cron_schedule: str = "0 3 * * *"
 ) -> dg.ScheduleDefinition:
     """Daily: a run for every partition with failed or missing rows (only those rows redo).
 
@@ -288,47 +288,67 @@ def build_retry_schedule(
     """
     assets = [pipeline.asset_key(step) for step in ("source", *pipeline.settings.steps)]
     storage = pipeline.store
-    partitions_name = pipeline.partitions_def.name
-
-    @dg.schedule(
+    return _batch_schedule(
+        pipeline,
         name=pipeline.retry_schedule_name,
-        job_name=pipeline.job_name,
         cron_schedule=cron_schedule,
-        default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Retries catalog batches that have failed or missing rows.",
+        purpose="retry",
+        stamp_format="%Y%m%d",
+        tags={"bria/retry": "1"},
+        pick=lambda partitions: partitions_needing_retry(storage, partitions, assets),
+        none_picked="every catalog batch is complete: nothing to retry",
     )
-    def retry_schedule(context: dg.ScheduleEvaluationContext):
-        partitions = context.instance.get_dynamic_partitions(partitions_name)
-        needing = partitions_needing_retry(storage, partitions, assets)
-        if not needing:
-            return dg.SkipReason("every catalog batch is complete: nothing to retry")
-        stamp = context.scheduled_execution_time.strftime("%Y%m%d")
-        return [
-            dg.RunRequest(partition_key=p, run_key=f"retry:{p}:{stamp}", tags={"bria/retry": "1"})
-            for p in needing
-        ]
-
-    return retry_schedule
 
 
 def build_refresh_schedule(
-    pipeline: ProductImagePipeline, *, cron_schedule: str = "0 4 * * 0"
+    pipeline: PipelineIdentity, *, cron_schedule: str = "0 4 * * 0"
 ) -> dg.ScheduleDefinition:
     """Re-runs every batch, re-fetching source images; unchanged outputs are reused."""
+    return _batch_schedule(
+        pipeline,
+        name=pipeline.refresh_schedule_name,
+        cron_schedule=cron_schedule,
+        description="Whole-catalog refresh: sources re-fetched, only changed work re-run.",
+        purpose="refresh",
+        stamp_format="%Y%m%d%H%M",
+        tags={REFRESH_TAG: "1"},
+    )
+
+
+def _batch_schedule(
+    pipeline: PipelineIdentity,
+    *,
+    name: str,
+    cron_schedule: str,
+    description: str,
+    purpose: str,
+    stamp_format: str,
+    tags: Mapping[str, str],
+    pick: Callable[[Sequence[str]], list[str]] = list,
+    none_picked: str | None = None,
+) -> dg.ScheduleDefinition:
+    """A schedule (stopped until turned on) of the pipeline's job: one run per catalog
+    batch that ``pick`` keeps (every batch by default), keyed ``<purpose>:<batch>:<tick
+    time as stamp_format>`` so that a tick requests each batch once; a skip saying
+    ``none_picked`` when it keeps none."""
     partitions_name = pipeline.partitions_def.name
 
     @dg.schedule(
-        name=pipeline.refresh_schedule_name,
+        name=name,
         job_name=pipeline.job_name,
         cron_schedule=cron_schedule,
         default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Whole-catalog refresh: sources re-fetched, only changed work re-run.",
+        description=description,
     )
-    def refresh_schedule(context: dg.ScheduleEvaluationContext):
-        stamp = context.scheduled_execution_time.strftime("%Y%m%d%H%M")
+    def batch_schedule(context: dg.ScheduleEvaluationContext):
+        picked = pick(context.instance.get_dynamic_partitions(partitions_name))
+        if not picked and none_picked:
+            return dg.SkipReason(none_picked)
+        stamp = context.scheduled_execution_time.strftime(stamp_format)
         return [
-            dg.RunRequest(partition_key=p, run_key=f"refresh:{p}:{stamp}", tags={REFRESH_TAG: "1"})
-            for p in context.instance.get_dynamic_partitions(partitions_name)
+            dg.RunRequest(partition_key=p, run_key=f"{purpose}:{p}:{stamp}", tags=dict(tags))
+            for p in picked
         ]
 
-    return refresh_schedule
+    return batch_schedule

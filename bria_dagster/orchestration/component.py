@@ -159,6 +159,16 @@ def _name_bad_values(schema: dict[str, Any]) -> None:
         schema["else"] = models[0]
 
 
+def _checked_field(description: str, **default: Any) -> Any:
+    """A ``Field`` (default ``None``) whose bad values ``dg check yaml`` reports by name
+    (see :func:`_name_bad_values`): for lists of names and nested settings."""
+    return Field(
+        **(default or {"default": None}),
+        description=description,
+        json_schema_extra=_name_bad_values,
+    )
+
+
 _TranslationFn = Annotated[
     TranslationFn[BriaStepProps],
     TranslationFnResolver[BriaStepProps](
@@ -204,10 +214,8 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         default="bria_data",
         description="Folder or fsspec URL for images/ and tables/ (relative: to the project root).",
     )
-    steps: list[StepName] | None = Field(
-        default=None,
-        description="A prefix of [remove, replace, expand]; default all three.",
-        json_schema_extra=_name_bad_values,
+    steps: list[StepName] | None = _checked_field(
+        "A prefix of [remove, replace, expand]; default all three."
     )
     prompt_template: str | None = Field(
         default=None, description="Replace prompt; may use {sku} and any catalog column."
@@ -218,39 +226,30 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     negative_prompt: str | None = None
     num_images: int | None = Field(default=None, description="Scenes per cutout (1-4).")
     seed: int | None = Field(default=None, description="Default seed (catalog 'seed' wins).")
-    aspect_ratios: list[AspectRatioName] | None = Field(
-        default=None,
-        description="Expansions per scene, e.g. ['1:1', '4:5'].",
-        json_schema_extra=_name_bad_values,
+    aspect_ratios: list[AspectRatioName] | None = _checked_field(
+        "Expansions per scene, e.g. ['1:1', '4:5']."
     )
     fetch_concurrency: int | None = Field(
         default=None, description="Source images fetched at once."
     )
-    checks: _typed(CheckSettings) = Field(  # type: ignore[valid-type]
-        default=None,
-        description="Asset check thresholds (CheckSettings).",
-        json_schema_extra=_name_bad_values,
+    checks: _typed(CheckSettings) = _checked_field(  # type: ignore[valid-type]
+        "Asset check thresholds (CheckSettings)."
     )
-    resource: _typed(BriaResourceSettings) = Field(  # type: ignore[valid-type]
-        default_factory=BriaResourceSettings,
-        description="BriaResource settings (backend, max_concurrency, budget_usd, prices, ...); "
+    resource: _typed(BriaResourceSettings) = _checked_field(  # type: ignore[valid-type]
+        "BriaResource settings (backend, max_concurrency, budget_usd, prices, ...); "
         "never fal_key: set the FAL_KEY environment variable. One resource serves the code "
         "location: set it in one component (the others use it) or alike in each.",
-        json_schema_extra=_name_bad_values,
+        default_factory=BriaResourceSettings,
     )
-    translation: _TranslationFn | None = Field(
-        default=None,
-        description="How the steps appear as assets: key, key_prefix, group_name, owners, "
+    translation: _TranslationFn | None = _checked_field(
+        "How the steps appear as assets: key, key_prefix, group_name, owners, "
         "tags, kinds, metadata, description ... applied to each step's spec; templates "
         "see {{ pipeline }}, {{ step }}, {{ asset_name }}, {{ props }} and {{ spec }}.",
-        json_schema_extra=_name_bad_values,
     )
-    packshots: _typed(PackshotSettings) = Field(  # type: ignore[valid-type]
-        default=None,
-        description="Channel packshots from the cutouts and their export (PackshotSettings): "
+    packshots: _typed(PackshotSettings) = _checked_field(  # type: ignore[valid-type]
+        "Channel packshots from the cutouts and their export (PackshotSettings): "
         "channels, custom presets, export_to (relative: to the project root), "
         "filename_template.",
-        json_schema_extra=_name_bad_values,
     )
     report: bool = Field(
         default=True, description="Write each batch's HTML audit report (asset audit_report)."

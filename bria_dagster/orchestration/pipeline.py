@@ -19,25 +19,20 @@ key ``bria``; one instance serves every pipeline.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import dagster as dg
 
-from ..client.endpoints import endpoint_for
-from ..errors import ConfigurationError
 from ..records.storage import PipelineStorage
 from ..steps.settings import PipelineSettings
 from .assets import build_product_image_assets
 from .automation import build_catalog_sensor, build_refresh_schedule, build_retry_schedule
-from .batches import partitions_name
-from .io_manager import ImageRecordIOManager
+from .catalog_dir import require_catalog_dir
+from .identity import DEFAULT_PIPELINE_NAME, PipelineIdentity
 from .resource import BriaResource
-from .translator import API_STEPS, BriaStepProps, BriaTranslator
+from .translator import BriaTranslator
 
 __all__ = [
     "DEFAULT_PIPELINE_NAME",
@@ -46,13 +41,11 @@ __all__ = [
     "require_catalog_dir",
 ]
 
-DEFAULT_PIPELINE_NAME = "product_images"
 RESOURCE_KEY = "bria"
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
-class ProductImagePipeline:
+class ProductImagePipeline(PipelineIdentity):
     """One product-image pipeline.
 
     Args:
@@ -62,64 +55,6 @@ class ProductImagePipeline:
         storage: a folder, an fsspec URL or a :class:`PipelineStorage`.
         translator: how steps appear as assets (key, group, owners, tags, ...).
     """
-
-    name: str = DEFAULT_PIPELINE_NAME
-    settings: PipelineSettings = field(default_factory=PipelineSettings)
-    storage: PipelineStorage | str = "bria_data"
-    translator: BriaTranslator = field(default_factory=BriaTranslator)
-
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ConfigurationError(
-                f"pipeline name {self.name!r} is not usable as a Dagster name: use letters, "
-                "digits and '_', starting with a letter (e.g. 'spring_catalog')"
-            )
-        object.__setattr__(self, "storage", PipelineStorage.of(self.storage))
-
-    # -- derived names -------------------------------------------------------------------
-
-    @property
-    def store(self) -> PipelineStorage:
-        """The storage object (``storage`` normalised)."""
-        assert isinstance(self.storage, PipelineStorage)
-        return self.storage
-
-    @property
-    def job_name(self) -> str:
-        return self.name
-
-    @property
-    def io_manager_key(self) -> str:
-        return f"{self.name}_io_manager"
-
-    @property
-    def sensor_name(self) -> str:
-        return f"{self.name}_catalog_sensor"
-
-    @property
-    def retry_schedule_name(self) -> str:
-        return f"{self.name}_retry_failed_daily"
-
-    @property
-    def refresh_schedule_name(self) -> str:
-        return f"{self.name}_refresh_weekly"
-
-    @property
-    def partitions_def(self) -> dg.DynamicPartitionsDefinition:
-        """One partition per catalog batch file (its file name without extension)."""
-        return dg.DynamicPartitionsDefinition(name=partitions_name(self.name))
-
-    def asset_spec(self, step: str) -> dg.AssetSpec:
-        """The translated spec of ``step`` (a key of ``translator.STEP_ASSETS``)."""
-        props = BriaStepProps(
-            pipeline=self.name,
-            step=step,
-            endpoint_id=endpoint_for(step).endpoint_id if step in API_STEPS else None,
-        )
-        return self.translator.get_asset_spec(props)
-
-    def asset_key(self, step: str) -> dg.AssetKey:
-        return self.asset_spec(step).key
 
     # -- definitions ---------------------------------------------------------------------
 
@@ -137,16 +72,6 @@ class ProductImagePipeline:
             description=f"Materialize one catalog batch of pipeline {self.name!r} end to end: "
             "source -> cutouts -> scenes -> expansions.",
         )
-
-    def io_manager(self) -> ImageRecordIOManager:
-        """The IO manager of this pipeline's step tables (its own storage)."""
-        return ImageRecordIOManager(base_dir=self.store.base)
-
-    def require_catalog_dir(self) -> None:
-        """Raise :class:`~bria_dagster.errors.ConfigurationError` now, naming the path, when
-        ``settings.catalog_dir`` is a local folder that does not exist (see
-        :func:`require_catalog_dir`)."""
-        require_catalog_dir(self.settings.catalog_dir, owner=f"pipeline {self.name!r}")
 
     def build_operations(self) -> list[dg.SensorDefinition | dg.ScheduleDefinition]:
         """The catalog sensor, the daily retry and the weekly refresh schedule (all stopped
@@ -176,24 +101,6 @@ class ProductImagePipeline:
                 RESOURCE_KEY: shared_resource(bria or default_resource()),
                 self.io_manager_key: self.io_manager(),
             },
-        )
-
-
-def require_catalog_dir(catalog_dir: str, *, owner: str, written: str | None = None) -> None:
-    """A local ``catalog_dir`` must be an existing folder, or :class:`ConfigurationError`
-    names it (``owner``: who set it; ``written``: the value as the user wrote it, when
-    ``catalog_dir`` was resolved from it). fsspec URLs (s3://, gs://, ...) are not checked:
-    that would be a network call, with credentials, on every code-location load."""
-    parts = urlsplit(catalog_dir)
-    if parts.scheme not in ("", "file"):
-        return
-    folder = Path(parts.path if parts.scheme == "file" else catalog_dir)
-    if not folder.is_dir():
-        shown = written if written is not None else catalog_dir
-        raise ConfigurationError(
-            f"{owner}: catalog_dir {shown!r} is not a folder ({folder.absolute()} does not "
-            "exist): create it (the sensor adds one partition per catalog file put there) or "
-            "set catalog_dir to an existing folder or an fsspec URL"
         )
 
 

@@ -101,7 +101,9 @@ from __future__ import annotations
 
 import difflib
 import re
+import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any, Literal
 
 import pydantic
@@ -243,74 +245,14 @@ class ChannelPreset(pydantic.BaseModel):
         return params
 
 
-_AMAZON = "https://sellercentral.amazon.com/help/hub/reference/external/G1881"
-_SHOPIFY = (
-    "https://help.shopify.com/en/manual/products/product-media/product-media-types and "
-    "https://help.shopify.com/en/manual/online-store/images/theme-images"
-)
-_GOOGLE = "https://support.google.com/merchants/answer/6324350"
-_EBAY = "https://www.ebay.com/help/policies/listing-policies/picture-policy?id=4370"
-_ETSY = "https://help.etsy.com/hc/en-us (listing photo tips; exact article URL not known offline)"
-_AS_OF = "rules as of 2026-11-30"
-
 BUILTIN_PRESETS: dict[str, ChannelPreset] = {
-    preset.name: preset
-    for preset in (
-        ChannelPreset(
-            name="amazon_main",
-            width=2000,
-            height=2000,
-            fill=0.88,
-            min_fill=0.85,
-            max_fill=0.95,
-            max_bytes=10_000_000,
-            min_long_side=1000,
-            source=f"{_AMAZON} ({_AS_OF}; official page not reachable offline, "
-            "rules from stored third-party copies)",
-        ),
-        ChannelPreset(
-            name="shopify",
-            width=2048,
-            height=2048,
-            fill=0.85,
-            max_bytes=20_000_000,
-            min_long_side=800,
-            source=f"{_SHOPIFY} ({_AS_OF}; from stored third-party copies)",
-        ),
-        ChannelPreset(
-            name="google_shopping",
-            width=2000,
-            height=2000,
-            fill=0.83,
-            min_fill=0.75,
-            max_fill=0.90,
-            max_bytes=16_000_000,
-            min_long_side=250,
-            source=f"{_GOOGLE} ({_AS_OF}; official page stored in part, numbers from "
-            "third-party copies quoting it)",
-        ),
-        ChannelPreset(
-            name="ebay",
-            width=1600,
-            height=1600,
-            fill=0.85,
-            max_bytes=7_000_000,
-            min_long_side=500,
-            source=f"{_EBAY} ({_AS_OF}; 500 px rule confirmed from a stored copy, "
-            "1600 px and file size from third-party copies)",
-        ),
-        ChannelPreset(
-            name="etsy",
-            width=2000,
-            height=2000,
-            fill=0.80,
-            min_fill=0.70,
-            max_fill=0.90,
-            min_long_side=2000,
-            source=f"{_ETSY} ({_AS_OF}; from memory, not confirmed offline)",
-        ),
-    )
+    name: ChannelPreset(name=name, **fields)
+    for name, fields in tomllib.loads(
+        resources.files(__package__).joinpath("channels.toml").read_text(encoding="utf-8")
+    ).items()
 }
+"""The built-in channel presets, from ``channels.toml`` beside this module (each with the
+source of its rules)."""
 
 _EXTENDS = "extends"
 

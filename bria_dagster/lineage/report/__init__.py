@@ -1,0 +1,197 @@
+"""An audit report of one catalog batch: one self-contained HTML page a person can open.
+
+The step tables of the batch (``<base>/tables/<pipeline>__<asset>/<batch>.parquet``,
+every ``<pipeline>/*`` asset present, so a step added later appears without a change
+here) are read once and shown as:
+
+* a header: batch, pipeline, storage, when, totals (products, images, failures, paid
+  ``cost_usd`` and list price) and the runs that made or reused the rows;
+* every failure with its full ``error_class`` and ``error_message`` (root causes first,
+  then the rows that failed because an earlier step had);
+* the cost per step: rows ok / reused / failed, backend calls, ``cost_usd``, list price;
+* per sku (a ``<details>`` each), the chain source -> cutout -> scene(s) ->
+  expansion(s), linked by ``parent_sha256`` -> ``image_sha256``; each image with its
+  thumbnail, parameters, backend, request id, cost, producing run and reusing run.
+
+Nothing is fetched when the page opens: the CSS is inline and the thumbnails are
+``data:`` URIs (JPEG, or a palette PNG over a checkerboard when the image has
+transparency), made once per distinct image sha256. Every text from the tables
+(SKUs, parameters, error messages) is HTML-escaped.
+
+:func:`write_audit_report` streams the page to a temporary file and moves it into
+place (any fsspec location), holding in memory the batch's record rows (not its
+images) and the thumbnails of at most :data:`CHUNK_SKUS` products at a time.
+:func:`render_audit_report` returns the page as a string.
+
+The package: :mod:`.tables` lists and reads the step tables, :mod:`.model` links the
+rows into chains and sums them, :mod:`.html` writes the page (its CSS is the package
+data file ``report.css``), :mod:`.thumbnails` makes the images. Nothing here imports
+Dagster: the audit report asset's metadata is built in the Dagster layer.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from ...errors import storage_access
+from .html import render_page
+from .model import (
+    DEFAULT_PIPELINE,
+    AuditReport,
+    ProductStep,
+    ProductSummary,
+    ReportBatch,
+    StepSummary,
+)
+from .tables import StepTables, UnknownBatchError, storage_base
+from .thumbnails import THUMBNAIL_PX, thumbnail_data_uri
+
+if TYPE_CHECKING:
+    from ...records.storage import PipelineStorage
+
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "THUMBNAIL_PX",
+    "AuditReport",
+    "ProductStep",
+    "ProductSummary",
+    "StepSummary",
+    "UnknownBatchError",
+    "audit_batches",
+    "default_report_path",
+    "render_audit_report",
+    "thumbnail_data_uri",
+    "write_audit_report",
+]
+
+
+def default_report_path(
+    storage: PipelineStorage | str | os.PathLike[str], batch: str, pipeline: str = DEFAULT_PIPELINE
+) -> str:
+    """``<base>/reports/<pipeline>/<batch>.html``: where a report goes when no ``out`` is given."""
+    return f"{storage_base(storage).rstrip('/')}/reports/{pipeline}/{batch}.html"
+
+
+def audit_batches(
+    storage: PipelineStorage | str | os.PathLike[str], pipeline: str = DEFAULT_PIPELINE
+) -> list[str]:
+    """The batches that have at least one step table of ``pipeline`` under ``storage``."""
+    tables = StepTables(storage_base(storage), pipeline)
+    return sorted({stem for _, stem, _ in tables.files})
+
+
+def render_audit_report(
+    storage: PipelineStorage | str | os.PathLike[str],
+    batch: str,
+    *,
+    pipeline: str = DEFAULT_PIPELINE,
+    thumbnail_px: int = THUMBNAIL_PX,
+) -> str:
+    """The audit report of ``batch`` as one HTML string (see :func:`write_audit_report`).
+
+    The whole page is held in memory: for big batches write it with
+    :func:`write_audit_report` instead.
+    """
+    buffer = io.StringIO()
+    render_page(
+        ReportBatch.load(storage_base(storage), batch, pipeline), buffer.write, thumbnail_px
+    )
+    return buffer.getvalue()
+
+
+def write_audit_report(
+    storage: PipelineStorage | str | os.PathLike[str],
+    batch: str,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    pipeline: str = DEFAULT_PIPELINE,
+    thumbnail_px: int = THUMBNAIL_PX,
+) -> AuditReport:
+    """Write the audit report of ``batch`` of ``pipeline`` as one self-contained HTML file.
+
+    Args:
+        storage: the pipeline's storage (a :class:`~bria_dagster.PipelineStorage`, a folder
+            or an fsspec URL): the base holding ``tables/`` and ``images/``.
+        batch: the catalog batch (the Dagster partition key).
+        out: where to write (a local path or any fsspec URL); default
+            :func:`default_report_path` (``<base>/reports/<pipeline>/<batch>.html``).
+        pipeline: the pipeline's name, the first part of its asset keys.
+        thumbnail_px: the longest side of the thumbnails.
+
+    The page is written to a temporary file first, then moved into place (a local rename,
+    or one upload): no reader sees a partial page. Reads every row of the batch's tables
+    and every image they name once (to make its thumbnail).
+
+    Raises:
+        UnknownBatchError: no table of ``batch`` (the message names the batches there are).
+        StorageAccessError: the storage refused access.
+        RecordTableError: a table does not read with the ImageRecord schema.
+    """
+    if thumbnail_px < 16:
+        raise ValueError(f"thumbnail_px must be at least 16, not {thumbnail_px}")
+    base = storage_base(storage)
+    data = ReportBatch.load(base, batch, pipeline)
+    target = os.fspath(out) if out is not None else default_report_path(base, batch, pipeline)
+    fs, path = fsspec.core.url_to_fs(target)
+    local = isinstance(fs, LocalFileSystem)
+    url = Path(path).as_uri() if local else target
+    missing = 0
+
+    def render(write: Callable[[str], Any]) -> None:
+        nonlocal missing
+        missing = render_page(data, write, thumbnail_px)
+
+    with storage_access(url, "write audit report"):
+        size = _write_atomically(fs, path, render)
+    return data.summary(
+        path=path if local else url, url=url, size_bytes=size, missing_images=missing
+    )
+
+
+def _write_atomically(
+    fs: fsspec.AbstractFileSystem, path: str, render: Callable[[Callable[[str], Any]], None]
+) -> int:
+    """Stream ``render``'s text to ``path`` so that no reader sees a partial file.
+
+    A local file is written under a temporary name in its folder and renamed into place
+    (as :func:`bria_dagster.records.store.write_bytes` does, without holding the page in memory);
+    elsewhere the page goes to a local temporary file, then up in one ``put``.
+    Returns the size in bytes.
+    """
+    if isinstance(fs, LocalFileSystem):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+                render(fh.write)
+                fh.flush()
+                size = fh.tell()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return size
+    with tempfile.TemporaryDirectory(prefix="bria-report-") as folder:
+        local = os.path.join(folder, "report.html")
+        with open(local, "w", encoding="utf-8", newline="\n") as fh:
+            render(fh.write)
+            size = fh.tell()
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with open(local, "rb") as src, fs.open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return size
