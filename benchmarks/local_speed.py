@@ -47,11 +47,9 @@ import numpy as np
 from PIL import Image
 
 from bria_dagster.client.backends.local import LocalBackend
-from bria_dagster.client.endpoints import (
-    ExpandRequest,
-    RemoveBackgroundRequest,
-    ReplaceBackgroundRequest,
-)
+from bria_dagster.client.contracts.expand import ExpandRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
+from bria_dagster.client.contracts.replace import ReplaceBackgroundRequest
 from bria_dagster.client.fetch import FetchPolicy
 from bria_dagster.client.images import decode_image, encode_png
 from bria_dagster.engine import matte, outpaint, scene

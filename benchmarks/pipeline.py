@@ -22,7 +22,7 @@ starts the fal protocol test server and prints the results.
     per run is itself about 5% of it. Each worker also times an empty job of the
     pipeline's shape (same assets, partitions and checks, nothing stored), which
     splits the re-run into Dagster's share and bria-dagster's.
-(b) fal throughput: ``--fal-products`` products against ``tests/fal_server.py``
+(b) fal throughput: ``--fal-products`` products against ``bria_dagster.testing.fal_server``
     run standalone (0.5 s latency, 32 jobs in progress per key, no faults). The
     ideal is (fal requests) x 0.5 s / 32; target wall <= 1.3 x ideal. Measured on
     the three fal step assets together (their ``duration_s``; the catalog ingest
@@ -386,7 +386,7 @@ def section_fal(work: Path, n: int, steps: tuple[str, ...], concurrency: int) ->
         f"    client BriaResource(max_concurrency={concurrency}); ideal = {total_requests} "
         f"requests x {FAL_LATENCY_S}s / {FAL_MAX_IN_PROGRESS} = {ideal:.1f}s"
     )
-    from tests.fal_server import FalServerProcess
+    from bria_dagster.testing import FalServerProcess
 
     server = FalServerProcess(folder, latency=FAL_LATENCY_S, max_in_progress=FAL_MAX_IN_PROGRESS)
     try:

@@ -10,7 +10,7 @@ import asyncio
 import sys
 
 from bria_dagster.client.backends.fal import FalBackend
-from bria_dagster.client.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
 from bria_dagster.client.journal import RequestJournal
 from bria_dagster.client.runner import run_batch
 from bria_dagster.engine.synthetic import make_product_photo

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from bria_dagster.client.endpoints import (
-    ENDPOINTS,
-    EXPAND,
-    LIST_PRICES,
-    REMOVE,
-    REPLACE,
-    AspectRatio,
-    ExpandRequest,
-    PriceTable,
-    RemoveBackgroundRequest,
-    ReplaceBackgroundRequest,
-    build_request,
-    endpoint_for,
-    input_fingerprint,
-    request_fingerprint,
-)
+from bria_dagster.client.contracts import ENDPOINTS, build_request, endpoint_for
+from bria_dagster.client.contracts.expand import CONTRACT as EXPAND
+from bria_dagster.client.contracts.expand import AspectRatio, ExpandRequest
+from bria_dagster.client.contracts.remove import CONTRACT as REMOVE
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
+from bria_dagster.client.contracts.replace import CONTRACT as REPLACE
+from bria_dagster.client.contracts.replace import ReplaceBackgroundRequest
+from bria_dagster.client.fingerprint import input_fingerprint, request_fingerprint
+from bria_dagster.client.prices import LIST_PRICES, PriceTable
 from bria_dagster.errors import RequestValidationError
 
 URL = "https://example.com/shoe.jpg"
@@ -34,11 +29,13 @@ def test_endpoint_ids_and_list_prices():
         "fal-ai/bria/background/replace",
         "fal-ai/bria/expand",
     }
-    assert RemoveBackgroundRequest(image_url=URL).estimated_cost_usd() == 0.018
+    assert LIST_PRICES.cost_usd(RemoveBackgroundRequest(image_url=URL)) == 0.018
     replace = ReplaceBackgroundRequest(image_url=URL, prompt="x", num_images=3)
-    assert replace.estimated_cost_usd() == pytest.approx(0.069)  # per output image
-    assert ExpandRequest(image_url=URL, canvas_size=(1200, 674)).estimated_cost_usd() == 0.04
-    assert (REMOVE.price_usd, REPLACE.price_usd, EXPAND.price_usd) == (0.018, 0.023, 0.04)
+    assert LIST_PRICES.cost_usd(replace) == pytest.approx(0.069)  # per output image
+    assert LIST_PRICES.cost_usd(ExpandRequest(image_url=URL, canvas_size=(1200, 674))) == 0.04
+    prices = [c.list_price for c in (REMOVE, REPLACE, EXPAND)]
+    assert [(p.usd, p.unit) for p in prices] == [(0.018, "call"), (0.023, "image"), (0.04, "call")]
+    assert all("fal.ai" in p.source and p.as_of == "2026-11-30" for p in prices)
     assert endpoint_for("replace") is REPLACE
     assert endpoint_for("fal-ai/bria/expand") is EXPAND
 
@@ -54,7 +51,6 @@ def test_a_price_table_sets_costs_and_says_where_its_prices_come_from():
     )
     replace = ReplaceBackgroundRequest(image_url=URL, prompt="x", num_images=2)
     assert contract.cost_usd(replace) == pytest.approx(0.04)
-    assert replace.estimated_cost_usd(contract) == pytest.approx(0.04)
     assert contract.unit_price_usd(replace) == 0.02
     assert contract.unit_price_usd("fal-ai/bria/expand") == 0.03
     assert contract.unit_price_usd("remove") == 0.01
@@ -64,6 +60,18 @@ def test_a_price_table_sets_costs_and_says_where_its_prices_come_from():
         PriceTable(remov_usd_per_call=0.01)  # a misspelt price is an error, not ignored
     with pytest.raises(ValidationError):
         contract.remove_usd_per_call = 0.5  # frozen: a shared table cannot drift
+
+
+def test_any_endpoint_is_priced_by_name_once():
+    table = PriceTable(usd_per_unit={"expand": 0.023}, remove_usd_per_call=0.01)
+    assert table.unit_price_usd("expand") == 0.023 and table.unit_price_usd("remove") == 0.01
+    assert table.unit_price_usd("replace") == REPLACE.list_price.usd  # not named: list price
+    with pytest.raises(ValidationError, match="unknown endpoint 'expnd'; known: expand"):
+        PriceTable(usd_per_unit={"expnd": 0.02})
+    with pytest.raises(ValidationError, match="given twice"):
+        PriceTable(usd_per_unit={"remove": 0.02}, remove_usd_per_call=0.03)
+    with pytest.raises(ValidationError, match=">= 0"):
+        PriceTable(usd_per_unit={"remove": -1.0})
 
 
 def test_fal_defaults():
@@ -169,3 +177,90 @@ def test_parameters_exclude_inputs():
     assert "image_url" not in params and "ref_image_url" not in params
     assert params["seed"] == 7
     assert set(req.inputs()) == {"image_url", "ref_image_url"}
+
+
+NEW_CONTRACT_MODULE = """
+from typing import ClassVar, Self
+
+from bria_dagster.client.contracts.base import (
+    BriaRequest, BriaResponse, EndpointContract, Image, ListPrice,
+)
+from bria_dagster.client.images import encode_array
+
+
+class ShineRequest(BriaRequest):
+    endpoint_id: ClassVar[str] = "fal-ai/bria/shine"
+    num_results: int = 1
+
+    def output_count(self) -> int:
+        return self.num_results
+
+
+class ShineResponse(BriaResponse):
+    images: list[Image]
+
+    def output_images(self) -> list[Image]:
+        return self.images
+
+    @classmethod
+    def from_outputs(cls, images: list[Image], seed: int | None) -> Self:
+        return cls(images=images)
+
+
+def render_local(request, inputs):
+    return [encode_array(inputs.cutout(inputs.images["image_url"]))] * request.num_results
+
+
+CONTRACT = EndpointContract(
+    name="shine",
+    request_model=ShineRequest,
+    response_model=ShineResponse,
+    list_price=ListPrice(usd=0.05, unit="image", source="a test", as_of="2026-12-06"),
+    render_local=render_local,
+)
+"""
+
+REGISTERS_IT = """
+import asyncio, importlib.util, sys
+spec = importlib.util.find_spec("bria_dagster.client.contracts")
+spec.submodule_search_locations.append(sys.argv[1])  # as if the file sat in the package
+package = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = package
+spec.loader.exec_module(package)
+
+from bria_dagster.client.backends.local import LocalBackend
+from bria_dagster.client.contracts import build_request, endpoint_for
+from bria_dagster.client.prices import PriceTable
+from bria_dagster.engine.synthetic import make_product_photo
+
+photo, _ = make_product_photo("white_studio", 1, (64, 64))
+request = build_request("shine", image_url=photo, num_results=2)
+assert endpoint_for("fal-ai/bria/shine").name == "shine"
+assert PriceTable().cost_usd(request) == 0.1  # the contract's list price, per image
+assert PriceTable(usd_per_unit={"shine": 0.01}).cost_usd(request) == 0.02
+
+async def run():
+    backend = LocalBackend()
+    try:
+        return await backend.run(request)
+    finally:
+        await backend.aclose()
+
+result = asyncio.run(run())
+assert len(result.images) == 2 and result.response.output_images()[0].width == 64
+print("registered")
+"""
+
+
+def test_a_contract_module_dropped_into_the_package_is_an_endpoint(tmp_path: Path):
+    """Discovery: one new module in ``client/contracts/`` and the endpoint validates, is
+    priced and runs on the local engine, with no other edit."""
+    (tmp_path / "shine.py").write_text(NEW_CONTRACT_MODULE)
+    done = subprocess.run(
+        [sys.executable, "-c", REGISTERS_IT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "registered"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bria_dagster.client.backends.fal import FalBackend
-from bria_dagster.client.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
 from bria_dagster.client.retry import RetryPolicy
 from bria_dagster.client.runner import run_batch
 from bria_dagster.engine.synthetic import make_product_photo
@@ -45,7 +45,7 @@ async def test_an_always_failing_operation_gets_max_attempts_http_attempts(
     undo = None
     kwargs = {}
     if operation == "upload":
-        from tests.fal_server import point_fal_client_at
+        from bria_dagster.testing import point_fal_client_at
 
         undo = point_fal_client_at(fal_server)  # the upload hosts have no env var
         kwargs["inline_max_bytes"] = 100

@@ -17,12 +17,10 @@ import pytest
 from PIL import Image
 
 from bria_dagster.client.backends.fal import FalBackend
-from bria_dagster.client.endpoints import (
-    ExpandRequest,
-    RemoveBackgroundRequest,
-    ReplaceBackgroundRequest,
-    request_fingerprint,
-)
+from bria_dagster.client.contracts.expand import ExpandRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
+from bria_dagster.client.contracts.replace import ReplaceBackgroundRequest
+from bria_dagster.client.fingerprint import request_fingerprint
 from bria_dagster.client.images import to_data_uri
 from bria_dagster.client.journal import RequestJournal
 from bria_dagster.client.retry import RetryPolicy
@@ -80,7 +78,7 @@ async def test_sync_mode_outputs_are_decoded_data_uris(fal_server):
 
 
 async def test_large_local_inputs_go_through_fal_upload(fal_server):
-    from tests.fal_server import point_fal_client_at
+    from bria_dagster.testing import point_fal_client_at
 
     undo = point_fal_client_at(fal_server)  # upload hosts have no env var in fal-client
     fal = backend(inline_max_bytes=100)

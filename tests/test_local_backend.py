@@ -20,12 +20,10 @@ from PIL import Image
 
 from bria_dagster.client.backends.fal import FalBackend
 from bria_dagster.client.backends.local import LocalBackend
-from bria_dagster.client.endpoints import (
-    ExpandRequest,
-    RemoveBackgroundRequest,
-    ReplaceBackgroundRequest,
-    build_request,
-)
+from bria_dagster.client.contracts import build_request
+from bria_dagster.client.contracts.expand import ExpandRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
+from bria_dagster.client.contracts.replace import ReplaceBackgroundRequest
 from bria_dagster.client.fetch import FetchPolicy
 from bria_dagster.client.images import parse_data_uri, to_data_uri
 from bria_dagster.client.retry import RetryPolicy
@@ -124,7 +122,7 @@ def server() -> Iterator[ImageServer]:
 def _shape(result) -> tuple:
     """What must agree between backends: response type, fields, seed presence, sizes."""
     response = result.response
-    images = response.images
+    images = response.output_images()
     return (
         type(response),
         result.endpoint_id,
@@ -169,7 +167,7 @@ async def test_outputs_are_files_that_match_the_response(local: LocalBackend, tm
     )
     assert result.backend == "local" and result.request_id.startswith("local-")
     assert result.cost_usd == 0.0 and result.endpoint_id == "fal-ai/bria/background/replace"
-    for img, out in zip(result.response.images, result.images, strict=True):
+    for img, out in zip(result.response.output_images(), result.images, strict=True):
         path = local_path(img.url)
         assert path.parent == (tmp_path / "outputs").resolve()
         assert path.read_bytes() == out.data and out.url == img.url
@@ -187,7 +185,7 @@ async def test_sync_mode_returns_data_uris_and_writes_no_file(local: LocalBacken
     ]
     for request in requests:
         result = await local.run(request)
-        for img, out in zip(result.response.images, result.images, strict=True):
+        for img, out in zip(result.response.output_images(), result.images, strict=True):
             data, content_type = parse_data_uri(img.url)
             assert data == out.data and content_type == out.content_type == img.content_type
             assert out.url is None and img.file_size == len(data)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bria_dagster.client.endpoints import AspectRatio
+from bria_dagster.client.contracts.expand import AspectRatio
 from bria_dagster.engine.matte import to_rgba
 from bria_dagster.engine.outpaint import Placement, expand_image, plan_expand
 from bria_dagster.engine.synthetic import make_product_photo

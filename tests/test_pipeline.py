@@ -22,7 +22,7 @@ from bria_dagster import (
     trace,
 )
 from bria_dagster.client.backends.local import LocalBackend
-from bria_dagster.client.endpoints import AspectRatio, AspectRatioName
+from bria_dagster.client.contracts.expand import AspectRatio, AspectRatioName
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import ConfigurationError
 from bria_dagster.lineage.report import write_audit_report

@@ -10,12 +10,9 @@ import pytest
 from bria_dagster import BriaResource, PipelineSettings
 from bria_dagster.client.backends.base import BackendResult
 from bria_dagster.client.backends.fal import FalBackend
-from bria_dagster.client.endpoints import (
-    BriaRequest,
-    PriceTable,
-    RemoveBackgroundRequest,
-    RemoveBackgroundResponse,
-)
+from bria_dagster.client.contracts.base import BriaRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest, RemoveBackgroundResponse
+from bria_dagster.client.prices import PriceTable
 from bria_dagster.client.retry import RetryPolicy
 from bria_dagster.client.runner import run_batch
 from bria_dagster.engine.synthetic import make_product_photo

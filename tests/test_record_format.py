@@ -25,7 +25,6 @@ OTHER_FORMATS = {"steps/export.py"}
 """Modules whose lists name columns of another format that share record column names
 (the channel manifest: ``sku``, ``width``, ``height``, ``run_id`` of each exported file)."""
 PENDING = {
-    "client/endpoints.py": "the step declarations (steps/) will name each contract's step",
     "orchestration/checks.py": "batch_outcome's columns, to a named group with the checks",
     "orchestration/metadata.py": "LOCAL_STEPS, from the step declarations",
     "steps/settings.py": "StepName and the default steps, from the step declarations",

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from bria_dagster.client.backends.base import BackendResult
-from bria_dagster.client.endpoints import RemoveBackgroundRequest
+from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
 from bria_dagster.client.runner import run_batch
 
 

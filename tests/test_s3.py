@@ -23,7 +23,7 @@ from bria_dagster.cli import main
 from bria_dagster.lineage import database as lineage_database
 from bria_dagster.lineage import index as lineage_index
 from bria_dagster.records.tables import records_to_frame
-from tests.s3_server import AWS_ENV
+from bria_dagster.testing import AWS_ENV
 from tests.test_lineage import product_rows, sha, write_store
 from tests.test_pipeline import BATCH, CountingBackends, materialize, product, write_catalog
 

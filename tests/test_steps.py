@@ -7,7 +7,8 @@ import hashlib
 import pytest
 
 from bria_dagster import PipelineSettings
-from bria_dagster.client.endpoints import EXPAND, build_request, request_fingerprint
+from bria_dagster.client.contracts import build_request, endpoint_for
+from bria_dagster.client.fingerprint import request_fingerprint
 from bria_dagster.engine.outpaint import plan_expand
 from bria_dagster.errors import RequestValidationError
 from bria_dagster.records.schema import NOOP_BACKEND
@@ -16,7 +17,7 @@ from bria_dagster.steps import rows as steps
 from bria_dagster.steps.planning import StepPlanner
 from bria_dagster.steps.rows import RequestPlanner
 
-EXPAND_ID = EXPAND.endpoint_id
+EXPAND_ID = endpoint_for("expand").endpoint_id
 
 IMAGE = b"\x89PNG stand-in for a parent image"
 PARENT = {"sku": "SKU-1", "image_sha256": hashlib.sha256(IMAGE).hexdigest()}

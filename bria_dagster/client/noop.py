@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from PIL import Image as PILImage
 
-from ..engine.outpaint import plan_expand
 from ..records.schema import NOOP_BACKEND
 from .backends.base import BackendResult, OutputImage
-from .endpoints import BriaRequest, ExpandRequest, endpoint_for
+from .contracts.base import BriaRequest, Image
+from .contracts.expand import ExpandRequest, ExpandResponse
 from .fetch import FetchPolicy, fetch_bytes
 from .images import sniff_content_type, to_data_uri
 
@@ -45,32 +45,18 @@ async def unchanged_expansion(request: BriaRequest, policy: FetchPolicy) -> Back
             size = img.size
     except Exception:  # not an image Pillow reads: the backend reports it properly
         return None
-    placement = plan_expand(
-        size,
-        canvas_size=request.canvas_size,
-        original_image_size=request.original_image_size,
-        original_image_location=request.original_image_location,
-        aspect_ratio=None if request.aspect_ratio is None else str(request.aspect_ratio),
-    )
-    if not placement.unchanged(size):
+    if not request.placement(size).unchanged(size):
         return None
-    spec = endpoint_for(request)
     content_type = sniff_content_type(data)
     width, height = size
-    payload = {
-        "image": {
-            "url": to_data_uri(data, content_type),
-            "content_type": content_type,
-            "width": width,
-            "height": height,
-        },
-        "seed": request.seed,
-    }
+    image = Image(
+        url=to_data_uri(data, content_type), content_type=content_type, width=width, height=height
+    )
     return BackendResult(
-        endpoint_id=spec.endpoint_id,
+        endpoint_id=request.endpoint_id,
         backend=NOOP_BACKEND,
         request_id="",
-        response=spec.parse_response(payload),
+        response=ExpandResponse.from_outputs([image], request.seed),
         images=[OutputImage(data=data, content_type=content_type, width=width, height=height)],
         seed=request.seed,
         cost_usd=0.0,

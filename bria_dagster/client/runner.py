@@ -19,8 +19,11 @@ from typing import Any
 
 from ..errors import BriaError, BudgetExceededError, redact
 from .backends.base import Backend, BackendResult
-from .endpoints import LIST_PRICES, BriaRequest, PriceTable, endpoint_for, request_fingerprint
+from .contracts import endpoint_for
+from .contracts.base import BriaRequest
+from .fingerprint import request_fingerprint
 from .journal import RequestJournal
+from .prices import LIST_PRICES, PriceTable
 
 __all__ = ["BatchProgress", "ItemOutcome", "Usage", "run_batch"]
 

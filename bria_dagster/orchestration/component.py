@@ -52,7 +52,8 @@ from pydantic import (
     model_validator,
 )
 
-from ..client.endpoints import AspectRatioName, PriceTable
+from ..client.contracts.expand import AspectRatioName
+from ..client.prices import PriceTable
 from ..errors import ConfigurationError, SecretInConfigError
 from ..steps.packshot import PackshotSettings
 from ..steps.settings import CheckSettings, PipelineSettings

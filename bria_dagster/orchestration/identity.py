@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from ..client.endpoints import endpoint_for
+from ..client.contracts import endpoint_for
 from ..errors import ConfigurationError
 from ..records.storage import PipelineStorage
 from ..steps.settings import PipelineSettings

@@ -25,16 +25,12 @@ from pydantic import Field, PrivateAttr, create_model
 from ..client.backends.base import Backend, BackendResult
 from ..client.backends.fal import FalBackend
 from ..client.backends.local import LocalBackend
-from ..client.endpoints import (
-    AspectRatio,
-    BriaRequest,
-    ExpandRequest,
-    ImageInput,
-    PriceTable,
-    build_request,
-)
+from ..client.contracts import build_request
+from ..client.contracts.base import BriaRequest, ImageInput
+from ..client.contracts.expand import AspectRatio, ExpandRequest
 from ..client.fetch import FetchPolicy
 from ..client.noop import unchanged_expansion
+from ..client.prices import PriceTable
 from ..client.retry import RetryPolicy
 from ..client.runner import BatchProgress, ItemOutcome, Usage, run_batch
 from ..client.session import BriaSession, SessionCall
@@ -52,7 +48,7 @@ OUTCOME_THREADS = 4
 PriceSettings = create_model(
     "PriceSettings",
     __base__=dg.Config,
-    __doc__="The price table (:class:`~bria_dagster.client.endpoints.PriceTable`) as resource "
+    __doc__="The price table (:class:`~bria_dagster.client.prices.PriceTable`) as resource "
     "configuration: set your contract's prices, their source and date.",
     **{name: (spec.annotation, spec) for name, spec in PriceTable.model_fields.items()},
 )

@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import fsspec
 import pandas as pd
 
-from ..client.endpoints import MAX_SEED, AspectRatio
+from ..client.contracts.base import MAX_SEED
+from ..client.contracts.expand import AspectRatio
 from ..errors import CatalogError
 
 __all__ = ["OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "CatalogBatch", "load_catalog"]

@@ -30,7 +30,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..client.endpoints import BriaRequest, PriceTable
+from ..client.contracts.base import BriaRequest
+from ..client.prices import PriceTable
 from ..client.runner import ItemOutcome
 from ..orchestration.resource import BriaResource
 from ..records.schema import FAILED, NOOP_BACKEND, OK, REUSED

@@ -24,14 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..client.backends.base import BackendResult
-from ..client.endpoints import (
-    BriaRequest,
-    PriceTable,
-    build_request,
-    fingerprint_of,
-    input_fingerprint,
-)
+from ..client.contracts import build_request
+from ..client.contracts.base import BriaRequest
+from ..client.fingerprint import fingerprint_of, input_fingerprint
 from ..client.images import sha256_hex
+from ..client.prices import PriceTable
 from ..client.runner import Usage
 from ..errors import BriaError
 from ..records.schema import (
@@ -188,7 +185,7 @@ class _Validated:
     def fingerprint(self, image_id: str) -> str:
         """The request fingerprint with ``image_id`` (``sha256:<hex>``) as its image.
 
-        Equal to :func:`~bria_dagster.client.endpoints.request_fingerprint` of the request
+        Equal to :func:`~bria_dagster.client.fingerprint.request_fingerprint` of the request
         with the image's bytes in place of the stand-in.
         """
         inputs = {**self.other_inputs, "image_url": image_id}

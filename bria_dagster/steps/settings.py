@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..client.endpoints import AspectRatio, AspectRatioName
+from ..client.contracts.expand import AspectRatio, AspectRatioName
 from .packshot import PackshotSettings
 
 __all__ = [

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..endpoints import BriaRequest, BriaResponse
+from ..contracts.base import BriaRequest, BriaResponse
 from ..journal import RequestJournal
 
 if TYPE_CHECKING:

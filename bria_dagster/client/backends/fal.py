@@ -56,9 +56,12 @@ from ...errors import (
     RequestValidationError,
     redact,
 )
-from ..endpoints import LIST_PRICES, BriaRequest, PriceTable, endpoint_for, request_fingerprint
+from ..contracts import endpoint_for
+from ..contracts.base import BriaRequest
+from ..fingerprint import request_fingerprint
 from ..images import decode_image, parse_data_uri, sniff_content_type, to_data_uri
 from ..journal import RequestJournal
+from ..prices import LIST_PRICES, PriceTable
 from ..retry import RetryLog, RetryPolicy, with_retries
 from .base import BackendResult, OutputImage
 
@@ -311,7 +314,7 @@ class FalBackend:
             journal.forget(fingerprint)
             raise
         response = spec.parse_response(payload)
-        images = [await self._download(image, log) for image in response.images]
+        images = [await self._download(image, log) for image in response.output_images()]
         await asyncio.to_thread(journal.completed, fingerprint)
         return BackendResult(
             endpoint_id=spec.endpoint_id,

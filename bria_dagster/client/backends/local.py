@@ -24,18 +24,12 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 
-from ...engine import matte, outpaint, scene
+from ...engine import matte
 from ...errors import BriaError, EngineError
-from ..endpoints import (
-    BriaRequest,
-    ExpandRequest,
-    Image,
-    RemoveBackgroundRequest,
-    ReplaceBackgroundRequest,
-    endpoint_for,
-)
+from ..contracts import endpoint_for
+from ..contracts.base import BriaRequest, Image, LocalInputs
 from ..fetch import FetchPolicy, fetch_bytes
-from ..images import decode_image, encode_png, to_data_uri
+from ..images import decode_image, to_data_uri
 from ..journal import RequestJournal
 from .base import BackendResult, OutputImage
 
@@ -104,34 +98,29 @@ class LocalBackend:
         """Run one request in-process; ``journal`` and ``on_service_done`` are unused
         (nothing remote to re-attach; the work is the whole request)."""
         spec = endpoint_for(request)
+        if spec.render_local is None:
+            raise EngineError(f"the local engine does not implement {request.endpoint_id}")
         started = time.perf_counter()
-        image = await self._fetch(request.image_url, "image_url")
-        reference = None
-        if isinstance(request, ReplaceBackgroundRequest) and request.ref_image_url is not None:
-            reference = await self._fetch(request.ref_image_url, "ref_image_url")
+        inputs = {name: await self._fetch(value, name) for name, value in request.inputs().items()}
+        # fal picks a random seed when none is given; the engine a reproducible one.
+        seeded = "seed" in type(request).model_fields
         seed = getattr(request, "seed", None)
-        if seed is None and not isinstance(request, RemoveBackgroundRequest):
+        if seed is None:
             seed = _derive_seed(request)
         async with self._slots:
             try:
-                outputs = await asyncio.to_thread(self._work, request, image, reference, seed)
+                outputs = await asyncio.to_thread(self._work, request, inputs, seed)
             except BriaError:
                 raise
             except Exception as exc:  # the engine's contract: a BriaError, never a crash
                 raise EngineError(
-                    f"local {spec.name} failed on {image[1]}: {type(exc).__name__}: {exc}"
+                    f"local {spec.name} failed on {inputs['image_url'][1]}: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
         images = [
             self._publish(data, content_type, request.sync_mode) for data, content_type in outputs
         ]
-        payload: dict[str, Any]
-        if isinstance(request, ReplaceBackgroundRequest):
-            payload = {"images": [img.model_dump() for img in images], "seed": seed}
-        else:
-            payload = {"image": images[0].model_dump()}
-            if seed is not None:
-                payload["seed"] = seed
-        response = spec.parse_response(payload)
+        response = spec.response_model.from_outputs(images, seed if seeded else None)
         return BackendResult(
             endpoint_id=spec.endpoint_id,
             backend=self.name,
@@ -147,65 +136,25 @@ class LocalBackend:
                 )
                 for (data, content_type), img in zip(outputs, images, strict=True)
             ],
-            seed=seed,
+            seed=seed if seeded else None,
             cost_usd=0.0,
             duration_s=time.perf_counter() - started,
         )
 
     def _work(
-        self,
-        request: BriaRequest,
-        image: tuple[bytes, str],
-        reference: tuple[bytes, str] | None,
-        seed: int | None,
+        self, request: BriaRequest, inputs: dict[str, tuple[bytes, str]], seed: int
     ) -> list[tuple[bytes, str]]:
         """Decode and render in a worker thread, under a slot (bounds memory and CPU)."""
-        decoded = decode_image(image[0], max_pixels=self.max_pixels, source=image[1])
-        ref = None
-        if reference is not None:
-            ref = decode_image(reference[0], max_pixels=self.max_pixels, source=reference[1])
-        return self._render(request, decoded, ref, seed)
-
-    def _render(
-        self,
-        request: BriaRequest,
-        image: PILImage.Image,
-        reference: PILImage.Image | None,
-        seed: int | None,
-    ) -> list[tuple[bytes, str]]:
-        if isinstance(request, RemoveBackgroundRequest):
-            return [(_encode_png(self._cutout(image)), "image/png")]
-        if isinstance(request, ReplaceBackgroundRequest):
-            rgba = self._as_cutout(image)
-            scenes = scene.replace_background(
-                rgba,
-                prompt=request.prompt,
-                reference=None if reference is None else np.asarray(reference.convert("RGB")),
-                seed=int(seed or 0),
-                num_images=request.num_images,
-            )
-            return [(_encode_jpeg(arr), "image/jpeg") for arr in scenes]
-        if isinstance(request, ExpandRequest):
-            arr = np.asarray(image)
-            placement = outpaint.plan_expand(
-                image.size,
-                canvas_size=request.canvas_size,
-                original_image_size=request.original_image_size,
-                original_image_location=request.original_image_location,
-                aspect_ratio=None if request.aspect_ratio is None else str(request.aspect_ratio),
-            )
-            pw, ph = placement.size
-            if pw * ph > self.max_pixels:
-                # The original is resized to this size before cropping to the canvas.
-                raise EngineError(
-                    f"expand: original_image_size {pw}x{ph} is {pw * ph:,} pixels, over this "
-                    f"backend's max_pixels={self.max_pixels:,}; give a smaller original_image_size"
-                )
-            out = outpaint.expand_image(arr, placement, seed=int(seed or 0))
-            if out.shape[2] == 4:
-                return [(_encode_png(out), "image/png")]
-            return [(_encode_jpeg(out), "image/jpeg")]
-        raise EngineError(f"the local engine does not implement {request.endpoint_id}")
+        decoded = {
+            name: decode_image(data, max_pixels=self.max_pixels, source=where)
+            for name, (data, where) in inputs.items()
+        }
+        render = endpoint_for(request).render_local
+        assert render is not None  # checked by run()
+        return render(
+            request,
+            LocalInputs(images=decoded, seed=seed, cutout=self._cutout, max_pixels=self.max_pixels),
+        )
 
     def _cutout(self, image: PILImage.Image) -> np.ndarray:
         rgb = np.asarray(image.convert("RGB"))
@@ -218,14 +167,6 @@ class LocalBackend:
             given = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
             alpha = np.minimum(alpha, given)
         return matte.to_rgba(rgb, alpha)
-
-    def _as_cutout(self, image: PILImage.Image) -> np.ndarray:
-        """Replace takes a photo or a cutout: a real alpha channel is kept, else matted."""
-        if image.mode == "RGBA":
-            arr = np.asarray(image)
-            if int(arr[..., 3].min()) < 255:
-                return arr
-        return self._cutout(image)
 
     def _publish(self, data: bytes, content_type: str, sync_mode: bool) -> Image:
         with PILImage.open(io.BytesIO(data)) as img:
@@ -249,14 +190,3 @@ class LocalBackend:
             width=width,
             height=height,
         )
-
-
-def _encode_png(rgba: np.ndarray) -> bytes:
-    # Level 1: about as small as 3 on photos and cutouts, and the fastest zlib setting.
-    return encode_png(PILImage.fromarray(rgba), compress_level=1)
-
-
-def _encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(rgb).save(buf, format="JPEG", quality=quality, optimize=False)
-    return buf.getvalue()

@@ -1,0 +1,218 @@
+"""What every endpoint contract is made of: the request and response bases, image inputs,
+the list price, and :class:`EndpointContract`, the one declaration per endpoint.
+
+An endpoint module (``remove.py``, ``replace.py``, ...) subclasses :class:`BriaRequest`
+and :class:`BriaResponse` and declares a module-level ``CONTRACT``; the package finds
+it (see :mod:`bria_dagster.client.contracts`). Validation happens in the request model,
+before anything is sent, so nothing fal would reject is ever paid for.
+
+Inputs (``image_url``, ``ref_image_url``) accept what a user has at hand: an
+http(s)/s3/gs/data/file URL string, a :class:`pathlib.Path`, or raw ``bytes``.
+Backends turn local inputs into what they need (a data URI or a fal storage
+upload for fal; decoded pixels for the local engine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image as PILImage
+
+__all__ = [
+    "MAX_SEED",
+    "BriaRequest",
+    "BriaResponse",
+    "EndpointContract",
+    "Image",
+    "ImageInput",
+    "ListPrice",
+    "LocalInputs",
+    "LocalRenderer",
+    "validate_input",
+]
+
+MAX_SEED = 2_147_483_647
+URL_SCHEMES = frozenset({"http", "https", "s3", "gs", "data", "file"})
+
+
+def _serialize_input(value: str | Path | bytes) -> str:
+    """How an input appears in canonical JSON: URLs as-is, local data by content hash."""
+    if isinstance(value, bytes):
+        return "sha256:" + hashlib.sha256(value).hexdigest()
+    if isinstance(value, Path):
+        return value.resolve().as_uri()
+    return value
+
+
+def validate_input(value: Any) -> str | Path | bytes:
+    """An image input as the models keep it (a field validator of every image field)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+        if not data:
+            raise ValueError("image bytes are empty")
+        return data
+    if isinstance(value, Path):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("image URL is empty")
+        scheme = urlsplit(text).scheme.lower()
+        if scheme in URL_SCHEMES:
+            return text
+        if len(scheme) == 1:  # a Windows drive letter, not a URL scheme
+            return Path(text)
+        if scheme:
+            raise ValueError(
+                f"unsupported URL scheme {scheme!r}; use one of "
+                f"{', '.join(sorted(URL_SCHEMES))}, a local path or bytes"
+            )
+        return Path(text)
+    raise ValueError(f"expected a URL string, a pathlib.Path or bytes, got {type(value).__name__}")
+
+
+ImageInput = Annotated[
+    str | Path | bytes,
+    PlainSerializer(_serialize_input, return_type=str, when_used="json"),
+]
+"""An image given as URL (http, https, s3, gs, data, file), local path, or bytes."""
+
+
+class Image(BaseModel):
+    """fal's ``Image`` output object."""
+
+    model_config = ConfigDict(extra="allow")
+
+    url: str
+    content_type: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class BriaRequest(BaseModel):
+    """Base of the request models: strict fields, validated on construction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    endpoint_id: ClassVar[str]
+
+    image_url: ImageInput = Field(description="The input image: URL, local path or bytes.")
+    sync_mode: bool = Field(
+        default=False,
+        description="Return outputs as data URIs (not kept in fal's request history).",
+    )
+
+    @field_validator("image_url", mode="before")
+    @classmethod
+    def _check_image(cls, value: Any) -> Any:
+        return validate_input(value)
+
+    def arguments(self) -> dict[str, Any]:
+        """The arguments for fal: JSON values, with the image inputs left as given.
+
+        Backends resolve the inputs (URL, ``Path`` or ``bytes``) themselves.
+        Defaults are included so that equivalent requests look identical.
+        """
+        return {**self.parameters(), **self.inputs()}
+
+    def parameters(self) -> dict[str, Any]:
+        """Every argument except the image inputs: what lineage records as parameters."""
+        return {
+            k: v
+            for k, v in self.model_dump(mode="json", exclude_none=True).items()
+            if k not in self.input_fields()
+        }
+
+    @classmethod
+    def input_fields(cls) -> tuple[str, ...]:
+        return ("image_url",)
+
+    def inputs(self) -> dict[str, str | Path | bytes]:
+        return {
+            name: value
+            for name in self.input_fields()
+            if (value := getattr(self, name)) not in (None, "")
+        }
+
+    def output_count(self) -> int:
+        """How many images a successful call returns (what a per-image price counts)."""
+        return 1
+
+
+class BriaResponse(BaseModel):
+    """Base of the response models: fal's JSON, extra fields kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def output_images(self) -> list[Image]:
+        """The output images, in order: what is downloaded, verified and recorded."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_outputs(cls, images: list[Image], seed: int | None) -> Self:
+        """The response fal would give for ``images`` (how the local engine answers)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class ListPrice:
+    """An endpoint's public list price: USD per unit, and where and when it was read."""
+
+    usd: float
+    unit: Literal["call", "image"]
+    """``call``: one price per request; ``image``: per output image (``output_count``)."""
+    source: str
+    as_of: str
+
+
+@dataclass(frozen=True, slots=True)
+class LocalInputs:
+    """What the offline engine gets for one request."""
+
+    images: dict[str, PILImage.Image]
+    """The request's decoded input images, by field name (``image_url``, ...)."""
+    seed: int
+    """The request's seed, or one derived from the request (reproducible)."""
+    cutout: Callable[[PILImage.Image], np.ndarray]
+    """The backend's matting (its ONNX model when configured): an RGBA array."""
+    max_pixels: int
+
+
+LocalRenderer = Callable[[Any, LocalInputs], list[tuple[bytes, str]]]
+"""``(request, inputs) -> [(image bytes, content type), ...]``: an endpoint on the engine."""
+
+
+@dataclass(frozen=True)
+class EndpointContract:
+    """What bria-dagster knows about one endpoint: the one declaration per endpoint.
+
+    ``request_model`` validates and carries the arguments (its ``endpoint_id`` is the
+    endpoint's); ``response_model`` parses fal's answer and says which images it holds;
+    ``list_price`` is the default of :class:`~bria_dagster.client.prices.PriceTable`;
+    ``render_local`` runs the endpoint on the embedded engine (``None``: fal only).
+    """
+
+    name: str
+    """The short name settings, usage keys and messages use (``remove``)."""
+    request_model: type[BriaRequest]
+    response_model: type[BriaResponse]
+    list_price: ListPrice
+    render_local: LocalRenderer | None = None
+
+    @property
+    def endpoint_id(self) -> str:
+        return self.request_model.endpoint_id
+
+    def parse_response(self, payload: dict[str, Any]) -> BriaResponse:
+        return self.response_model.model_validate(payload)
