@@ -35,6 +35,7 @@ __all__ = [
     "RetriesExhaustedError",
     "SecretInConfigError",
     "StorageAccessError",
+    "UnknownBatchError",
     "redact",
     "storage_access",
     "storage_access_error",
@@ -174,6 +175,16 @@ class RecordTableError(BriaError):
 
 class LineageNotFoundError(BriaError, LookupError):
     """An image, sku or source named in a lineage query is not in the record tables."""
+
+
+class UnknownBatchError(BriaError, LookupError):
+    """The storage holds no step table of this batch for this pipeline (the audit report);
+    ``known`` lists the batches it has."""
+
+    def __init__(self, message: str, *, batch: str, known: list[str]) -> None:
+        super().__init__(message)
+        self.batch = batch
+        self.known = known
 
 
 class IndexUnavailableError(BriaError):

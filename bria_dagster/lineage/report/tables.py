@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from ...errors import BriaError
+from ...errors import UnknownBatchError
 from ...records.listing import scan_tables, tables_location
 from ...records.schema import REPORT_COLUMNS
 from ...records.tables import read_records
@@ -20,15 +20,6 @@ if TYPE_CHECKING:
     from ...records.storage import PipelineStorage
 
 _BATCHES_NAMED = 20
-
-
-class UnknownBatchError(BriaError, LookupError):
-    """The storage holds no step table of this batch for this pipeline."""
-
-    def __init__(self, message: str, *, batch: str, known: list[str]) -> None:
-        super().__init__(message)
-        self.batch = batch
-        self.known = known
 
 
 def storage_base(storage: PipelineStorage | str | os.PathLike[str]) -> str:
