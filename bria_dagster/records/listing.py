@@ -46,20 +46,21 @@ def scan_tables(tables: str) -> dict[str, tuple[int, int]]:
     if not is_local(tables):
         return _scan_remote(tables)
     found: dict[str, tuple[int, int]] = {}
-    try:
-        assets = list(os.scandir(tables))
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    for asset in assets:
-        if not asset.is_dir() or not is_table_name(asset.name):
-            continue
-        for entry in os.scandir(asset.path):
-            if not entry.name.endswith(".parquet") or not is_table_name(entry.name):
+    with storage_access(tables, "list record tables"):
+        try:
+            assets = list(os.scandir(tables))
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for asset in assets:
+            if not asset.is_dir() or not is_table_name(asset.name):
                 continue
-            if not entry.is_file():
-                continue
-            stat = entry.stat()
-            found[f"{asset.name}/{entry.name}"] = (stat.st_mtime_ns, stat.st_size)
+            for entry in os.scandir(asset.path):
+                if not entry.name.endswith(".parquet") or not is_table_name(entry.name):
+                    continue
+                if not entry.is_file():
+                    continue
+                stat = entry.stat()
+                found[f"{asset.name}/{entry.name}"] = (stat.st_mtime_ns, stat.st_size)
     return found
 
 
