@@ -140,7 +140,7 @@ def client_ours(folder: str, slots: int) -> dict[str, Any]:
     import pandas as pd
 
     from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
-    from bria_dagster.orchestration.io_manager import read_table
+    from bria_dagster.records.tables import read_table
 
     pipeline = ProductImagePipeline(
         name="bench",

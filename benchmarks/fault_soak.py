@@ -352,7 +352,7 @@ def max_overlap(spans: list[tuple[float, float, str]]) -> int:
 
 
 def read_partition(storage: Path, partition: str) -> Any:
-    from bria_dagster.orchestration.io_manager import read_table, table_path
+    from bria_dagster.records.tables import read_table, table_path
 
     return read_table(table_path(str(storage), TABLE, partition))
 

@@ -122,7 +122,7 @@ def _materialize(job: Any, instance: Any, batch: str) -> tuple[float, dict[str, 
 
 
 def _statuses(storage: str, batch: str, assets: tuple[str, ...]) -> dict[str, dict[str, int]]:
-    from bria_dagster.orchestration.io_manager import read_table, table_path
+    from bria_dagster.records.tables import read_table, table_path
 
     out: dict[str, dict[str, int]] = {}
     for name in assets:
@@ -166,7 +166,7 @@ def dagster_floor_job():
     import dagster as dg
 
     from bria_dagster.orchestration.checks import check_specs_for
-    from bria_dagster.records.schema import records_to_frame
+    from bria_dagster.records.tables import records_to_frame
 
     class NoStorage(dg.ConfigurableIOManager):
         def handle_output(self, context: dg.OutputContext, obj: Any) -> None:

@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "CatalogError": "errors",
     "CheckSettings": "steps.settings",
     "ConfigurationError": "errors",
-    "IMAGE_RECORD_SCHEMA": "records.schema",
+    "IMAGE_RECORD_SCHEMA": "records.tables",
     "ImageRecordIOManager": "orchestration.io_manager",
     "PipelineSettings": "steps.settings",
     "PipelineStorage": "records.storage",
@@ -94,6 +94,6 @@ if TYPE_CHECKING:
     from .orchestration.pipeline import ProductImagePipeline, build_definitions
     from .orchestration.resource import BriaResource
     from .orchestration.translator import BriaStepProps, BriaTranslator
-    from .records.schema import IMAGE_RECORD_SCHEMA
     from .records.storage import PipelineStorage
+    from .records.tables import IMAGE_RECORD_SCHEMA
     from .steps.settings import REFRESH_TAG, CheckSettings, PipelineSettings

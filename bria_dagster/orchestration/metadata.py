@@ -38,8 +38,9 @@ import pyarrow as pa
 from PIL import Image as PILImage
 
 from ..errors import BriaError
-from ..records.schema import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, UPSTREAM_FAILED
+from ..records.schema import FAILED, OK, REUSED, UPSTREAM_FAILED
 from ..records.store import ImageStore
+from ..records.tables import IMAGE_RECORD_SCHEMA
 from ..steps.rows import StepReport
 from ..steps.settings import PREVIEW_ROWS
 

@@ -34,8 +34,9 @@ from ..client.client import BriaClient
 from ..client.contracts.base import BriaRequest
 from ..client.prices import PriceTable
 from ..client.runner import ItemOutcome
-from ..records.schema import FAILED, NOOP_BACKEND, OK, REUSED, records_to_frame
+from ..records.schema import FAILED, NOOP_BACKEND, OK, REUSED
 from ..records.store import ImageStore
+from ..records.tables import records_to_frame
 from .rows import (
     Job,
     StepContext,

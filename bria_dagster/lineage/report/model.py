@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from ...records.schema import FAILED, OK, REUSED
+from ...records.schema import FAILED, OK, REUSED, STEP_ORDER
 from ...records.schema import NOOP_BACKEND as NOOP
-from ..index import STEP_ORDER
 from .tables import StepTables
 
 DEFAULT_PIPELINE = "product_images"
