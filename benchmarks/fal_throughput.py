@@ -1,4 +1,4 @@
-"""FalBackend throughput against the fal protocol test server (tests/fal_server.py).
+"""FalBackend throughput against the fal protocol test server (bria_dagster.testing.fal_server).
 
     .venv/bin/python benchmarks/fal_throughput.py [--n 1000] [--latency 0.5] [--slots 32]
         [--concurrency 64] [--baseline-n 40] [--runs 1] [--skip-faults]
@@ -123,15 +123,9 @@ def client_baseline(n: int, offset: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- parent side
 
 
-def _server_class() -> Any:
-    """tests/fal_server.py's FalServerProcess (imported here, not in client processes)."""
-    sys.path.insert(0, str(ROOT))
-    from tests.fal_server import FalServerProcess
-
-    return FalServerProcess
-
-
 def main() -> int:
+    from bria_dagster.testing import FalServerProcess  # the parent's only, not the clients'
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--latency", type=float, default=0.5)
@@ -163,7 +157,7 @@ def main() -> int:
     )
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bria-fal-bench-") as tmp:
-        server = _server_class()(Path(tmp), latency=lat, max_in_progress=slots, seed=7)
+        server = FalServerProcess(Path(tmp), latency=lat, max_in_progress=slots, seed=7)
         try:
             runs = []
             for run in range(args.runs):

@@ -32,7 +32,6 @@ import csv
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -141,7 +140,7 @@ def client_ours(folder: str, slots: int) -> dict[str, Any]:
     import pandas as pd
 
     from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
-    from bria_dagster.orchestration.io_manager import read_table
+    from bria_dagster.records.tables import read_table
 
     pipeline = ProductImagePipeline(
         name="bench",
@@ -198,14 +197,9 @@ def client_ours(folder: str, slots: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- parent
 
 
-def _server_class() -> Any:
-    sys.path.insert(0, str(ROOT))
-    from tests.fal_server import FalServerProcess
-
-    return FalServerProcess
-
-
 def main() -> int:
+    from bria_dagster.testing import FalServerProcess  # the parent's only, not the clients'
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 400, 2000])
     parser.add_argument("--latency", type=float, default=0.5)
@@ -231,7 +225,7 @@ def main() -> int:
     )
     missed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bria-vs-hand-") as tmp:
-        server = _server_class()(
+        server = FalServerProcess(
             Path(tmp), latency=args.latency, max_in_progress=args.slots, seed=11
         )
         try:

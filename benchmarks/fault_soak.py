@@ -6,8 +6,9 @@
 
 What runs (steps=("remove",): catalog_batch -> product_cutouts, one fal call per row):
 
-1. tests/fal_server.py in standalone mode, its own process, with faults: 10% 429, 5% 5xx,
-   2% dropped connections, 1% result files that 404 once; 32 jobs per key at once.
+1. bria_dagster.testing.fal_server in standalone mode, its own process, with faults:
+   10% 429, 5% 5xx, 2% dropped connections, 1% result files that 404 once; 32 jobs per key
+   at once.
 2. ``--batches`` catalog batches of ``--rows`` rows (64x64 synthetic product photos, distinct
    seeds), each materialized by its own subprocess (``job.execute_in_process(partition_key=...,
    instance=DagsterInstance.get())``), all started at once on one shared DAGSTER_HOME whose
@@ -136,14 +137,6 @@ def worker(catalog_dir: str, storage: str, partition: str, journal: str, config:
 
 
 # ----------------------------------------------------------------------------- parent side
-
-
-def _server_class() -> Any:
-    """tests/fal_server.py's FalServerProcess (imported here, not in client processes)."""
-    sys.path.insert(0, str(ROOT))
-    from tests.fal_server import FalServerProcess
-
-    return FalServerProcess
 
 
 def write_batches(workdir: Path, config: SoakConfig) -> list[str]:
@@ -359,7 +352,7 @@ def max_overlap(spans: list[tuple[float, float, str]]) -> int:
 
 
 def read_partition(storage: Path, partition: str) -> Any:
-    from bria_dagster.orchestration.io_manager import read_table, table_path
+    from bria_dagster.records.tables import read_table, table_path
 
     return read_table(table_path(str(storage), TABLE, partition))
 
@@ -370,9 +363,11 @@ def check(checks: list[dict[str, Any]], name: str, passed: bool, detail: str) ->
 
 def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
     """Run the whole soak in ``workdir``; returns figures and PASS/FAIL checks."""
+    from bria_dagster.testing import FalServerProcess  # the parent's only, not the clients'
+
     partitions = write_batches(workdir, config)
     home = make_home(workdir, partitions, config.pool_limit)
-    server = _server_class()(
+    server = FalServerProcess(
         workdir,
         key="soak-key",
         latency=config.latency,
@@ -585,6 +580,8 @@ def kill_mid_burst(
     Returns accepted (fal's submissions at the kill), journaled, and paid_twice (the
     re-run's duplicate submissions: accepted requests the journal did not record).
     """
+    from bria_dagster.testing import FalServerProcess  # the parent's only, not the clients'
+
     between = kill_at == 0
     kill_at = kill_at or in_flight + in_flight // 2
     config = SoakConfig(
@@ -599,7 +596,7 @@ def kill_mid_burst(
     )
     (partition,) = write_batches(workdir, config)
     home = make_home(workdir, [partition], pool_limit=1)
-    server = _server_class()(workdir, key="burst-key", latency=latency, max_in_progress=0)
+    server = FalServerProcess(workdir, key="burst-key", latency=latency, max_in_progress=0)
     try:
         env = {**os.environ, **server.env, "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
         runs = Runs(workdir, env, config)

@@ -10,7 +10,7 @@ target is under one second per answer over 1M records.
 
 The CLI answers from the SQLite index ``<base>/tables/_lineage.sqlite``: the
 benchmark times its first build, a no-change sync, and the CLI end to end with a
-current index (median of 5 subprocess runs each), next to the pandas path
+current index (median of 5 subprocess runs each), next to an index built in memory
 (``--no-index``), and prints PASS/FAIL for the indexed CLI against the target.
 """
 
@@ -33,9 +33,11 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bria_dagster.lineage import database as lineage_database  # noqa: E402
 from bria_dagster.lineage import index as lineage_index  # noqa: E402
-from bria_dagster.lineage.frame import KEY_COLUMNS, LINEAGE_COLUMNS, LineageIndex, load_records  # noqa: E402
-from bria_dagster.records.schema import IMAGE_RECORD_SCHEMA  # noqa: E402
+from bria_dagster.lineage.frame import load_records  # noqa: E402
+from bria_dagster.records.schema import INDEXED_COLUMNS  # noqa: E402
+from bria_dagster.records.tables import IMAGE_RECORD_SCHEMA  # noqa: E402
 
 TARGET_S = 1.0
 CLI_RUNS = 5
@@ -121,6 +123,7 @@ def generate(
                 "request_fingerprint": random_shas(rng, n),
                 "seed": rng.integers(0, 2**31, n) if step == "replace" else np.full(n, None),
                 "request_id": [f"{r[:8]}-{r[8:12]}-{r[12:16]}" for r in random_shas(rng, n)],
+                "noop_reason": np.full(n, None, dtype=object),
                 "cost_usd": np.where(ok, price, 0.0),
                 "unit_price_usd": np.where(ok, price, None),
                 "duration_s": rng.gamma(2.0, 2.0, n),
@@ -190,7 +193,7 @@ def indexed_section(base: Path, names: dict[str, str], records: int) -> bool:
     """Build the SQLite index, then time the CLI with and without it; True when it passes."""
     print()
     print("SQLite lineage index (the CLI's path for local bases)")
-    index_file = Path(lineage_index.index_path(base))
+    index_file = Path(lineage_database.index_path(base))
     for leftover in index_file.parent.glob(f"{index_file.name}*"):
         leftover.unlink()  # time a first build, not an earlier run's index
     start = time.perf_counter()
@@ -243,7 +246,7 @@ def indexed_section(base: Path, names: dict[str, str], records: int) -> bool:
     }
     indexed = {label: cli_median(f"CLI indexed: {label}", args) for label, args in queries.items()}
     for label in ("trace", "derived (sku)"):
-        cli_median(f"CLI --no-index (pandas): {label}", [*queries[label], "--no-index"], runs=3)
+        cli_median(f"CLI --no-index (in memory): {label}", [*queries[label], "--no-index"], runs=3)
     worst = max(indexed.values())
     verdict = "PASS" if worst < TARGET_S else "FAIL"
     print()
@@ -280,18 +283,13 @@ def main() -> None:
 
         timed("load_records (all 30 columns)", lambda: load_records(base), results)
         frame = timed(
-            f"load_records (lineage columns, {len(LINEAGE_COLUMNS)})",
-            lambda: load_records(base, columns=LINEAGE_COLUMNS),
+            f"load_records (indexed columns, {len(INDEXED_COLUMNS)})",
+            lambda: load_records(base, columns=INDEXED_COLUMNS),
             results,
         )
         print(f"  rows loaded: {len(frame):,}")
-        timed("LineageIndex build from the frame", lambda: LineageIndex(frame), results)
-        load_label = f"LineageIndex.load (key columns only, {len(KEY_COLUMNS)})"
-        index = timed(
-            load_label,
-            lambda: LineageIndex.load(base),
-            results,
-        )
+        load_label = "index in memory (--no-index: read and index every table)"
+        index = timed(load_label, lambda: lineage_index.open_index(base, persist=False), results)
 
         answers = [
             ("trace expand output (full sha)", lambda: index.trace(names["expand_output"])),
@@ -311,22 +309,19 @@ def main() -> None:
         for label, func in answers:
             out = timed(label, func, results)
             query_times.append(results[-1][1])
-            print(f"    -> {len(out)} rows, steps {out['step'].tolist()}")
+            print(f"    -> {len(out.rows)} rows, steps {[row['step'] for row in out.rows]}")
+        index.close()
 
         for label, code in (
-            ("pandas path: python + pandas/pyarrow imports", "import pandas, pyarrow.dataset"),
+            ("pandas: python + pandas/pyarrow imports", "import pandas, pyarrow.dataset"),
             (
-                "pandas path: python + import bria_dagster.lineage.frame",
+                "DataFrames: python + import bria_dagster.lineage.frame",
                 "import bria_dagster.lineage.frame",
             ),
         ):
             start = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
             print(f"  {label:<52} {(time.perf_counter() - start) * 1000:9.1f} ms")
-        print(
-            f"  {'pandas path: LineageIndex.load (measured above)':<52} "
-            f"{results[[r[0] for r in results].index(load_label)][1] * 1000:9.1f} ms"
-        )
 
         worst = max(query_times)
         print()

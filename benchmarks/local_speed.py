@@ -50,7 +50,7 @@ from bria_dagster.client.backends.local import LocalBackend
 from bria_dagster.client.contracts.expand import ExpandRequest
 from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
 from bria_dagster.client.contracts.replace import ReplaceBackgroundRequest
-from bria_dagster.client.fetch import FetchPolicy
+from bria_dagster.client.fetch_policy import FetchPolicy
 from bria_dagster.client.images import decode_image, encode_png
 from bria_dagster.engine import matte, outpaint, scene
 from bria_dagster.engine.synthetic import make_product_photo

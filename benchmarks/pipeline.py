@@ -22,7 +22,7 @@ starts the fal protocol test server and prints the results.
     per run is itself about 5% of it. Each worker also times an empty job of the
     pipeline's shape (same assets, partitions and checks, nothing stored), which
     splits the re-run into Dagster's share and bria-dagster's.
-(b) fal throughput: ``--fal-products`` products against ``tests/fal_server.py``
+(b) fal throughput: ``--fal-products`` products against ``bria_dagster.testing.fal_server``
     run standalone (0.5 s latency, 32 jobs in progress per key, no faults). The
     ideal is (fal requests) x 0.5 s / 32; target wall <= 1.3 x ideal. Measured on
     the three fal step assets together (their ``duration_s``; the catalog ingest
@@ -122,7 +122,7 @@ def _materialize(job: Any, instance: Any, batch: str) -> tuple[float, dict[str, 
 
 
 def _statuses(storage: str, batch: str, assets: tuple[str, ...]) -> dict[str, dict[str, int]]:
-    from bria_dagster.orchestration.io_manager import read_table, table_path
+    from bria_dagster.records.tables import read_table, table_path
 
     out: dict[str, dict[str, int]] = {}
     for name in assets:
@@ -166,7 +166,7 @@ def dagster_floor_job():
     import dagster as dg
 
     from bria_dagster.orchestration.checks import check_specs_for
-    from bria_dagster.records.schema import records_to_frame
+    from bria_dagster.records.tables import records_to_frame
 
     class NoStorage(dg.ConfigurableIOManager):
         def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
@@ -386,7 +386,7 @@ def section_fal(work: Path, n: int, steps: tuple[str, ...], concurrency: int) ->
         f"    client BriaResource(max_concurrency={concurrency}); ideal = {total_requests} "
         f"requests x {FAL_LATENCY_S}s / {FAL_MAX_IN_PROGRESS} = {ideal:.1f}s"
     )
-    from tests.fal_server import FalServerProcess
+    from bria_dagster.testing import FalServerProcess
 
     server = FalServerProcess(folder, latency=FAL_LATENCY_S, max_in_progress=FAL_MAX_IN_PROGRESS)
     try:

@@ -6,10 +6,10 @@
 
 What runs, all of it Dagster's own machinery (no hand-started run processes):
 
-1. A real PostgreSQL (tests/pg_server.py) holds the instance: runs, event logs, schedules,
-   pool slots, and the request journal (it defaults to the instance's database).
-2. tests/fal_server.py in its own process: ``--latency`` s per job, ``--server-slots`` jobs
-   in progress per key (the excess waits IN_QUEUE, as on fal).
+1. A real PostgreSQL (bria_dagster.testing.postgres) holds the instance: runs, event logs,
+   schedules, pool slots, and the request journal (it defaults to the instance's database).
+2. bria_dagster.testing.fal_server in its own process: ``--latency`` s per job,
+   ``--server-slots`` jobs in progress per key (the excess waits IN_QUEUE, as on fal).
 3. A code location (``definitions.py`` + ``workspace.yaml``) and a ``dagster.yaml`` with
    Postgres storage, the ``QueuedRunCoordinator``, ``concurrency: runs: max_concurrent_runs``
    and op-granularity pools; the pool ``bria`` gets ``--pool-limit`` slots (what
@@ -394,9 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT))
-    from tests.fal_server import FalServerProcess
-    from tests.pg_server import PostgresTestServer
+    from bria_dagster.testing import FalServerProcess, PostgresTestServer
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bria-scale-out-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sensor_scale.py [--files 10000] [--materialized 10000]
 
-Starts the loopback S3 server of the tests (moto, ``tests/s3_server.py``), uploads
+Starts the loopback S3 server of the tests (moto, ``bria_dagster.testing.s3``), uploads
 ``--files`` small catalog CSVs (a few rows each) and times sensor ticks built with
 ``dg.build_sensor_context`` against an ephemeral instance:
 
@@ -49,7 +49,7 @@ def main() -> None:
 
     from bria_dagster import PipelineSettings, ProductImagePipeline
     from bria_dagster.orchestration.automation import build_catalog_sensor
-    from tests.s3_server import counting_s3_requests, running_s3_server
+    from bria_dagster.testing import counting_s3_requests, running_s3_server
 
     def tick(sensor, instance, cursor):
         with counting_s3_requests() as calls:

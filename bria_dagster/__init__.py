@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
+    "BriaClient": "client.client",
     "BriaError": "errors",
     "BriaResource": "orchestration.resource",
     "BriaStepProps": "orchestration.translator",
@@ -22,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "CatalogError": "errors",
     "CheckSettings": "steps.settings",
     "ConfigurationError": "errors",
-    "IMAGE_RECORD_SCHEMA": "records.schema",
+    "IMAGE_RECORD_SCHEMA": "records.tables",
     "ImageRecordIOManager": "orchestration.io_manager",
     "PipelineSettings": "steps.settings",
     "PipelineStorage": "records.storage",
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "IMAGE_RECORD_SCHEMA",
     "REFRESH_TAG",
+    "BriaClient",
     "BriaError",
     "BriaResource",
     "BriaStepProps",
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .client.client import BriaClient
     from .errors import (
         BriaError,
         BudgetExceededError,
@@ -91,6 +94,6 @@ if TYPE_CHECKING:
     from .orchestration.pipeline import ProductImagePipeline, build_definitions
     from .orchestration.resource import BriaResource
     from .orchestration.translator import BriaStepProps, BriaTranslator
-    from .records.schema import IMAGE_RECORD_SCHEMA
     from .records.storage import PipelineStorage
+    from .records.tables import IMAGE_RECORD_SCHEMA
     from .steps.settings import REFRESH_TAG, CheckSettings, PipelineSettings

@@ -25,13 +25,17 @@ __all__ = [
     "FetchRefusedError",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "IndexUnavailableError",
+    "LineageNotFoundError",
     "OutputVerificationError",
     "PipelineChoiceError",
     "PresetError",
+    "RecordTableError",
     "RequestValidationError",
     "RetriesExhaustedError",
     "SecretInConfigError",
     "StorageAccessError",
+    "UnknownBatchError",
     "redact",
     "storage_access",
     "storage_access_error",
@@ -162,6 +166,30 @@ class StorageAccessError(BriaError, PermissionError):
         self.url = url
         self.action = action
         self.cause = redact(cause)
+
+
+class RecordTableError(BriaError):
+    """A record table under ``<base>/tables`` could not be read with the ImageRecord schema
+    (not Parquet, or columns of other types): only pipeline-written tables belong there."""
+
+
+class LineageNotFoundError(BriaError, LookupError):
+    """An image, sku or source named in a lineage query is not in the record tables."""
+
+
+class UnknownBatchError(BriaError, LookupError):
+    """The storage holds no step table of this batch for this pipeline (the audit report);
+    ``known`` lists the batches it has."""
+
+    def __init__(self, message: str, *, batch: str, known: list[str]) -> None:
+        super().__init__(message)
+        self.batch = batch
+        self.known = known
+
+
+class IndexUnavailableError(BriaError):
+    """The SQLite lineage index cannot be opened or written here (read-only store, corrupt
+    file); the tables themselves can still be read (``--no-index``)."""
 
 
 AWS_VARIABLES = (

@@ -13,9 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fal_server import FalTestServer, reserve_port
-from tests.pg_server import PostgresTestServer
-from tests.s3_server import S3Server, running_s3_server
+from bria_dagster.testing import (
+    FalTestServer,
+    PostgresTestServer,
+    S3Server,
+    reserve_port,
+    running_s3_server,
+)
 
 # tests.signal_guard: every test is failed that leaves a signal disposition changed.
 # pytester: tests/test_signals.py runs the guard on a test of its own.

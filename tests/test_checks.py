@@ -11,9 +11,9 @@ import pytest
 
 from bria_dagster import PipelineSettings, ProductImagePipeline
 from bria_dagster.orchestration.checks import evaluate_checks
-from bria_dagster.orchestration.io_manager import read_table
-from bria_dagster.records.schema import records_to_frame, reused_record
+from bria_dagster.records.schema import reused_record
 from bria_dagster.records.store import ImageStore
+from bria_dagster.records.tables import read_table, records_to_frame
 from bria_dagster.steps.packshot import PackshotSettings
 from bria_dagster.steps.settings import CheckSettings
 

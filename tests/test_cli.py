@@ -13,7 +13,7 @@ import types
 import pytest
 
 from bria_dagster.cli import main
-from bria_dagster.records.schema import records_to_frame
+from bria_dagster.records.tables import records_to_frame
 from tests.test_lineage import product_rows, sha, write_store
 
 
@@ -206,10 +206,16 @@ def test_an_index_failing_mid_query_falls_back_to_the_tables(base, monkeypatch, 
     assert main(["lineage", "trace", output, "--base", base, "--no-index"]) == 0
     expected = capsys.readouterr().out
 
-    def broken(self, *args, **kwargs):
-        raise sqlite3.OperationalError("disk I/O error")
+    real = lineage_index.LineageIndex.trace
+    calls = []
 
-    monkeypatch.setattr(lineage_index.IndexedLineage, "trace", broken)
+    def broken_once(self, *args, **kwargs):  # the cached index fails, the tables answer
+        calls.append(self)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(lineage_index.LineageIndex, "trace", broken_once)
     assert main(["lineage", "trace", output, "--base", base]) == 0
     captured = capsys.readouterr()
     assert captured.out == expected  # the same answer, printed once, no traceback

@@ -14,7 +14,7 @@ from dagster.components.testing import create_defs_folder_sandbox
 from bria_dagster import ProductImagesComponent
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import SecretInConfigError
-from bria_dagster.orchestration.io_manager import read_table, table_path
+from bria_dagster.records.tables import read_table, table_path
 from bria_dagster.steps.registry import step_names
 
 TYPE = "bria_dagster.ProductImagesComponent"

@@ -16,8 +16,8 @@ from bria_dagster import (
     build_definitions,
 )
 from bria_dagster.client.images import decode_image
-from bria_dagster.orchestration.io_manager import read_table
 from bria_dagster.records.storage import PipelineStorage
+from bria_dagster.records.tables import read_table
 from tests.test_component import write_batch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -45,7 +45,7 @@ async def test_an_always_failing_operation_gets_max_attempts_http_attempts(
     undo = None
     kwargs = {}
     if operation == "upload":
-        from tests.fal_server import point_fal_client_at
+        from bria_dagster.testing import point_fal_client_at
 
         undo = point_fal_client_at(fal_server)  # the upload hosts have no env var
         kwargs["inline_max_bytes"] = 100

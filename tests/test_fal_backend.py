@@ -78,7 +78,7 @@ async def test_sync_mode_outputs_are_decoded_data_uris(fal_server):
 
 
 async def test_large_local_inputs_go_through_fal_upload(fal_server):
-    from tests.fal_server import point_fal_client_at
+    from bria_dagster.testing import point_fal_client_at
 
     undo = point_fal_client_at(fal_server)  # upload hosts have no env var in fal-client
     fal = backend(inline_max_bytes=100)

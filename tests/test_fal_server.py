@@ -23,7 +23,7 @@ from PIL import Image
 
 from bria_dagster.client.images import parse_data_uri, to_data_uri
 from bria_dagster.engine.synthetic import make_product_photo
-from tests.fal_server import FalTestServer, Knobs, point_fal_client_at, reserve_port
+from bria_dagster.testing import FalTestServer, Knobs, point_fal_client_at, reserve_port
 
 REMOVE = "fal-ai/bria/background/remove"
 REPLACE = "fal-ai/bria/background/replace"
@@ -402,11 +402,12 @@ CLIENT_SCRIPT = textwrap.dedent(
 def test_standalone_process_prints_env_and_serves_the_real_client(tmp_path: Path) -> None:
     port = reserve_port()
     ca_out = tmp_path / "ca" / "fal-ca.pem"
-    server_py = Path(__file__).with_name("fal_server.py")
+    repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(server_py),
+            "-m",
+            "bria_dagster.testing.fal_server",
             "--port",
             str(port),
             "--ca-out",
@@ -420,6 +421,7 @@ def test_standalone_process_prints_env_and_serves_the_real_client(tmp_path: Path
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
     )
     try:
         assert proc.stdout is not None
@@ -428,7 +430,6 @@ def test_standalone_process_prints_env_and_serves_the_real_client(tmp_path: Path
         assert env["SSL_CERT_FILE"] == str(ca_out) and ca_out.read_text().startswith("-----BEGIN")
         assert env["FAL_KEY"] == "proc-key"
 
-        repo = Path(__file__).resolve().parents[1]
         child_env = {**os.environ, **env, "PYTHONPATH": str(repo)}
         out = subprocess.run(
             [sys.executable, "-c", CLIENT_SCRIPT],

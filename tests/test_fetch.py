@@ -20,12 +20,11 @@ import trustme
 from aiohttp import web
 from pydantic import ValidationError
 
-from bria_dagster.client import fetch as fetch_mod
-from bria_dagster.client.fetch import (
-    Fetched,
+from bria_dagster.client import fetch_policy
+from bria_dagster.client.fetch import Fetched, fetch_bytes
+from bria_dagster.client.fetch_policy import (
     FetchPolicy,
     classify_address,
-    fetch_bytes,
     resolve_and_check,
     sanitize_url,
 )
@@ -133,7 +132,7 @@ def resolver(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return list(table[host])
 
-    monkeypatch.setattr(fetch_mod, "_resolve_host", fake_resolve)
+    monkeypatch.setattr(fetch_policy, "_resolve_host", fake_resolve)
     table["__calls__"] = calls  # type: ignore[assignment]
     return table
 
@@ -315,7 +314,8 @@ async def test_connection_refused_is_a_fetch_failure():
 
 
 async def test_shared_client_is_used_and_its_redirect_setting_ignored(server: Server):
-    async with httpx.AsyncClient(follow_redirects=True) as client:
+    # trust_env=False: conftest's SSL_CERT_FILE (the fal test CA) may not be written yet.
+    async with httpx.AsyncClient(follow_redirects=True, trust_env=False) as client:
         target = "http://169.254.169.254/latest/meta-data/"
         with pytest.raises(FetchRefusedError, match="metadata"):
             await fetch_bytes(f"{server.base}/redirect?to={target}", LOCAL, client=client)

@@ -12,31 +12,25 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from bria_dagster.errors import BriaError
+from bria_dagster.errors import BriaError, LineageNotFoundError, RecordTableError
 from bria_dagster.lineage.frame import (
-    TRACE_COLUMNS,
-    LineageIndex,
-    LineageNotFoundError,
-    RecordTableError,
     derived,
     derived_images,
     load_records,
-    plain_rows,
     trace,
     trace_image,
 )
 from bria_dagster.lineage.index import open_index
 from bria_dagster.records.schema import (
     FAILED,
-    IMAGE_RECORD_SCHEMA,
     NOOP_BACKEND,
     OK,
+    TRACE_COLUMNS,
     canonical_json,
-    frame_to_table,
     make_record_id,
-    records_to_frame,
     reused_record,
 )
+from bria_dagster.records.tables import IMAGE_RECORD_SCHEMA, frame_to_table, records_to_frame
 
 ENDPOINTS = {
     "source": (None, "catalog_batch", 0.0),
@@ -380,9 +374,10 @@ def test_derived_of_unknown_source_is_a_clear_error(frame):
 
 def test_index_is_reusable_and_wrappers_give_plain_rows(tmp_path, frame):
     write_store(str(tmp_path), frame)
-    index = LineageIndex.load(tmp_path)
-    assert len(index) == len(frame)
-    assert trace(sha("expand-sku-a-1:1"), index)["step"].iloc[0] == "expand"
+    with open_index(tmp_path) as index:
+        assert len(index) == len(frame)
+        assert trace(sha("expand-sku-a-1:1"), index)["step"].iloc[0] == "expand"
+        assert derived("sku-a", index)["sku"].unique().tolist() == ["sku-a"]
     chain = trace_image(sha("expand-sku-a-1:1"), base=tmp_path)
     assert chain[0]["step"] == "expand"
     assert isinstance(chain[0]["created_at"], str)
@@ -397,21 +392,18 @@ def test_paths_are_accepted_as_base(tmp_path, frame):
     assert len(derived("sku-a", Path(tmp_path))) == len(derived("sku-a", frame))
 
 
-def test_index_loaded_from_a_base_fetches_other_columns_on_demand(tmp_path, rows):
-    # An image stored under a name that is not its sha: found through the image_uri column.
+def test_an_image_stored_under_another_name_is_found_by_its_uri(tmp_path, rows):
     custom = record("replace", "sku-a", sha("custom"), sha("cutout-sku-a"), variant="9")
     custom["image_uri"] = "s3://shop-media/exports/sku-a-hero.png"
     frame = records_to_frame([*rows, custom])
     write_store(str(tmp_path), frame)
-    index = LineageIndex.load(tmp_path)
-    assert "parameters" not in index.frame.columns  # details are read for result rows only
-    chain = index.trace("s3://shop-media/exports/sku-a-hero.png")
+    chain = trace("s3://shop-media/exports/sku-a-hero.png", tmp_path)
     assert chain["image_sha256"].tolist()[:2] == [sha("custom"), sha("cutout-sku-a")]
     assert chain["parameters"].iloc[0] == custom["parameters"]
     assert chain["request_id"].iloc[0] == custom["request_id"]
     assert chain["request_id"].iloc[1] == "req-remove-sku-a--run-1"  # the producing row
     assert pd.isna(chain["request_id"].iloc[-1])
-    by_uri = index.derived("https://cdn.example/sku-a.jpg")
+    by_uri = derived("https://cdn.example/sku-a.jpg", tmp_path)
     assert by_uri["image_sha256"].tolist() == derived("sku-a", frame)["image_sha256"].tolist()
     assert by_uri["endpoint_id"].tolist() == derived("sku-a", frame)["endpoint_id"].tolist()
 
@@ -462,10 +454,8 @@ def test_trace_of_a_noop_expansion_walks_on_to_the_source(tmp_path, rows):
     )
     frame = records_to_frame([*rows, noop, later])
     write_store(str(tmp_path), frame)
-    pandas_index = LineageIndex.load(tmp_path)
     with open_index(tmp_path) as index:
-        chain = trace(scene, pandas_index)
-        assert plain_rows(chain) == index.trace(scene).rows  # the SQLite index agrees
+        chain = trace(scene, index)
         # The no-op hop first (the image is that expansion), then the row that made it.
         assert chain["step"].tolist() == ["expand", "replace", "remove", "source"]
         assert chain["image_sha256"].tolist()[:2] == [scene, scene]
@@ -475,8 +465,7 @@ def test_trace_of_a_noop_expansion_walks_on_to_the_source(tmp_path, rows):
         assert chain["parent_sha256"].iloc[1] == sha("cutout-sku-a")
         assert chain.attrs["total_cost_usd"] == pytest.approx(0.023 + 0.018)
 
-        every = trace(scene, pandas_index, all_records=True)
-        assert plain_rows(every) == index.trace(scene, all_records=True).rows
+        every = trace(scene, index, all_records=True)
         first = every[every["hop"] == 0]
         assert first["backend"].tolist() == [NOOP_BACKEND, NOOP_BACKEND]
         assert first["reused_in_run_id"].tolist()[1] == "run-2"
@@ -485,16 +474,11 @@ def test_trace_of_a_noop_expansion_walks_on_to_the_source(tmp_path, rows):
 
         # A sibling expansion of the same scene comes from the scene's maker, not from the
         # no-op that kept the scene's bytes.
-        sibling = trace(sha("expand-sku-a-1:1"), pandas_index)
-        assert plain_rows(sibling) == index.trace(sha("expand-sku-a-1:1")).rows
+        sibling = trace(sha("expand-sku-a-1:1"), index)
         assert sibling["step"].tolist() == ["expand", "replace", "remove", "source"]
         assert NOOP_BACKEND not in sibling["backend"].tolist()
-        every_sibling = trace(sha("expand-sku-a-1:1"), pandas_index, all_records=True)
-        assert (
-            plain_rows(every_sibling) == index.trace(sha("expand-sku-a-1:1"), all_records=True).rows
-        )
+        every_sibling = trace(sha("expand-sku-a-1:1"), index, all_records=True)
         assert NOOP_BACKEND not in every_sibling["backend"].tolist()
 
-        family = derived(scene, pandas_index)
-        assert plain_rows(family) == index.derived(scene).rows
+        family = derived(scene, index)
         assert family["step"].tolist().count("expand") == 4  # 2 made, 1 no-op, its reuse

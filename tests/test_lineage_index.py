@@ -1,7 +1,8 @@
-"""The SQLite lineage index: same answers as the pandas path, incremental sync, CLI parity."""
+"""The lineage index: one answer for a store and a frame, incremental sync, CLI output."""
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import subprocess
@@ -13,17 +14,13 @@ from typing import Any
 import pytest
 
 from bria_dagster.cli import main
+from bria_dagster.cli.lineage import write_csv
+from bria_dagster.errors import IndexUnavailableError, LineageNotFoundError, RecordTableError
 from bria_dagster.lineage import frame as lineage
-from bria_dagster.lineage import index as lineage_index
-from bria_dagster.lineage.index import (
-    IndexUnavailableError,
-    LineageNotFoundError,
-    RecordTableError,
-    index_path,
-    open_index,
-    sync,
-)
-from bria_dagster.records.schema import records_to_frame
+from bria_dagster.lineage import sync as lineage_sync
+from bria_dagster.lineage.database import index_path
+from bria_dagster.lineage.index import LineageIndex, open_index, sync
+from bria_dagster.records.tables import read_all, records_to_frame, table_files
 from tests.test_lineage import product_rows, record, reused_cutout, sha, write_store
 
 
@@ -79,21 +76,30 @@ def stored(tmp_path) -> str:
     return str(path)
 
 
-def test_queries_give_the_pandas_rows(base, stored):
-    pandas_index = lineage.LineageIndex.load(base)
+def test_a_store_and_its_rows_in_memory_give_the_same_answers(base, stored):
+    with open_index(base) as on_disk, LineageIndex.of_records(read_all(base)) as in_memory:
+        for query, name, options in queries(stored):
+            got = getattr(on_disk, query)(name, **options)
+            assert got == getattr(in_memory, query)(name, **options), (query, name)
+            assert all(list(row) == list(got.columns) for row in got.rows)
+
+
+def test_frames_hold_the_index_rows(base, stored):
     with open_index(base) as index:
         for query, name, options in queries(stored):
-            expected = getattr(pandas_index, query)(name, **options)
-            got = getattr(index, query)(name, **options)
-            assert got.rows == lineage.plain_rows(expected), (query, name)
-            assert list(got.columns) == list(expected.columns)
-            assert got.total_cost_usd == pytest.approx(expected.attrs["total_cost_usd"])
-            if query == "trace":
-                assert got.source_uri == expected.attrs["source_uri"]
+            result = getattr(index, query)(name, **options)
+            frame = lineage.to_frame(result)
+            assert list(frame.columns) == list(result.columns)
+            shas = [r["image_sha256"] or "" for r in result.rows]
+            assert frame["image_sha256"].fillna("").tolist() == shas
+            assert frame.attrs["total_cost_usd"] == pytest.approx(result.total_cost_usd)
+            # The CLI's CSV writer, byte for byte as pandas writes the same rows.
+            written = io.StringIO()
+            write_csv(result, written)
+            assert written.getvalue() == frame.to_csv(index=False), (query, name)
 
 
-def test_errors_match_the_pandas_path(base, tmp_path, rows):
-    pandas_index = lineage.LineageIndex.load(base)
+def test_errors_are_the_same_for_a_store_and_a_frame(base, tmp_path, rows):
     missing = str(tmp_path / "missing.png")
     cases = [
         ("trace", "0" * 64),
@@ -102,15 +108,14 @@ def test_errors_match_the_pandas_path(base, tmp_path, rows):
         ("derived", "sku-zzz"),
         ("derived", "abcd"),
     ]
-    with open_index(base) as index:
-        for query, name in cases:
-            with pytest.raises(LineageNotFoundError) as expected:
-                getattr(pandas_index, query)(name)
-            with pytest.raises(LineageNotFoundError) as got:
-                getattr(index, query)(name)
-            assert str(got.value) == str(expected.value)
-    assert lineage.LineageNotFoundError is LineageNotFoundError
-    assert lineage.RecordTableError is RecordTableError
+    frame = records_to_frame(rows)
+    for query, name in cases:
+        with pytest.raises(LineageNotFoundError) as from_store:
+            getattr(lineage, query)(name, base)
+        with pytest.raises(LineageNotFoundError) as from_frame:
+            getattr(lineage, query)(name, frame)
+        message = str(from_frame.value).replace("the given records", f"{base}/tables")
+        assert str(from_store.value) == message
 
 
 def test_ambiguous_prefix_asks_for_more(tmp_path, rows):
@@ -142,13 +147,13 @@ def test_empty_store_has_no_rows_and_no_index_file(tmp_path):
 def reads(monkeypatch) -> list[str]:
     """The tables the index reads (re-read) from Parquet."""
     seen: list[str] = []
-    real = lineage_index._read_table
+    real = lineage_sync.read_columns
 
-    def counting(path: str) -> list[list[Any]]:
+    def counting(path: str) -> Any:
         seen.append(os.path.relpath(path, os.path.dirname(os.path.dirname(path))))
         return real(path)
 
-    monkeypatch.setattr(lineage_index, "_read_table", counting)
+    monkeypatch.setattr(lineage_sync, "read_columns", counting)
     return seen
 
 
@@ -160,7 +165,7 @@ def count(base: str) -> int:
 def test_sync_reads_only_new_and_changed_tables(base, rows, reads):
     first = sync(base)
     assert sorted(reads) == sorted(
-        os.path.relpath(p, os.path.join(base, "tables")) for p in lineage.table_files(base)
+        os.path.relpath(p, os.path.join(base, "tables")) for p in table_files(base)
     )
     assert first.rows_written == first.records == len(rows) == count(base)
     assert os.path.isfile(index_path(base))
@@ -181,7 +186,7 @@ def test_sync_reads_only_new_and_changed_tables(base, rows, reads):
     assert count(base) == len(rows) - n_scenes_b
     with open_index(base) as index:
         assert index.trace(sha("scene-sku-a-0")).rows[0]["run_id"] == "run-9"
-        assert index.derived("sku-b").rows == lineage.plain_rows(lineage.derived("sku-b", base))
+        assert index.derived("sku-b").rows == lineage.derived_images("sku-b", base)
 
     # Remove a table: its rows leave the index without reading anything.
     reads.clear()
@@ -257,7 +262,7 @@ def test_cli_errors_are_the_same_with_and_without_the_index(base, capsys):
 def test_cli_notes_indexing_on_stderr_only_when_tables_were_read(base, capsys):
     status, out, err = run(["lineage", "derived", "sku-a", "--base", base], capsys)
     assert status == 0 and "indexed" not in out
-    assert err.startswith(f"indexed {len(lineage.table_files(base))} table(s)")
+    assert err.startswith(f"indexed {len(table_files(base))} table(s)")
     assert len(err.splitlines()) == 1
     status, _, err = run(["lineage", "derived", "sku-a", "--base", base], capsys)
     assert status == 0 and err == ""

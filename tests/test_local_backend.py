@@ -24,7 +24,7 @@ from bria_dagster.client.contracts import build_request
 from bria_dagster.client.contracts.expand import ExpandRequest
 from bria_dagster.client.contracts.remove import RemoveBackgroundRequest
 from bria_dagster.client.contracts.replace import ReplaceBackgroundRequest
-from bria_dagster.client.fetch import FetchPolicy
+from bria_dagster.client.fetch_policy import FetchPolicy
 from bria_dagster.client.images import parse_data_uri, to_data_uri
 from bria_dagster.client.retry import RetryPolicy
 from bria_dagster.engine import matte

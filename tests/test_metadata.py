@@ -18,8 +18,9 @@ from bria_dagster.orchestration.metadata import (
     shorten,
     summary_markdown,
 )
-from bria_dagster.records.schema import FAILED, IMAGE_RECORD_SCHEMA, REUSED, records_to_frame
+from bria_dagster.records.schema import FAILED, REUSED
 from bria_dagster.records.store import ImageStore
+from bria_dagster.records.tables import IMAGE_RECORD_SCHEMA, records_to_frame
 from bria_dagster.steps.rows import StepReport
 from tests.test_lineage import record, sha
 from tests.test_pipeline import catalog, materialize, meta, table  # noqa: F401 (fixture)

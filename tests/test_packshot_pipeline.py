@@ -20,8 +20,8 @@ from PIL import Image
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
 from bria_dagster.engine.synthetic import make_product_photo
-from bria_dagster.orchestration.io_manager import read_table
 from bria_dagster.packshot import ChannelPreset
+from bria_dagster.records.tables import read_table
 from bria_dagster.steps.export import MANIFEST_COLUMNS
 from bria_dagster.steps.packshot import PACKSHOT_ENDPOINT, PackshotSettings
 

@@ -1,4 +1,4 @@
-"""The request journal in a real PostgreSQL (tests/pg_server.py; no mock): its interface,
+"""The request journal in a real PostgreSQL (bria_dagster.testing.postgres; no mock): its interface,
 a Postgres restart mid-run, Postgres unreachable at start, and a SIGKILLed Dagster run on a
 Postgres instance re-attached from another process and working directory."""
 
@@ -24,7 +24,7 @@ from bria_dagster.client.journal import PostgresRequestJournal, open_journal
 from bria_dagster.engine.synthetic import make_product_photo
 from bria_dagster.errors import ConfigurationError
 from bria_dagster.orchestration.storage_access import resolve_journal_url
-from tests.fal_server import reserve_port
+from bria_dagster.testing import reserve_port
 
 REPO = Path(__file__).resolve().parents[1]
 _db_names = itertools.count()

@@ -10,6 +10,7 @@ import pytest
 from bria_dagster import BriaResource, PipelineSettings
 from bria_dagster.client.backends.base import BackendResult
 from bria_dagster.client.backends.fal import FalBackend
+from bria_dagster.client.client import BriaClient
 from bria_dagster.client.contracts.base import BriaRequest
 from bria_dagster.client.contracts.remove import RemoveBackgroundRequest, RemoveBackgroundResponse
 from bria_dagster.client.prices import PriceTable
@@ -96,7 +97,6 @@ def test_records_carry_the_unit_price_and_local_calls_cost_nothing(tmp_path: Pat
         "catalog_row": "{}",
     }
     settings = PipelineSettings(prompt_template="on oak", num_images=2)
-    bria = BriaResource(backend="local", prices=CONTRACT.model_dump())
 
     def step(name: str) -> ChainStep:
         ctx = StepContext(
@@ -104,12 +104,10 @@ def test_records_carry_the_unit_price_and_local_calls_cost_nothing(tmp_path: Pat
         )
         return ChainStep(ctx, StepPlanner(settings, name).jobs, reuse=lambda fingerprints: {})
 
-    try:
+    with BriaClient(backend="local", prices=CONTRACT) as bria:
         (cutouts, removed), (scenes, replaced) = StepChain(
             [step("remove"), step("replace")], bria, store
         ).run([source])
-    finally:
-        bria.close()
     assert removed.estimated_cost_usd == pytest.approx(0.5)
     assert replaced.estimated_cost_usd == pytest.approx(2 * 0.25)
     assert list(cutouts["unit_price_usd"]) == [0.5]
@@ -117,3 +115,13 @@ def test_records_carry_the_unit_price_and_local_calls_cost_nothing(tmp_path: Pat
     frame = pd.concat([cutouts, scenes])
     assert len(frame) == 3 and (frame["status"] == "ok").all()
     assert (frame["cost_usd"] == 0.0).all()  # the local engine is free; the price is kept
+
+
+def test_the_resource_prices_any_endpoint_by_name_and_hands_its_table_to_the_client():
+    bria = BriaResource(
+        backend="local", prices={"usd_per_unit": {"expand": 0.023}, "source": "contract 17"}
+    )
+    table = bria.price_table()
+    assert table.unit_price_usd("expand") == 0.023 and table.source == "contract 17"
+    assert table.unit_price_usd("remove") == 0.018  # not named: the list price
+    assert bria.make_client().prices == table

@@ -3,14 +3,18 @@
 Blocks run in order in one folder holding a copy of ``examples/`` (as a reader would run
 them from the repo root), with no FAL_KEY, so every example uses the embedded engine.
 A block that defines ``defs`` is loaded and each of its pipelines' jobs materializes the
-``home_goods`` batch; a block that defines assets materializes them; a component
+``home_goods`` batch; a block that defines assets materializes them; a block that defines
+``test_*`` functions (a test a reader copies into their suite) calls them, each with a
+fresh ``tmp_path`` if it asks for one; a component
 ``defs.yaml`` loads through dg and launches; a ``dagster.yaml`` loads as an instance.
 Every step table an example writes must hold ok (or reused) rows.
 """
 
+import inspect
 import re
 import shutil
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -84,6 +88,21 @@ def _run_python(code: str, instance: dg.DagsterInstance) -> None:
             assert output, asset.key
     for frame in frames:  # a query example: it found what it looked for
         assert len(frame), "an example's query returned no rows"
+    for name, test in vars(module).items():
+        if name.startswith("test_") and callable(test):
+            _run_test(name, test)
+
+
+def _run_test(name: str, test: Callable[..., None]) -> None:
+    """Call a pytest-style test function; ``tmp_path`` is the only fixture offered."""
+    params = inspect.signature(test).parameters
+    unknown = set(params) - {"tmp_path"}
+    assert not unknown, f"{name} asks for fixtures the README test does not give: {unknown}"
+    kwargs = {}
+    if "tmp_path" in params:
+        kwargs["tmp_path"] = Path.cwd() / name
+        kwargs["tmp_path"].mkdir()
+    test(**kwargs)
 
 
 def _run_yaml(text: str, folder: Path, instance: dg.DagsterInstance) -> None:

@@ -9,16 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bria_dagster.records.schema import (
+from bria_dagster.records.schema import OK, REUSED, canonical_json, make_record_id, reused_record
+from bria_dagster.records.tables import (
     IMAGE_RECORD_SCHEMA,
-    OK,
-    REUSED,
-    canonical_json,
     frame_rows,
     frame_to_table,
-    make_record_id,
     records_to_frame,
-    reused_record,
 )
 
 
@@ -108,7 +104,7 @@ def test_reused_record_keeps_the_producer_and_names_the_reusing_run():
 def test_a_table_written_before_the_new_columns_still_reads(tmp_path):
     from bria_dagster.lineage.frame import load_records, trace
     from bria_dagster.lineage.index import open_index
-    from bria_dagster.orchestration.io_manager import read_records, read_table
+    from bria_dagster.records.tables import read_records, read_table
 
     new = {"reused_in_run_id", "unit_price_usd"}
     old_schema = pa.schema([f for f in IMAGE_RECORD_SCHEMA if f.name not in new])

@@ -51,8 +51,9 @@ from bria_dagster.lineage.report import (
     write_audit_report,
 )
 from bria_dagster.orchestration.report_metadata import audit_report_metadata
-from bria_dagster.records.schema import frame_to_table, records_to_frame, reused_record
+from bria_dagster.records.schema import reused_record
 from bria_dagster.records.store import ImageStore
+from bria_dagster.records.tables import frame_to_table, records_to_frame
 from bria_dagster.steps.settings import CheckSettings
 from tests.test_lineage import record
 from tests.test_pipeline import BATCH, materialize, product, write_catalog

@@ -16,16 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline, cli
-from bria_dagster.orchestration.io_manager import write_table
 from bria_dagster.records.reuse import ReuseIndex, rebuild
-from bria_dagster.records.schema import (
-    FAILED,
-    IMAGE_RECORD_SCHEMA,
-    OK,
-    REUSED,
-    canonical_json,
-    records_to_frame,
-)
+from bria_dagster.records.schema import FAILED, OK, REUSED, canonical_json
+from bria_dagster.records.tables import IMAGE_RECORD_SCHEMA, records_to_frame, write_table
 from tests.test_pipeline import CountingBackends, product, write_catalog
 
 ASSET = "product_images__product_scenes"

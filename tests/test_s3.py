@@ -20,9 +20,10 @@ import pytest
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
 from bria_dagster.cli import main
+from bria_dagster.lineage import database as lineage_database
 from bria_dagster.lineage import index as lineage_index
-from bria_dagster.records.schema import records_to_frame
-from tests.s3_server import AWS_ENV
+from bria_dagster.records.tables import records_to_frame
+from bria_dagster.testing import AWS_ENV
 from tests.test_lineage import product_rows, sha, write_store
 from tests.test_pipeline import BATCH, CountingBackends, materialize, product, write_catalog
 
@@ -187,7 +188,7 @@ def test_the_index_of_an_s3_base_is_a_local_cache_reading_only_changed_tables(s3
     s3_store(base, 3)
     first = lineage_index.sync(base, cache_dir=cache)
     assert len(first.read) == first.tables == 9 and first.records > 0
-    path = lineage_index.index_path(base, cache)
+    path = lineage_database.index_path(base, cache)
     assert os.path.dirname(path) == str(cache / "lineage") and os.path.exists(path)
     assert lineage_index.sync(base, cache_dir=cache).read == []  # listed, nothing read
     # One table rewritten (same size is possible: the ETag tells), one removed.
@@ -237,7 +238,7 @@ def test_two_processes_syncing_one_s3_index_at_once(s3_bucket, tmp_path, capsys)
     # Each table was read exactly once between them: the second re-listed under the lock.
     assert sum(n for n, _ in counts) == 60
     assert counts[0][1] == counts[1][1] > 0
-    conn = sqlite3.connect(lineage_index.index_path(base, cache))
+    conn = sqlite3.connect(lineage_database.index_path(base, cache))
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert conn.execute("SELECT COUNT(*) FROM tables").fetchone() == (60,)
     conn.close()

@@ -9,7 +9,7 @@ import fsspec
 
 from bria_dagster import PipelineSettings, ProductImagePipeline
 from bria_dagster.orchestration.automation import build_catalog_sensor
-from tests.s3_server import counting_s3_requests
+from bria_dagster.testing import counting_s3_requests
 from tests.test_automation import tick
 
 FILES = 36

@@ -11,7 +11,8 @@ from bria_dagster.client.contracts import build_request, endpoint_for
 from bria_dagster.client.fingerprint import request_fingerprint
 from bria_dagster.engine.outpaint import plan_expand
 from bria_dagster.errors import ConfigurationError, RequestValidationError
-from bria_dagster.records.schema import NOOP_BACKEND, records_to_frame
+from bria_dagster.records.schema import NOOP_BACKEND
+from bria_dagster.records.tables import records_to_frame
 from bria_dagster.steps import rows as steps
 from bria_dagster.steps.catalog import CatalogRow, row_json
 from bria_dagster.steps.planning import StepPlanner

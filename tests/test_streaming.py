@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
-from bria_dagster.orchestration.io_manager import read_table
+from bria_dagster.records.tables import read_table
 from tests.test_pipeline import product, write_catalog
 
 BATCH = "b1"

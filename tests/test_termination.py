@@ -1,8 +1,8 @@
 """A run terminated mid-batch (SIGTERM, as a pod eviction or the UI's Terminate sends it).
 
 The run worker (benchmarks/fault_soak.py's, ``job.execute_in_process``) runs the cutouts of
-one partition against tests/fal_server.py in its own process; fal runs 4 jobs at once, so
-of the 8 requests in flight about half wait in fal's queue. SIGTERM arrives once a few
+one partition against bria_dagster.testing.fal_server in its own process; fal runs 4 jobs at
+once, so of the 8 requests in flight about half wait in fal's queue. SIGTERM arrives once a few
 requests are journaled. The worker must stop sending, let every submit in flight land in the
 journal, and exit within the grace period; every request fal accepted is then either
 journaled (the re-run re-attaches to it) or was cancelled while queued (never billed); a
@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from bria_dagster.testing import FalServerProcess
 from tests.test_fault_soak import load_soak
 
 ROWS = 24
@@ -47,7 +48,7 @@ def terminate_and_rerun(tmp_path, on_terminate: str, sig: int = signal.SIGTERM) 
     )
     (partition,) = soak.write_batches(tmp_path, config)
     home = soak.make_home(tmp_path, [partition], pool_limit=1)
-    server = soak._server_class()(
+    server = FalServerProcess(
         tmp_path, key="term-key", latency=config.latency, max_in_progress=config.server_slots
     )
     try:

@@ -9,7 +9,7 @@ from bria_dagster import (
     PipelineSettings,
     ProductImagePipeline,
 )
-from bria_dagster.orchestration.io_manager import read_table
+from bria_dagster.records.tables import read_table
 from tests.test_component import write_batch
 
 

@@ -33,7 +33,7 @@ import pytest
 from PIL import Image
 
 from bria_dagster import PipelineSettings
-from tests.fal_server import reserve_port
+from bria_dagster.testing import reserve_port
 from tests.test_pipeline import BATCH, materialize, product, write_catalog
 from tests.test_report import Chromium, _DevTools
 

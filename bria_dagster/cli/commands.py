@@ -2,7 +2,7 @@
 
     bria-dagster lineage trace <image path | sha256> [--base DIR] [--format table|json|csv]
     bria-dagster lineage derived <sku | source sha256 | uri> [--base DIR] [--format ...]
-        (both take --no-index: skip the SQLite index and read the Parquet tables with pandas)
+        (both take --no-index: index the Parquet tables in memory, no cache file)
     bria-dagster lineage report --batch NAME [--out FILE.html] [--base DIR] [--pipeline NAME]
         (one self-contained HTML page: failures, cost per step, every sku's chain of images)
     bria-dagster batches add [BATCH ...] [--pipeline NAME] [--catalog-dir DIR]
@@ -29,12 +29,9 @@ User errors (unknown image, unreadable store) print one line to stderr and exit 
 from __future__ import annotations
 
 import argparse
-import io
-import json
-import sqlite3
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from ..errors import BriaError
 
@@ -43,41 +40,6 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 DEMO_MODULE = "bria_dagster.cli.demo"
 FORMATS = ("table", "json", "csv")
-
-# Columns shown by the table format, with their headings: the rest are in json/csv.
-# run_id names the run that made a row's image; a reused row also names the run that
-# reused it (and paid nothing for it).
-TRACE_TABLE = (
-    ("hop", "hop"),
-    ("step", "step"),
-    ("sku", "sku"),
-    ("image_sha256", "image"),
-    ("endpoint_id", "endpoint"),
-    ("backend", "backend"),
-    ("parameters", "parameters"),
-    ("seed", "seed"),
-    ("run_id", "made_in_run"),
-    ("reused_in_run_id", "reused_in_run"),
-    ("partition", "partition"),
-    ("cost_usd", "cost_usd"),
-)
-DERIVED_TABLE = (
-    ("step", "step"),
-    ("sku", "sku"),
-    ("variant", "variant"),
-    ("status", "status"),
-    ("image_sha256", "image"),
-    ("parent_sha256", "parent"),
-    ("endpoint_id", "endpoint"),
-    ("parameters", "parameters"),
-    ("run_id", "made_in_run"),
-    ("reused_in_run_id", "reused_in_run"),
-    ("cost_usd", "cost_usd"),
-    ("error_message", "error"),
-)
-SHA_WIDTH = 12
-PARAM_VALUE_WIDTH = 24
-PARAMS_WIDTH = 60
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--no-index",
             action="store_true",
-            help="read the Parquet tables with pandas instead of the SQLite index "
+            help="index the Parquet tables in memory instead of using the cached index "
             "(<base>/tables/_lineage.sqlite, or for an fsspec URL a file in the cache folder)",
         )
         sub.add_argument(
@@ -309,135 +271,9 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
 def _lineage(args: argparse.Namespace, out: TextIO) -> int:
     if args.query == "report":
         return _report(args, out)
-    if not args.no_index:
-        from ..lineage import (
-            index as lineage_index,  # sqlite only: no pandas/pyarrow while the index is current
-        )
+    from .lineage import run  # the SQLite index only: no pandas/pyarrow while it is current
 
-        # A local base's index is beside its tables, an fsspec URL's in the local cache.
-        try:
-            index = lineage_index.open_index(args.base, cache_dir=args.cache_dir)
-        except lineage_index.IndexUnavailableError as exc:
-            _note(f"{exc}; reading the tables instead")
-        else:
-            answer = io.StringIO()  # written out only once the index has answered whole
-            try:
-                with index:
-                    status = _lineage_indexed(args, index, answer)
-            except sqlite3.Error as exc:  # e.g. disk I/O error, locked past the timeout
-                _note(
-                    f"the lineage index failed during the query ({exc}); reading the tables instead"
-                )
-                return _lineage_tables(args, out)
-            out.write(answer.getvalue())
-            if index.stats.changed:
-                print(index.stats.summary(), file=sys.stderr)
-            return status
-    return _lineage_tables(args, out)
-
-
-def _lineage_indexed(args: argparse.Namespace, index: Any, out: TextIO) -> int:
-    """The query over the SQLite index (:mod:`bria_dagster.lineage.index`), plain dict rows."""
-    from ..lineage import index as lineage_index
-
-    if args.query == "trace":
-        result = index.trace(args.image, all_records=args.all_records)
-    else:
-        result = index.derived(args.source, include_failed=args.include_failed)
-    if args.format == "json":
-        lineage_index.dump_json(result, out)
-    elif args.format == "csv":
-        lineage_index.write_csv(result, out)
-    else:
-        _write_table(args, result.rows, result.source_uri, out)
-    _report_cost(args, result.total_cost_usd, out)
-    return 0
-
-
-def _lineage_tables(args: argparse.Namespace, out: TextIO) -> int:
-    """The query over the Parquet tables with pandas (fsspec URLs, or ``--no-index``)."""
-    from ..lineage import frame as lineage  # pandas/pyarrow load only when a query runs
-
-    index = lineage.LineageIndex.load(args.base)
-    if args.query == "trace":
-        rows = index.trace(args.image, all_records=args.all_records)
-    else:
-        rows = index.derived(args.source, include_failed=args.include_failed)
-    if args.format == "json":
-        json.dump(lineage.plain_rows(rows), out, indent=2)
-        out.write("\n")
-    elif args.format == "csv":
-        rows.to_csv(out, index=False)
-    else:
-        _write_table(args, lineage.plain_rows(rows), rows.attrs.get("source_uri"), out)
-    _report_cost(args, lineage.total_cost(rows), out)
-    return 0
-
-
-def _write_table(
-    args: argparse.Namespace, rows: list[dict[str, Any]], source_uri: str | None, out: TextIO
-) -> None:
-    """The ``table`` format, the same from either path: title, columns, source, total."""
-    if args.query == "trace":
-        out.write(f"lineage of {rows[0]['image_sha256']} ({len(rows)} rows)\n")
-        out.write(_render_table(rows, TRACE_TABLE))
-        out.write(f"source: {source_uri}\n")
-    else:
-        out.write(f"images derived from {args.source} ({len(rows)} rows)\n")
-        out.write(_render_table(rows, DERIVED_TABLE))
-
-
-def _report_cost(args: argparse.Namespace, cost: float, out: TextIO) -> None:
-    """The total: the table's last line, or on stderr beside json/csv (stdout stays data)."""
-    if args.format == "table":
-        out.write(f"total cost: {cost:.4f} USD\n")
-    else:
-        print(f"total cost: {cost:.4f} USD", file=sys.stderr)
-
-
-def _render_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """Aligned plain-text columns; shas shortened, parameters shown as key=value."""
-    shown = [[_cell(name, row.get(name)) for name, _ in columns] for row in rows]
-    headings = [heading for _, heading in columns]
-    widths = [max([len(h), *(len(r[i]) for r in shown)]) for i, h in enumerate(headings)]
-    lines = [headings, ["-" * w for w in widths], *shown]
-    return "".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n"
-        for line in lines
-    )
-
-
-def _cell(name: str, value: Any) -> str:
-    if value is None or value == "":
-        return "-"
-    if name.endswith("sha256"):
-        return str(value)[:SHA_WIDTH]
-    if name == "cost_usd":
-        return f"{float(value):.4f}"
-    if name == "parameters":
-        return _compact_parameters(str(value))
-    text = str(value).replace("\n", " ")
-    return text if len(text) <= PARAMS_WIDTH else text[: PARAMS_WIDTH - 3] + "..."
-
-
-def _compact_parameters(text: str) -> str:
-    """``{"prompt": "a long prompt", "seed": 3}`` -> ``prompt='a long pr...' seed=3``."""
-    try:
-        params = json.loads(text)
-    except ValueError:
-        params = None
-    if not isinstance(params, dict):
-        return text[:PARAMS_WIDTH]
-    parts = []
-    for key, value in params.items():
-        if value is None or value == "":
-            continue
-        shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-        if len(shown) > PARAM_VALUE_WIDTH:
-            shown = shown[: PARAM_VALUE_WIDTH - 3] + "..."
-        parts.append(f"{key}={shown}")
-    joined = " ".join(parts) or "-"
-    return joined if len(joined) <= PARAMS_WIDTH else joined[: PARAMS_WIDTH - 3] + "..."
+    return run(args, out, _note)
 
 
 if __name__ == "__main__":

@@ -92,15 +92,15 @@ def main(base: str = "bria_data", examples: str = "examples") -> int:
     print(f"\nsee it in the UI:  make ui   (= DAGSTER_HOME={home} dg dev -f definitions.py)")
     try:
         from ..lineage.frame import load_records
-        from ..records.schema import NOOP_BACKEND
+        from ..records.schema import FAILED, NOOP_BACKEND
 
         records = load_records(storage)
         # An expansion that was sent: a no-op one is its scene's own bytes.
-        made = (records["status"] != "failed") & (records["backend"] != NOOP_BACKEND)
+        made = (records["status"] != FAILED) & (records["backend"] != NOOP_BACKEND)
         outputs = records[(records["step"] == "expand") & made]
         if len(outputs):
             sha = outputs.iloc[0]["image_sha256"]
-            chain = trace(sha, records)
+            chain = trace(sha, storage)  # through the index the CLI command below uses
             steps = " <- ".join(str(s) for s in chain["step"])
             cli = _cli_command()
             print(f"\ntrace example: {cli} lineage trace {sha[:12]} --base {base}")

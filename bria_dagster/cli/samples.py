@@ -103,22 +103,25 @@ def write_sample_catalogs(folder: str | Path, *, size: tuple[int, int] = SAMPLE_
     return written
 
 
-STEPS = ("product_cutouts", "product_scenes", "product_expansions")
+ASSETS = ("product_cutouts", "product_scenes", "product_expansions")
 COLUMNS = ("source", "cutout", "scene", "expansion")
 
 
 def _demo_images(base: str | Path, pipeline: str) -> dict[str, dict[str, str]]:
-    """``{sku: {column: image path}}`` from the newest ok row of each step's tables."""
-    import pandas as pd
+    """``{sku: {column: image path}}`` from the first ok row (by variant) of each step."""
+    from ..records.schema import OK
+    from ..records.tables import read_table, table_files
 
-    tables = Path(base) / "tables"
+    columns = dict(zip((f"{pipeline}__{asset}" for asset in ASSETS), COLUMNS[1:], strict=True))
     found: dict[str, dict[str, str]] = {}
-    for step, column in zip(STEPS, COLUMNS[1:], strict=True):
-        for path in sorted((tables / f"{pipeline}__{step}").glob("*.parquet")):
-            frame = pd.read_parquet(path)
-            frame = frame[(frame["status"] == "ok") & frame["image_uri"].notna()]
-            for row in frame.sort_values("variant").itertuples():
-                found.setdefault(str(row.sku), {}).setdefault(column, str(row.image_uri))
+    for path in table_files(base):
+        column = columns.get(Path(path).parent.name)
+        frame = read_table(path) if column else None
+        if frame is None:
+            continue
+        frame = frame[(frame["status"] == OK) & frame["image_uri"].notna()]
+        for row in frame.sort_values("variant").itertuples():
+            found.setdefault(str(row.sku), {}).setdefault(column, str(row.image_uri))
     return found
 
 

@@ -73,14 +73,18 @@ class RequestJournal:
     def __repr__(self) -> str:
         return f"RequestJournal({str(self.path) if self.path else ':memory:'})"
 
-    def get(self, fingerprint: str) -> JournalEntry | None:
+    def _select(self, column: str, value: str) -> list[JournalEntry]:
         with self._lock:
-            row = self._db.execute(
+            rows = self._db.execute(
                 "SELECT fingerprint, endpoint_id, request_id, state, submitted_at"
-                " FROM requests WHERE fingerprint = ?",
-                (fingerprint,),
-            ).fetchone()
-        return None if row is None else JournalEntry(*row)
+                f" FROM requests WHERE {column} = ?",
+                (value,),
+            ).fetchall()
+        return [JournalEntry(*row) for row in rows]
+
+    def get(self, fingerprint: str) -> JournalEntry | None:
+        found = self._select("fingerprint", fingerprint)
+        return found[0] if found else None
 
     def accepted(self, fingerprint: str, endpoint_id: str, request_id: str) -> None:
         """Record that fal accepted ``request_id`` for ``fingerprint`` (durable on return)."""
@@ -107,13 +111,7 @@ class RequestJournal:
             self._db.execute("DELETE FROM requests WHERE fingerprint = ?", (fingerprint,))
 
     def pending(self) -> list[JournalEntry]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT fingerprint, endpoint_id, request_id, state, submitted_at"
-                " FROM requests WHERE state = ?",
-                (PENDING,),
-            ).fetchall()
-        return [JournalEntry(*row) for row in rows]
+        return self._select("state", PENDING)
 
     def close(self) -> None:
         with self._lock:

@@ -3,7 +3,7 @@
 An expansion whose canvas is the image's own size, with the image unresized at (0, 0)
 (a square image to ``1:1``), returns the image as it is: on fal that is still a paid
 call. The pipeline records such a request instead of sending it (``planning``); this
-module does the same for the single-image calls (``BriaResource.expand_image``) when the
+module does the same for the single-image calls (``BriaClient.expand_image``) when the
 input is at hand (bytes, a ``data:`` URI or a local file). An ``http(s)``, ``s3`` or
 ``gs`` input is sent as it is: learning its size would mean downloading it here too.
 """
@@ -20,7 +20,8 @@ from ..records.schema import NOOP_BACKEND
 from .backends.base import BackendResult, OutputImage
 from .contracts.base import BriaRequest, Image
 from .contracts.expand import ExpandRequest, ExpandResponse
-from .fetch import FetchPolicy, fetch_bytes
+from .fetch import fetch_bytes
+from .fetch_policy import FetchPolicy
 from .images import sniff_content_type, to_data_uri
 
 __all__ = ["unchanged_expansion"]

@@ -2,8 +2,9 @@
 
 Every endpoint's default is the list price its contract declares (with its source and
 date); a table overrides any of them by endpoint name. Prices change and enterprise
-contracts differ, so they are settings (``BriaResource(prices=...)``), and every record
-of a call keeps the unit price that applied (``unit_price_usd``).
+contracts differ, so they are settings (``BriaClient(prices=...)``, the resource's
+``prices``), and every record of a call keeps the unit price that applied
+(``unit_price_usd``).
 """
 
 from __future__ import annotations

@@ -51,6 +51,14 @@ class Usage:
         self.cost_usd[name] = round(self.cost_usd.get(name, 0.0) + result.cost_usd, 6)
         self.retries += len(result.retries)
 
+    def merge(self, other: Usage) -> None:
+        """Add ``other``'s figures to these."""
+        self.calls.update(other.calls)
+        self.images.update(other.images)
+        for name, cost in other.cost_usd.items():
+            self.cost_usd[name] = round(self.cost_usd.get(name, 0.0) + cost, 6)
+        self.retries += other.retries
+
     def metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in sorted(set(self.calls) | set(self.images)):

@@ -18,8 +18,9 @@ from .._version import __version__
 from ..errors import BriaError, CatalogError
 from ..lineage.report import write_audit_report
 from ..records.reuse import ReuseIndex
-from ..records.schema import OK, REUSED, frame_rows
+from ..records.schema import OK, REUSED
 from ..records.storage import PipelineStorage
+from ..records.tables import frame_rows, read_records, read_table
 from ..steps.chain import ChainStep, StepChain
 from ..steps.export import export_channel
 from ..steps.ingest import ingest_sources, load_batch_catalog
@@ -37,7 +38,6 @@ from .checks import (
     compliance_results,
     evaluate_checks,
 )
-from .io_manager import read_records, read_table
 from .metadata import definition_metadata, materialization_metadata
 from .report_metadata import audit_report_metadata
 from .resource import BriaResource
@@ -349,7 +349,7 @@ def _image_steps(
                     )
                     for step in group
                 ],
-                bria,
+                bria.get_client(context),
                 store,
                 journal=journal,
                 log=context.log.info,

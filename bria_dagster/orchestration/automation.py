@@ -26,10 +26,11 @@ import dagster as dg
 import fsspec
 
 from ..errors import CatalogError
+from ..records.schema import FAILED
 from ..records.storage import PipelineStorage
+from ..records.tables import read_table
 from ..steps.settings import REFRESH_TAG
 from .batches import catalog_listing
-from .io_manager import read_table
 
 if TYPE_CHECKING:
     from .identity import PipelineIdentity
@@ -271,8 +272,8 @@ def partitions_needing_retry(
     needing = []
     for partition in partitions:
         for asset in assets:
-            frame = read_table(storage.table_path(asset, partition))
-            if frame is None or (frame["status"] == "failed").any():
+            frame = read_table(storage.table_path(asset, partition), ["status"])
+            if frame is None or (frame["status"] == FAILED).any():
                 needing.append(partition)
                 break
     return needing

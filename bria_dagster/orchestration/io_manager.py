@@ -2,59 +2,23 @@
 
 Each asset partition is one Parquet file at
 ``<base>/tables/<asset name>/<partition>.parquet`` (asset key path joined by
-``__``), written with :data:`~bria_dagster.records.schema.IMAGE_RECORD_SCHEMA`. The
-base is a local folder by default or any fsspec URL. Local writes are atomic.
-Every table written is added to its asset's reuse index (:mod:`bria_dagster.records.reuse`).
+``__``), read and written by :mod:`bria_dagster.records.tables`. The base is a local
+folder by default or any fsspec URL. Local writes are atomic. Every table written is
+added to its asset's reuse index (:mod:`bria_dagster.records.reuse`).
 """
 
 from __future__ import annotations
 
-import io
-
 import dagster as dg
-import fsspec
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from ..errors import storage_access
 from ..records.reuse import ReuseIndex
-from ..records.schema import IMAGE_RECORD_SCHEMA, frame_to_table, records_to_frame
 from ..records.storage import PipelineStorage
-from ..records.store import write_bytes
+from ..records.tables import read_table, records_to_frame, table_path, write_table
 from .storage_access import storage_failures
 
-__all__ = ["ImageRecordIOManager", "read_records", "read_table", "table_path"]
-
-
-def table_path(base: str, asset_key: dg.AssetKey | str, partition: str | None) -> str:
-    """Where the records of one asset partition live (:meth:`PipelineStorage.table_path`)."""
-    return PipelineStorage.of(base).table_path(asset_key, partition)
-
-
-def read_records(path: str) -> pa.Table | None:
-    """The records at ``path`` as an Arrow table, or ``None`` when none were written yet."""
-    fs, root = fsspec.core.url_to_fs(path)
-    with storage_access(path, "read record table"):
-        if not fs.exists(root):
-            return None
-        with fs.open(root, "rb") as fh:
-            return pq.read_table(fh, schema=IMAGE_RECORD_SCHEMA)
-
-
-def read_table(path: str) -> pd.DataFrame | None:
-    """The records at ``path``, or ``None`` when no such table was written yet."""
-    table = read_records(path)
-    return None if table is None else table.to_pandas()
-
-
-def write_table(path: str, frame: pd.DataFrame) -> None:
-    fs, root = fsspec.core.url_to_fs(path)
-    buf = io.BytesIO()
-    pq.write_table(frame_to_table(frame), buf, compression="zstd")
-    with storage_access(path, "write record table"):
-        write_bytes(fs, root, buf.getvalue())
+__all__ = ["ImageRecordIOManager"]
 
 
 class ImageRecordIOManager(dg.ConfigurableIOManager):

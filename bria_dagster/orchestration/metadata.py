@@ -38,8 +38,9 @@ import pyarrow as pa
 from PIL import Image as PILImage
 
 from ..errors import BriaError
-from ..records.schema import FAILED, IMAGE_RECORD_SCHEMA, OK, REUSED, UPSTREAM_FAILED
+from ..records.schema import FAILED, OK, REUSED, UPSTREAM_FAILED
 from ..records.store import ImageStore
+from ..records.tables import IMAGE_RECORD_SCHEMA
 from ..steps.rows import StepReport
 from ..steps.settings import API_STEPS, PREVIEW_ROWS
 
@@ -322,10 +323,6 @@ def _is_source(frame: pd.DataFrame) -> bool:
     return _step(frame) == "source"
 
 
-LOCAL_STEPS = ("source", "packshot")
-"""Steps that call no backend: their metadata has no calls, cost or prices."""
-
-
 def materialization_metadata(
     frame: pd.DataFrame,
     report: StepReport,
@@ -343,7 +340,7 @@ def materialization_metadata(
     if failures:
         meta["failures"] = dg.MetadataValue.md(failures)
     meta["dagster/row_count"] = len(frame)
-    local = _step(frame) in LOCAL_STEPS
+    local = _step(frame) not in API_STEPS  # source, packshot: no calls, cost or prices
     if not local:
         meta["backend"] = backend
     for key, value in report.metadata().items():

@@ -56,47 +56,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import storage_access
-from .schema import IMAGE_RECORD_SCHEMA, OK, REUSED, frame_to_table
+from ..errors import RecordTableError, storage_access
+from .reuse_entries import (
+    INDEX_SCHEMA,
+    READ_COLUMNS,
+    conform,
+    entries_of,
+    newest,
+    row_group_ranges,
+)
+from .schema import FINGERPRINT, OK
 from .storage import AssetName, PipelineStorage, asset_name
 from .store import write_bytes
+from .tables import frame_to_table, read_records
 
 __all__ = ["INDEX_SCHEMA", "ReuseIndex", "entries_of", "rebuild"]
 
 logger = logging.getLogger("bria_dagster.records.reuse")
-
-FINGERPRINT = "request_fingerprint"
-# What a reused record keeps from the record that made the image (see
-# records.reused_record); where the new row belongs (sku, partition, variant, catalog
-# row, ...) comes from the reusing job.
-KEPT = (
-    "step",
-    "image_uri",
-    "image_sha256",
-    "width",
-    "height",
-    "content_type",
-    "parent_sha256",
-    "endpoint_id",
-    "backend",
-    "parameters",
-    "seed",
-    "request_id",
-    "noop_reason",
-    "unit_price_usd",
-    "duration_s",
-    "attempts",
-    "run_id",
-    "created_at",
-)
-INDEX_SCHEMA = pa.schema(
-    [
-        pa.field(FINGERPRINT, pa.string(), nullable=False),
-        pa.field("output", pa.string(), nullable=False),
-        *(IMAGE_RECORD_SCHEMA.field(name) for name in KEPT),
-    ]
-)
-_READ_COLUMNS = ["status", "variant", FINGERPRINT, *KEPT]
 
 VERSION = "v1"
 MARKS = "_tables"
@@ -106,43 +82,6 @@ WHOLE_SHARD_BYTES = 1 << 20  # a shard this small is read whole once per index o
 WHOLE_FILE_BYTES = 1 << 16  # in a larger shard, files this small are read whole once
 SYNC_CHUNK_ROWS = 500_000  # entries held at once while indexing unmarked tables
 _RETRIES = 3
-_FEW = 256  # rows below which the newest-part rule runs in Python
-
-
-def entries_of(records: pd.DataFrame | pa.Table) -> pa.Table:
-    """The index entries of ImageRecord rows: the ok and reused rows with a fingerprint,
-    one per (fingerprint, output), the first row winning (as :data:`INDEX_SCHEMA`).
-
-    ``output`` says which of a request's outputs a row holds: ``1`` for variant
-    ``scene#1``, empty for a variant without ``#``."""
-    table = records if isinstance(records, pa.Table) else frame_to_table(records)
-    usable = pc.and_(
-        pc.is_in(table["status"], pa.array([OK, REUSED])), pc.is_valid(table[FINGERPRINT])
-    )
-    table = table.filter(usable)
-    if not len(table):
-        return INDEX_SCHEMA.empty_table()
-    variant = table["variant"]
-    output = pc.if_else(
-        pc.match_substring(variant, "#"), pc.replace_substring_regex(variant, "^.*#", ""), ""
-    )
-    keyed = pa.table(
-        {
-            FINGERPRINT: table[FINGERPRINT],
-            "output": output,
-            "_row": pa.array(range(len(table)), pa.int64()),
-        }
-    )
-    first = keyed.group_by([FINGERPRINT, "output"], use_threads=False).aggregate([("_row", "min")])
-    rows = pc.sort_indices(first["_row_min"])
-    take = pc.take(first["_row_min"], rows)
-    return pa.table(
-        {
-            FINGERPRINT: pc.take(table[FINGERPRINT], take),
-            "output": pc.take(output, take),
-            **{name: pc.take(table[name], take) for name in KEPT},
-        }
-    ).cast(INDEX_SCHEMA)
 
 
 class ReuseIndex:
@@ -230,7 +169,7 @@ class ReuseIndex:
                 with self._lock:
                     self._shards[shard] = cached
             try:
-                return _newest(
+                return newest(
                     [
                         part.filter(pc.is_in(part[FINGERPRINT], keys))
                         if isinstance(part, pa.Table)
@@ -252,7 +191,7 @@ class ReuseIndex:
                 self._maybe_compact(list(files))
             try:
                 if sum(files.values()) <= WHOLE_SHARD_BYTES:
-                    return [_newest([self._read(path) for path in files])]
+                    return [newest([self._read(path) for path in files])]
                 return [
                     self._read(path) if size <= WHOLE_FILE_BYTES else path
                     for path, size in files.items()
@@ -281,7 +220,7 @@ class ReuseIndex:
                 with contextlib.ExitStack() as stack:
                     source = path if self._local else stack.enter_context(self.fs.open(path, "rb"))
                     table = pq.ParquetFile(source).read()
-                return _conform(table)
+                return conform(table)
             return self._read_wanted(path, wanted)
         except FileNotFoundError:
             raise
@@ -300,7 +239,7 @@ class ReuseIndex:
             source = path if self._local else stack.enter_context(self.fs.open(path, "rb"))
             if known is None:
                 parquet = pq.ParquetFile(source)
-                known = (parquet.metadata, _ranges(parquet.metadata))
+                known = (parquet.metadata, row_group_ranges(parquet.metadata))
                 with self._lock:
                     self._footers[path] = known
             metadata, ranges = known
@@ -317,7 +256,7 @@ class ReuseIndex:
                 return INDEX_SCHEMA.empty_table()
             table = parquet.read_row_groups(groups)
         table = table.filter(pc.is_in(table[FINGERPRINT], pa.array(wanted, pa.string())))
-        return _conform(table)
+        return conform(table)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -333,7 +272,9 @@ class ReuseIndex:
         fs, root = fsspec.core.url_to_fs(path)
         stamp = _stamp(fs.info(root))
         if records is None:
-            records = _read_records(fs, root)
+            records = read_records(path, READ_COLUMNS)
+            if records is None:  # removed since it was written: nothing to index
+                return 0
         # Only what this table's run made: its reused rows' entries are already indexed
         # from the table that first recorded them (an unchanged re-run writes nothing
         # here). sync() and rebuild() index reused rows too: there, their producing table
@@ -369,13 +310,14 @@ class ReuseIndex:
         pending: list[pa.Table] = []
         done: list[str] = []
         rows = 0
+        folder = self.storage.table_folder(self.name)
         for name in todo:
             try:
-                records = _read_records(self._tables_fs, f"{self._tables}/{name}")
-            except FileNotFoundError:
-                continue
-            except (pa.ArrowException, OSError) as exc:  # left unmarked: tried again next time
+                records = read_records(f"{folder}/{name}", READ_COLUMNS)
+            except (RecordTableError, OSError) as exc:  # left unmarked: tried again next time
                 logger.warning("reuse index %s: cannot read table %s (%s)", self.name, name, exc)
+                continue
+            if records is None:  # removed since it was listed
                 continue
             entries = entries_of(records)
             pending.append(entries)
@@ -462,7 +404,7 @@ class ReuseIndex:
 
     def _merge(self, files: list[str], level: int) -> None:
         """Replace ``files`` (one shard, newest first) by one file of ``level``."""
-        merged = _newest([self._read(path) for path in files])
+        merged = newest([self._read(path) for path in files])
         key = max(_parse(path)[1] for path in files)
         self._write(merged, level=level, key=key)
         _remove(self.fs, files)
@@ -514,61 +456,6 @@ def rebuild(
     return done
 
 
-def _conform(table: pa.Table) -> pa.Table:
-    """Index entries as :data:`INDEX_SCHEMA`; a nullable column added after the file was
-    written (``noop_reason``) reads as nulls, which is what its rows held."""
-    for field in INDEX_SCHEMA:
-        if field.name not in table.column_names and field.nullable:
-            table = table.append_column(field, pa.nulls(len(table), field.type))
-    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
-
-
-def _newest(parts: list[pa.Table]) -> pa.Table:
-    """The entries of ``parts`` (newest first), keeping per fingerprint only the outputs of
-    the newest part that has it, sorted by fingerprint and output."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return INDEX_SCHEMA.empty_table()
-    if len(parts) == 1:
-        return parts[0].sort_by([(FINGERPRINT, "ascending"), ("output", "ascending")])
-    if sum(len(p) for p in parts) <= _FEW:  # a lookup's few rows: cheaper than a join
-        seen: dict[str, int] = {}
-        for rank, part in enumerate(parts):
-            for fingerprint in part[FINGERPRINT].to_pylist():
-                seen.setdefault(fingerprint, rank)
-        kept_parts = [
-            part.filter(
-                pa.array([seen[f] == rank for f in part[FINGERPRINT].to_pylist()], pa.bool_())
-            )
-            for rank, part in enumerate(parts)
-        ]
-        return pa.concat_tables(kept_parts).sort_by(
-            [(FINGERPRINT, "ascending"), ("output", "ascending")]
-        )
-    ranked = pa.concat_tables(
-        p.append_column("_rank", pa.array([i] * len(p), pa.int32())) for i, p in enumerate(parts)
-    )
-    best = ranked.group_by(FINGERPRINT, use_threads=False).aggregate([("_rank", "min")])
-    joined = ranked.join(best, FINGERPRINT, use_threads=False)
-    kept = joined.filter(pc.equal(joined["_rank"], joined["_rank_min"]))
-    return kept.select(INDEX_SCHEMA.names).sort_by(
-        [(FINGERPRINT, "ascending"), ("output", "ascending")]
-    )
-
-
-def _ranges(metadata: pq.FileMetaData) -> list[tuple[str, str]]:
-    """Each row group's (lowest, highest) fingerprint (the whole range when unknown)."""
-    column = metadata.schema.names.index(FINGERPRINT)
-    ranges = []
-    for i in range(metadata.num_row_groups):
-        stats = metadata.row_group(i).column(column).statistics
-        if stats is not None and stats.has_min_max:
-            ranges.append((str(stats.min), str(stats.max)))
-        else:
-            ranges.append(("", "\uffff"))
-    return ranges
-
-
 def _parse(path: str) -> tuple[int, int] | None:
     """``L<level>-<key hex>-<writer>.parquet`` -> (level, key); None for anything else."""
     name = posixpath.basename(path)
@@ -594,12 +481,6 @@ def _stamp(info: dict[str, Any]) -> str:
             when = when.timestamp()
         tag = "" if when is None else str(round(float(when) * 1000))
     return hashlib.sha1(f"{info.get('size')}|{tag}".encode()).hexdigest()[:16]
-
-
-def _read_records(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
-    """The columns of a step table that indexing needs (older tables read as nulls)."""
-    with fs.open(path, "rb") as fh:
-        return pq.read_table(fh, schema=IMAGE_RECORD_SCHEMA, columns=_READ_COLUMNS)
 
 
 def _remove(fs: fsspec.AbstractFileSystem, paths: list[str]) -> None:

@@ -1,8 +1,12 @@
-"""The ImageRecord table: one row per output image (or failed item), every step.
+"""The ImageRecord format: one row per output image (or failed item), every step.
 
 The step tables *are* the lineage: a row names its parent image, the endpoint,
 the exact parameters, the backend, the request id, the cost, the Dagster run
-and partition. One pyarrow schema serves every step.
+and partition. This module is the one place that names the columns, their types,
+the statuses and the groups of columns each reader needs; it imports neither pandas,
+pyarrow nor Dagster, so the CLI's fast lineage path can use it.
+:mod:`bria_dagster.records.tables` turns it into the Arrow schema and reads and
+writes the tables.
 
 A row says who *made* its image: ``run_id``, ``request_id``, ``backend``, ``seed``,
 ``unit_price_usd`` and ``created_at`` belong to the run that produced it. A run that
@@ -25,23 +29,26 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
-
-import pandas as pd
-import pyarrow as pa
+from dataclasses import dataclass
+from typing import Any, Literal
 
 __all__ = [
+    "COLUMNS",
+    "DERIVED_COLUMNS",
     "FAILED",
-    "IMAGE_RECORD_SCHEMA",
+    "FINGERPRINT",
+    "INDEXED_COLUMNS",
     "NOOP_BACKEND",
     "OK",
+    "PRODUCER_COLUMNS",
+    "RECORD_COLUMNS",
+    "REPORT_COLUMNS",
     "REUSED",
+    "TRACE_COLUMNS",
     "UPSTREAM_FAILED",
+    "Column",
     "canonical_json",
-    "frame_rows",
-    "frame_to_table",
     "make_record_id",
-    "records_to_frame",
     "reused_record",
 ]
 
@@ -54,51 +61,142 @@ UPSTREAM_FAILED = "UpstreamFailed"
 """The ``error_class`` of a row not made because the sku failed in an earlier step (its
 message says which step and why); the earlier failure is the root cause."""
 
-IMAGE_RECORD_SCHEMA = pa.schema(
-    [
-        pa.field("record_id", pa.string(), nullable=False),
-        pa.field("partition", pa.string(), nullable=False),
-        pa.field("sku", pa.string(), nullable=False),
-        pa.field("step", pa.string(), nullable=False),
-        pa.field("variant", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error_class", pa.string()),
-        pa.field("error_message", pa.string()),
-        pa.field("image_uri", pa.string()),
-        pa.field("image_sha256", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("content_type", pa.string()),
-        pa.field("parent_sha256", pa.string()),
-        pa.field("root_source_uri", pa.string(), nullable=False),
-        pa.field("root_source_sha256", pa.string()),
-        pa.field("endpoint_id", pa.string()),
-        pa.field("backend", pa.string()),
-        pa.field("parameters", pa.string(), nullable=False),
-        pa.field("request_fingerprint", pa.string()),
-        pa.field("seed", pa.int64()),
-        pa.field("request_id", pa.string()),
-        # Why no request was sent for this ok row (backend "noop"): the call would have
-        # returned its input unchanged. Null for every other row.
-        pa.field("noop_reason", pa.string()),
-        pa.field("cost_usd", pa.float64(), nullable=False),
-        # The list price per output image (or per call) that applied to the producing
-        # call, from the price table in force; null for source and failed rows and for
-        # tables written before the column existed.
-        pa.field("unit_price_usd", pa.float64()),
-        pa.field("duration_s", pa.float64(), nullable=False),
-        pa.field("attempts", pa.int32(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        # The run that reused this record's image without a call (status "reused");
-        # null on rows whose own run made the image.
-        pa.field("reused_in_run_id", pa.string()),
-        pa.field("asset_key", pa.string(), nullable=False),
-        pa.field("code_version", pa.string(), nullable=False),
-        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("catalog_row", pa.string(), nullable=False),
-    ]
+ColumnType = Literal["string", "int32", "int64", "float64", "timestamp"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One ImageRecord column: its name, its type and whether every row must have it."""
+
+    name: str
+    type: ColumnType = "string"
+    required: bool = False
+
+
+RECORD_COLUMNS = (
+    Column("record_id", required=True),
+    Column("partition", required=True),
+    Column("sku", required=True),
+    Column("step", required=True),
+    Column("variant", required=True),
+    Column("status", required=True),
+    Column("error_class"),
+    Column("error_message"),
+    Column("image_uri"),
+    Column("image_sha256"),
+    Column("width", "int32"),
+    Column("height", "int32"),
+    Column("content_type"),
+    Column("parent_sha256"),
+    Column("root_source_uri", required=True),
+    Column("root_source_sha256"),
+    Column("endpoint_id"),
+    Column("backend"),
+    Column("parameters", required=True),
+    Column("request_fingerprint"),
+    Column("seed", "int64"),
+    Column("request_id"),
+    # Why no request was sent for this ok row (backend "noop"): the call would have
+    # returned its input unchanged. Null for every other row.
+    Column("noop_reason"),
+    Column("cost_usd", "float64", required=True),
+    # The list price per output image (or per call) that applied to the producing call,
+    # from the price table in force; null for source and failed rows and for tables
+    # written before the column existed.
+    Column("unit_price_usd", "float64"),
+    Column("duration_s", "float64", required=True),
+    Column("attempts", "int32", required=True),
+    Column("run_id", required=True),
+    # The run that reused this record's image without a call (status "reused"); null on
+    # rows whose own run made the image.
+    Column("reused_in_run_id"),
+    Column("asset_key", required=True),
+    Column("code_version", required=True),
+    Column("created_at", "timestamp", required=True),
+    Column("catalog_row", required=True),
 )
-COLUMNS = tuple(IMAGE_RECORD_SCHEMA.names)
+"""Every column, in table order."""
+COLUMNS = tuple(column.name for column in RECORD_COLUMNS)
+FINGERPRINT = "request_fingerprint"
+"""Equal fingerprints are equal requests (endpoint, inputs, parameters): what reuse keys on."""
+
+
+def _except(*names: str) -> tuple[str, ...]:
+    """Every column but ``names``, in table order."""
+    unknown = set(names).difference(COLUMNS)
+    assert not unknown, f"not ImageRecord columns: {sorted(unknown)}"
+    return tuple(name for name in COLUMNS if name not in names)
+
+
+PRODUCER_COLUMNS = _except(
+    "record_id",
+    "partition",
+    "sku",
+    "variant",
+    "status",
+    "error_class",
+    "error_message",
+    "root_source_uri",
+    "root_source_sha256",
+    FINGERPRINT,
+    "cost_usd",
+    "reused_in_run_id",
+    "asset_key",
+    "code_version",
+    "catalog_row",
+)
+"""What an image is and how it was made (by which run, call, price): a reused row keeps
+these from the row that made the image; where the row belongs comes from the reusing run."""
+
+INDEXED_COLUMNS = _except(
+    "record_id",
+    "width",
+    "height",
+    "content_type",
+    FINGERPRINT,
+    "duration_s",
+    "attempts",
+    "code_version",
+    "created_at",
+    "catalog_row",
+)
+"""What the lineage index stores of each row (besides ``created_at``, kept as a number)."""
+
+REPORT_COLUMNS = _except("record_id", "root_source_sha256", FINGERPRINT, "asset_key", "catalog_row")
+"""What the audit report reads of each row."""
+
+_HOP_DETAILS = (
+    "endpoint_id",
+    "backend",
+    "parameters",
+    "seed",
+    "request_id",
+    "noop_reason",
+    "cost_usd",
+    "unit_price_usd",
+    "run_id",
+    "reused_in_run_id",
+    "partition",
+    "asset_key",
+    "created_at",
+)
+TRACE_COLUMNS = ("hop", "step", "sku", "image_sha256", "image_uri", "parent_sha256", *_HOP_DETAILS)
+"""The columns of ``lineage trace``: one row per hop, ``hop`` 0 the image itself."""
+DERIVED_COLUMNS = (
+    "step",
+    "sku",
+    "variant",
+    "status",
+    "failed",
+    "image_sha256",
+    "image_uri",
+    "parent_sha256",
+    "root_source_sha256",
+    *_HOP_DETAILS,
+    "error_class",
+    "error_message",
+)
+"""The columns of ``lineage derived``: ``failed`` flags a failed row."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -111,6 +209,9 @@ def make_record_id(partition: str, step: str, sku: str, variant: str, fingerprin
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+_REUSE_FIXED = frozenset(("status", "run_id", "reused_in_run_id", "cost_usd"))
+
+
 def reused_record(earlier: Mapping[str, Any], run_id: str, /, **placement: Any) -> dict[str, Any]:
     """``earlier`` (an ok or reused record) as a ``reused`` record of run ``run_id``.
 
@@ -120,50 +221,9 @@ def reused_record(earlier: Mapping[str, Any], run_id: str, /, **placement: Any) 
     where the row now belongs (``record_id``, ``partition``, ``sku``, ``variant``,
     ``catalog_row``, ...); it cannot change the producer or the status.
     """
-    fixed = {"status", "run_id", "reused_in_run_id", "cost_usd"}.intersection(placement)
+    fixed = _REUSE_FIXED.intersection(placement)
     if fixed:
         raise ValueError(f"a reused record keeps its producer's {sorted(fixed)}")
     row = dict(earlier)
     row.update(placement, status=REUSED, reused_in_run_id=run_id, cost_usd=0.0)
     return row
-
-
-def records_to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """A DataFrame with every ImageRecord column and its type, even when empty.
-
-    Keys outside the schema are ignored; a missing key is a null, refused in a
-    required column. Built through Arrow directly (no object-dtype frame between).
-    """
-    table = pa.Table.from_pylist(rows, schema=IMAGE_RECORD_SCHEMA)
-    for field, column in zip(IMAGE_RECORD_SCHEMA, table.columns, strict=True):
-        if not field.nullable and column.null_count:
-            raise ValueError(
-                f"ImageRecord column {field.name!r} is required but {column.null_count} "
-                "row(s) have no value"
-            )
-    return table.to_pandas()
-
-
-def frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows of an ImageRecord frame as plain dicts (Python values, not numpy).
-
-    Goes through Arrow: several times faster than ``DataFrame.to_dict("records")``
-    on pandas' Arrow-backed string columns.
-    """
-    return frame_to_table(frame).to_pylist()
-
-
-def frame_to_table(frame: pd.DataFrame) -> pa.Table:
-    """Validate ``frame`` against :data:`IMAGE_RECORD_SCHEMA` and convert it."""
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    extra = [c for c in frame.columns if c not in COLUMNS]
-    if missing or extra:
-        raise ValueError(
-            "ImageRecord frame does not match the schema: "
-            f"missing columns {missing or 'none'}, unexpected columns {extra or 'none'}"
-        )
-    if tuple(frame.columns) != COLUMNS:
-        frame = frame[list(COLUMNS)]
-    if len(frame) and frame["created_at"].dtype == object:
-        frame = frame.assign(created_at=pd.to_datetime(frame["created_at"], utc=True))
-    return pa.Table.from_pandas(frame, schema=IMAGE_RECORD_SCHEMA, preserve_index=False)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .listing import TABLES, is_local
 from .store import ImageStore
 
 __all__ = ["UNPARTITIONED", "AssetName", "PipelineStorage", "asset_name"]
@@ -76,7 +77,7 @@ class PipelineStorage:
 
     @property
     def is_local(self) -> bool:
-        return "://" not in self.base or self.base.startswith("file://")
+        return is_local(self.base)
 
     @property
     def images_uri(self) -> str:
@@ -84,7 +85,7 @@ class PipelineStorage:
 
     @property
     def tables_uri(self) -> str:
-        return f"{self.base.rstrip('/')}/tables"
+        return f"{self.base.rstrip('/')}/{TABLES}"
 
     def image_store(self) -> ImageStore:
         return ImageStore(self.images_uri)

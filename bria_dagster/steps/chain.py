@@ -11,7 +11,7 @@ product's chain starts early: the shortest batch) until later steps hold a backl
 ``BACKLOG_PER_SLOT`` jobs per request slot; then later steps go first, so
 products finish early and few half-done products pile up.
 
-All steps share one bound on requests in flight (the resource's session) and one
+All steps share one bound on requests in flight (the client's session) and one
 budget; each step keeps its own records, reuse and report. Every planned job ends
 as rows of its step: ok (made by a call, or a no-op recorded without one), reused (from
 an earlier run, no call) or failed; a failed row still flows on, so the steps after it
@@ -33,12 +33,13 @@ from typing import Any
 
 import pandas as pd
 
+from ..client.client import BriaClient
 from ..client.contracts.base import BriaRequest
 from ..client.prices import PriceTable
 from ..client.runner import ItemOutcome
-from ..orchestration.resource import BriaResource
-from ..records.schema import FAILED, NOOP_BACKEND, OK, REUSED, records_to_frame
+from ..records.schema import FAILED, NOOP_BACKEND, OK, REUSED
 from ..records.store import ImageStore
+from ..records.tables import records_to_frame
 from .registry import step_named
 from .rows import (
     Job,
@@ -85,7 +86,7 @@ class StepChain:
     Args:
         steps: the steps, parents before their children; a step whose parent is not
             among them takes the chain's first rows.
-        bria: the resource (its session bounds requests in flight; its prices).
+        client: the client (its session bounds requests in flight; its prices and budget).
         store: where input images are read and output images written.
         journal: the pipeline's request journal file.
         log: progress lines (every few seconds, and at the end of each step).
@@ -94,7 +95,7 @@ class StepChain:
     def __init__(
         self,
         steps: list[ChainStep],
-        bria: BriaResource,
+        client: BriaClient,
         store: ImageStore,
         *,
         journal: str | None = None,
@@ -109,11 +110,11 @@ class StepChain:
         self._children = [
             [i for i, parent in enumerate(parents) if parent == name] for name in names
         ]
-        self.bria = bria
+        self.client = client
         self.store = store
         self.journal = journal
         self.log = log
-        self.prices: PriceTable = bria.price_table()
+        self.prices: PriceTable = client.prices
         self._lock = threading.RLock()
         self._keys = itertools.count()
         self._pending: dict[int, tuple[int, Job]] = {}
@@ -126,7 +127,7 @@ class StepChain:
         self._last_log = 0.0
         self._started = time.perf_counter()
         self._queued = [0] * len(steps)  # jobs sent or waiting, per step
-        self._backlog = BACKLOG_PER_SLOT * bria.max_concurrency
+        self._backlog = BACKLOG_PER_SLOT * client.max_concurrency
         self._done_through = -1  # the last step known complete (with every step before it)
         self._complete: queue.Queue[int] = queue.Queue()
 
@@ -151,7 +152,7 @@ class StepChain:
         """
         self._started = time.perf_counter()
         self._initial = iter(parents)
-        call = self.bria.start_batch(self._requests(), self._on_outcome, journal=self.journal)
+        call = self.client.start_batch(self._requests(), self._on_outcome, journal=self.journal)
         emitted = 0
         try:
             while emitted < len(self.steps) and not call.done():

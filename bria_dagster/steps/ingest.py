@@ -24,11 +24,13 @@ import fsspec
 import httpx
 import pandas as pd
 
-from ..client.fetch import FetchPolicy, fetch_bytes, fetch_client
+from ..client.fetch import fetch_bytes, fetch_client
+from ..client.fetch_policy import FetchPolicy
 from ..client.images import decode_image, sniff_content_type
 from ..errors import BriaError, CatalogError
-from ..records.schema import FAILED, OK, REUSED, records_to_frame, reused_record
+from ..records.schema import FAILED, OK, REUSED, reused_record
 from ..records.store import ImageStore
+from ..records.tables import records_to_frame
 from .catalog import FORMATS, CatalogBatch, load_catalog, row_json
 from .rows import StepContext, StepReport, source_row
 

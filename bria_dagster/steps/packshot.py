@@ -38,8 +38,9 @@ from ..packshot import (
     render_packshot,
     resolve_preset,
 )
-from ..records.schema import FAILED, OK, REUSED, canonical_json, records_to_frame
+from ..records.schema import FAILED, OK, REUSED, canonical_json
 from ..records.store import ImageStore
+from ..records.tables import records_to_frame
 from .rows import Job, StepContext, StepReport, _base_row, _record_id, failed_row, reused_rows
 
 __all__ = [

@@ -95,7 +95,7 @@ class PipelineSettings(*_STEP_SETTINGS, BaseModel):  # type: ignore[misc]
         description="Folder (or fsspec URL) holding one <batch>.csv|.parquet|.jsonl per batch.",
     )
     steps: tuple[StepName, ...] = Field(
-        default=("remove", "replace", "expand"),
+        default=tuple(step.name for step in all_steps() if step.on_by_default),
         description="Which steps run; each step's parent step must run too, unless it is "
         "the source images.",
     )

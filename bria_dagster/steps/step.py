@@ -110,6 +110,9 @@ class Step:
     (and to the component's YAML): a pydantic model whose fields (and validators) the
     pipeline's settings inherit. Field names are shared by every step: one name, one
     meaning."""
+    on_by_default: bool = False
+    """Whether ``PipelineSettings.steps`` includes it when left out (a new step is asked
+    for by name)."""
     order: int = 100
     """Where it is listed among the steps (lower first; parents always come before their
     children): in settings' errors, the chain, lineage and the report."""

@@ -6,26 +6,9 @@ retried per :class:`~bria_dagster.client.retry.RetryPolicy`; a timeout or task
 cancellation cancels the fal request so nothing keeps running (and billing)
 unobserved.
 
-Why the HTTP calls are ours and not fal-client's: fal-client 1.0 retries every
-call it makes (submit, status, result, cancel, the upload calls) up to 10 times
-on its own, and has no public setting to turn that off, to lower it, or to give
-it an HTTP client with bounded connections. Under our retries that made one
-network operation up to ~60 HTTP attempts, and changing it meant reaching into
-fal-client's private names, which breaks silently on any release. So every call
-fal-client would retry goes through ONE httpx client of ours, retried by
-:func:`~bria_dagster.client.retry.with_retries` alone: ``retry.max_attempts`` is the
-number of HTTP attempts per operation, and the client's pool
-(``max_connections``) bounds every connection this backend opens. The calls are
-fal's documented queue protocol (POST ``{queue}/{endpoint}``; GET the status and
-the response URLs it returns; PUT the cancel URL) and its CDN upload (a token
-from ``{rest}/storage/auth/token``, then POST ``{cdn}/files/upload``), plus plain
-GETs of the result files.
-
-fal-client keeps what it does well, through its public names only: finding the
-credentials (``FAL_KEY``, ``FAL_KEY_ID``/``FAL_KEY_SECRET``, a ``fal auth login``
-session), the hosts (``QUEUE_URL_FORMAT``, ``REST_URL``, ``CDN_URL``, which it
-derives from ``FAL_RUN_HOST``/``FAL_QUEUE_RUN_HOST``; read at call time), and a
-known request's URLs for re-attaching (``AsyncRequestHandle.from_request_id``).
+The protocol calls (and why they are ours, not fal-client's) are
+:class:`~bria_dagster.client.backends.fal_queue.FalQueueClient`'s; this module is what a
+Bria request needs around them: inputs, the journal, polling, outputs.
 """
 
 from __future__ import annotations
@@ -34,21 +17,13 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import fal_client.client
-import httpx
-from fal_client.auth import MissingCredentialsError, fetch_auth_credentials_async
-
-from ..._version import __version__
 from ...errors import (
     BriaError,
-    ConfigurationError,
     FalRequestError,
     FalServiceError,
     ImageDecodeError,
@@ -62,27 +37,13 @@ from ..fingerprint import request_fingerprint
 from ..images import decode_image, parse_data_uri, sniff_content_type, to_data_uri
 from ..journal import RequestJournal
 from ..prices import LIST_PRICES, PriceTable
-from ..retry import RetryLog, RetryPolicy, with_retries
+from ..retry import RetryLog, RetryPolicy
 from .base import BackendResult, OutputImage
+from .fal_queue import FalQueueClient, Queued
 
 __all__ = ["FalBackend"]
 
 logger = logging.getLogger("bria_dagster.fal")
-T = TypeVar("T")
-
-# fal-client's limits for queue calls; a stall at the TLS layer still ends in a timeout.
-_QUEUE_TIMEOUT = httpx.Timeout(120.0, connect=30.0)
-_FILE_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-
-
-@dataclass(frozen=True, slots=True)
-class _Queued:
-    """A request fal accepted: its id and its queue-protocol URLs."""
-
-    request_id: str
-    status_url: str
-    response_url: str
-    cancel_url: str
 
 
 class FalBackend:
@@ -130,32 +91,23 @@ class FalBackend:
         prices: PriceTable = LIST_PRICES,
         on_terminate: Literal["cancel_queued", "keep"] = "cancel_queued",
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._key = key
         self.prices = prices
-        self._authorization: str | None = f"Key {key}" if key else None
-        self._secrets = [key] if key else []
-        self._cdn_token: tuple[str, float] | None = None  # (Authorization value, expiry)
-        self._cdn_token_lock = asyncio.Lock()
         self.journal = journal or RequestJournal(None)
-        self.retry = retry or RetryPolicy()
         self.request_timeout_s = request_timeout_s
         self.poll_interval_s = poll_interval_s
         self.max_poll_interval_s = max_poll_interval_s
         self.inline_max_bytes = inline_max_bytes
-        self.max_output_bytes = max_output_bytes
         self.max_pixels = max_pixels
-        self.max_connections = max_connections
         if on_terminate not in ("cancel_queued", "keep"):
             raise ValueError(f"on_terminate must be cancel_queued or keep, not {on_terminate!r}")
         self.on_terminate = on_terminate
-        # The one HTTP client: queue calls, uploads and downloads. The key goes on
-        # queue and storage calls only, never to a result file's host.
-        self._http = httpx.AsyncClient(
-            timeout=_FILE_TIMEOUT,
-            transport=_ShardedPool(max_connections),
-            headers={"User-Agent": f"bria-dagster/{__version__}"},
+        # The one HTTP client: queue calls, uploads and downloads.
+        self._queue = FalQueueClient(
+            key,
+            retry=retry or RetryPolicy(),
+            max_connections=max_connections,
+            max_output_bytes=max_output_bytes,
         )
         self._latency: collections.defaultdict[str, _LatencyModel] = collections.defaultdict(
             _LatencyModel
@@ -166,45 +118,7 @@ class FalBackend:
         return f"FalBackend(key={'set' if self._key else 'from env'}, journal={self.journal!r})"
 
     async def aclose(self) -> None:
-        await self._http.aclose()
-
-    # -- HTTP: one attempt each; with_retries decides about the next ----------------------
-
-    async def _fal_authorization(self) -> str:
-        if self._authorization is None:
-            try:
-                credentials = await fetch_auth_credentials_async()
-            except MissingCredentialsError as exc:
-                raise ConfigurationError(f"no fal credentials: {exc}") from None
-            self._secrets.append(credentials.token)
-            self._authorization = credentials.header_value
-        return self._authorization
-
-    async def _fal_call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One attempt of a queue or storage call, authorised with the fal key."""
-        headers = {"Authorization": await self._fal_authorization()}
-        response = await self._http.request(
-            method, url, headers=headers, timeout=_QUEUE_TIMEOUT, **kwargs
-        )
-        response.raise_for_status()
-        return response
-
-    async def _retried(
-        self,
-        operation: str,
-        call: Callable[[], Awaitable[T]],
-        log: RetryLog,
-        *,
-        retry_not_found: bool = False,
-    ) -> T:
-        return await with_retries(
-            operation,
-            call,
-            self.retry,
-            log,
-            retry_not_found=retry_not_found,
-            secrets=self._secrets,
-        )
+        await self._queue.aclose()
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -237,35 +151,7 @@ class FalBackend:
         content_type = sniff_content_type(data)
         if len(data) <= self.inline_max_bytes:
             return to_data_uri(data, content_type)
-        return await self._upload(data, content_type, log)
-
-    async def _upload(self, data: bytes, content_type: str, log: RetryLog) -> str:
-        """fal's CDN upload (what fal-client's ``upload`` does first): the file's URL."""
-        authorization = await self._upload_authorization(log)
-        url = fal_client.client.CDN_URL + "/files/upload"
-        headers = {"Authorization": authorization, "Content-Type": content_type}
-
-        async def post() -> str:
-            response = await self._http.post(
-                url, content=data, headers=headers, timeout=_QUEUE_TIMEOUT
-            )
-            response.raise_for_status()
-            return str(response.json()["access_url"])
-
-        return await self._retried("upload", post, log)
-
-    async def _upload_authorization(self, log: RetryLog) -> str:
-        """A CDN token (one per backend, renewed a minute before it expires)."""
-        async with self._cdn_token_lock:
-            if self._cdn_token is None or self._cdn_token[1] < time.time() + 60:
-                url = fal_client.client.REST_URL + "/storage/auth/token?storage_type=fal-cdn-v3"
-                response = await self._retried(
-                    "upload token", lambda: self._fal_call("POST", url, json={}), log
-                )
-                body = response.json()
-                expires = datetime.fromisoformat(body["expires_at"]).timestamp()
-                self._cdn_token = (f"{body['token_type']} {body['token']}", expires)
-            return self._cdn_token[0]
+        return await self._queue.upload(data, content_type, log)
 
     async def _arguments(self, request: BriaRequest, log: RetryLog) -> dict[str, Any]:
         arguments = request.parameters()
@@ -299,7 +185,7 @@ class FalBackend:
                     queued, log, request.endpoint_id, accepted, on_service_done
                 )
         except TimeoutError:
-            await self._cancel(queued)
+            await self._queue.cancel(queued)
             journal.forget(fingerprint)
             raise FalServiceError(
                 f"{spec.endpoint_id} request {queued.request_id} did not finish within "
@@ -332,18 +218,12 @@ class FalBackend:
 
     async def _attach_or_submit(
         self, request: BriaRequest, fingerprint: str, journal: RequestJournal, log: RetryLog
-    ) -> tuple[_Queued, bool]:
+    ) -> tuple[Queued, bool]:
         entry = journal.get(fingerprint)
         if entry is not None:
-            # fal-client's handle is used for its URLs only: its calls retry on their own.
-            handle = fal_client.AsyncRequestHandle.from_request_id(
-                self._http, entry.endpoint_id, entry.request_id
-            )
-            known = _Queued(
-                handle.request_id, handle.status_url, handle.response_url, handle.cancel_url
-            )
+            known = self._queue.known(entry.endpoint_id, entry.request_id)
             try:
-                status = await self._status(known, log)
+                status = await self._queue.status(known, log)
             except FalRequestError as exc:
                 if exc.status_code not in (404, 410):
                     raise
@@ -391,22 +271,22 @@ class FalBackend:
         fingerprint: str,
         journal: RequestJournal,
         log: RetryLog,
-    ) -> _Queued:
-        queued = await self._submit(endpoint_id, arguments, log)
+    ) -> Queued:
+        queued = await self._queue.submit(endpoint_id, arguments, log)
         # Durable before we await anything else: a crash from here on re-attaches. The
         # fsync runs in the journal's own writer thread (grouped with other requests'
         # writes), so that the other requests' polls go on meanwhile.
         await journal.accepted_async(fingerprint, endpoint_id, queued.request_id)
         return queued
 
-    async def _wind_down(self, queued: _Queued, fingerprint: str, journal: RequestJournal) -> None:
+    async def _wind_down(self, queued: Queued, fingerprint: str, journal: RequestJournal) -> None:
         """A request fal accepted whose task is being cancelled (``on_terminate``)."""
         if self.on_terminate == "keep":
             logger.info("kept fal request %s for the next run to re-attach", queued.request_id)
             return
-        await self._cancel(queued)
+        await self._queue.cancel(queued)
         try:
-            status = await asyncio.wait_for(self._status(queued, RetryLog()), timeout=10)
+            status = await asyncio.wait_for(self._queue.status(queued, RetryLog()), timeout=10)
         except Exception:
             return  # unknown: keep the entry, the next run re-attaches and sees
         if status.get("status") == "COMPLETED" and status.get("error"):
@@ -417,28 +297,9 @@ class FalBackend:
                 queued.request_id,
             )
 
-    async def _submit(self, endpoint_id: str, arguments: dict[str, Any], log: RetryLog) -> _Queued:
-        url = fal_client.client.QUEUE_URL_FORMAT + endpoint_id
-        response = await self._retried(
-            "submit", lambda: self._fal_call("POST", url, json=arguments), log
-        )
-        body = response.json()
-        return _Queued(
-            body["request_id"], body["status_url"], body["response_url"], body["cancel_url"]
-        )
-
-    async def _status(self, queued: _Queued, log: RetryLog) -> dict[str, Any]:
-        response = await self._retried(
-            "status",
-            lambda: self._fal_call("GET", queued.status_url, params={"logs": "false"}),
-            log,
-        )
-        body: dict[str, Any] = response.json()
-        return body
-
     async def _await_result(
         self,
-        queued: _Queued,
+        queued: Queued,
         log: RetryLog,
         endpoint_id: str,
         accepted: float | None,
@@ -473,11 +334,11 @@ class FalBackend:
         await asyncio.sleep(next_wait())
         steady_until = time.monotonic() + STEADY_POLL_S
         while True:
-            status = await self._status(queued, log)
+            status = await self._queue.status(queued, log)
             state = status.get("status")
             if state == "COMPLETED":
                 if status.get("error"):
-                    error = redact(str(status["error"]), self._secrets)
+                    error = redact(str(status["error"]), self._queue.secrets)
                     raise FalServiceError(
                         f"fal request {queued.request_id} failed: "
                         f"{status.get('error_type') or 'error'}: {error}",
@@ -498,58 +359,16 @@ class FalBackend:
             took = time.monotonic() - accepted
             self._latency[endpoint_id].observe(took)
             self._latency_any.observe(took)
-        response = await self._retried(
-            "result", lambda: self._fal_call("GET", queued.response_url), log
-        )
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def _cancel(self, queued: _Queued) -> None:
-        """Best effort within 10 s (the request may already be done); not counted."""
-        cancel = self._retried(
-            "cancel", lambda: self._fal_call("PUT", queued.cancel_url), RetryLog()
-        )
-        try:
-            await asyncio.shield(asyncio.wait_for(cancel, timeout=10))
-        except Exception as exc:
-            logger.warning(
-                "could not cancel fal request %s: %s",
-                queued.request_id,
-                redact(str(exc), self._secrets),
-            )
+        return await self._queue.result(queued, log)
 
     # -- outputs ------------------------------------------------------------------------
-
-    async def _fetch_file(self, url: str) -> bytes:
-        async with self._http.stream("GET", url) as response:
-            response.raise_for_status()
-            declared = int(response.headers.get("content-length") or 0)
-            if declared > self.max_output_bytes:
-                raise OutputVerificationError(
-                    f"result file {url} is {declared:,} bytes, over max_output_bytes "
-                    f"({self.max_output_bytes:,})"
-                )
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self.max_output_bytes:
-                    raise OutputVerificationError(
-                        f"result file {url} exceeds max_output_bytes ({self.max_output_bytes:,})"
-                    )
-                chunks.append(chunk)
-        return b"".join(chunks)
 
     async def _download(self, image: Any, log: RetryLog) -> OutputImage:
         url: str = image.url
         if url.startswith("data:"):
             data, content_type = parse_data_uri(url)
         else:
-            data = await self._retried(
-                "download",
-                lambda: self._fetch_file(url),
-                log,
-                retry_not_found=True,  # CDN files can lag the result by a moment
-            )
+            data = await self._queue.download(url, log)
             content_type = image.content_type or sniff_content_type(data)
         return verify_output(data, content_type, image, max_pixels=self.max_pixels)
 
@@ -579,82 +398,6 @@ class _LatencyModel:
         self.mean = (
             seconds if self.mean is None else self.mean + self.weight * (seconds - self.mean)
         )
-
-
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that tells its shard when it is closed."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, release: Any) -> None:
-        self._stream = stream
-        self._release = release
-
-    async def __aiter__(self) -> Any:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        release, self._release = self._release, None
-        try:
-            await self._stream.aclose()
-        finally:
-            if release is not None:
-                release()
-
-
-class _ShardedPool(httpx.AsyncBaseTransport):
-    """``max_connections`` connections spread over several small pools, each request to
-    the pool with the most free connections.
-
-    httpcore's pool re-examines every connection it holds (keep-alive expiry, a socket
-    readability check, and a quadratic idle count) whenever a request starts or ends,
-    so one pool of N connections costs O(N^2) work per request. Several pools of a few
-    connections each keep every connection alive at a fraction of that cost. Their
-    sizes add up to ``max_connections`` exactly: that is the most connections open at
-    once, to every host together. (A pool whose keep-alive limit is below its
-    connection limit would close the surplus after each burst and pay a new TLS
-    handshake for it on the next one, so every connection is kept alive.)
-    """
-
-    def __init__(self, max_connections: int, per_shard: int = 4, **transport: Any) -> None:
-        full, rest = divmod(max_connections, per_shard)
-        self._sizes = [per_shard] * full + ([rest] if rest else [])
-        self._shards = [
-            httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=size, max_keepalive_connections=size, keepalive_expiry=30.0
-                ),
-                **transport,
-            )
-            for size in self._sizes
-        ]
-        self._busy = [0] * len(self._shards)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        busy = self._busy
-        index = max(range(len(busy)), key=lambda i: self._sizes[i] - busy[i])
-        busy[index] += 1
-
-        def release() -> None:
-            busy[index] -= 1
-
-        try:
-            response = await self._shards[index].handle_async_request(request)
-        except BaseException:
-            release()
-            raise
-        if not isinstance(response.stream, httpx.AsyncByteStream):  # pragma: no cover
-            release()
-            return response
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_ReleasingStream(response.stream, release),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
 
 
 def verify_output(data: bytes, content_type: str, image: Any, *, max_pixels: int) -> OutputImage:

@@ -3,7 +3,7 @@
 Takes the same validated requests, returns the same fal-shaped responses, with
 outputs written as files (``file://`` URLs) or, with ``sync_mode``, data URIs.
 Runs with no key and no network: inputs are fetched from http(s)/file/data URLs
-under a :class:`~bria_dagster.client.fetch.FetchPolicy`, and the image work runs in
+under a :class:`~bria_dagster.client.fetch_policy.FetchPolicy`, and the image work runs in
 worker threads (OpenCV and NumPy release the GIL).
 """
 
@@ -17,7 +17,6 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,9 @@ from ...engine import matte
 from ...errors import BriaError, EngineError
 from ..contracts import endpoint_for
 from ..contracts.base import BriaRequest, Image, LocalInputs
-from ..fetch import FetchPolicy, fetch_bytes
+from ..fetch import fetch_bytes
+from ..fetch_policy import FetchPolicy
 from ..images import decode_image, to_data_uri
-from ..journal import RequestJournal
 from .base import BackendResult, OutputImage
 
 __all__ = ["LocalBackend"]
@@ -88,15 +87,10 @@ class LocalBackend:
         text = str(value)
         return (await fetch_bytes(text, self.fetch_policy)).data, f"{what} {text[:200]}"
 
-    async def run(
-        self,
-        request: BriaRequest,
-        *,
-        journal: RequestJournal | None = None,
-        on_service_done: Callable[[], None] | None = None,
-    ) -> BackendResult:
-        """Run one request in-process; ``journal`` and ``on_service_done`` are unused
-        (nothing remote to re-attach; the work is the whole request)."""
+    async def run(self, request: BriaRequest, **_: object) -> BackendResult:
+        """Run one request in-process. The :class:`~.base.Backend` keywords (``journal``,
+        ``on_service_done``) do not apply: nothing remote to re-attach to, and the work is
+        the whole request."""
         spec = endpoint_for(request)
         if spec.render_local is None:
             raise EngineError(f"the local engine does not implement {request.endpoint_id}")

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from ...errors import storage_access
+from ...errors import UnknownBatchError, storage_access
 from .html import render_page
 from .model import (
     DEFAULT_PIPELINE,
@@ -54,7 +54,7 @@ from .model import (
     ReportBatch,
     StepSummary,
 )
-from .tables import StepTables, UnknownBatchError, storage_base
+from .tables import StepTables, storage_base
 from .thumbnails import THUMBNAIL_PX, thumbnail_data_uri
 
 if TYPE_CHECKING:

@@ -78,5 +78,6 @@ STEP = Step(
     variants=_variants,
     image_modes=("RGB", "RGBA"),
     settings=ExpandSettings,
+    on_by_default=True,
     order=30,
 )

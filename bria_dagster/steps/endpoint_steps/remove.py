@@ -27,5 +27,6 @@ STEP = Step(
     variants=lambda parent: ["cutout"],
     image_modes=("RGBA",),
     cutout=True,
+    on_by_default=True,
     order=10,
 )

@@ -59,5 +59,6 @@ STEP = Step(
     variants=lambda parent: ["scene"],
     image_modes=("RGB",),
     settings=ReplaceSettings,
+    on_by_default=True,
     order=20,
 )

@@ -1,9 +1,9 @@
-"""A real PostgreSQL server for the tests, from the binaries the `pgserver` wheel ships.
+"""A real PostgreSQL server for tests, from the binaries the `pgserver` wheel ships.
 
 `pgserver.get_server()` itself listens on a Unix socket only and, when run as root, chmods
 every parent folder of its data and binaries (up to /) so that its `pgserver` user can reach
-them. These tests want TCP on 127.0.0.1 (host:port in error messages, a server to stop and
-restart mid-run) and nothing changed outside a temporary folder, so they drive the wheel's
+them. Tests want TCP on 127.0.0.1 (host:port in error messages, a server to stop and
+restart mid-run) and nothing changed outside a temporary folder, so this drives the wheel's
 `initdb` / `pg_ctl` directly. Postgres refuses to run as root: as root the server runs as the
 unprivileged `nobody`, from a copy of the binaries in the temporary folder (the venv may sit
 in a folder `nobody` cannot enter, e.g. /root).
@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.fal_server import reserve_port
+from .ports import reserve_port
 
 __all__ = ["PostgresTestServer"]
 
@@ -30,7 +30,9 @@ def _wheel_install() -> Path:
     sets up a lock folder under XDG_RUNTIME_DIR)."""
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the tests need the pgserver wheel: pip install -e '.[dev]'")
+        raise RuntimeError(
+            "PostgresTestServer needs the pgserver wheel: pip install 'bria-dagster[testing]'"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
 

@@ -1,4 +1,4 @@
-"""An S3-compatible server on loopback for the tests: moto's server mode, reached through
+"""An S3-compatible server on loopback for tests: moto's server mode, reached through
 s3fs exactly as a user's ``s3://bucket/prefix`` storage is, with the endpoint and keys
 from the standard AWS environment variables (botocore reads ``AWS_ENDPOINT_URL``)."""
 

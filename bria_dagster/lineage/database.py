@@ -1,0 +1,164 @@
+"""Where the lineage index lives and how its SQLite file is laid out.
+
+``<base>/tables/_lineage.sqlite`` is a cache derived from the Parquet step tables (the
+tables stay the source of truth). For an fsspec URL (``s3://bucket/bria``) it lives
+in a local cache folder of the machine that queries, ``$BRIA_DAGSTER_CACHE_DIR`` or
+``$XDG_CACHE_HOME/bria-dagster`` (``~/.cache/bria-dagster``) then
+``lineage/<sha256 of the URL>.sqlite``: it is never written to the bucket, so several
+machines never write one index.
+
+Lookups go through small integer keys instead of long text: the first 60 bits of a
+sha256 (prefix searches become integer ranges) or the CRC-32 of a URI. Every query
+also compares the text itself, so a shared key never mixes two values up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import sqlite3
+import zlib
+
+from ..errors import IndexUnavailableError
+from ..records.listing import is_local
+from ..records.schema import INDEXED_COLUMNS, RECORD_COLUMNS
+
+__all__ = [
+    "CACHE_DIR_ENV",
+    "INDEX_NAME",
+    "KEY_COLUMNS",
+    "cache_root",
+    "connect",
+    "index_path",
+    "sha_key",
+    "uri_key",
+]
+
+INDEX_NAME = "_lineage.sqlite"
+CACHE_DIR_ENV = "BRIA_DAGSTER_CACHE_DIR"
+SCHEMA_VERSION = 4  # 3: reused_in_run_id and unit_price_usd; 4: noop_reason
+BUSY_TIMEOUT_S = 60.0
+KEY_HEX = 15  # hex characters in a sha key (60 bits: a positive SQLite integer)
+
+KEY_COLUMNS = {
+    "image_key": "image_sha256",
+    "parent_key": "parent_sha256",
+    "source_key": "root_source_sha256",
+    "image_uri_key": "image_uri",
+    "source_uri_key": "root_source_uri",
+}
+"""Integer key column -> the record column it keys."""
+SHA_KEYS = ("image_key", "parent_key", "source_key")
+_INDEXES = (*KEY_COLUMNS, "sku")
+ROW_BITS = 32
+"""A record's id is (file id << 32) | row position: one file's rows are one id range,
+and ids order rows as the Parquet files list them."""
+
+_HEX = re.compile(r"[0-9a-f]+")
+_SQL_TYPES = {"int32": "INTEGER", "int64": "INTEGER", "float64": "REAL"}
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """The local cache folder: ``cache_dir``, else ``$BRIA_DAGSTER_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/bria-dagster`` (``~/.cache/bria-dagster``)."""
+    if cache_dir:
+        return os.fspath(cache_dir)
+    if os.environ.get(CACHE_DIR_ENV):
+        return os.environ[CACHE_DIR_ENV]
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "bria-dagster")
+
+
+def index_path(
+    base: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None
+) -> str:
+    """Where the index of ``base`` lives: ``<base>/tables/_lineage.sqlite`` for a local
+    base; ``<cache root>/lineage/<sha256 of the URL>.sqlite`` for an fsspec URL."""
+    if is_local(base):
+        return os.path.join(os.fspath(base).removeprefix("file://"), "tables", INDEX_NAME)
+    url = os.fspath(base).rstrip("/")
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:32]
+    return os.path.join(cache_root(cache_dir), "lineage", f"{digest}.sqlite")
+
+
+def sha_key(sha: str | None) -> int | None:
+    """The first 60 bits of a hex sha256 (None for anything else)."""
+    head = sha[:KEY_HEX] if sha else ""
+    return int(head, 16) if len(head) == KEY_HEX and _HEX.fullmatch(head) else None
+
+
+def uri_key(uri: str | None) -> int | None:
+    return None if uri is None else zlib.crc32(uri.encode("utf-8", "surrogatepass"))
+
+
+_TABLES_DDL = (
+    "CREATE TABLE IF NOT EXISTS tables ("
+    "id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, mtime_ns INTEGER NOT NULL, "
+    "size INTEGER NOT NULL, rows INTEGER NOT NULL)"
+)
+
+
+def _records_ddl() -> str:
+    types = {c.name: _SQL_TYPES.get(c.type, "TEXT") for c in RECORD_COLUMNS}
+    columns = ", ".join(f"{name} {types[name]}" for name in INDEXED_COLUMNS)
+    columns += "".join(f", {key} INTEGER" for key in KEY_COLUMNS)
+    return (
+        "CREATE TABLE IF NOT EXISTS records "
+        f"(id INTEGER PRIMARY KEY, created_us INTEGER, {columns})"
+    )
+
+
+def create_indexes(conn: sqlite3.Connection) -> None:
+    for name in _INDEXES:
+        conn.execute(f"CREATE INDEX IF NOT EXISTS records_{name} ON records({name})")
+
+
+def drop_indexes(conn: sqlite3.Connection) -> None:
+    for name in _INDEXES:
+        conn.execute(f"DROP INDEX IF EXISTS records_{name}")
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """The index at ``path`` (``:memory:`` for one that lives with this process), created
+    or, when written by another layout version, dropped and created again."""
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    conn.execute("DROP TABLE IF EXISTS records")
+                    conn.execute("DROP TABLE IF EXISTS tables")
+                    conn.execute(_TABLES_DDL)
+                    conn.execute(_records_ddl())
+                    create_indexes(conn)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if version:  # an older layout was dropped: give its pages back to the disk
+                with contextlib.suppress(sqlite3.OperationalError):
+                    conn.execute("VACUUM")
+        if path != ":memory:":
+            _use_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.Error as exc:
+        raise IndexUnavailableError(
+            f"cannot use the lineage index {path}: {exc}; "
+            "run with --no-index, or delete the file so it is rebuilt"
+        ) from exc
+    return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL (readers never wait for a sync); needs a moment without other users,
+    so on a busy index it is left to a later run (rollback journal works too, only slower)."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    with contextlib.suppress(sqlite3.OperationalError):
+        conn.execute("PRAGMA journal_mode = WAL")
