@@ -28,6 +28,7 @@ def test_endpoint_ids_and_list_prices():
         "fal-ai/bria/background/remove",
         "fal-ai/bria/background/replace",
         "fal-ai/bria/expand",
+        "fal-ai/bria/product-shot",
     }
     assert LIST_PRICES.cost_usd(RemoveBackgroundRequest(image_url=URL)) == 0.018
     replace = ReplaceBackgroundRequest(image_url=URL, prompt="x", num_images=3)
@@ -41,7 +42,8 @@ def test_endpoint_ids_and_list_prices():
 
 
 def test_a_price_table_sets_costs_and_says_where_its_prices_come_from():
-    assert LIST_PRICES.as_of == "2026-11-30" and "fal.ai" in LIST_PRICES.source
+    # The table's date is its newest price's (product_shot's, read on 2026-12-06).
+    assert LIST_PRICES.as_of == "2026-12-06" and "fal.ai" in LIST_PRICES.source
     contract = PriceTable(
         remove_usd_per_call=0.01,
         replace_usd_per_image=0.02,
