@@ -24,27 +24,40 @@ from ..engine.synthetic import make_product_photo
 
 __all__ = ["SAMPLE_BATCHES", "contact_sheet", "sample_alpha", "write_sample_catalogs"]
 
-# (sku, category, shape, seed, extra columns)
-SAMPLE_BATCHES: dict[str, list[tuple[str, str, str, int, dict[str, str]]]] = {
-    "spring_drop": [
-        ("SD-001", "white_studio", "bottle", 11, {"name": "glass water bottle"}),
-        ("SD-002", "white_studio", "mug", 12, {"name": "stoneware mug"}),
-        ("SD-003", "gray_gradient", "box", 13, {"name": "gift box"}),
-        ("SD-004", "gray_gradient", "lamp", 14, {"name": "desk lamp"}),
-        ("SD-005", "colored", "bottle", 15, {"name": "olive oil bottle"}),
-        ("SD-006", "colored", "mug", 16, {"name": "enamel mug"}),
-        ("SD-007", "white_studio", "box", 17, {"name": "tea tin"}),
-        ("SD-008", "textured", "lamp", 18, {"name": "rattan lamp"}),
-    ],
-    "home_goods": [
-        ("HG-101", "white_studio", "lamp", 21, {"name": "floor lamp"}),
-        ("HG-102", "gray_gradient", "bottle", 22, {"name": "hand soap"}),
-        ("HG-103", "colored", "box", 23, {"name": "storage box"}),
-        ("HG-104", "white_studio", "mug", 24, {"name": "travel mug"}),
-        ("HG-105", "low_contrast", "box", 25, {"name": "white candle box"}),
-        ("HG-106", "gray_gradient", "mug", 26, {"name": "espresso cup"}),
-    ],
-}
+# One line a product: its batch, sku, backdrop category, shape, the seed its photo is
+# drawn with, and its name (the rest of the line).
+_PRODUCTS = """
+spring_drop  SD-001  white_studio   bottle  11  glass water bottle
+spring_drop  SD-002  white_studio   mug     12  stoneware mug
+spring_drop  SD-003  gray_gradient  box     13  gift box
+spring_drop  SD-004  gray_gradient  lamp    14  desk lamp
+spring_drop  SD-005  colored        bottle  15  olive oil bottle
+spring_drop  SD-006  colored        mug     16  enamel mug
+spring_drop  SD-007  white_studio   box     17  tea tin
+spring_drop  SD-008  textured       lamp    18  rattan lamp
+home_goods   HG-101  white_studio   lamp    21  floor lamp
+home_goods   HG-102  gray_gradient  bottle  22  hand soap
+home_goods   HG-103  colored        box     23  storage box
+home_goods   HG-104  white_studio   mug     24  travel mug
+home_goods   HG-105  low_contrast   box     25  white candle box
+home_goods   HG-106  gray_gradient  mug     26  espresso cup
+"""
+
+
+SampleProduct = tuple[str, str, str, int, dict[str, str]]
+"""``(sku, category, shape, seed, extra columns)``."""
+
+
+def _sample_batches() -> dict[str, list[SampleProduct]]:
+    batches: dict[str, list[SampleProduct]] = {}
+    for line in _PRODUCTS.strip().splitlines():
+        batch, sku, category, shape, seed, name = line.split(maxsplit=5)
+        batches.setdefault(batch, []).append((sku, category, shape, int(seed), {"name": name}))
+    return batches
+
+
+SAMPLE_BATCHES = _sample_batches()
+"""The products of each batch, in catalog order."""
 
 _PER_ROW = {
     # Per-row overrides a real catalog might carry.

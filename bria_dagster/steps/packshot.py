@@ -41,7 +41,7 @@ from ..packshot import (
 from ..records.schema import FAILED, OK, REUSED, canonical_json
 from ..records.store import ImageStore
 from ..records.tables import records_to_frame
-from .rows import Job, StepContext, StepReport, _base_row, _record_id, failed_row, reused_rows
+from .rows import Job, StepContext, StepReport, failed_row, reused_rows, stored_row
 
 __all__ = [
     "COMPLIANCE_ERROR",
@@ -237,22 +237,8 @@ def _render_one(
     except BriaError as exc:  # e.g. an empty cutout: nothing to place on the canvas
         return _packshot_row(failed_row(ctx, job, type(exc).__name__, str(exc)), preset)
     issues = check_packshot(shot.data, preset, cutout=cutout)
-    stored = store.put(shot.data, shot.content_type)
-    row = _base_row(ctx, job)
-    row.update(
-        record_id=_record_id(ctx, job, job.variant),
-        variant=job.variant,
-        status=OK,
-        image_uri=stored.uri,
-        image_sha256=stored.sha256,
-        width=shot.width,
-        height=shot.height,
-        content_type=shot.content_type,
-        backend="local",
-        unit_price_usd=0.0,
-        duration_s=time.perf_counter() - started,
-        attempts=1,
-    )
+    row = stored_row(ctx, job, job.variant, shot, store, backend="local", unit_price_usd=0.0)
+    row.update(duration_s=time.perf_counter() - started, attempts=1)  # render and store
     if issues:
         row.update(
             status=FAILED,

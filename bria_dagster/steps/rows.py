@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..client.backends.base import BackendResult
+from ..client.backends.base import BackendResult, OutputImage
 from ..client.contracts import build_request
 from ..client.contracts.base import BriaRequest
 from ..client.fingerprint import fingerprint_of, input_fingerprint
@@ -41,6 +41,9 @@ from ..records.schema import (
 )
 from ..records.store import ImageStore
 
+if TYPE_CHECKING:
+    from ..packshot.compose import Packshot
+
 __all__ = [
     "PARSED_CATALOG",
     "Job",
@@ -52,6 +55,7 @@ __all__ = [
     "ok_rows",
     "reused_rows",
     "source_row",
+    "stored_row",
 ]
 
 logger = logging.getLogger("bria_dagster.steps.rows")
@@ -311,20 +315,13 @@ def ok_rows(
     """
     assert job.request is not None
     share = result.cost_usd / max(1, len(result.images))
-    rows = []
-    for i, image in enumerate(result.images):
-        stored = store.put(image.data, image.content_type)
-        variant = _output_variant(job, i, len(result.images))
-        row = _base_row(ctx, job)
-        row.update(
-            record_id=_record_id(ctx, job, variant),
-            variant=variant,
-            status=OK,
-            image_uri=stored.uri,
-            image_sha256=stored.sha256,
-            width=image.width,
-            height=image.height,
-            content_type=image.content_type,
+    return [
+        stored_row(
+            ctx,
+            job,
+            _output_variant(job, i, len(result.images)),
+            image,
+            store,
             backend=result.backend,
             seed=result.seed,
             request_id=result.request_id,
@@ -333,8 +330,34 @@ def ok_rows(
             duration_s=result.duration_s,
             attempts=result.attempts,
         )
-        rows.append(row)
-    return rows
+        for i, image in enumerate(result.images)
+    ]
+
+
+def stored_row(
+    ctx: StepContext,
+    job: Job,
+    variant: str,
+    image: OutputImage | Packshot,
+    store: ImageStore,
+    **fields: Any,
+) -> dict[str, Any]:
+    """An ok record of ``job``'s output ``variant``: ``image`` put in ``store``, with
+    ``fields`` (backend, prices, timings) as they are."""
+    stored = store.put(image.data, image.content_type)
+    row = _base_row(ctx, job)
+    row.update(
+        record_id=_record_id(ctx, job, variant),
+        variant=variant,
+        status=OK,
+        image_uri=stored.uri,
+        image_sha256=stored.sha256,
+        width=image.width,
+        height=image.height,
+        content_type=image.content_type,
+        **fields,
+    )
+    return row
 
 
 def source_row(

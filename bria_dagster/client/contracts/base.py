@@ -2,8 +2,9 @@
 the list price, and :class:`EndpointContract`, the one declaration per endpoint.
 
 An endpoint module (``remove.py``, ``replace.py``, ...) subclasses :class:`BriaRequest`
-and :class:`BriaResponse` and declares a module-level ``CONTRACT``; the package finds
-it (see :mod:`bria_dagster.client.contracts`). Validation happens in the request model,
+and :class:`ImageResponse` or :class:`ImagesResponse` (or :class:`BriaResponse`) and
+declares a module-level ``CONTRACT``; the package finds it (see
+:mod:`bria_dagster.client.contracts`). Validation happens in the request model,
 before anything is sent, so nothing fal would reject is ever paid for.
 
 Inputs (``image_url``, ``ref_image_url``) accept what a user has at hand: an
@@ -21,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,9 +42,14 @@ __all__ = [
     "EndpointContract",
     "Image",
     "ImageInput",
+    "ImageResponse",
+    "ImagesResponse",
     "ListPrice",
     "LocalInputs",
     "LocalRenderer",
+    "OptionalImageInput",
+    "OptionalText",
+    "require_one_of",
     "validate_input",
 ]
 
@@ -85,6 +98,31 @@ ImageInput = Annotated[
     PlainSerializer(_serialize_input, return_type=str, when_used="json"),
 ]
 """An image given as URL (http, https, s3, gs, data, file), local path, or bytes."""
+
+
+def _optional_input(value: Any) -> str | Path | bytes | None:
+    return None if value is None or value == "" else validate_input(value)
+
+
+OptionalImageInput = Annotated[ImageInput | None, BeforeValidator(_optional_input)]
+"""An :data:`ImageInput` that may be left out (``None`` or ``""``)."""
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+OptionalText = Annotated[str | None, BeforeValidator(_blank_is_none)]
+"""A text that may be left out: a blank one (a catalog's empty cell) counts as ``None``."""
+
+
+def require_one_of(request: BaseModel, first: str, second: str) -> None:
+    """Refuse a request giving both or neither of the fields ``first`` and ``second``."""
+    given = getattr(request, first) is not None
+    if given == (getattr(request, second) is not None):
+        raise ValueError(
+            f"give exactly one of {first} or {second} (got {'both' if given else 'neither'})"
+        )
 
 
 class Image(BaseModel):
@@ -164,6 +202,37 @@ class BriaResponse(BaseModel):
         """The response fal would give for ``images`` (how the local engine answers)."""
         raise NotImplementedError
 
+    @classmethod
+    def _seed(cls, seed: int | None) -> dict[str, int | None]:
+        # The engine's seed goes where the response declares one (fal returns it there).
+        return {"seed": seed} if "seed" in cls.model_fields else {}
+
+
+class ImageResponse(BriaResponse):
+    """A response holding one ``image``."""
+
+    image: Image
+
+    def output_images(self) -> list[Image]:
+        return [self.image]
+
+    @classmethod
+    def from_outputs(cls, images: list[Image], seed: int | None) -> Self:
+        return cls(image=images[0], **cls._seed(seed))
+
+
+class ImagesResponse(BriaResponse):
+    """A response holding a list of ``images``."""
+
+    images: list[Image]
+
+    def output_images(self) -> list[Image]:
+        return self.images
+
+    @classmethod
+    def from_outputs(cls, images: list[Image], seed: int | None) -> Self:
+        return cls(images=images, **cls._seed(seed))
+
 
 @dataclass(frozen=True, slots=True)
 class ListPrice:
@@ -174,6 +243,16 @@ class ListPrice:
     """``call``: one price per request; ``image``: per output image (``output_count``)."""
     source: str
     as_of: str
+
+    @classmethod
+    def per_call(cls, usd: float, *, source: str, as_of: str) -> ListPrice:
+        """``usd`` per request, whatever it returns."""
+        return cls(usd=usd, unit="call", source=source, as_of=as_of)
+
+    @classmethod
+    def per_image(cls, usd: float, *, source: str, as_of: str) -> ListPrice:
+        """``usd`` per output image (a request's ``output_count``)."""
+        return cls(usd=usd, unit="image", source=source, as_of=as_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +284,20 @@ class LocalInputs:
 
         image = self.images.get(name)
         return None if image is None else np.asarray(image.convert("RGB"))
+
+    def on_scene(
+        self, compose: Callable[..., list[np.ndarray]], **arguments: Any
+    ) -> list[tuple[bytes, str]]:
+        """The :meth:`subject` on generated scenes, encoded: ``compose`` is the engine
+        function (``replace_background``, ``product_shots``); it gets the subject, the
+        scene's ``reference`` image (``ref_image_url``, or ``None``), the seed and
+        ``arguments``."""
+        from ..images import encode_array
+
+        scenes = compose(
+            self.subject(), reference=self.rgb("ref_image_url"), seed=self.seed, **arguments
+        )
+        return [encode_array(pixels) for pixels in scenes]
 
 
 LocalRenderer = Callable[[Any, LocalInputs], list[tuple[bytes, str]]]

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .base import (
     MAX_SEED,
     BriaRequest,
-    BriaResponse,
     EndpointContract,
-    Image,
+    ImageResponse,
     ListPrice,
     LocalInputs,
 )
+from .remove import PRICE_PAGE as COMPARISON_PAGE
 
 if TYPE_CHECKING:
     from ...engine.outpaint import Placement
@@ -31,6 +31,14 @@ __all__ = [
 
 MAX_CANVAS_AREA = 5000 * 5000
 PRICE_PAGE = "fal.ai/models/fal-ai/bria/expand"
+# Where fal's pages disagree, the endpoint's own (and higher) listing: a budget then
+# never under-counts.
+LIST_PRICE = ListPrice.per_call(
+    0.04,
+    source=f"{PRICE_PAGE} ('Price: $0.04 per generations'); the comparison on "
+    f"{COMPARISON_PAGE} says $0.023 per operation",
+    as_of="2026-11-30",
+)
 
 
 class AspectRatio(StrEnum):
@@ -130,16 +138,8 @@ class ExpandRequest(BriaRequest):
         )
 
 
-class ExpandResponse(BriaResponse):
-    image: Image
+class ExpandResponse(ImageResponse):
     seed: int | None = None
-
-    def output_images(self) -> list[Image]:
-        return [self.image]
-
-    @classmethod
-    def from_outputs(cls, images: list[Image], seed: int | None) -> Self:
-        return cls(image=images[0], seed=seed)
 
 
 def render_local(request: ExpandRequest, inputs: LocalInputs) -> list[tuple[bytes, str]]:
@@ -161,19 +161,4 @@ def render_local(request: ExpandRequest, inputs: LocalInputs) -> list[tuple[byte
     return [encode_array(outpaint.expand_image(np.asarray(image), placement, seed=inputs.seed))]
 
 
-CONTRACT = EndpointContract(
-    name="expand",
-    request_model=ExpandRequest,
-    response_model=ExpandResponse,
-    list_price=ListPrice(
-        usd=0.04,
-        unit="call",
-        # Where fal's pages disagree, the endpoint's own (and higher) listing: a budget
-        # then never under-counts.
-        source=f"{PRICE_PAGE} ('Price: $0.04 per generations'); the comparison on "
-        "fal.ai/docs/model-api-reference/image-generation-api/bria-background says $0.023 "
-        "per operation",
-        as_of="2026-11-30",
-    ),
-    render_local=render_local,
-)
+CONTRACT = EndpointContract("expand", ExpandRequest, ExpandResponse, LIST_PRICE, render_local)

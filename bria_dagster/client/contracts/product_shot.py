@@ -7,19 +7,19 @@ that with ``placement_type="automatic"`` (one per recommended position): each is
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Self
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from .base import (
     BriaRequest,
-    BriaResponse,
     EndpointContract,
-    Image,
-    ImageInput,
+    ImagesResponse,
     ListPrice,
     LocalInputs,
-    validate_input,
+    OptionalImageInput,
+    OptionalText,
+    require_one_of,
 )
 from .remove import PRICE_PAGE as COMPARISON_PAGE
 
@@ -33,6 +33,13 @@ __all__ = [
 ]
 
 PRICE_PAGE = "fal.ai/models/fal-ai/bria/product-shot"
+LIST_PRICE = ListPrice.per_image(
+    0.04,
+    source=f"{PRICE_PAGE} ('Price: $0.04 per generations'); the comparison on "
+    f"{COMPARISON_PAGE} says 'Bria Product Shot ($0.023)': the endpoint's own, higher "
+    "listing is kept, so a budget never under-counts",
+    as_of="2026-12-06",
+)
 
 PlacementType = Literal["original", "automatic", "manual_placement", "manual_padding"]
 """Where the product goes: where it stood, ten recommended positions, one chosen
@@ -72,10 +79,10 @@ class ProductShotRequest(BriaRequest):
 
     endpoint_id: ClassVar[str] = "fal-ai/bria/product-shot"
 
-    scene_description: str | None = Field(
+    scene_description: OptionalText = Field(
         default=None, description="Text describing the scene (English; not with ref_image_url)."
     )
-    ref_image_url: ImageInput | None = Field(
+    ref_image_url: OptionalImageInput = Field(
         default=None, description="Reference image of the scene (not with scene_description)."
     )
     optimize_description: bool = True
@@ -93,23 +100,9 @@ class ProductShotRequest(BriaRequest):
         default=None, description="[left, right, top, bottom] pixels with manual_padding."
     )
 
-    @field_validator("ref_image_url", mode="before")
-    @classmethod
-    def _check_ref(cls, value: Any) -> Any:
-        return None if value is None or value == "" else validate_input(value)
-
-    @field_validator("scene_description", mode="before")
-    @classmethod
-    def _blank_description_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
     @model_validator(mode="after")
     def _check(self) -> ProductShotRequest:
-        if (self.ref_image_url is None) == (self.scene_description is None):
-            raise ValueError(
-                "give exactly one of ref_image_url or scene_description (got "
-                f"{'neither' if self.ref_image_url is None else 'both'})"
-            )
+        require_one_of(self, "ref_image_url", "scene_description")
         if min(self.shot_size) <= 0:
             raise ValueError(f"shot_size must be positive, got {list(self.shot_size)}")
         if self.padding_values is not None and min(self.padding_values) < 0:
@@ -127,43 +120,21 @@ class ProductShotRequest(BriaRequest):
         return self.num_results * per_result
 
 
-class ProductShotResponse(BriaResponse):
-    images: list[Image]
-
-    def output_images(self) -> list[Image]:
-        return self.images
-
-    @classmethod
-    def from_outputs(cls, images: list[Image], seed: int | None) -> Self:
-        return cls(images=images)
+class ProductShotResponse(ImagesResponse):
+    """fal's answer: the shots, in placement order, as ``images`` (no seed)."""
 
 
 def render_local(request: ProductShotRequest, inputs: LocalInputs) -> list[tuple[bytes, str]]:
-    """The product (see :meth:`LocalInputs.subject`) placed on a generated scene."""
+    """The product placed on a generated scene (see :meth:`LocalInputs.on_scene`)."""
     from ...engine.product_shot import product_shots
-    from ..images import encode_array
 
-    shots = product_shots(
-        inputs.subject(),
-        reference=inputs.rgb("ref_image_url"),
-        seed=inputs.seed,
+    return inputs.on_scene(
+        product_shots,
         max_pixels=inputs.max_pixels,
         **request.model_dump(include=_ENGINE_ARGUMENTS),
     )
-    return [encode_array(pixels) for pixels in shots]
 
 
 CONTRACT = EndpointContract(
-    name="product_shot",
-    request_model=ProductShotRequest,
-    response_model=ProductShotResponse,
-    list_price=ListPrice(
-        usd=0.04,
-        unit="image",
-        source=f"{PRICE_PAGE} ('Price: $0.04 per generations'); the comparison on "
-        f"{COMPARISON_PAGE} says 'Bria Product Shot ($0.023)': the endpoint's own, higher "
-        "listing is kept, so a budget never under-counts",
-        as_of="2026-12-06",
-    ),
-    render_local=render_local,
+    "product_shot", ProductShotRequest, ProductShotResponse, LIST_PRICE, render_local
 )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from typing import ClassVar
 
-from .base import BriaRequest, BriaResponse, EndpointContract, Image, ListPrice, LocalInputs
+from .base import BriaRequest, EndpointContract, ImageResponse, ListPrice, LocalInputs
 
 __all__ = ["CONTRACT", "RemoveBackgroundRequest", "RemoveBackgroundResponse"]
 
 PRICE_PAGE = "fal.ai/docs/model-api-reference/image-generation-api/bria-background"
+LIST_PRICE = ListPrice.per_call(
+    0.018, source=f"{PRICE_PAGE} ('RMBG 2.0 ... at $0.018 per inference')", as_of="2026-11-30"
+)
 
 
 class RemoveBackgroundRequest(BriaRequest):
@@ -17,15 +20,8 @@ class RemoveBackgroundRequest(BriaRequest):
     endpoint_id: ClassVar[str] = "fal-ai/bria/background/remove"
 
 
-class RemoveBackgroundResponse(BriaResponse):
-    image: Image
-
-    def output_images(self) -> list[Image]:
-        return [self.image]
-
-    @classmethod
-    def from_outputs(cls, images: list[Image], seed: int | None) -> Self:
-        return cls(image=images[0])
+class RemoveBackgroundResponse(ImageResponse):
+    """fal's answer: the cutout (RGBA PNG) as ``image``."""
 
 
 def render_local(request: RemoveBackgroundRequest, inputs: LocalInputs) -> list[tuple[bytes, str]]:
@@ -35,14 +31,5 @@ def render_local(request: RemoveBackgroundRequest, inputs: LocalInputs) -> list[
 
 
 CONTRACT = EndpointContract(
-    name="remove",
-    request_model=RemoveBackgroundRequest,
-    response_model=RemoveBackgroundResponse,
-    list_price=ListPrice(
-        usd=0.018,
-        unit="call",
-        source=f"{PRICE_PAGE} ('RMBG 2.0 ... at $0.018 per inference')",
-        as_of="2026-11-30",
-    ),
-    render_local=render_local,
+    "remove", RemoveBackgroundRequest, RemoveBackgroundResponse, LIST_PRICE, render_local
 )
