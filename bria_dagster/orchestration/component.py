@@ -124,17 +124,18 @@ def _step_settings() -> dict[str, Any]:
     }
 
 
-_STEP_SETTINGS = _step_settings()
+_OPTIONAL_SETTINGS = {
+    **_step_settings(),
+    **{
+        name: PipelineSettings.model_fields[name]
+        for name in ("seed", "fetch_concurrency", "report_url_base", "preview_rows")
+    },
+}
+"""Attributes that are :class:`PipelineSettings` fields as they are: optional, passed on
+when given (left out, the settings' default applies)."""
 
 # Attributes passed to PipelineSettings when given; left out, its defaults apply.
-_SETTINGS_FIELDS = (
-    "steps",
-    *_STEP_SETTINGS,
-    "seed",
-    "fetch_concurrency",
-    "report_url_base",
-    "preview_rows",
-)
+_SETTINGS_FIELDS = ("steps", *_OPTIONAL_SETTINGS)
 
 
 def _typed(model: type[BaseModel]) -> Any:
@@ -229,14 +230,13 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
         "The steps to run (each needs its parent step, unless that is the source images); "
         "default [remove, replace, expand]."
     )
-    seed: int | None = Field(default=None, description="Default seed (catalog 'seed' wins).")
-    # Every step's own settings, optional (see _step_settings): declared from the steps.
-    __annotations__.update({name: info.annotation | None for name, info in _STEP_SETTINGS.items()})
-    vars().update(
-        {name: _checked_field(info.description or "") for name, info in _STEP_SETTINGS.items()}
+    # Every step's own settings and the pipeline's plain settings, optional (see
+    # _OPTIONAL_SETTINGS): declared from where they are defined, with their descriptions.
+    __annotations__.update(
+        {name: info.annotation | None for name, info in _OPTIONAL_SETTINGS.items()}
     )
-    fetch_concurrency: int | None = Field(
-        default=None, description="Source images fetched at once."
+    vars().update(
+        {name: _checked_field(info.description or "") for name, info in _OPTIONAL_SETTINGS.items()}
     )
     checks: _typed(CheckSettings) = _checked_field(  # type: ignore[valid-type]
         "Asset check thresholds (CheckSettings)."
@@ -259,16 +259,6 @@ class ProductImagesComponent(dg.Component, dg.Model, dg.Resolvable):
     )
     report: bool = Field(
         default=True, description="Write each batch's HTML audit report (asset audit_report)."
-    )
-    report_url_base: str | None = Field(
-        default=None,
-        description="http(s) URL where <storage>/reports is served: audit_report then links "
-        "<report_url_base>/<name>/<batch>.html, which the UI opens.",
-    )
-    preview_rows: int | None = Field(
-        default=None,
-        description="Rows in each step's preview and products in audit_report's table "
-        "(default 50).",
     )
     operations: bool = Field(
         default=True, description="Also build the catalog sensor and the two schedules."
