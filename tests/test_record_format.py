@@ -29,11 +29,6 @@ module declares its own name)."""
 OTHER_FORMATS = {"steps/export.py"}
 """Modules whose lists name columns of another format that share record column names
 (the channel manifest: ``sku``, ``width``, ``height``, ``run_id`` of each exported file)."""
-PENDING = {
-    "orchestration/checks.py": "batch_outcome's columns, to a named group with the checks",
-}
-"""Copies being replaced in this issue's other branches, each with what replaces it.
-Remove an entry once its copy is gone: the test fails while one names no copy."""
 STEP_NAMES = {SOURCE, *step_names(), "packshot"}
 MIN_STEPS, MIN_COLUMNS = 2, 3
 
@@ -72,14 +67,11 @@ def copies(root: Path = PACKAGE) -> list[str]:
 
 def test_step_names_and_record_columns_are_listed_only_by_their_owner():
     found = copies()
-    new = [where for where in found if where.split(":")[0] not in PENDING]
-    assert not new, (
+    assert not found, (
         "import the names instead of writing them again: step names from the step "
         "declarations (bria_dagster.steps.registry), columns from bria_dagster.records.schema "
-        "(COLUMNS and its column groups):\n" + "\n".join(new)
+        "(COLUMNS and its column groups):\n" + "\n".join(found)
     )
-    gone = sorted(set(PENDING).difference(where.split(":")[0] for where in found))
-    assert not gone, f"no copy left in {gone}: remove them from PENDING"
 
 
 def test_the_scan_finds_a_copy(tmp_path):

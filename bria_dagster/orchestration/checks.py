@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..records.schema import FAILED, OK, REUSED, UPSTREAM_FAILED
+from ..records.schema import FAILED, OK, OUTCOME_COLUMNS, REUSED, UPSTREAM_FAILED
 from ..records.store import ImageStore
 from ..steps.registry import step_named, step_names
 from ..steps.settings import CheckSettings
@@ -352,7 +352,7 @@ class BatchOutcome:
 def batch_outcome(frames: Sequence[pd.DataFrame]) -> BatchOutcome:
     """Products and failed products over ImageRecord ``frames`` given in step order (the
     source table first): a product failed when any of its rows failed in any of them."""
-    columns = ["sku", "status", "error_class", "error_message", "asset_key"]
+    columns = list(OUTCOME_COLUMNS)
     rows = pd.concat([f[columns] for f in frames], ignore_index=True) if frames else None
     if rows is None or rows.empty:
         return BatchOutcome(0, ())

@@ -40,6 +40,7 @@ __all__ = [
     "INDEXED_COLUMNS",
     "NOOP_BACKEND",
     "OK",
+    "OUTCOME_COLUMNS",
     "PRODUCER_COLUMNS",
     "RECORD_COLUMNS",
     "REPORT_COLUMNS",
@@ -161,6 +162,9 @@ INDEXED_COLUMNS = _except(
     "catalog_row",
 )
 """What the lineage index stores of each row (besides ``created_at``, kept as a number)."""
+
+OUTCOME_COLUMNS = ("sku", "status", "error_class", "error_message", "asset_key")
+"""What a batch's verdict reads of each row: which products failed, in which step, why."""
 
 REPORT_COLUMNS = _except("record_id", "root_source_sha256", FINGERPRINT, "asset_key", "catalog_row")
 """What the audit report reads of each row."""
