@@ -187,6 +187,44 @@ async def test_identical_requests_in_a_batch_are_sent_once(fal_server):
     assert fal_server.stats()["submissions"] == 1
 
 
+class SlowJournal(RequestJournal):
+    """A journal whose commits take 50 ms (a far Postgres): accepted ids pile up unless
+    the backend bounds them. Each commit records how many submissions fal had accepted
+    that were not journaled yet (this one included): what a SIGKILL now would pay twice."""
+
+    def __init__(self, path: Path, server) -> None:
+        super().__init__(path)
+        self.server = server
+        self.journaled = 0
+        self.gaps: list[int] = []
+
+    def accepted(self, fingerprint: str, endpoint_id: str, request_id: str) -> None:
+        time.sleep(0.05)
+        self.gaps.append(self.server.stats()["submissions"] - self.journaled)
+        super().accepted(fingerprint, endpoint_id, request_id)
+        self.journaled += 1
+
+
+async def test_unjournaled_submits_are_bounded_while_polls_stay_concurrent(fal_server, tmp_path):
+    fal_server.configure(latency=0.5)
+    journal = SlowJournal(tmp_path / "journal.sqlite", fal_server)
+    fal = backend(journal=journal, max_unjournaled_submits=3)
+    items = [(i, RemoveBackgroundRequest(image_url=photo(i))) for i in range(16)]
+    try:
+        outcomes = [o async for o in run_batch(fal, items, max_concurrency=16)]
+    finally:
+        await fal.aclose()
+        journal.close()
+    assert all(o.ok for o in outcomes) and len(outcomes) == 16
+    assert max(journal.gaps) == 3  # reached, never exceeded
+    stats = fal_server.stats()
+    assert stats["submissions"] == 16 and journal.journaled == 16
+    # The jobs themselves still ran all at once: only the submit round trips were bounded.
+    assert stats["max_outstanding_by_key"][KEY] > 3
+    with pytest.raises(ValueError, match="max_unjournaled_submits"):
+        FalBackend(KEY, max_unjournaled_submits=0)
+
+
 async def test_journal_reattaches_instead_of_resubmitting(fal_server, tmp_path):
     fal_server.configure(latency=1.0)
     journal = tmp_path / "journal.sqlite"

@@ -140,6 +140,9 @@ class BriaClient:
             (``cancel_queued`` or ``keep``; see
             :class:`~bria_dagster.client.backends.fal.FalBackend`).
         termination_grace_s: how long an interrupted call waits for that wind-down.
+        max_unjournaled_submits: the most fal submits whose request id is not journaled
+            yet, at any moment: what a SIGKILL can make the next run pay twice (see
+            :class:`~bria_dagster.client.backends.fal.FalBackend`).
         max_pixels: decompression-bomb limit of every decoded image.
         fetch_policy: what input URLs and files the local engine (and the no-op check of
             an expansion) may read; default: public URLs, and files under the current
@@ -163,6 +166,7 @@ class BriaClient:
         inline_max_bytes: int = 2 * 1024 * 1024,
         on_terminate: Literal["cancel_queued", "keep"] = "cancel_queued",
         termination_grace_s: float = 20.0,
+        max_unjournaled_submits: int = 4,
         max_pixels: int = 50_000_000,
         fetch_policy: FetchPolicy | None = None,
         onnx_model_path: str | None = None,
@@ -186,6 +190,7 @@ class BriaClient:
         self.inline_max_bytes = inline_max_bytes
         self.on_terminate = on_terminate
         self.termination_grace_s = termination_grace_s
+        self.max_unjournaled_submits = max_unjournaled_submits
         self.max_pixels = max_pixels
         self.fetch_policy = fetch_policy or FetchPolicy(file_roots=(str(Path.cwd()),))
         self.onnx_model_path = onnx_model_path
@@ -240,6 +245,7 @@ class BriaClient:
                 max_connections=self.max_concurrency,
                 prices=self.prices,
                 on_terminate=self.on_terminate,
+                max_unjournaled_submits=self.max_unjournaled_submits,
             )
         from .backends.local import LocalBackend
 

@@ -26,6 +26,7 @@ import re
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class RequestJournal:
         target = ":memory:" if self.path is None else str(self.path)
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        self._writer = _writer_thread()
         with self._lock:
             if self.path is not None:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -95,8 +97,15 @@ class RequestJournal:
             )
 
     async def accepted_async(self, fingerprint: str, endpoint_id: str, request_id: str) -> None:
-        """:meth:`accepted` from the event loop (durable when the await returns)."""
-        await asyncio.to_thread(self.accepted, fingerprint, endpoint_id, request_id)
+        """:meth:`accepted` from the event loop (durable when the await returns).
+
+        It runs in the journal's own writer thread, never queued behind the work of the
+        loop's shared worker threads (outputs being stored, inputs read): until it
+        returns, a crash pays for the request again."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._writer, self.accepted, fingerprint, endpoint_id, request_id
+        )
 
     def completed(self, fingerprint: str) -> None:
         """The result was fetched and verified; a re-run can still re-read it by id."""
@@ -114,8 +123,14 @@ class RequestJournal:
         return self._select("state", PENDING)
 
     def close(self) -> None:
+        self._writer.shutdown()
         with self._lock:
             self._db.close()
+
+
+def _writer_thread() -> ThreadPoolExecutor:
+    """The one thread a journal's :meth:`~RequestJournal.accepted_async` writes run in."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="bria-journal")
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg2://")
@@ -196,6 +211,7 @@ class PostgresRequestJournal(RequestJournal):
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_timeout_s = reconnect_timeout_s
         self._lock = threading.Lock()
+        self._writer = _writer_thread()
         self._conn: Any = None
         try:
             self._connect()
@@ -292,5 +308,6 @@ class PostgresRequestJournal(RequestJournal):
         return [JournalEntry(*row) for row in rows]
 
     def close(self) -> None:
+        self._writer.shutdown()
         with self._lock:
             self._drop_connection()

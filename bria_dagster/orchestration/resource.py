@@ -126,6 +126,15 @@ class BriaResource(dg.ConfigurableResource):
         description="How long a terminated step waits for its requests to wind down "
         "(keep it under the pod's terminationGracePeriodSeconds, 30 by default).",
     )
+    max_unjournaled_submits: int = Field(
+        default=4,
+        ge=1,
+        le=512,
+        description="The most fal submits whose request id is not yet in the journal, at "
+        "any moment (each holds a slot from its POST until the journal commit): a run killed "
+        "outright (SIGKILL, OOM) pays at most this many requests twice on the re-run. Polls "
+        "and downloads are not bounded by it.",
+    )
     max_pixels: int = Field(default=50_000_000, description="Decompression-bomb limit.")
     allow_private_networks: bool = Field(
         default=False, description="Let input URLs reach loopback/private addresses."
@@ -191,6 +200,7 @@ class BriaResource(dg.ConfigurableResource):
             inline_max_bytes=self.inline_max_bytes,
             on_terminate=self.on_terminate,
             termination_grace_s=self.termination_grace_s,
+            max_unjournaled_submits=self.max_unjournaled_submits,
             max_pixels=self.max_pixels,
             fetch_policy=self.fetch_policy(),
             onnx_model_path=self.onnx_model_path,

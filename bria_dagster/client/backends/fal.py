@@ -71,6 +71,14 @@ class FalBackend:
             running job is billed anyway, so the next run collects its result);
             ``"keep"`` leaves it running and journaled, for the next run to re-attach to.
             Either way a submit in flight is first allowed to land and be journaled.
+        max_unjournaled_submits: the most submits whose request id is not journaled yet,
+            at any moment: a submit holds one of these slots from the moment its POST
+            leaves until fal's answer is committed to the journal. A process killed
+            (SIGKILL, OOM) in that window cannot learn those ids, and fal's queue has no
+            idempotency key, so the next run pays for them again; this bounds that loss
+            per backend. Status polls, result fetches and downloads are not bounded by it
+            (``max_concurrency`` bounds them); a burst of submits goes out this many at a
+            time, each taking a submit round trip plus the journal commit.
     """
 
     name = "fal"
@@ -90,6 +98,7 @@ class FalBackend:
         max_connections: int = 64,
         prices: PriceTable = LIST_PRICES,
         on_terminate: Literal["cancel_queued", "keep"] = "cancel_queued",
+        max_unjournaled_submits: int = 4,
     ) -> None:
         self._key = key
         self.prices = prices
@@ -102,6 +111,10 @@ class FalBackend:
         if on_terminate not in ("cancel_queued", "keep"):
             raise ValueError(f"on_terminate must be cancel_queued or keep, not {on_terminate!r}")
         self.on_terminate = on_terminate
+        if max_unjournaled_submits < 1:
+            raise ValueError(f"max_unjournaled_submits must be >= 1, got {max_unjournaled_submits}")
+        self.max_unjournaled_submits = max_unjournaled_submits
+        self._unjournaled = asyncio.Semaphore(max_unjournaled_submits)
         # The one HTTP client: queue calls, uploads and downloads.
         self._queue = FalQueueClient(
             key,
@@ -247,9 +260,13 @@ class FalBackend:
         # The submit and its journal write run as one task that a cancellation of this one
         # does not interrupt: an accepted id is always journaled, and nothing else (no
         # other step of this request) comes between fal's answer and the journal write.
+        # That task holds a max_unjournaled_submits slot from before its POST until its
+        # journal commit; a cancellation while waiting for a slot sends nothing.
+        await self._unjournaled.acquire()
         submit = asyncio.ensure_future(
             self._submit_and_journal(request.endpoint_id, arguments, fingerprint, journal, log)
         )
+        submit.add_done_callback(lambda _: self._unjournaled.release())
         try:
             queued = await asyncio.shield(submit)
         except asyncio.CancelledError:
@@ -274,8 +291,8 @@ class FalBackend:
     ) -> Queued:
         queued = await self._queue.submit(endpoint_id, arguments, log)
         # Durable before we await anything else: a crash from here on re-attaches. The
-        # fsync runs in the journal's own writer thread (grouped with other requests'
-        # writes), so that the other requests' polls go on meanwhile.
+        # commit runs in the journal's own writer thread (not behind the outputs being
+        # stored in the shared worker threads), so the other requests' polls go on.
         await journal.accepted_async(fingerprint, endpoint_id, queued.request_id)
         return queued
 
