@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/fault_soak.py [--batches 4] [--rows 500] [--latency 0.3]
         [--max-concurrency 16] [--pool-limit 1] [--kill-after 40] [--no-kill] [--no-faults]
         [--stagger] [--workdir DIR]
+    .venv/bin/python benchmarks/fault_soak.py --kill-sweep [--kill-at 36 40 45 50 55 0]
 
 What runs (steps=("remove",): catalog_batch -> product_cutouts, one fal call per row):
 
@@ -28,6 +29,13 @@ What runs (steps=("remove",): catalog_batch -> product_cutouts, one fal call per
 All runs start at once by default. On Dagster's SQLite instance storage two pooled steps that
 ask at the same moment can both be admitted (SQLITE_POOL_RACE below; the overlap check then
 FAILs with the true figures); ``--stagger`` starts the other runs once the first holds the slot.
+
+``--kill-sweep`` measures that window instead: one run of 96 rows (32 in flight, 2 s per job,
+256 px photos sent inline, no faults) per kill point, SIGKILLed the moment fal has accepted
+``--kill-at`` submissions (no quiet moment chosen; 0: once the first burst is journaled,
+between bursts), then re-run on the same journal. Each point prints ``KILL-AT`` with fal's
+accepted submissions, the journaled ones and the re-run's paid_twice, PASS when paid_twice
+is at most BriaResource.max_unjournaled_submits (4; 0 between bursts) and every row is ok.
 
 Figures printed, each check PASS/FAIL with the true numbers: every row of every partition
 table ok; 0 duplicate paid submissions; accepted submissions == rows; peak in-flight requests
@@ -65,6 +73,7 @@ STEP = "product_images_image_steps"  # the node (step) that materializes the cut
 TABLE = "product_images__product_cutouts"  # the cutouts' table folder
 RESULT_PREFIX = "SOAK_RESULT "
 FAULT_RATES = {"rate_429": 0.1, "rate_5xx": 0.05, "rate_drop": 0.02, "rate_missing_once": 0.01}
+KILL_POINTS = (36, 40, 45, 50, 55, 0)  # --kill-sweep: accepted submissions; 0 between bursts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +96,7 @@ class SoakConfig:
     image_px: int = 64  # side of the synthetic product photos
     on_terminate: str = "cancel_queued"  # BriaResource.on_terminate of the workers
     termination_grace_s: float = 20.0  # BriaResource.termination_grace_s of the workers
+    max_unjournaled_submits: int = 4  # BriaResource.max_unjournaled_submits of the workers
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -109,6 +119,7 @@ def worker(catalog_dir: str, storage: str, partition: str, journal: str, config:
         retry_base_delay_s=knobs["retry_base_delay_s"],
         on_terminate=knobs.get("on_terminate", "cancel_queued"),
         termination_grace_s=knobs.get("termination_grace_s", 20.0),
+        max_unjournaled_submits=knobs.get("max_unjournaled_submits", 4),
     )
     storage = PipelineStorage(storage, journal_path=journal)
     defs = build_definitions(settings, storage=storage, bria=bria, operations=False)
@@ -209,6 +220,7 @@ class Runs:
                 "retry_base_delay_s": config.retry_base_delay_s,
                 "on_terminate": config.on_terminate,
                 "termination_grace_s": config.termination_grace_s,
+                "max_unjournaled_submits": config.max_unjournaled_submits,
             }
         )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -568,22 +580,23 @@ def kill_mid_burst(
     in_flight: int = 32,
     latency: float = 2.0,
     image_px: int = 256,
-    kill_at: int | None = None,
+    kill_at: int,
+    max_unjournaled_submits: int = 4,
 ) -> dict[str, Any]:
     """SIGKILL one run in the middle of a submit burst (no quiet moment chosen); re-run it.
 
     ``in_flight`` requests at once, ``latency`` s per job on fal, ``image_px`` photos sent
     inline or uploaded as the backend decides. The kill comes the moment fal has accepted
-    ``kill_at`` submissions (default: half-way into the second burst, when the first
-    burst's results are being fetched and the next submits go out); ``kill_at=0`` kills
-    between bursts instead (the first burst all journaled, the next not yet sent).
-    Returns accepted (fal's submissions at the kill), journaled, and paid_twice (the
-    re-run's duplicate submissions: accepted requests the journal did not record).
+    ``kill_at`` submissions (past ``in_flight``: in the second burst, while the first
+    burst's results are fetched and the next submits go out); ``kill_at=0`` kills between
+    bursts instead (the first burst all journaled, the next not yet sent).
+    Returns accepted (fal's submissions at the kill), journaled, paid_twice (the re-run's
+    duplicate submissions: accepted requests the journal did not record), and whether
+    paid_twice is within the bound: ``max_unjournaled_submits``, 0 between bursts.
     """
     from bria_dagster.testing import FalServerProcess  # the parent's only, not the clients'
 
     between = kill_at == 0
-    kill_at = kill_at or in_flight + in_flight // 2
     config = SoakConfig(
         batches=1,
         rows=rows,
@@ -593,6 +606,7 @@ def kill_mid_burst(
         kill=False,
         faults={k: 0.0 for k in FAULT_RATES},
         image_px=image_px,
+        max_unjournaled_submits=max_unjournaled_submits,
     )
     (partition,) = write_batches(workdir, config)
     home = make_home(workdir, [partition], pool_limit=1)
@@ -631,6 +645,8 @@ def kill_mid_burst(
     finally:
         server.stop()
     frame = read_partition(workdir / "data", partition)
+    rows_ok = None if frame is None else int((frame["status"] == "ok").sum())
+    bound = 0 if between else max_unjournaled_submits
     return {
         "when": "between bursts" if between else f"at {kill_at} accepted",
         "rows": rows,
@@ -640,7 +656,9 @@ def kill_mid_burst(
         "accepted": accepted,
         "journaled": journaled,
         "paid_twice": final["duplicate_submissions"],
-        "rerun_rows_ok": None if frame is None else int((frame["status"] == "ok").sum()),
+        "bound": bound,
+        "passed": final["duplicate_submissions"] <= bound and rows_ok == rows,
+        "rerun_rows_ok": rows_ok,
         "billed_jobs": final["billed_jobs"],
     }
 
@@ -692,23 +710,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
+        "--kill-sweep",
         "--kill-mid-burst",
         action="store_true",
-        help="only the SIGKILL-mid-burst figure (32 in flight, 2 s latency, 256 px photos), "
-        "and the same kill between bursts",
+        help="only the SIGKILL-in-a-burst sweep (32 in flight, 2 s latency, 256 px photos): "
+        "one run per --kill-at point, each killed and re-run",
+    )
+    parser.add_argument(
+        "--kill-at",
+        type=int,
+        nargs="+",
+        default=list(KILL_POINTS),
+        help="accepted submissions at which the sweep kills (0: between bursts)",
     )
     parser.add_argument("--workdir", default=None, help="kept afterwards (default: a temp dir)")
     args = parser.parse_args(argv)
-    if args.kill_mid_burst:
-        for label, kill_at in (("KILL-MID-BURST", None), ("KILL-BETWEEN-BURSTS", 0)):
+    if args.kill_sweep:
+        passed = True
+        for kill_at in args.kill_at:
             with tempfile.TemporaryDirectory(prefix="bria-burst-") as tmp:
                 fig = kill_mid_burst(Path(tmp), kill_at=kill_at)
+            passed = passed and fig["passed"]
             print(
-                f"{label} accepted={fig['accepted']} journaled={fig['journaled']} "
-                f"paid_twice={fig['paid_twice']}  {json.dumps(fig)}",
+                f"KILL-AT {'between' if kill_at == 0 else kill_at} accepted={fig['accepted']} "
+                f"journaled={fig['journaled']} paid_twice={fig['paid_twice']} "
+                f"[{'PASS' if fig['passed'] else 'FAIL'}] <= {fig['bound']}  {json.dumps(fig)}",
                 flush=True,
             )
-        return 0
+        print("RESULT: " + ("PASS" if passed else "FAIL"))
+        return 0 if passed else 1
     config = SoakConfig(
         batches=args.batches,
         rows=args.rows,
