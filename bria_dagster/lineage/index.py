@@ -2,13 +2,13 @@
 
 The step tables are the lineage (every row names its parent image, endpoint,
 parameters, run and cost); the index is derived from them and answers in
-milliseconds over a million records. :func:`open_index` opens the index of a base
+milliseconds over ten million records. :func:`open_index` opens the index of a base
 (``<base>/tables/_lineage.sqlite`` for a local base, a local cache file for an fsspec
 URL: :mod:`bria_dagster.lineage.database`), brought up to date first
 (:mod:`bria_dagster.lineage.sync`); :meth:`LineageIndex.of_records` indexes rows a
 caller holds, in memory. Answers are plain dicts (:class:`QueryResult`); without a
 table to re-read, nothing here imports pandas or pyarrow, so the CLI answers a query
-over a million records in well under a second, interpreter start included.
+over ten million records in well under a second, interpreter start included.
 :mod:`bria_dagster.lineage.frame` gives the same answers as pandas DataFrames.
 """
 

@@ -4,8 +4,11 @@
 locally; ETag and last-modified time in an object store) and drops vanished ones, all
 in one transaction; when nothing changed only the files are listed. Concurrent syncs on
 one machine serialise on SQLite's write lock: each re-lists inside its write
-transaction, so the second finds the work done. Reading a table is the only step that
-imports pyarrow (through :mod:`bria_dagster.records.tables`).
+transaction, so the second finds the work done. A missing index (or one of an older
+layout) is built whole first by :func:`build_index`, with the bulk paths only a first
+build can afford (no journal, indexes at the end, a temporary file renamed into place).
+Reading a table is the only step that imports pyarrow and numpy (through
+:mod:`bria_dagster.records.tables`).
 """
 
 from __future__ import annotations
