@@ -232,14 +232,14 @@ def is_current(path: str) -> bool:
 def connect_bulk(path: str) -> sqlite3.Connection:
     """A new index file for a first build: no journal and no syncs (a crash leaves only
     this temporary file, never a half index at the real path), 16 KiB pages (a quarter
-    of the reads and writes), a second thread for sorting index entries, the schema
-    without its secondary indexes (:func:`finish_bulk` creates them)."""
+    of the reads and writes), the schema without its secondary indexes
+    (:func:`finish_bulk` creates them; with SQLite's sorter threads off, the default,
+    which sorts them in half the time with them on)."""
     try:
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode = OFF")
         conn.execute("PRAGMA synchronous = OFF")
         conn.execute("PRAGMA page_size = 16384")
-        conn.execute("PRAGMA threads = 2")
         create_schema(conn, indexes=False)
     except sqlite3.Error as exc:
         raise _unavailable(path, exc) from exc
