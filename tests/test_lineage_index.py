@@ -20,6 +20,7 @@ from bria_dagster.lineage import frame as lineage
 from bria_dagster.lineage import sync as lineage_sync
 from bria_dagster.lineage.database import index_path
 from bria_dagster.lineage.index import LineageIndex, open_index, sync
+from bria_dagster.records.schema import FAILED
 from bria_dagster.records.tables import read_all, records_to_frame, table_files
 from tests.test_lineage import product_rows, record, reused_cutout, sha, write_store
 
@@ -300,3 +301,29 @@ def test_cli_indexes_a_memory_url_in_memory_only(rows, capsys, tmp_path):
 def test_pandas_frame_and_index_agree_on_row_counts(base, rows):
     with open_index(base) as index:
         assert len(index) == len(rows) == len(lineage.load_records(base))
+
+
+def test_unsearched_columns_round_trip_through_the_index(tmp_path, rows):
+    """Values the index packs into one text per row come back exactly: nulls, floats,
+    and a value holding the packing's separator (that row is stored as JSON)."""
+    odd = record("expand", "sku-odd", None, sha("scene-sku-a-0"), variant="0-1:1", status=FAILED)
+    odd.update(error_message='bad\x1fcanvas \\ "x"', seed=2**40, cost_usd=0.1 + 0.2)
+    odd["unit_price_usd"] = -0.0
+    write_store(str(tmp_path), records_to_frame([*rows, odd]))
+    with open_index(tmp_path) as index:
+        got = index.derived("sku-odd", include_failed=True).rows
+    assert len(got) == 1
+    for name in ("error_message", "seed", "cost_usd", "unit_price_usd", "variant", "run_id"):
+        assert got[0][name] == odd[name], name
+    assert str(got[0]["unit_price_usd"]) == "-0.0" and got[0]["request_id"] is None
+
+
+def test_an_index_of_an_older_layout_is_rebuilt_in_one_piece(base, rows):
+    path = index_path(base)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, created_us INTEGER)")
+        conn.execute("PRAGMA user_version = 4")
+    stats = sync(base)
+    assert stats.rows_written == stats.records == len(rows) == count(base)
+    leftovers = [n for n in os.listdir(os.path.dirname(path)) if ".build-" in n]
+    assert leftovers == []

@@ -2,13 +2,13 @@
 
 The step tables are the lineage (every row names its parent image, endpoint,
 parameters, run and cost); the index is derived from them and answers in
-milliseconds over a million records. :func:`open_index` opens the index of a base
+milliseconds over ten million records. :func:`open_index` opens the index of a base
 (``<base>/tables/_lineage.sqlite`` for a local base, a local cache file for an fsspec
 URL: :mod:`bria_dagster.lineage.database`), brought up to date first
 (:mod:`bria_dagster.lineage.sync`); :meth:`LineageIndex.of_records` indexes rows a
 caller holds, in memory. Answers are plain dicts (:class:`QueryResult`); without a
 table to re-read, nothing here imports pandas or pyarrow, so the CLI answers a query
-over a million records in well under a second, interpreter start included.
+over ten million records in well under a second, interpreter start included.
 :mod:`bria_dagster.lineage.frame` gives the same answers as pandas DataFrames.
 """
 
@@ -27,7 +27,6 @@ from ..records.listing import is_local, tables_location
 from ..records.schema import (
     DERIVED_COLUMNS,
     FAILED,
-    INDEXED_COLUMNS,
     OK,
     REUSED,
     TRACE_COLUMNS,
@@ -35,16 +34,18 @@ from ..records.schema import (
 from ..steps.registry import step_rank
 from .database import (
     CACHE_DIR_ENV,
+    FILTER_COLUMNS,
     KEY_COLUMNS,
     KEY_HEX,
     ROW_BITS,
     connect,
     index_path,
     sha_key,
+    unpack_details,
     uri_key,
 )
 from .resolve import ImageResolver, looks_like_sha
-from .sync import SyncStats, load_table, sync_tables
+from .sync import SyncStats, build_index, load_table, sync_tables
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -53,7 +54,7 @@ __all__ = ["LineageIndex", "QueryResult", "open_index", "sync"]
 
 STEP_ORDER = step_rank()
 """A step's place among the steps (the source 0), for sorting rows; unknown ones last."""
-_SELECT = ", ".join(("id", "created_us", *INDEXED_COLUMNS))
+_SELECT = ", ".join(("id", *FILTER_COLUMNS, "nulls", "details"))
 _IMAGE = "image_key = ? AND image_sha256 = ? AND status IN (?, ?)"
 _SOURCE = "source_key = ? AND root_source_sha256 = ?"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -97,9 +98,17 @@ def open_index(
                 f"cannot create the lineage cache folder {os.path.dirname(path)}: {exc}; "
                 f"set --cache-dir or {CACHE_DIR_ENV}, or run with --no-index"
             ) from exc
+    try:
+        built = None if path == ":memory:" else build_index(path, tables)
+    except sqlite3.Error as exc:
+        raise IndexUnavailableError(
+            f"cannot build the lineage index {path}: {exc}; run with --no-index"
+        ) from exc
     conn = connect(path)
     try:
         stats = sync_tables(conn, tables)
+        if built is not None:
+            stats = built.add(stats)
     except sqlite3.Error as exc:
         conn.close()
         raise IndexUnavailableError(
@@ -174,9 +183,11 @@ class LineageIndex(ImageResolver):
         self, where: str, params: Sequence[Any], *, with_: str = ""
     ) -> list[dict[str, Any]]:
         sql = f"{with_} SELECT {_SELECT} FROM records WHERE {where}"
-        cursor = self.conn.execute(sql, params)
-        names = [d[0] for d in cursor.description]
-        rows = [dict(zip(names, values, strict=True)) for values in cursor]
+        rows = []
+        for row_id, *found, nulls, details in self.conn.execute(sql, params):
+            row = dict(zip(FILTER_COLUMNS, found, strict=True))
+            row.update(unpack_details(nulls, details), id=row_id)
+            rows.append(row)
         rows.sort(key=self._order)
         return rows
 
