@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 from ..errors import IndexUnavailableError
 from ..records.listing import is_local
-from ..records.schema import INDEXED_COLUMNS, RECORD_COLUMNS
+from ..records.schema import INDEXED_COLUMNS, LINEAGE_FILTER_COLUMNS, RECORD_COLUMNS
 
 _TYPES = {c.name: c.type for c in RECORD_COLUMNS}
 
@@ -67,15 +67,7 @@ ROW_BITS = 32
 """A record's id is (file id << 32) | row position: one file's rows are one id range,
 and ids order rows as the Parquet files list them."""
 
-FILTER_COLUMNS = (
-    "sku",
-    "status",
-    "image_uri",
-    "image_sha256",
-    "parent_sha256",
-    "root_source_uri",
-    "root_source_sha256",
-)
+FILTER_COLUMNS = LINEAGE_FILTER_COLUMNS
 """The record columns queries compare in SQL: one SQL text column each."""
 DETAIL_COLUMNS = ("created_us", *(c for c in INDEXED_COLUMNS if c not in FILTER_COLUMNS))
 """The columns packed into ``details`` (``created_us``: ``created_at`` in epoch µs)."""

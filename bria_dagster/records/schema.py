@@ -38,6 +38,7 @@ __all__ = [
     "FAILED",
     "FINGERPRINT",
     "INDEXED_COLUMNS",
+    "LINEAGE_FILTER_COLUMNS",
     "NOOP_BACKEND",
     "OK",
     "OUTCOME_COLUMNS",
@@ -162,6 +163,17 @@ INDEXED_COLUMNS = _except(
     "catalog_row",
 )
 """What the lineage index stores of each row (besides ``created_at``, kept as a number)."""
+
+LINEAGE_FILTER_COLUMNS = (
+    "sku",
+    "status",
+    "image_uri",
+    "image_sha256",
+    "parent_sha256",
+    "root_source_uri",
+    "root_source_sha256",
+)
+"""What lineage queries compare (the index keeps them as columns of their own)."""
 
 OUTCOME_COLUMNS = ("sku", "status", "error_class", "error_message", "asset_key")
 """What a batch's verdict reads of each row: which products failed, in which step, why."""
