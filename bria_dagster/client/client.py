@@ -26,7 +26,6 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypedDict, Unpack
 
 from ..errors import ConfigurationError
-from ..records.schema import NOOP_BACKEND
 from .backends.base import Backend, BackendResult
 from .contracts import build_request
 from .contracts.base import BriaRequest, ImageInput
@@ -285,7 +284,7 @@ class BriaClient:
         with self._usage_lock:
             if isinstance(usage, Usage):
                 self.usage.merge(usage)
-            elif usage.backend != NOOP_BACKEND:  # no call was made: nothing to count
+            else:
                 self.usage.add(usage)
 
     # -- batches --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BriaError, BudgetExceededError, redact
+from ..records.schema import NOOP_BACKEND
 from .backends.base import Backend, BackendResult
 from .contracts import endpoint_for
 from .contracts.base import BriaRequest
@@ -36,7 +37,8 @@ class Usage:
     dagster-openai idiom).
 
     A re-attached request (journaled by an earlier, killed run) counts its images and
-    cost but no new call: it was submitted, and paid for, once.
+    cost but no new call: it was submitted, and paid for, once. A no-op answer (backend
+    :data:`~bria_dagster.records.schema.NOOP_BACKEND`: nothing was sent) counts nothing.
     """
 
     calls: Counter[str] = field(default_factory=Counter)
@@ -45,6 +47,8 @@ class Usage:
     retries: int = 0
 
     def add(self, result: BackendResult) -> None:
+        if result.backend == NOOP_BACKEND:
+            return
         name = endpoint_for(result.endpoint_id).name
         self.calls[name] += 0 if result.reattached else 1
         self.images[name] += len(result.images)

@@ -33,7 +33,6 @@ from ..client.prices import PriceTable
 from ..client.retry import RetryPolicy
 from ..client.runner import Usage
 from ..errors import ConfigurationError
-from ..records.schema import NOOP_BACKEND
 
 __all__ = ["BriaResource", "PriceSettings"]
 
@@ -262,8 +261,7 @@ class BriaResource(dg.ConfigurableResource):
             op = getattr(context, "op_execution_context", context)  # an asset's context
             step = f"{op.run.run_id}/{op.op_handle}"
             usage = self._usage_by_step.setdefault(step, Usage())
-            if result.backend != NOOP_BACKEND:  # no call was made: nothing to count
-                usage.add(result)
+            usage.add(result)
             context.add_output_metadata(usage.metadata())
         return result
 
