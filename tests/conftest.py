@@ -10,6 +10,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,16 @@ def s3_bucket(s3_server_session: S3Server, request: pytest.FixtureRequest) -> st
     fs = fsspec.filesystem("s3")
     fs.mkdir(name.rstrip("-"))
     return f"s3://{name.rstrip('-')}"
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Chromium over DevTools (``tests.test_report.Chromium``), one per module:
+    the audit report's page check and the Dagster UI test drive it."""
+    from tests.test_report import Chromium
+
+    browser = Chromium(tmp_path_factory.mktemp("chromium"))
+    try:
+        yield browser
+    finally:
+        browser.stop()

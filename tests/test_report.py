@@ -26,7 +26,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -691,15 +691,6 @@ class _DevTools:
 
     def stop(self) -> None:
         self.reader.cancel()
-
-
-@pytest.fixture(scope="module")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
-    browser = Chromium(tmp_path_factory.mktemp("chromium"))
-    try:
-        yield browser
-    finally:
-        browser.stop()
 
 
 def test_page_renders_in_chromium_with_every_image_loaded(runs, chromium, tmp_path):

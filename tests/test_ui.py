@@ -350,15 +350,6 @@ async def _in_a_tab(chromium: Chromium, scenario: Any) -> Any:
         return await scenario(Tab(page))
 
 
-@pytest.fixture(scope="module")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
-    browser = Chromium(tmp_path_factory.mktemp("chromium"))
-    try:
-        yield browser
-    finally:
-        browser.stop()
-
-
 def partition_view(served: Served) -> str:
     asset = "assets/product_images/audit_report"
     return f"{served.webserver}/{asset}?view=partitions&partition={BATCH}"
