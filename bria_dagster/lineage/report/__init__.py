@@ -39,12 +39,13 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ...errors import UnknownBatchError, storage_access
+from ...records.storage import PipelineStorage
 from .html import render_page
 from .model import (
     DEFAULT_PIPELINE,
@@ -54,11 +55,8 @@ from .model import (
     ReportBatch,
     StepSummary,
 )
-from .tables import StepTables, storage_base
+from .tables import StepTables
 from .thumbnails import THUMBNAIL_PX, thumbnail_data_uri
-
-if TYPE_CHECKING:
-    from ...records.storage import PipelineStorage
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -80,14 +78,14 @@ def default_report_path(
     storage: PipelineStorage | str | os.PathLike[str], batch: str, pipeline: str = DEFAULT_PIPELINE
 ) -> str:
     """``<base>/reports/<pipeline>/<batch>.html``: where a report goes when no ``out`` is given."""
-    return f"{storage_base(storage).rstrip('/')}/reports/{pipeline}/{batch}.html"
+    return f"{PipelineStorage.of(storage).base.rstrip('/')}/reports/{pipeline}/{batch}.html"
 
 
 def audit_batches(
     storage: PipelineStorage | str | os.PathLike[str], pipeline: str = DEFAULT_PIPELINE
 ) -> list[str]:
     """The batches that have at least one step table of ``pipeline`` under ``storage``."""
-    tables = StepTables(storage_base(storage), pipeline)
+    tables = StepTables(PipelineStorage.of(storage).base, pipeline)
     return sorted({stem for _, stem, _ in tables.files})
 
 
@@ -105,7 +103,9 @@ def render_audit_report(
     """
     buffer = io.StringIO()
     render_page(
-        ReportBatch.load(storage_base(storage), batch, pipeline), buffer.write, thumbnail_px
+        ReportBatch.load(PipelineStorage.of(storage).base, batch, pipeline),
+        buffer.write,
+        thumbnail_px,
     )
     return buffer.getvalue()
 
@@ -140,7 +140,7 @@ def write_audit_report(
     """
     if thumbnail_px < 16:
         raise ValueError(f"thumbnail_px must be at least 16, not {thumbnail_px}")
-    base = storage_base(storage)
+    base = PipelineStorage.of(storage).base
     data = ReportBatch.load(base, batch, pipeline)
     target = os.fspath(out) if out is not None else default_report_path(base, batch, pipeline)
     fs, path = fsspec.core.url_to_fs(target)

@@ -8,24 +8,14 @@ one table reader, only the columns the page shows
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...errors import UnknownBatchError
 from ...records.listing import scan_tables, tables_location
 from ...records.schema import REPORT_COLUMNS
 from ...records.tables import read_records
 
-if TYPE_CHECKING:
-    from ...records.storage import PipelineStorage
-
 _BATCHES_NAMED = 20
-
-
-def storage_base(storage: PipelineStorage | str | os.PathLike[str]) -> str:
-    """The base folder or URL of ``storage`` (a PipelineStorage, a path or a URL)."""
-    base = getattr(storage, "base", None)  # a PipelineStorage (not imported: no Dagster here)
-    return str(base) if base is not None else os.fspath(storage)  # type: ignore[arg-type]
 
 
 class StepTables:
