@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import sys
 import tempfile
 import threading
@@ -45,6 +46,7 @@ LOWER = ("engine", "records", "client", "packshot", "steps", "lineage")
 BATCH = "trip"
 
 
+@functools.cache
 def _module(filename: str) -> str | None:
     try:
         relative = Path(filename).resolve().relative_to(PACKAGE)
@@ -126,15 +128,12 @@ def main() -> int:
     modules: Counter[str] = Counter()
     carried: Counter[str] = Counter()
     up_calls: Counter[tuple[str, str]] = Counter()
-    cache: dict[str, str | None] = {}
 
     def hook(frame, event, _arg):
         if event != "call":
             return
         filename = frame.f_code.co_filename
-        module = (
-            cache[filename] if filename in cache else cache.setdefault(filename, _module(filename))
-        )
+        module = _module(filename)
         if module is None:
             return
         modules[module] += 1
@@ -145,7 +144,7 @@ def main() -> int:
         caller = frame.f_back
         if caller is None or not module.startswith("orchestration"):
             return
-        caller_module = cache.get(caller.f_code.co_filename) or _module(caller.f_code.co_filename)
+        caller_module = _module(caller.f_code.co_filename)
         if caller_module and caller_module.split(".")[0] in LOWER:
             up_calls[(caller_module, f"{module}.{frame.f_code.co_name}")] += 1
 
