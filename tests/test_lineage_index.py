@@ -270,12 +270,15 @@ def test_cli_notes_indexing_on_stderr_only_when_tables_were_read(base, capsys):
 
 
 def test_cli_with_a_current_index_does_not_import_pandas(base):
+    # Nor pydantic: a trace needs no step declarations (their contracts are pydantic models).
+
     sync(base)
     code = (
         "import sys; from bria_dagster.cli import main; "
         f"status = main(['lineage', 'trace', {sha('expand-sku-a-1:1')!r}, '--base', {base!r}, "
         "'--format', 'csv']); "
-        "heavy = sorted(m for m in ('pandas', 'pyarrow', 'numpy') if m in sys.modules); "
+        "heavy = sorted(m for m in ('pandas', 'pyarrow', 'numpy', 'pydantic') "
+        "if m in sys.modules); "
         "print('loaded:', heavy); sys.exit(status)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

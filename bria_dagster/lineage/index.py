@@ -31,7 +31,6 @@ from ..records.schema import (
     REUSED,
     TRACE_COLUMNS,
 )
-from ..steps.registry import step_rank
 from .database import (
     CACHE_DIR_ENV,
     FILTER_COLUMNS,
@@ -52,8 +51,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LineageIndex", "QueryResult", "open_index", "sync"]
 
-STEP_ORDER = step_rank()
-"""A step's place among the steps (the source 0), for sorting rows; unknown ones last."""
 _SELECT = ", ".join(("id", *FILTER_COLUMNS, "nulls", "details"))
 _IMAGE = "image_key = ? AND image_sha256 = ? AND status IN (?, ?)"
 _SOURCE = "source_key = ? AND root_source_sha256 = ?"
@@ -303,10 +300,15 @@ class LineageIndex(ImageResolver):
         """Every image made from ``source``: a sku, a source sha256 or URI, or any image sha.
 
         For an intermediate image, its descendants through parent links. Rows are sorted
-        by step (:data:`STEP_ORDER`, as the steps are declared), then sku and variant;
+        by step (as the steps are declared), then sku and variant;
         ``failed`` flags failed rows, which are left out unless ``include_failed``. Rows
         of the catalog step itself (step ``source``) are not descendants and are left out.
         """
+        # The step declarations load only here: trace and the sync need no step order, and
+        # importing them (their contracts, pydantic) would triple the CLI's start-up.
+        from ..steps.registry import step_rank
+
+        order = step_rank()
         rows = [r for r in self._derived_rows(str(source).strip()) if r["step"] != "source"]
         out = []
         for row in rows:
@@ -317,7 +319,7 @@ class LineageIndex(ImageResolver):
             item["failed"] = failed
             item["created_at"] = _iso(row["created_us"])
             item["_key"] = (
-                STEP_ORDER.get(row["step"], len(STEP_ORDER)),
+                order.get(row["step"], len(order)),
                 *_none_last(row["sku"]),
                 *_none_last(row["variant"]),
                 *_none_last(row["created_us"]),

@@ -58,6 +58,7 @@ def step_named(name: str) -> Step:
     raise ConfigurationError(f"step {name!r} is not one of {', '.join(step_names())}")
 
 
+@cache
 def step_rank() -> dict[str, int]:
     """Each step's place in listings (the source 0), for ordering records by step."""
     return {SOURCE: 0, **{name: i for i, name in enumerate(step_names(), start=1)}}

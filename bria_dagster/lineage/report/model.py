@@ -18,8 +18,7 @@ from urllib.parse import quote
 
 from ...records.schema import FAILED, OK, REUSED
 from ...records.schema import NOOP_BACKEND as NOOP
-from ...steps.registry import all_steps
-from ..index import STEP_ORDER
+from ...steps.registry import all_steps, step_rank
 from .tables import StepTables
 
 DEFAULT_PIPELINE = "product_images"
@@ -244,7 +243,7 @@ class ReportBatch:
                 linked[asset] = min(d, linked.get(asset, d))
 
         def key(asset: str) -> tuple[int, int, str]:
-            known = STEP_ORDER.get(steps.get(asset, ""), _known_step_rank(asset))
+            known = step_rank().get(steps.get(asset, ""), _known_step_rank(asset))
             return (linked.get(asset, known), known, asset)
 
         return sorted(assets, key=key)
@@ -343,7 +342,7 @@ class ReportBatch:
 # Each step's default asset name, ranked as the steps are listed.
 _DEFAULT_ASSETS = {
     "catalog_batch": 0,
-    **{step.asset: STEP_ORDER[step.name] for step in all_steps()},
+    **{step.asset: step_rank()[step.name] for step in all_steps()},
 }
 
 
