@@ -8,11 +8,13 @@ every text from the tables is HTML-escaped.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
@@ -20,6 +22,7 @@ from typing import Any
 
 from ..._version import __version__
 from ...records.schema import FAILED, OK, UPSTREAM_FAILED
+from .cache import Piece, ReportParts, Thumb
 from .model import AuditReport, ProductChain, ReportBatch
 from .thumbnails import Thumbnails
 
@@ -33,9 +36,26 @@ OPEN_CASCADES = 20
 SHA_SHOWN = 12
 
 
-def render_page(data: ReportBatch, write: Callable[[str], Any], thumbnail_px: int) -> int:
-    """Write the page of ``data`` through ``write``; returns the images found missing."""
-    return _Page(data).render(write, thumbnail_px)
+@dataclass(frozen=True)
+class Rendered:
+    """What drawing a page took, and the parts to cache for the next one."""
+
+    parts: ReportParts
+    """Exactly the sections and thumbnails of this page (stale ones dropped)."""
+    missing: int
+    """Images the store could not give back (shown as missing)."""
+    sections_rendered: int
+    sections_cached: int
+    thumbnails_made: int
+    thumbnails_cached: int
+
+
+def render_page(
+    data: ReportBatch, write: Callable[[str], Any], thumbnail_px: int, cached: ReportParts
+) -> Rendered:
+    """Write the page of ``data`` through ``write``, taking what it can from ``cached``
+    (sections whose rows are unchanged, thumbnails by sha256)."""
+    return _Page(data).render(write, thumbnail_px, cached)
 
 
 class _Page:
@@ -49,9 +69,10 @@ class _Page:
         self.steps = data.steps
         self.assets = data.assets
 
-    def render(self, write: Callable[[str], Any], thumbnail_px: int) -> int:
-        """Write the page through ``write``, products :data:`CHUNK_SKUS` at a time; returns
-        how many images the store could not give back."""
+    def render(
+        self, write: Callable[[str], Any], thumbnail_px: int, cached: ReportParts
+    ) -> Rendered:
+        """Write the page through ``write``, products :data:`CHUNK_SKUS` at a time."""
         totals = self.data.summary(path=None, url=None, size_bytes=0)
         write(_page_head(f"Audit report: batch {self.data.batch} ({self.data.pipeline})"))
         write(self._header(totals))
@@ -59,27 +80,69 @@ class _Page:
         write(self._costs_section(totals))
         write(self._runs_section())
         write(f'<section id="products"><h2>Products ({totals.products})</h2>\n')
-        if totals.products > OPEN_SKUS:
+        opened = totals.products <= OPEN_SKUS
+        if not opened:
             write(
                 '<p class="note">Each product is folded: open it to see its chain. '
                 "Products with a failure are marked "
                 '<span class="badge failed">failed</span>.</p>\n'
             )
-        thumbs = Thumbnails(self.rows, self.products, self.data.has_image, thumbnail_px)
+        kept = ReportParts(cached.renderer)
+        missing: set[str] = set()
+        counts: Counter[str] = Counter()
+        maker = Thumbnails(thumbnail_px)
         with ThreadPoolExecutor(max_workers=THUMBNAIL_WORKERS) as pool:
             for start in range(0, len(self.products), CHUNK_SKUS):
                 chunk = self.products[start : start + CHUNK_SKUS]
-                thumbs.prepare(chunk, pool)
-                parts = [self._product(n, p, thumbs, totals) for n, p in enumerate(chunk, start)]
-                write("".join(parts))
+                sections = []
+                wanted: dict[str, dict[str, Any]] = {}
+                for n, product in enumerate(chunk, start):
+                    key = self._section_key(n, product, opened)
+                    pieces = cached.sections.get(key)
+                    if pieces is None:
+                        pieces = self._product(n, product, opened)
+                        counts["sections_rendered"] += 1
+                    else:
+                        counts["sections_cached"] += 1
+                    kept.sections[key] = pieces
+                    sections.append(pieces)
+                    for i in product.rows:
+                        sha = self.rows[i]["image_sha256"]
+                        if not self.data.has_image(i) or sha in kept.thumbnails or sha in missing:
+                            continue
+                        if sha in cached.thumbnails:
+                            kept.thumbnails[sha] = cached.thumbnails[sha]
+                            counts["thumbnails_cached"] += 1
+                        else:
+                            wanted.setdefault(sha, self.rows[i])
+                for sha, thumb in maker.make(wanted, pool).items():
+                    if thumb is None:
+                        missing.add(sha)
+                    else:
+                        kept.thumbnails[sha] = thumb
+                        counts["thumbnails_made"] += 1
+                write("".join(_resolve(pieces, kept.thumbnails) for pieces in sections))
         write("</section>\n")
         write(
             f"<footer>Written by bria-dagster {_e(__version__)} from the step tables under "
             f"<code>{_e(self.data.base.rstrip('/'))}/tables</code>; "
-            f"{thumbs.made} thumbnail(s) made, {thumbs.missing} image(s) missing.</footer>\n"
+            f"{len(kept.thumbnails)} thumbnail(s), {len(missing)} image(s) missing.</footer>\n"
             "</body>\n</html>\n"
         )
-        return thumbs.missing
+        return Rendered(
+            parts=kept,
+            missing=len(missing),
+            sections_rendered=counts["sections_rendered"],
+            sections_cached=counts["sections_cached"],
+            thumbnails_made=counts["thumbnails_made"],
+            thumbnails_cached=counts["thumbnails_cached"],
+        )
+
+    def _section_key(self, n: int, product: ProductChain, opened: bool) -> str:
+        """What a product's section is drawn from: its rows, its place, the steps' order."""
+        rows = [list(self.rows[i].items()) for i in product.rows]
+        text = repr((n, opened, self.assets, rows))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def _header(self, totals: AuditReport) -> str:
         failures = "failed" if totals.failures else "ok"
@@ -258,30 +321,27 @@ class _Page:
             "as made by a call (a reused row costs 0).</p></section>\n"
         )
 
-    def _product(
-        self, n: int, product: ProductChain, thumbs: Thumbnails, totals: AuditReport
-    ) -> str:
+    def _product(self, n: int, product: ProductChain, opened: bool) -> list[Piece]:
+        """The product's section, each picture a ``[sha256, alt]`` slot (see :func:`_resolve`)."""
         rows = [self.rows[i] for i in product.rows]
         failed = sum(1 for row in rows if row["status"] == FAILED)
         images = sum(1 for i in product.rows if self.data.has_image(i))
         cost = sum(row["cost_usd"] or 0.0 for row in rows)
-        opened = " open" if totals.products <= OPEN_SKUS else ""
         flag = f' <span class="badge failed">{failed} failed</span>' if failed else ""
-        out = [
+        out: list[Piece] = [
             f'<details class="sku{" has-failure" if failed else ""}" id="sku-{n}" '
-            f'data-sku="{_e(product.sku)}"{opened}><summary><span class="sku-name">'
-            f"{_e(product.sku)}</span> <small>{images} image(s), cost_usd {_usd(cost)}</small>"
-            f'{flag}</summary>\n<div class="chain">\n'
+            f'data-sku="{_e(product.sku)}"{" open" if opened else ""}><summary>'
+            f'<span class="sku-name">{_e(product.sku)}</span> <small>{images} image(s), '
+            f'cost_usd {_usd(cost)}</small>{flag}</summary>\n<div class="chain">\n'
         ]
         seen: set[int] = set()
         for root in product.roots:
-            out.append(self._node(root, product, thumbs, seen))
+            self._node(root, product, seen, out)
         out.append("</div></details>\n")
-        return "".join(out)
+        return _joined(out)
 
-    def _node(self, root: int, product: ProductChain, thumbs: Thumbnails, seen: set[int]) -> str:
+    def _node(self, root: int, product: ProductChain, seen: set[int], out: list[Piece]) -> None:
         """``root`` and its descendants as nested flex boxes (iterative: no recursion limit)."""
-        out: list[str] = []
         stack: list[int | None] = [root]  # None closes a node
         while stack:
             i = stack.pop()
@@ -292,28 +352,18 @@ class _Page:
                 continue
             seen.add(i)
             out.append('<div class="node">')
-            out.append(self._card(i, product, thumbs))
+            out.extend(self._card(i, product))
             out.append('<div class="kids">')
             stack.append(None)
             stack.extend(reversed(product.children.get(i, [])))
-        return "".join(out)
 
-    def _card(self, i: int, product: ProductChain, thumbs: Thumbnails) -> str:
+    def _card(self, i: int, product: ProductChain) -> list[Piece]:
         row = self.rows[i]
         status = str(row["status"])
         sha = row["image_sha256"]
+        picture: Piece
         if self.data.has_image(i):
-            thumb = thumbs.take(sha)
-            if thumb is None:
-                picture = '<div class="noimg missing">image missing from the store</div>'
-            else:
-                uri, w, h, alpha = thumb
-                alt = f"{product.sku} {row['step']} {row['variant']}"
-                css = ' class="alpha"' if alpha else ""
-                picture = (
-                    f'<img{css} src="{uri}" width="{w}" '
-                    f'height="{h}" alt="{_e(alt)}" data-sha256="{_e(sha)}">'
-                )
+            picture = [sha, f"{product.sku} {row['step']} {row['variant']}"]
         else:
             picture = f'<div class="noimg">{"not made" if status == FAILED else "no image"}</div>'
         facts: list[tuple[str, str]] = []
@@ -365,16 +415,54 @@ class _Page:
                 f'</b><pre class="error-message">{_e(row["error_message"] or "(no message)")}'
                 "</pre></div>"
             )
-        return (
+        return [
             f'<div class="card {_e(status)}" data-step="{_e(row["step"])}" '
             f'data-asset="{_e(row["_asset"])}" data-status="{_e(status)}">'
-            f'<div class="thumb">{picture}</div><div class="info">'
+            '<div class="thumb">',
+            picture,
+            '</div><div class="info">'
             f'<div class="title"><b>{_e(row["step"])}</b> <small>{_e(row["_asset"])}</small> '
             f'<span class="badge {_e(status)}">{_e(status)}</span></div>'
             f'<div class="variant">{_e(row["variant"])}</div><dl>'
             + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
-            + f"</dl>{error}</div></div>"
-        )
+            + f"</dl>{error}</div></div>",
+        ]
+
+
+def _joined(pieces: list[Piece]) -> list[Piece]:
+    """``pieces`` with each run of HTML joined into one string."""
+    out: list[Piece] = []
+    text: list[str] = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            text.append(piece)
+            continue
+        if text:
+            out.append("".join(text))
+            text = []
+        out.append(piece)
+    if text:
+        out.append("".join(text))
+    return out
+
+
+def _resolve(pieces: list[Piece], thumbnails: Mapping[str, Thumb]) -> str:
+    """A section's HTML: each ``[sha256, alt]`` slot as its thumbnail, or as missing."""
+    return "".join(
+        piece if isinstance(piece, str) else _picture(thumbnails.get(piece[0]), *piece)
+        for piece in pieces
+    )
+
+
+def _picture(thumb: Thumb | None, sha: str, alt: str) -> str:
+    if thumb is None:
+        return '<div class="noimg missing">image missing from the store</div>'
+    uri, width, height, alpha = thumb
+    css = ' class="alpha"' if alpha else ""
+    return (
+        f'<img{css} src="{uri}" width="{width}" height="{height}" alt="{_e(alt)}" '
+        f'data-sha256="{_e(sha)}">'
+    )
 
 
 def _e(value: object) -> str:

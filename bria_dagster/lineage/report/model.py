@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -76,6 +76,24 @@ class ProductSummary:
 
 
 @dataclass(frozen=True)
+class ReportWork:
+    """What writing the page took: whether the last one was kept, and what the cache saved."""
+
+    reused: bool = False
+    """The page was current (same step tables, same renderer): kept, nothing written."""
+    reason: str = ""
+    """Why the page was kept, or why it was rebuilt."""
+    files_written: int = 0
+    """The page and the cache's two files on a rebuild; 0 when the page was kept."""
+    sections_rendered: int = 0
+    sections_cached: int = 0
+    """Products whose section was drawn, or taken from the cache (their rows unchanged)."""
+    thumbnails_made: int = 0
+    thumbnails_cached: int = 0
+    """Thumbnails made from the image, or taken from the cache (by the image's sha256)."""
+
+
+@dataclass(frozen=True)
 class AuditReport:
     """What :func:`write_audit_report` wrote, and the batch's totals."""
 
@@ -101,6 +119,44 @@ class AuditReport:
     size_bytes: int
     product_summaries: tuple[ProductSummary, ...] = ()
     """Every product of the batch, in the page's order."""
+    work: ReportWork = field(default_factory=ReportWork)
+
+    def plain(self) -> dict[str, Any]:
+        """The batch's totals as JSON-ready data (where the page is, and ``work``, left out)."""
+        data = asdict(self)
+        for name in ("path", "url", "work"):
+            del data[name]
+        return data
+
+    @classmethod
+    def from_plain(
+        cls, data: Mapping[str, Any], *, path: str | None, url: str | None, work: ReportWork
+    ) -> AuditReport:
+        """:meth:`plain`'s data back as a report of the page at ``path``."""
+        steps = tuple(
+            replace(
+                StepSummary(**step),
+                unit_prices_usd=tuple(step["unit_prices_usd"]),
+                backends=tuple(step["backends"]),
+                endpoints=tuple(step["endpoints"]),
+            )
+            for step in data["steps"]
+        )
+        products = tuple(
+            ProductSummary(
+                sku=p["sku"],
+                images=p["images"],
+                failures=p["failures"],
+                cost_usd=p["cost_usd"],
+                steps=tuple(
+                    replace(ProductStep(**s), images=tuple(tuple(i) for i in s["images"]))
+                    for s in p["steps"]
+                ),
+            )
+            for p in data["product_summaries"]
+        )
+        fields = {k: v for k, v in data.items() if k not in ("steps", "product_summaries")}
+        return cls(path=path, url=url, **fields, steps=steps, product_summaries=products, work=work)
 
     def http_url(self, url_base: str | None) -> str | None:
         """Where the page is over http: ``url`` when it is already, else
@@ -148,12 +204,16 @@ class ReportBatch:
         self.generated_at = datetime.now(UTC)
 
     @classmethod
-    def load(cls, base: str, batch: str, pipeline: str) -> ReportBatch:
-        tables = StepTables(base, pipeline)
-        found = tables.of_batch(batch)
-        found.sort(key=lambda entry: (_known_step_rank(entry[0]), entry[0]))
+    def load(
+        cls, base: str, batch: str, pipeline: str, found: list[tuple[str, str]] | None = None
+    ) -> ReportBatch:
+        """The rows of ``batch``'s step tables (``found``: their ``(asset, path)``, when
+        already listed)."""
+        if found is None:
+            found = StepTables(base, pipeline).of_batch(batch)
+        found = sorted(found, key=lambda entry: (_known_step_rank(entry[0]), entry[0]))
         with ThreadPoolExecutor(max_workers=min(8, len(found))) as pool:
-            read = list(pool.map(lambda entry: tables.read(entry[1]), found))
+            read = list(pool.map(lambda entry: StepTables.read(entry[1]), found))
         named = [(asset, rows) for (asset, _), rows in zip(found, read, strict=True)]
         return cls(base, batch, pipeline, named)
 
