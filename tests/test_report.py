@@ -150,8 +150,11 @@ class Synthetic:
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
+    return build_synthetic(str(tmp_path_factory.mktemp("synthetic") / "data"))
+
+
+def build_synthetic(base: str) -> Synthetic:
     """Paid rows (fal prices), a later ``packshot`` step, a reused row, a failed expansion."""
-    base = str(tmp_path_factory.mktemp("synthetic") / "data")
     store = ImageStore(f"{base}/images")
     rows: list[dict[str, Any]] = []
 
