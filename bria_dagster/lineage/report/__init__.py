@@ -192,7 +192,9 @@ def write_audit_report(
     with storage_access(url, "write audit report"):
         size = _write_atomically(fs, path, render)
     page = drawn[0]
-    summary = data.summary(path=shown_at, url=url, size_bytes=size, missing_images=page.missing)
+    summary = replace(
+        page.totals, path=shown_at, url=url, size_bytes=size, missing_images=page.missing
+    )
     pages = {url: size}
     if manifest is not None and (manifest.renderer, manifest.tables) == (renderer, tables):
         pages = {**manifest.pages, url: size}

@@ -40,6 +40,8 @@ SHA_SHOWN = 12
 class Rendered:
     """What drawing a page took, and the parts to cache for the next one."""
 
+    totals: AuditReport
+    """The batch's totals (where the page is written is not known here)."""
     parts: ReportParts
     """Exactly the sections and thumbnails of this page (stale ones dropped)."""
     missing: int
@@ -130,6 +132,7 @@ class _Page:
             "</body>\n</html>\n"
         )
         return Rendered(
+            totals=totals,
             parts=kept,
             missing=len(missing),
             sections_rendered=counts["sections_rendered"],

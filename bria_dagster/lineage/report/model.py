@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -123,9 +123,12 @@ class AuditReport:
 
     def plain(self) -> dict[str, Any]:
         """The batch's totals as JSON-ready data (where the page is, and ``work``, left out)."""
-        data = asdict(self)
-        for name in ("path", "url", "work"):
-            del data[name]
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_PLAIN}
+        data["steps"] = [dict(vars(step)) for step in self.steps]
+        data["product_summaries"] = [
+            {**vars(p), "steps": [dict(vars(step)) for step in p.steps]}
+            for p in self.product_summaries
+        ]
         return data
 
     @classmethod
@@ -134,29 +137,30 @@ class AuditReport:
     ) -> AuditReport:
         """:meth:`plain`'s data back as a report of the page at ``path``."""
         steps = tuple(
-            replace(
-                StepSummary(**step),
-                unit_prices_usd=tuple(step["unit_prices_usd"]),
-                backends=tuple(step["backends"]),
-                endpoints=tuple(step["endpoints"]),
+            StepSummary(
+                **{
+                    **step,
+                    "unit_prices_usd": tuple(step["unit_prices_usd"]),
+                    "backends": tuple(step["backends"]),
+                    "endpoints": tuple(step["endpoints"]),
+                }
             )
             for step in data["steps"]
         )
         products = tuple(
             ProductSummary(
-                sku=p["sku"],
-                images=p["images"],
-                failures=p["failures"],
-                cost_usd=p["cost_usd"],
-                steps=tuple(
-                    replace(ProductStep(**s), images=tuple(tuple(i) for i in s["images"]))
-                    for s in p["steps"]
-                ),
+                **{
+                    **p,
+                    "steps": tuple(
+                        ProductStep(**{**s, "images": tuple(tuple(i) for i in s["images"])})
+                        for s in p["steps"]
+                    ),
+                }
             )
             for p in data["product_summaries"]
         )
-        fields = {k: v for k, v in data.items() if k not in ("steps", "product_summaries")}
-        return cls(path=path, url=url, **fields, steps=steps, product_summaries=products, work=work)
+        plain = {k: v for k, v in data.items() if k not in _NOT_PLAIN}
+        return cls(path=path, url=url, **plain, steps=steps, product_summaries=products, work=work)
 
     def http_url(self, url_base: str | None) -> str | None:
         """Where the page is over http: ``url`` when it is already, else
@@ -167,6 +171,9 @@ class AuditReport:
         if url_base:
             return f"{url_base.rstrip('/')}/{quote(self.pipeline)}/{quote(self.batch)}.html"
         return None
+
+
+_NOT_PLAIN = ("path", "url", "work", "steps", "product_summaries")
 
 
 @dataclass
