@@ -200,17 +200,7 @@ def write_audit_report(
         pages = {**manifest.pages, url: size}
     with storage_access(cache.manifest_url, "write audit report cache"):
         cache.save(Manifest(renderer, tables, pages, summary.plain()), page.parts, write_file)
-    return replace(
-        summary,
-        work=ReportWork(
-            reason=reason,
-            files_written=3,
-            sections_rendered=page.sections_rendered,
-            sections_cached=page.sections_cached,
-            thumbnails_made=page.thumbnails_made,
-            thumbnails_cached=page.thumbnails_cached,
-        ),
-    )
+    return replace(summary, work=replace(page.work, reason=reason, files_written=3))
 
 
 def _write_atomically(

@@ -16,14 +16,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, partial
 from importlib.resources import files
 from typing import Any
 
 from ..._version import __version__
 from ...records.schema import FAILED, OK, UPSTREAM_FAILED
 from .cache import Piece, ReportParts, Thumb
-from .model import AuditReport, ProductChain, ReportBatch
+from .model import AuditReport, ProductChain, ReportBatch, ReportWork
 from .thumbnails import Thumbnails
 
 CHUNK_SKUS = 64
@@ -46,10 +46,8 @@ class Rendered:
     """Exactly the sections and thumbnails of this page (stale ones dropped)."""
     missing: int
     """Images the store could not give back (shown as missing)."""
-    sections_rendered: int
-    sections_cached: int
-    thumbnails_made: int
-    thumbnails_cached: int
+    work: ReportWork
+    """Sections drawn and cached, thumbnails made and cached."""
 
 
 def render_page(
@@ -89,57 +87,35 @@ class _Page:
                 "Products with a failure are marked "
                 '<span class="badge failed">failed</span>.</p>\n'
             )
-        kept = ReportParts(cached.renderer)
-        missing: set[str] = set()
-        counts: Counter[str] = Counter()
-        maker = Thumbnails(thumbnail_px)
+        drawing = _Drawing(cached, Thumbnails(thumbnail_px))
         with ThreadPoolExecutor(max_workers=THUMBNAIL_WORKERS) as pool:
             for start in range(0, len(self.products), CHUNK_SKUS):
                 chunk = self.products[start : start + CHUNK_SKUS]
-                sections = []
-                wanted: dict[str, dict[str, Any]] = {}
-                for n, product in enumerate(chunk, start):
-                    key = self._section_key(n, product, opened)
-                    pieces = cached.sections.get(key)
-                    if pieces is None:
-                        pieces = self._product(n, product, opened)
-                        counts["sections_rendered"] += 1
-                    else:
-                        counts["sections_cached"] += 1
-                    kept.sections[key] = pieces
-                    sections.append(pieces)
-                    for i in product.rows:
-                        sha = self.rows[i]["image_sha256"]
-                        if not self.data.has_image(i) or sha in kept.thumbnails or sha in missing:
-                            continue
-                        if sha in cached.thumbnails:
-                            kept.thumbnails[sha] = cached.thumbnails[sha]
-                            counts["thumbnails_cached"] += 1
-                        else:
-                            wanted.setdefault(sha, self.rows[i])
-                for sha, thumb in maker.make(wanted, pool).items():
-                    if thumb is None:
-                        missing.add(sha)
-                    else:
-                        kept.thumbnails[sha] = thumb
-                        counts["thumbnails_made"] += 1
-                write("".join(_resolve(pieces, kept.thumbnails) for pieces in sections))
+                sections = [
+                    drawing.section(
+                        self._section_key(n, product, opened),
+                        partial(self._product, n, product, opened),
+                    )
+                    for n, product in enumerate(chunk, start)
+                ]
+                wanted = {
+                    self.rows[i]["image_sha256"]: self.rows[i]
+                    for product in chunk
+                    for i in product.rows
+                    if self.data.has_image(i)
+                }
+                drawing.thumbnails(wanted, pool)
+                write("".join(drawing.html(pieces) for pieces in sections))
         write("</section>\n")
+        kept = drawing.kept
         write(
             f"<footer>Written by bria-dagster {_e(__version__)} from the step tables under "
             f"<code>{_e(self.data.base.rstrip('/'))}/tables</code>; "
-            f"{len(kept.thumbnails)} thumbnail(s), {len(missing)} image(s) missing.</footer>\n"
-            "</body>\n</html>\n"
+            f"{len(kept.thumbnails)} thumbnail(s), {len(drawing.missing)} image(s) missing."
+            "</footer>\n</body>\n</html>\n"
         )
-        return Rendered(
-            totals=totals,
-            parts=kept,
-            missing=len(missing),
-            sections_rendered=counts["sections_rendered"],
-            sections_cached=counts["sections_cached"],
-            thumbnails_made=counts["thumbnails_made"],
-            thumbnails_cached=counts["thumbnails_cached"],
-        )
+        work = ReportWork(**drawing.counts)
+        return Rendered(totals=totals, parts=kept, missing=len(drawing.missing), work=work)
 
     def _section_key(self, n: int, product: ProductChain, opened: bool) -> str:
         """What a product's section is drawn from: its rows, its place, the steps' order."""
@@ -325,7 +301,8 @@ class _Page:
         )
 
     def _product(self, n: int, product: ProductChain, opened: bool) -> list[Piece]:
-        """The product's section, each picture a ``[sha256, alt]`` slot (see :func:`_resolve`)."""
+        """The product's section, each picture a ``[sha256, alt]`` slot (see
+        :meth:`_Drawing.html`)."""
         rows = [self.rows[i] for i in product.rows]
         failed = sum(1 for row in rows if row["status"] == FAILED)
         images = sum(1 for i in product.rows if self.data.has_image(i))
@@ -432,6 +409,57 @@ class _Page:
         ]
 
 
+class _Drawing:
+    """The page's products drawn from ``cached`` where they can be, counted, and the parts
+    kept for the next page (only those this page shows)."""
+
+    def __init__(self, cached: ReportParts, maker: Thumbnails) -> None:
+        self.cached = cached
+        self.maker = maker
+        self.kept = ReportParts(cached.renderer)
+        self.missing: set[str] = set()
+        self.counts: Counter[str] = Counter(
+            sections_rendered=0, sections_cached=0, thumbnails_made=0, thumbnails_cached=0
+        )
+
+    def section(self, key: str, draw: Callable[[], list[Piece]]) -> list[Piece]:
+        pieces = self.cached.sections.get(key)
+        if pieces is None:
+            pieces = draw()
+            self.counts["sections_rendered"] += 1
+        else:
+            self.counts["sections_cached"] += 1
+        self.kept.sections[key] = pieces
+        return pieces
+
+    def thumbnails(self, wanted: Mapping[str, Mapping[str, Any]], pool: ThreadPoolExecutor) -> None:
+        """Keep the thumbnail of every image in ``wanted`` (sha256 -> a row naming it):
+        from the cache, or made in ``pool``."""
+        to_make = {}
+        for sha, row in wanted.items():
+            if sha in self.kept.thumbnails or sha in self.missing:
+                continue
+            if sha in self.cached.thumbnails:
+                self.kept.thumbnails[sha] = self.cached.thumbnails[sha]
+                self.counts["thumbnails_cached"] += 1
+            else:
+                to_make[sha] = row
+        for sha, thumb in self.maker.make(to_make, pool).items():
+            if thumb is None:
+                self.missing.add(sha)
+            else:
+                self.kept.thumbnails[sha] = thumb
+                self.counts["thumbnails_made"] += 1
+
+    def html(self, pieces: list[Piece]) -> str:
+        """A section's HTML: each ``[sha256, alt]`` slot as its thumbnail, or as missing."""
+        thumbs = self.kept.thumbnails
+        return "".join(
+            piece if isinstance(piece, str) else _picture(thumbs.get(piece[0]), *piece)
+            for piece in pieces
+        )
+
+
 def _joined(pieces: list[Piece]) -> list[Piece]:
     """``pieces`` with each run of HTML joined into one string."""
     out: list[Piece] = []
@@ -447,14 +475,6 @@ def _joined(pieces: list[Piece]) -> list[Piece]:
     if text:
         out.append("".join(text))
     return out
-
-
-def _resolve(pieces: list[Piece], thumbnails: Mapping[str, Thumb]) -> str:
-    """A section's HTML: each ``[sha256, alt]`` slot as its thumbnail, or as missing."""
-    return "".join(
-        piece if isinstance(piece, str) else _picture(thumbnails.get(piece[0]), *piece)
-        for piece in pieces
-    )
 
 
 def _picture(thumb: Thumb | None, sha: str, alt: str) -> str:
