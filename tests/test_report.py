@@ -227,11 +227,12 @@ def build_synthetic(base: str) -> Synthetic:
     for (asset, partition), part in frame.groupby(["asset_key", "partition"]):
         folder = f"{root}/tables/product_images__{asset}"
         fs.makedirs(folder, exist_ok=True)
-        pq.write_table(frame_to_table(part.reset_index(drop=True)), f"{folder}/{partition}.parquet")
+        table = frame_to_table(part.reset_index(drop=True))
+        pq.write_table(table, f"{folder}/{partition}.parquet", filesystem=fs)
     # Another pipeline's table in the same storage: never part of product_images' report.
     other = f"{root}/tables/spring__catalog_batch"
     fs.makedirs(other, exist_ok=True)
-    pq.write_table(frame_to_table(frame.head(1)), f"{other}/batch-9.parquet")
+    pq.write_table(frame_to_table(frame.head(1)), f"{other}/batch-9.parquet", filesystem=fs)
     return Synthetic(base, rows, packshot_sha)
 
 

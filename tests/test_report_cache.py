@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -240,3 +241,19 @@ def _report_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         if e.materialization.asset_key.path[-1] == "audit_report"
     ]
     return dict(event.materialization.metadata)
+
+
+def test_the_cache_works_over_fsspec(tmp_path: Path) -> None:
+    base = build_synthetic(f"memory://{tmp_path.name}/data").base
+    first = write_audit_report(base, BATCH)
+    fs = fsspec.filesystem("memory")
+    cache_files = fs.find(report_cache.cache_folder(base, "product_images"))
+
+    again = write_audit_report(base, BATCH)
+
+    assert len(cache_files) == 2 and first.url and first.url.startswith("memory://")
+    assert again.work.reused and again.work.files_written == 0
+    fs.rm(fs.find(report_cache.cache_folder(base, "product_images")))
+    rebuilt = write_audit_report(base, BATCH)
+    assert not rebuilt.work.reused and rebuilt.work.sections_rendered == PRODUCTS
+    assert rebuilt.size_bytes == first.size_bytes
