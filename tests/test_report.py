@@ -527,6 +527,8 @@ def test_cli_writes_the_report(runs, tmp_path, capsys):
     assert line.startswith(f"wrote {out} (") and "5 products" in line and "10 failures" in line
     assert out.read_text().rstrip().endswith("</html>")
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+    main(["lineage", "report", "--batch", BATCH, "--base", runs.base, "--out", str(out)])
+    assert capsys.readouterr().out.startswith(f"kept (unchanged) {out} (")
 
 
 def test_cli_unknown_batch_exits_2_with_one_line(runs, tmp_path, capsys):
