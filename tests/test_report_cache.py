@@ -257,3 +257,15 @@ def test_the_cache_works_over_fsspec(tmp_path: Path) -> None:
     rebuilt = write_audit_report(base, BATCH)
     assert not rebuilt.work.reused and rebuilt.work.sections_rendered == PRODUCTS
     assert rebuilt.size_bytes == first.size_bytes
+
+
+def test_a_cache_that_cannot_be_written_leaves_the_page_written(base: str) -> None:
+    folder = Path(report_cache.cache_folder(base, "product_images"))
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not a folder")  # the cache cannot go there
+
+    report = write_audit_report(base, BATCH)
+
+    assert report.work.files_written == 1 and "the cache was not written" in report.work.reason
+    assert _page(report) == _full_page(base)
+    assert not write_audit_report(base, BATCH).work.reused  # nothing vouches for the page

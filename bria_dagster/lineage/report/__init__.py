@@ -48,7 +48,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from ...errors import UnknownBatchError, storage_access
+from ...errors import StorageAccessError, UnknownBatchError, storage_access
 from ...records.storage import PipelineStorage
 from .cache import Manifest, ReportCache, ReportParts, page_size, renderer_key, tables_key
 from .html import Rendered, render_page
@@ -167,27 +167,15 @@ def write_audit_report(
     renderer = renderer_key(thumbnail_px, base, pipeline, batch)
     tables = tables_key(found)
     manifest = cache.manifest()
-    if manifest is None:
-        reason = "no earlier report of this batch (or its cache did not read)"
-    else:
-        reason = manifest.stale(renderer, tables, url, page_size(target))
-        if reason is None:
-            work = ReportWork(
-                reused=True,
-                reason="the step tables and the report's format are those of the page there",
-            )
-            try:
-                return AuditReport.from_plain(manifest.summary, path=shown_at, url=url, work=work)
-            except (TypeError, KeyError, ValueError):
-                reason = "its cached totals did not read"
+    kept = _kept_page(manifest, renderer, tables, url, page_size(target), shown_at)
+    if isinstance(kept, AuditReport):
+        return kept
+    reason = kept
     data = ReportBatch.load(base, batch, pipeline, found)
     drawn: list[Rendered] = []
 
     def render(write: Callable[[str], Any]) -> None:
         drawn.append(render_page(data, write, thumbnail_px, cache.parts(renderer)))
-
-    def write_file(to: str, render: Callable[[Callable[[str], Any]], None]) -> int:
-        return _write_atomically(*fsspec.core.url_to_fs(to), render)
 
     with storage_access(url, "write audit report"):
         size = _write_atomically(fs, path, render)
@@ -198,9 +186,44 @@ def write_audit_report(
     pages = {url: size}
     if manifest is not None and (manifest.renderer, manifest.tables) == (renderer, tables):
         pages = {**manifest.pages, url: size}
-    with storage_access(cache.manifest_url, "write audit report cache"):
-        cache.save(Manifest(renderer, tables, pages, summary.plain()), page.parts, write_file)
-    return replace(summary, work=replace(page.work, reason=reason, files_written=3))
+    work = replace(page.work, reason=reason, files_written=1)
+    try:
+        with storage_access(cache.manifest_url, "write audit report cache"):
+            cache.save(Manifest(renderer, tables, pages, summary.plain()), page.parts, _write_url)
+    except (StorageAccessError, OSError) as exc:  # the page is written: the cache is a saving
+        work = replace(work, reason=f"{reason}; the cache was not written ({exc})")
+    else:
+        work = replace(work, files_written=3)
+    return replace(summary, work=work)
+
+
+def _kept_page(
+    manifest: Manifest | None,
+    renderer: str,
+    tables: str,
+    url: str,
+    size: int | None,
+    shown_at: str,
+) -> AuditReport | str:
+    """The report of the page at ``url`` (``size`` bytes, ``None`` when absent) when
+    ``manifest`` says it is current for these inputs; else why it must be drawn again."""
+    if manifest is None:
+        return "no earlier report of this batch (or its cache did not read)"
+    stale = manifest.stale(renderer, tables, url, size)
+    if stale is not None:
+        return stale
+    work = ReportWork(
+        reused=True, reason="the step tables and the report's format are those of the page there"
+    )
+    try:
+        totals = {**manifest.summary, "size_bytes": manifest.pages[url]}
+        return AuditReport.from_plain(totals, path=shown_at, url=url, work=work)
+    except (TypeError, KeyError, ValueError):
+        return "its cached totals did not read"
+
+
+def _write_url(url: str, render: Callable[[Callable[[str], Any]], None]) -> int:
+    return _write_atomically(*fsspec.core.url_to_fs(url), render)
 
 
 def _write_atomically(

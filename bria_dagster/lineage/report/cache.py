@@ -34,7 +34,7 @@ from typing import Any
 import fsspec
 
 from ..._version import __version__
-from ...errors import storage_access
+from ...errors import StorageAccessError, storage_access
 
 Thumb = tuple[str, int, int, bool]
 """A thumbnail: ``(data URI, width, height, has_alpha)``."""
@@ -206,13 +206,16 @@ def page_size(url: str) -> int | None:
 
 
 def _read_json(url: str) -> Any:
-    """The JSON at ``url``; ``None`` when it is missing or not JSON (a cache, not a record)."""
+    """The JSON at ``url``; ``None`` when it is missing or not JSON (a cache, not a record).
+    A refused access is raised, as for the tables."""
     fs, path = fsspec.core.url_to_fs(url)
     try:
         with storage_access(url, "read audit report cache"):
             text = fs.cat_file(path)
         return json.loads(text)
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+    except StorageAccessError:
+        raise
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
 
 
