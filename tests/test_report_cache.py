@@ -120,6 +120,26 @@ def test_a_changed_product_is_the_only_one_drawn_again(base: str) -> None:
     assert (meta["report_sections_drawn"], meta["report_thumbnails_made"]) == (1, 1)
 
 
+def test_a_run_that_only_reused_rows_redraws_no_product(base: str) -> None:
+    first = write_audit_report(base, BATCH)
+    assert any(p.steps and any(s.reused for s in p.steps) for p in first.product_summaries)
+
+    def reused_by_run_2(row: dict[str, Any]) -> None:
+        if row["reused_in_run_id"]:
+            row["reused_in_run_id"] = "run-2"
+
+    for asset in ("product_cutouts", "product_packshots"):
+        _edit_table(base, asset, reused_by_run_2)
+
+    report = write_audit_report(base, BATCH)
+
+    assert not report.work.reused and report.work.sections_cached == PRODUCTS
+    page = _page(report)
+    assert page == _full_page(base)
+    assert '<code class="reused-in">run-2</code>' in page
+    assert '<code class="reused-in">run-1</code>' not in page
+
+
 def _new_failure(row: dict[str, Any]) -> None:
     if row["sku"] == "S2" and row["variant"] == "scene@1:1":
         row.update(

@@ -11,7 +11,7 @@ pipeline's storage, beside the batch's reports, under
   from it (URL -> size in bytes) and the report's totals. When the fingerprint and the
   page still match, the page is kept: no image read, no file written.
 * ``<batch>.parts.json``: each product's section, keyed by a hash of its rows and its
-  place on the page, with its pictures left as ``[sha256, alt]`` slots; and each image's
+  place on the page, with its pictures and reusing runs left as slots; and each image's
   thumbnail, keyed by its sha256 (the thumbnail size is in the renderer's fingerprint).
   One file per batch, so a rebuild costs two reads and two writes on S3, not one per
   product.
@@ -38,8 +38,10 @@ from ...errors import StorageAccessError, storage_access
 
 Thumb = tuple[str, int, int, bool]
 """A thumbnail: ``(data URI, width, height, has_alpha)``."""
-Piece = str | list[str]
-"""Part of a product's section: HTML, or a picture's ``[sha256, alt]`` slot."""
+Piece = str | dict[str, Any]
+"""Part of a product's section: HTML, or a slot filled in when the page is written: a
+picture (``{"image": sha256, "alt": text}``) or the run that reused a row
+(``{"reused_in": the row's place among the product's rows}``)."""
 
 _READ_CHUNK = 1 << 20
 
@@ -117,7 +119,11 @@ class ReportParts:
 def _is_piece(piece: Any) -> bool:
     if isinstance(piece, str):
         return True
-    return isinstance(piece, list) and len(piece) == 2 and all(isinstance(p, str) for p in piece)
+    if not isinstance(piece, dict):
+        return False
+    if piece.keys() == {"image", "alt"}:
+        return all(isinstance(v, str) for v in piece.values())
+    return piece.keys() == {"reused_in"} and type(piece["reused_in"]) is int
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ class _Page:
                     )
                     for n, product in enumerate(chunk, start)
                 ]
+                rows = [[self.rows[i] for i in product.rows] for product in chunk]
                 wanted = {
                     self.rows[i]["image_sha256"]: self.rows[i]
                     for product in chunk
@@ -105,7 +106,7 @@ class _Page:
                     if self.data.has_image(i)
                 }
                 drawing.thumbnails(wanted, pool)
-                write("".join(drawing.html(pieces) for pieces in sections))
+                write("".join(map(drawing.html, sections, rows)))
         write("</section>\n")
         kept = drawing.kept
         write(
@@ -118,8 +119,16 @@ class _Page:
         return Rendered(totals=totals, parts=kept, missing=len(drawing.missing), work=work)
 
     def _section_key(self, n: int, product: ProductChain, opened: bool) -> str:
-        """What a product's section is drawn from: its rows, its place, the steps' order."""
-        rows = [list(self.rows[i].items()) for i in product.rows]
+        """What a product's section is drawn from: its rows, its place, the steps' order.
+
+        A row's ``reused_in_run_id`` counts only as set or not: every run that reuses an
+        unchanged product's rows stamps its own id on them, and the section keeps that id
+        as a slot (filled in by :meth:`_Drawing.html`), so it is not drawn again for it.
+        """
+        rows = [
+            [(k, bool(v) if k == "reused_in_run_id" else v) for k, v in self.rows[i].items()]
+            for i in product.rows
+        ]
         text = repr((n, opened, self.assets, rows))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -301,7 +310,7 @@ class _Page:
         )
 
     def _product(self, n: int, product: ProductChain, opened: bool) -> list[Piece]:
-        """The product's section, each picture a ``[sha256, alt]`` slot (see
+        """The product's section, with slots for its pictures and reusing runs (see
         :meth:`_Drawing.html`)."""
         rows = [self.rows[i] for i in product.rows]
         failed = sum(1 for row in rows if row["status"] == FAILED)
@@ -343,10 +352,10 @@ class _Page:
         sha = row["image_sha256"]
         picture: Piece
         if self.data.has_image(i):
-            picture = [sha, f"{product.sku} {row['step']} {row['variant']}"]
+            picture = {"image": sha, "alt": f"{product.sku} {row['step']} {row['variant']}"}
         else:
             picture = f'<div class="noimg">{"not made" if status == FAILED else "no image"}</div>'
-        facts: list[tuple[str, str]] = []
+        facts: list[tuple[str, Piece]] = []
         if sha:
             size = f" {row['width']}×{row['height']}" if row["width"] else ""
             facts.append(
@@ -380,10 +389,8 @@ class _Page:
             cost += f" (list {_price(row['unit_price_usd'])})"
         facts.append(("cost_usd", cost))
         facts.append(("run", f'<code class="run-id">{_e(row["run_id"])}</code>'))
-        if row["reused_in_run_id"]:
-            facts.append(
-                ("reused in", f'<code class="reused-in">{_e(row["reused_in_run_id"])}</code>')
-            )
+        if row["reused_in_run_id"]:  # the run that last reused it: a slot, see _section_key
+            facts.append(("reused in", {"reused_in": product.rows.index(i)}))
         made = _time(row["created_at"])
         if row["attempts"]:
             made += f", {row['attempts']} attempt(s), {row['duration_s'] or 0:.2f} s"
@@ -403,9 +410,9 @@ class _Page:
             '</div><div class="info">'
             f'<div class="title"><b>{_e(row["step"])}</b> <small>{_e(row["_asset"])}</small> '
             f'<span class="badge {_e(status)}">{_e(status)}</span></div>'
-            f'<div class="variant">{_e(row["variant"])}</div><dl>'
-            + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
-            + f"</dl>{error}</div></div>",
+            f'<div class="variant">{_e(row["variant"])}</div><dl>',
+            *(p for k, v in facts for p in (f"<dt>{_e(k)}</dt><dd>", v, "</dd>")),
+            f"</dl>{error}</div></div>",
         ]
 
 
@@ -451,13 +458,20 @@ class _Drawing:
                 self.kept.thumbnails[sha] = thumb
                 self.counts["thumbnails_made"] += 1
 
-    def html(self, pieces: list[Piece]) -> str:
-        """A section's HTML: each ``[sha256, alt]`` slot as its thumbnail, or as missing."""
+    def html(self, pieces: list[Piece], rows: list[dict[str, Any]]) -> str:
+        """A section's HTML, its slots filled: an image as its thumbnail (or as missing),
+        a reusing run from the product's ``rows``."""
         thumbs = self.kept.thumbnails
-        return "".join(
-            piece if isinstance(piece, str) else _picture(thumbs.get(piece[0]), *piece)
-            for piece in pieces
-        )
+        out = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+            elif "image" in piece:
+                out.append(_picture(thumbs.get(piece["image"]), piece["image"], piece["alt"]))
+            else:
+                run = rows[piece["reused_in"]]["reused_in_run_id"]
+                out.append(f'<code class="reused-in">{_e(run)}</code>')
+        return "".join(out)
 
 
 def _joined(pieces: list[Piece]) -> list[Piece]:
