@@ -17,7 +17,9 @@ pipeline's storage, beside the batch's reports, under
   product.
 
 A cache that is missing, unreadable or of another renderer is no cache: the page is
-rebuilt in full (and the cache with it).
+rebuilt in full (and the cache with it). The cached sections are HTML written into the
+page as they are: the cache is trusted as the reports beside it are (whoever can write
+there can write the page itself); the thumbnails are checked to be data URIs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -44,6 +47,9 @@ picture (``{"image": sha256, "alt": text}``) or the run that reused a row
 (``{"reused_in": the row's place among the product's rows}``)."""
 
 _READ_CHUNK = 1 << 20
+_DATA_URI = re.compile(r"data:image/(?:jpeg|png);base64,[A-Za-z0-9+/]*={0,2}")
+"""A thumbnail as :func:`~.thumbnails.thumbnail_data_uri` makes it: nothing that could
+leave the ``src`` attribute it is written into."""
 
 
 def cache_folder(base: str, pipeline: str) -> str:
@@ -110,7 +116,7 @@ class ReportParts:
         thumbs: dict[str, Thumb] = {}
         for sha, thumb in thumbnails.items():
             uri, width, height, alpha = thumb
-            if not (isinstance(uri, str) and uri.startswith("data:image/")):
+            if not (isinstance(uri, str) and _DATA_URI.fullmatch(uri)):
                 raise ValueError("a malformed thumbnail")
             thumbs[sha] = (uri, int(width), int(height), bool(alpha))
         return cls(renderer, sections, thumbs)
