@@ -189,7 +189,7 @@ def write_audit_report(
     work = replace(page.work, reason=reason, files_written=1)
     try:
         with storage_access(cache.manifest_url, "write audit report cache"):
-            cache.save(Manifest(renderer, tables, pages, summary.plain()), page.parts, _write_url)
+            cache.save(Manifest(renderer, tables, pages, summary.plain()), page.parts, _write_cache)
     except (StorageAccessError, OSError) as exc:  # the page is written: the cache is a saving
         work = replace(work, reason=f"{reason}; the cache was not written ({exc})")
     else:
@@ -222,14 +222,20 @@ def _kept_page(
         return "its cached totals did not read"
 
 
-def _write_url(url: str, render: Callable[[Callable[[str], Any]], None]) -> int:
-    return _write_atomically(*fsspec.core.url_to_fs(url), render)
+def _write_cache(url: str, render: Callable[[Callable[[str], Any]], None]) -> int:
+    """A cache file, written atomically but not synced: one lost in a crash costs a redraw."""
+    return _write_atomically(*fsspec.core.url_to_fs(url), render, sync=False)
 
 
 def _write_atomically(
-    fs: fsspec.AbstractFileSystem, path: str, render: Callable[[Callable[[str], Any]], None]
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    render: Callable[[Callable[[str], Any]], None],
+    *,
+    sync: bool = True,
 ) -> int:
-    """Stream ``render``'s text to ``path`` so that no reader sees a partial file.
+    """Stream ``render``'s text to ``path`` so that no reader sees a partial file (and,
+    with ``sync``, a local one is on disk before it has its name).
 
     A local file is written under a temporary name in its folder and renamed into place
     (as :func:`bria_dagster.records.store.write_bytes` does, without holding the page in memory);
@@ -245,7 +251,8 @@ def _write_atomically(
                 render(fh.write)
                 fh.flush()
                 size = fh.tell()
-                os.fsync(fh.fileno())
+                if sync:
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -111,8 +111,11 @@ class ReportParts:
         if not isinstance(sections, dict) or not isinstance(thumbnails, dict):
             raise ValueError("report parts without sections or thumbnails")
         for pieces in sections.values():
-            if not isinstance(pieces, list) or not all(_is_piece(p) for p in pieces):
+            if type(pieces) is not list:
                 raise ValueError("a malformed report section")
+            for piece in pieces:
+                if type(piece) is not str and not _is_slot(piece):
+                    raise ValueError("a malformed report section")
         thumbs: dict[str, Thumb] = {}
         for sha, thumb in thumbnails.items():
             uri, width, height, alpha = thumb
@@ -122,10 +125,8 @@ class ReportParts:
         return cls(renderer, sections, thumbs)
 
 
-def _is_piece(piece: Any) -> bool:
-    if isinstance(piece, str):
-        return True
-    if not isinstance(piece, dict):
+def _is_slot(piece: Any) -> bool:
+    if type(piece) is not dict:
         return False
     if piece.keys() == {"image", "alt"}:
         return all(isinstance(v, str) for v in piece.values())

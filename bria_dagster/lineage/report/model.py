@@ -370,10 +370,12 @@ class ReportBatch:
         )
 
     def _product_summary(self, product: ProductChain) -> ProductSummary:
-        rows = sorted(product.rows, key=lambda i: self._row_key(i, self.rank))
+        by_asset: dict[str, list[dict[str, Any]]] = {}
+        for i in sorted(product.rows, key=lambda i: self._row_key(i, self.rank)):
+            by_asset.setdefault(self.rows[i]["_asset"], []).append(self.rows[i])
         steps = []
         for asset in self.assets:
-            mine = [self.rows[i] for i in rows if self.rows[i]["_asset"] == asset]
+            mine = by_asset.get(asset)
             if not mine:
                 continue
             failed = [row for row in mine if row["status"] == FAILED]
@@ -394,7 +396,7 @@ class ReportBatch:
             sku=product.sku,
             images=sum(len(step.images) for step in steps),
             failures=sum(step.failed for step in steps),
-            cost_usd=round(sum(self.rows[i]["cost_usd"] or 0.0 for i in rows), 6),
+            cost_usd=round(sum(self.rows[i]["cost_usd"] or 0.0 for i in product.rows), 6),
             steps=tuple(steps),
         )
 
