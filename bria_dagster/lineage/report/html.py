@@ -125,11 +125,14 @@ class _Page:
         unchanged product's rows stamps its own id on them, and the section keeps that id
         as a slot (filled in by :meth:`_Drawing.html`), so it is not drawn again for it.
         """
-        rows = [
-            [(k, bool(v) if k == "reused_in_run_id" else v) for k, v in self.rows[i].items()]
-            for i in product.rows
-        ]
-        text = repr((n, opened, self.assets, rows))
+        first = self.rows[product.rows[0]]
+        reused_in = list(first).index("reused_in_run_id")
+        rows = []
+        for i in product.rows:  # every row has the same columns, in the same order
+            values = list(self.rows[i].values())
+            values[reused_in] = bool(values[reused_in])
+            rows.append(values)
+        text = repr((n, opened, self.assets, list(first), rows))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _header(self, totals: AuditReport) -> str:
