@@ -1,8 +1,9 @@
-"""The Dagster pipeline end to end: offline batch and re-run, fal throughput, memory.
+"""The Dagster pipeline end to end: offline batch and re-run, fal throughput, memory, report.
 
-    .venv/bin/python benchmarks/pipeline.py [--only a,b,c] [--products 200]
+    .venv/bin/python benchmarks/pipeline.py [--only a,b,c,d] [--products 200]
         [--size 1024] [--small-size 256] [--fal-products 2000] [--fal-steps all|remove]
-        [--rss-rows 1000,10000] [--keep DIR]
+        [--rss-rows 1000,10000] [--report-products 1600] [--report-size 128]
+        [--report-changed 10] [--report-before DIR] [--keep DIR]
 
 Each figure is measured in its own subprocess (a fresh interpreter: its own
 environment, imports and peak RSS); this process only writes the catalogs,
@@ -32,6 +33,14 @@ starts the fal protocol test server and prints the results.
     product_cutouts on the local engine; peak RSS (``ru_maxrss``) of the process
     that materializes it, target < 1 GB. A 1,000-row run first gives the growth
     per row.
+
+(d) Audit report: ``--report-products`` products (``--report-size`` px) through the
+    whole job with the report on. Then the same partition unchanged (the report is
+    kept when its step tables are: 0 files written under ``reports/``), the report
+    asset alone, and the job again after ``--report-changed`` products got a new source
+    image: the report step's time, target <= 2 s. ``--report-before DIR`` runs the same
+    in a checkout of the code before the report cache (e.g. a worktree at 7156360),
+    where every materialization draws the whole page.
 
 Timings are wall clock on whatever machine runs this (the reference one has 2
 cores and is noisy); PASS/FAIL lines compare with the issue's targets.
@@ -132,7 +141,13 @@ def _statuses(storage: str, batch: str, assets: tuple[str, ...]) -> dict[str, di
     return out
 
 
-def _setup(workdir: Path, steps: tuple[str, ...], bria_kwargs: dict[str, Any], batch: str):
+def _setup(
+    workdir: Path,
+    steps: tuple[str, ...],
+    bria_kwargs: dict[str, Any],
+    batch: str,
+    report: bool = False,  # the steps' figures; the audit report's are section (d)'s
+):
     import dagster as dg
 
     from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
@@ -144,7 +159,7 @@ def _setup(workdir: Path, steps: tuple[str, ...], bria_kwargs: dict[str, Any], b
             catalog_dir=str(workdir / "catalogs"),
             steps=steps,
             aspect_ratios=RATIOS,
-            report=False,  # the steps' figures; the audit report's cost is in the README
+            report=report,
         ),
         storage=storage,
     )
@@ -268,6 +283,84 @@ def worker_rss(workdir: Path, batch: str) -> dict[str, Any]:
         "rss_after_setup_mb": before_kb / 1024,
         "peak_rss_mb": peak_kb / 1024,
     }
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` and its mtime (ns)."""
+    if not folder.exists():
+        return {}
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def worker_report(workdir: Path, batch: str, changed: int, size: int) -> dict[str, Any]:
+    """Materialize the batch, re-materialize it unchanged, the report alone, then after
+    ``changed`` products got a new source image; per run the report step's wall time,
+    its metadata and the files its run wrote under ``reports/``."""
+    job, instance, storage = _setup(
+        workdir, ("remove", "replace", "expand"), {"backend": "local"}, batch, report=True
+    )
+    reports = Path(storage) / "reports"
+    report_key = f"{PIPELINE}/audit_report"
+    out: dict[str, Any] = {}
+    # The report's CPU time (its thumbnail threads included): nothing else runs meanwhile.
+    from bria_dagster.orchestration import assets
+
+    cpu: list[float] = []
+    write_report = assets.write_audit_report
+
+    def timed_report(*args: Any, **kwargs: Any) -> Any:
+        started = time.process_time()
+        try:
+            return write_report(*args, **kwargs)
+        finally:
+            cpu.append(time.process_time() - started)
+
+    assets.write_audit_report = timed_report
+
+    def run(name: str, selection: set[Any] | None = None) -> None:
+        before, tables = _files(reports), _files(Path(storage) / "tables")
+        cpu.clear()
+        chosen = job if selection is None else job.get_subset(asset_selection=selection)
+        wall, meta = _materialize(chosen, instance, batch)
+        run_id = instance.get_runs(limit=1)[0].run_id
+        report_s = sum(
+            (s.end_time or 0) - (s.start_time or 0)
+            for s in instance.get_run_step_stats(run_id)
+            if "audit_report" in s.step_key
+        )
+        after = _files(reports)
+        written = sorted(p for p, t in after.items() if before.get(p) != t)
+        out[name] = {
+            "wall_s": wall,
+            "report_s": report_s,
+            "report_cpu_s": sum(cpu),
+            "report_meta": meta.get("audit_report", {}),
+            "files_written": [str(Path(p).relative_to(reports)) for p in written],
+            "tables_written": sum(
+                1 for p, t in _files(Path(storage) / "tables").items() if tables.get(p) != t
+            ),
+        }
+
+    run("first")
+    run("unchanged")
+    import dagster as dg
+
+    run("report_alone", {dg.AssetKey.from_user_string(report_key)})
+    from bria_dagster.engine.synthetic import CATEGORIES, make_product_photo
+
+    # A new photo (a new image_url: a source is reused by sku and URL) for `changed` products.
+    catalog = workdir / "catalogs" / f"{batch}.csv"
+    with catalog.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    for i in range(changed):
+        jpeg, _ = make_product_photo(CATEGORIES[i % len(CATEGORIES)], 900_000 + i, (size, size))
+        image = workdir / "images" / f"{batch}-{i:06d}-new.jpg"
+        image.write_bytes(jpeg)
+        rows[1 + i][1] = str(image)
+    with catalog.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    run("changed")
+    return out
 
 
 def run_worker(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -485,6 +578,91 @@ def section_rss(work: Path, row_counts: list[int]) -> bool:
     return ok
 
 
+REPORT_TARGET_S = 2.0
+
+
+def section_report(work: Path, n: int, size: int, changed: int, before_root: str | None) -> bool:
+    """The audit report of an unchanged batch is kept (0 files written); with
+    ``changed`` of ``n`` products changed it is redrawn in at most 2 s."""
+    print(
+        f"(d) audit report: {n} products ({size}x{size}), local engine, remove -> replace "
+        f"-> expand {' and '.join(RATIOS)}, report on; load average {os.getloadavg()[0]:.1f}"
+    )
+    codes = [("after", str(ROOT))]
+    if before_root:
+        codes.insert(0, ("before", str(Path(before_root).resolve())))
+    results: dict[str, dict[str, Any]] = {}
+    for label, root in codes:
+        folder = work / f"report-{label}"
+        write_catalog(folder, "report", n, size, seed0=300_000)
+        results[label] = r = run_worker(
+            ["report", str(folder), "report", str(changed), str(size), root]
+        )
+        print(f"    {label} ({_describe(root)}):")
+        for name, what in (
+            ("first", "first materialization"),
+            ("unchanged", "the job again, unchanged"),
+            ("report_alone", "the report asset alone, unchanged"),
+            ("changed", f"the job again, {changed} products with a new source image"),
+        ):
+            x = r[name]
+            m = x["report_meta"]
+            drawn = (
+                f", drawn {m['report_sections_drawn']} / cached {m['report_sections_cached']} "
+                f"products, thumbnails made {m['report_thumbnails_made']} / cached "
+                f"{m['report_thumbnails_cached']}"
+                if "report_sections_drawn" in m
+                else ""
+            )
+            print(
+                f"      {what:<52} job {x['wall_s']:6.1f}s  report {x['report_s']:6.2f}s "
+                f"({x['report_cpu_s']:.2f}s CPU)  "
+                f"step tables written: {x['tables_written']}  files written under "
+                f"reports/: {len(x['files_written'])}  "
+                f"report_reused={m.get('report_reused', '-')}{drawn}"
+            )
+            if "report_reason" in m:
+                print(f"        {m['report_reason']}")
+    after = results["after"]
+    kept = {
+        name: after[name]["report_meta"].get("report_reused") is True
+        and not after[name]["files_written"]
+        and after[name]["report_meta"].get("files_written") == 0
+        for name in ("unchanged", "report_alone")
+    }
+    changed_s = after["changed"]["report_s"]
+    full = after["first"]
+    compared = f"a full draw here: {full['report_s']:.2f}s, {full['report_cpu_s']:.2f}s CPU"
+    if "before" in results:
+        old = results["before"]
+        compared += (
+            f"; before: {old['changed']['report_s']:.2f}s ({old['changed']['report_cpu_s']:.2f}s"
+            f" CPU) for the same change, {old['unchanged']['report_s']:.2f}s unchanged"
+        )
+    ok_fast = changed_s <= REPORT_TARGET_S
+    print(
+        f"    {verdict(kept['report_alone'])} unchanged batch, the report asset alone: report "
+        "kept (report_reused) and 0 files written under reports/"
+    )
+    print(
+        f"    {verdict(kept['unchanged'])} unchanged batch, the whole job: report kept and 0 "
+        f"files written under reports/ (kept only when the re-run leaves the step tables as "
+        f"they were: it wrote {after['unchanged']['tables_written']})"
+    )
+    print(
+        f"    {verdict(ok_fast)} {changed} of {n} products changed: report {changed_s:.2f}s "
+        f"({after['changed']['report_cpu_s']:.2f}s CPU) <= {REPORT_TARGET_S:.0f}s ({compared})"
+    )
+    return all(kept.values()) and ok_fast
+
+
+def _describe(root: str) -> str:
+    head = subprocess.run(
+        ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return f"{root} at {head or '?'}"
+
+
 def source_description() -> str:
     """Which code is measured: the checkout's commit and any uncommitted package changes."""
     try:
@@ -508,7 +686,7 @@ def source_description() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="a,b,c", help="sections to run: a, b, c")
+    parser.add_argument("--only", default="a,b,c,d", help="sections to run: a, b, c, d")
     parser.add_argument("--products", type=int, default=200)
     parser.add_argument(
         "--size",
@@ -529,6 +707,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fal-concurrency", type=int, default=64, help="BriaResource cap")
     parser.add_argument(
         "--rss-rows", default="1000,10000", help="catalog sizes; target on the largest"
+    )
+    parser.add_argument("--report-products", type=int, default=1600)
+    parser.add_argument("--report-size", type=int, default=128, help="(d) image side in px")
+    parser.add_argument("--report-changed", type=int, default=10)
+    parser.add_argument(
+        "--report-before", default=None, help="(d) also measure the code in this checkout"
     )
     parser.add_argument("--keep", default=None, help="work in this folder and keep it")
     args = parser.parse_args(argv)
@@ -556,6 +740,15 @@ def main(argv: list[str] | None = None) -> int:
         if "c" in sections:
             results["c"] = section_rss(work, [int(n) for n in args.rss_rows.split(",")])
             print()
+        if "d" in sections:
+            results["d"] = section_report(
+                work,
+                args.report_products,
+                args.report_size,
+                args.report_changed,
+                args.report_before,
+            )
+            print()
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -572,6 +765,9 @@ def worker_main(argv: list[str]) -> int:
         out = worker_fal(workdir, batch, tuple(rest[0].split(",")), int(rest[1]))
     elif kind == "rss":
         out = worker_rss(workdir, batch)
+    elif kind == "report":
+        sys.path.insert(0, rest[2])  # the code to measure: this checkout or a "before" one
+        out = worker_report(workdir, batch, int(rest[0]), int(rest[1]))
     else:
         raise SystemExit(f"unknown worker {kind!r}")
     print(RESULT_PREFIX + json.dumps(out, default=str), flush=True)

@@ -150,8 +150,11 @@ class Synthetic:
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
+    return build_synthetic(str(tmp_path_factory.mktemp("synthetic") / "data"))
+
+
+def build_synthetic(base: str) -> Synthetic:
     """Paid rows (fal prices), a later ``packshot`` step, a reused row, a failed expansion."""
-    base = str(tmp_path_factory.mktemp("synthetic") / "data")
     store = ImageStore(f"{base}/images")
     rows: list[dict[str, Any]] = []
 
@@ -224,11 +227,12 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
     for (asset, partition), part in frame.groupby(["asset_key", "partition"]):
         folder = f"{root}/tables/product_images__{asset}"
         fs.makedirs(folder, exist_ok=True)
-        pq.write_table(frame_to_table(part.reset_index(drop=True)), f"{folder}/{partition}.parquet")
+        table = frame_to_table(part.reset_index(drop=True))
+        pq.write_table(table, f"{folder}/{partition}.parquet", filesystem=fs)
     # Another pipeline's table in the same storage: never part of product_images' report.
     other = f"{root}/tables/spring__catalog_batch"
     fs.makedirs(other, exist_ok=True)
-    pq.write_table(frame_to_table(frame.head(1)), f"{other}/batch-9.parquet")
+    pq.write_table(frame_to_table(frame.head(1)), f"{other}/batch-9.parquet", filesystem=fs)
     return Synthetic(base, rows, packshot_sha)
 
 
@@ -523,6 +527,8 @@ def test_cli_writes_the_report(runs, tmp_path, capsys):
     assert line.startswith(f"wrote {out} (") and "5 products" in line and "10 failures" in line
     assert out.read_text().rstrip().endswith("</html>")
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+    main(["lineage", "report", "--batch", BATCH, "--base", runs.base, "--out", str(out)])
+    assert capsys.readouterr().out.startswith(f"kept (unchanged) {out} (")
 
 
 def test_cli_unknown_batch_exits_2_with_one_line(runs, tmp_path, capsys):

@@ -255,8 +255,9 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
     report = write_audit_report(
         args.base, args.batch, args.out, pipeline=args.pipeline, thumbnail_px=args.thumbnail_px
     )
+    done = "kept (unchanged)" if report.work.reused else "wrote"
     out.write(
-        f"wrote {report.path} ({report.size_bytes:,} bytes): {report.products} products, "
+        f"{done} {report.path} ({report.size_bytes:,} bytes): {report.products} products, "
         f"{report.images} images, {report.failures} failures, "
         f"cost {report.cost_usd:.4f} USD (list price {report.list_price_usd:.4f} USD)\n"
     )

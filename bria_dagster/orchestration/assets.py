@@ -266,7 +266,8 @@ def _packshot_assets(
 
 def _report_asset(pipeline: "PipelineIdentity", upstream: list[Any]) -> dg.AssetsDefinition:
     """``audit_report``: the batch's HTML audit report, linked from its metadata (an http
-    link with ``report_url_base``), and what each product became (``products``)."""
+    link with ``report_url_base``), and what each product became (``products``). An
+    unchanged batch keeps its page (``report_reused``, no file written)."""
     storage = pipeline.store
     spec = pipeline.asset_spec("report")
     deps = sorted({k for keys in upstream for k in keys}, key=lambda k: k.to_user_string())
@@ -275,6 +276,8 @@ def _report_asset(pipeline: "PipelineIdentity", upstream: list[Any]) -> dg.Asset
     @guarded(storage)
     def audit_report(context: AssetExecutionContext) -> dg.MaterializeResult:
         written = write_audit_report(storage, context.partition_key, pipeline=pipeline.name)
+        kept = "kept" if written.work.reused else "written"
+        context.log.info(f"audit report {kept}: {written.work.reason}")
         settings = pipeline.settings
         return dg.MaterializeResult(
             metadata=audit_report_metadata(

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import dagster as dg
 
-from ..lineage.report import AuditReport, ProductStep
+from ..lineage.report import AuditReport, ProductStep, ReportWork
 from ..steps.settings import PREVIEW_ROWS
 from .metadata import _text
 
@@ -35,7 +35,9 @@ def audit_report_metadata(
     over http (see :meth:`AuditReport.http_url`): the UI opens it. Otherwise it is the
     page's path, and ``audit_report_open`` says how to serve it, as browsers do not follow
     a ``file://`` link from the UI's http page. ``products`` lists what each product
-    became (the first ``products`` of them, failed ones first).
+    became (the first ``products`` of them, failed ones first). ``report_reused`` says
+    whether the page was kept (its batch unchanged) and ``report_reason`` why it was kept
+    or redrawn; a redrawn page counts its sections and thumbnails drawn and cached.
     """
     meta: dict[str, Any] = {}
     link = report.http_url(url_base)
@@ -53,6 +55,24 @@ def audit_report_metadata(
         audit_cost_usd=round(report.cost_usd, 6),
         audit_list_price_usd=round(report.list_price_usd, 6),
     )
+    meta.update(_work(report.work))
+    return meta
+
+
+def _work(work: ReportWork) -> dict[str, Any]:
+    """Whether the page was kept or redrawn, why, and what the cache saved."""
+    meta: dict[str, Any] = {
+        "report_reused": work.reused,
+        "report_reason": dg.MetadataValue.text(work.reason),
+        "files_written": work.files_written,
+    }
+    if not work.reused:
+        meta.update(
+            report_sections_drawn=work.sections_rendered,
+            report_sections_cached=work.sections_cached,
+            report_thumbnails_made=work.thumbnails_made,
+            report_thumbnails_cached=work.thumbnails_cached,
+        )
     return meta
 
 

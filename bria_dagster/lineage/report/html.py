@@ -8,19 +8,22 @@ every text from the tables is HTML-escaped.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, partial
 from importlib.resources import files
 from typing import Any
 
 from ..._version import __version__
 from ...records.schema import FAILED, OK, UPSTREAM_FAILED
-from .model import AuditReport, ProductChain, ReportBatch
+from .cache import Piece, ReportParts, Thumb
+from .model import AuditReport, ProductChain, ReportBatch, ReportWork
 from .thumbnails import Thumbnails
 
 CHUNK_SKUS = 64
@@ -33,9 +36,26 @@ OPEN_CASCADES = 20
 SHA_SHOWN = 12
 
 
-def render_page(data: ReportBatch, write: Callable[[str], Any], thumbnail_px: int) -> int:
-    """Write the page of ``data`` through ``write``; returns the images found missing."""
-    return _Page(data).render(write, thumbnail_px)
+@dataclass(frozen=True)
+class Rendered:
+    """What drawing a page took, and the parts to cache for the next one."""
+
+    totals: AuditReport
+    """The batch's totals (where the page is written is not known here)."""
+    parts: ReportParts
+    """Exactly the sections and thumbnails of this page (stale ones dropped)."""
+    missing: int
+    """Images the store could not give back (shown as missing)."""
+    work: ReportWork
+    """Sections drawn and cached, thumbnails made and cached."""
+
+
+def render_page(
+    data: ReportBatch, write: Callable[[str], Any], thumbnail_px: int, cached: ReportParts
+) -> Rendered:
+    """Write the page of ``data`` through ``write``, taking what it can from ``cached``
+    (sections whose rows are unchanged, thumbnails by sha256)."""
+    return _Page(data).render(write, thumbnail_px, cached)
 
 
 class _Page:
@@ -49,9 +69,10 @@ class _Page:
         self.steps = data.steps
         self.assets = data.assets
 
-    def render(self, write: Callable[[str], Any], thumbnail_px: int) -> int:
-        """Write the page through ``write``, products :data:`CHUNK_SKUS` at a time; returns
-        how many images the store could not give back."""
+    def render(
+        self, write: Callable[[str], Any], thumbnail_px: int, cached: ReportParts
+    ) -> Rendered:
+        """Write the page through ``write``, products :data:`CHUNK_SKUS` at a time."""
         totals = self.data.summary(path=None, url=None, size_bytes=0)
         write(_page_head(f"Audit report: batch {self.data.batch} ({self.data.pipeline})"))
         write(self._header(totals))
@@ -59,27 +80,60 @@ class _Page:
         write(self._costs_section(totals))
         write(self._runs_section())
         write(f'<section id="products"><h2>Products ({totals.products})</h2>\n')
-        if totals.products > OPEN_SKUS:
+        opened = totals.products <= OPEN_SKUS
+        if not opened:
             write(
                 '<p class="note">Each product is folded: open it to see its chain. '
                 "Products with a failure are marked "
                 '<span class="badge failed">failed</span>.</p>\n'
             )
-        thumbs = Thumbnails(self.rows, self.products, self.data.has_image, thumbnail_px)
+        drawing = _Drawing(cached, Thumbnails(thumbnail_px))
         with ThreadPoolExecutor(max_workers=THUMBNAIL_WORKERS) as pool:
             for start in range(0, len(self.products), CHUNK_SKUS):
                 chunk = self.products[start : start + CHUNK_SKUS]
-                thumbs.prepare(chunk, pool)
-                parts = [self._product(n, p, thumbs, totals) for n, p in enumerate(chunk, start)]
-                write("".join(parts))
+                sections = [
+                    drawing.section(
+                        self._section_key(n, product, opened),
+                        partial(self._product, n, product, opened),
+                    )
+                    for n, product in enumerate(chunk, start)
+                ]
+                rows = [[self.rows[i] for i in product.rows] for product in chunk]
+                wanted = {
+                    self.rows[i]["image_sha256"]: self.rows[i]
+                    for product in chunk
+                    for i in product.rows
+                    if self.data.has_image(i)
+                }
+                drawing.thumbnails(wanted, pool)
+                write("".join(map(drawing.html, sections, rows)))
         write("</section>\n")
+        kept = drawing.kept
         write(
             f"<footer>Written by bria-dagster {_e(__version__)} from the step tables under "
             f"<code>{_e(self.data.base.rstrip('/'))}/tables</code>; "
-            f"{thumbs.made} thumbnail(s) made, {thumbs.missing} image(s) missing.</footer>\n"
-            "</body>\n</html>\n"
+            f"{len(kept.thumbnails)} thumbnail(s), {len(drawing.missing)} image(s) missing."
+            "</footer>\n</body>\n</html>\n"
         )
-        return thumbs.missing
+        work = ReportWork(**drawing.counts)
+        return Rendered(totals=totals, parts=kept, missing=len(drawing.missing), work=work)
+
+    def _section_key(self, n: int, product: ProductChain, opened: bool) -> str:
+        """What a product's section is drawn from: its rows, its place, the steps' order.
+
+        A row's ``reused_in_run_id`` counts only as set or not: every run that reuses an
+        unchanged product's rows stamps its own id on them, and the section keeps that id
+        as a slot (filled in by :meth:`_Drawing.html`), so it is not drawn again for it.
+        """
+        first = self.rows[product.rows[0]]
+        reused_in = list(first).index("reused_in_run_id")
+        rows = []
+        for i in product.rows:  # every row has the same columns, in the same order
+            values = list(self.rows[i].values())
+            values[reused_in] = bool(values[reused_in])
+            rows.append(values)
+        text = repr((n, opened, self.assets, list(first), rows))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def _header(self, totals: AuditReport) -> str:
         failures = "failed" if totals.failures else "ok"
@@ -258,30 +312,28 @@ class _Page:
             "as made by a call (a reused row costs 0).</p></section>\n"
         )
 
-    def _product(
-        self, n: int, product: ProductChain, thumbs: Thumbnails, totals: AuditReport
-    ) -> str:
+    def _product(self, n: int, product: ProductChain, opened: bool) -> list[Piece]:
+        """The product's section, with slots for its pictures and reusing runs (see
+        :meth:`_Drawing.html`)."""
         rows = [self.rows[i] for i in product.rows]
         failed = sum(1 for row in rows if row["status"] == FAILED)
         images = sum(1 for i in product.rows if self.data.has_image(i))
         cost = sum(row["cost_usd"] or 0.0 for row in rows)
-        opened = " open" if totals.products <= OPEN_SKUS else ""
         flag = f' <span class="badge failed">{failed} failed</span>' if failed else ""
-        out = [
+        out: list[Piece] = [
             f'<details class="sku{" has-failure" if failed else ""}" id="sku-{n}" '
-            f'data-sku="{_e(product.sku)}"{opened}><summary><span class="sku-name">'
-            f"{_e(product.sku)}</span> <small>{images} image(s), cost_usd {_usd(cost)}</small>"
-            f'{flag}</summary>\n<div class="chain">\n'
+            f'data-sku="{_e(product.sku)}"{" open" if opened else ""}><summary>'
+            f'<span class="sku-name">{_e(product.sku)}</span> <small>{images} image(s), '
+            f'cost_usd {_usd(cost)}</small>{flag}</summary>\n<div class="chain">\n'
         ]
         seen: set[int] = set()
         for root in product.roots:
-            out.append(self._node(root, product, thumbs, seen))
+            self._node(root, product, seen, out)
         out.append("</div></details>\n")
-        return "".join(out)
+        return _joined(out)
 
-    def _node(self, root: int, product: ProductChain, thumbs: Thumbnails, seen: set[int]) -> str:
+    def _node(self, root: int, product: ProductChain, seen: set[int], out: list[Piece]) -> None:
         """``root`` and its descendants as nested flex boxes (iterative: no recursion limit)."""
-        out: list[str] = []
         stack: list[int | None] = [root]  # None closes a node
         while stack:
             i = stack.pop()
@@ -292,31 +344,21 @@ class _Page:
                 continue
             seen.add(i)
             out.append('<div class="node">')
-            out.append(self._card(i, product, thumbs))
+            out.extend(self._card(i, product))
             out.append('<div class="kids">')
             stack.append(None)
             stack.extend(reversed(product.children.get(i, [])))
-        return "".join(out)
 
-    def _card(self, i: int, product: ProductChain, thumbs: Thumbnails) -> str:
+    def _card(self, i: int, product: ProductChain) -> list[Piece]:
         row = self.rows[i]
         status = str(row["status"])
         sha = row["image_sha256"]
+        picture: Piece
         if self.data.has_image(i):
-            thumb = thumbs.take(sha)
-            if thumb is None:
-                picture = '<div class="noimg missing">image missing from the store</div>'
-            else:
-                uri, w, h, alpha = thumb
-                alt = f"{product.sku} {row['step']} {row['variant']}"
-                css = ' class="alpha"' if alpha else ""
-                picture = (
-                    f'<img{css} src="{uri}" width="{w}" '
-                    f'height="{h}" alt="{_e(alt)}" data-sha256="{_e(sha)}">'
-                )
+            picture = {"image": sha, "alt": f"{product.sku} {row['step']} {row['variant']}"}
         else:
             picture = f'<div class="noimg">{"not made" if status == FAILED else "no image"}</div>'
-        facts: list[tuple[str, str]] = []
+        facts: list[tuple[str, Piece]] = []
         if sha:
             size = f" {row['width']}×{row['height']}" if row["width"] else ""
             facts.append(
@@ -350,10 +392,8 @@ class _Page:
             cost += f" (list {_price(row['unit_price_usd'])})"
         facts.append(("cost_usd", cost))
         facts.append(("run", f'<code class="run-id">{_e(row["run_id"])}</code>'))
-        if row["reused_in_run_id"]:
-            facts.append(
-                ("reused in", f'<code class="reused-in">{_e(row["reused_in_run_id"])}</code>')
-            )
+        if row["reused_in_run_id"]:  # the run that last reused it: a slot, see _section_key
+            facts.append(("reused in", {"reused_in": product.rows.index(i)}))
         made = _time(row["created_at"])
         if row["attempts"]:
             made += f", {row['attempts']} attempt(s), {row['duration_s'] or 0:.2f} s"
@@ -365,16 +405,104 @@ class _Page:
                 f'</b><pre class="error-message">{_e(row["error_message"] or "(no message)")}'
                 "</pre></div>"
             )
-        return (
+        return [
             f'<div class="card {_e(status)}" data-step="{_e(row["step"])}" '
             f'data-asset="{_e(row["_asset"])}" data-status="{_e(status)}">'
-            f'<div class="thumb">{picture}</div><div class="info">'
+            '<div class="thumb">',
+            picture,
+            '</div><div class="info">'
             f'<div class="title"><b>{_e(row["step"])}</b> <small>{_e(row["_asset"])}</small> '
             f'<span class="badge {_e(status)}">{_e(status)}</span></div>'
-            f'<div class="variant">{_e(row["variant"])}</div><dl>'
-            + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in facts)
-            + f"</dl>{error}</div></div>"
+            f'<div class="variant">{_e(row["variant"])}</div><dl>',
+            *(p for k, v in facts for p in (f"<dt>{_e(k)}</dt><dd>", v, "</dd>")),
+            f"</dl>{error}</div></div>",
+        ]
+
+
+class _Drawing:
+    """The page's products drawn from ``cached`` where they can be, counted, and the parts
+    kept for the next page (only those this page shows)."""
+
+    def __init__(self, cached: ReportParts, maker: Thumbnails) -> None:
+        self.cached = cached
+        self.maker = maker
+        self.kept = ReportParts(cached.renderer)
+        self.missing: set[str] = set()
+        self.counts: Counter[str] = Counter(
+            sections_rendered=0, sections_cached=0, thumbnails_made=0, thumbnails_cached=0
         )
+
+    def section(self, key: str, draw: Callable[[], list[Piece]]) -> list[Piece]:
+        pieces = self.cached.sections.get(key)
+        if pieces is None:
+            pieces = draw()
+            self.counts["sections_rendered"] += 1
+        else:
+            self.counts["sections_cached"] += 1
+        self.kept.sections[key] = pieces
+        return pieces
+
+    def thumbnails(self, wanted: Mapping[str, Mapping[str, Any]], pool: ThreadPoolExecutor) -> None:
+        """Keep the thumbnail of every image in ``wanted`` (sha256 -> a row naming it):
+        from the cache, or made in ``pool``."""
+        to_make = {}
+        for sha, row in wanted.items():
+            if sha in self.kept.thumbnails or sha in self.missing:
+                continue
+            if sha in self.cached.thumbnails:
+                self.kept.thumbnails[sha] = self.cached.thumbnails[sha]
+                self.counts["thumbnails_cached"] += 1
+            else:
+                to_make[sha] = row
+        for sha, thumb in self.maker.make(to_make, pool).items():
+            if thumb is None:
+                self.missing.add(sha)
+            else:
+                self.kept.thumbnails[sha] = thumb
+                self.counts["thumbnails_made"] += 1
+
+    def html(self, pieces: list[Piece], rows: list[dict[str, Any]]) -> str:
+        """A section's HTML, its slots filled: an image as its thumbnail (or as missing),
+        a reusing run from the product's ``rows``."""
+        thumbs = self.kept.thumbnails
+        out = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+            elif "image" in piece:
+                out.append(_picture(thumbs.get(piece["image"]), piece["image"], piece["alt"]))
+            else:
+                run = rows[piece["reused_in"]]["reused_in_run_id"]
+                out.append(f'<code class="reused-in">{_e(run)}</code>')
+        return "".join(out)
+
+
+def _joined(pieces: list[Piece]) -> list[Piece]:
+    """``pieces`` with each run of HTML joined into one string."""
+    out: list[Piece] = []
+    text: list[str] = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            text.append(piece)
+            continue
+        if text:
+            out.append("".join(text))
+            text = []
+        out.append(piece)
+    if text:
+        out.append("".join(text))
+    return out
+
+
+def _picture(thumb: Thumb | None, sha: str, alt: str) -> str:
+    if thumb is None:
+        return '<div class="noimg missing">image missing from the store</div>'
+    uri, width, height, alpha = thumb
+    css = ' class="alpha"' if alpha else ""
+    return (
+        f'<img{css} src="{uri}" width="{width}" height="{height}" alt="{_e(alt)}" '
+        f'data-sha256="{_e(sha)}">'
+    )
 
 
 def _e(value: object) -> str:

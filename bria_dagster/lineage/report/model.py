@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -76,6 +76,24 @@ class ProductSummary:
 
 
 @dataclass(frozen=True)
+class ReportWork:
+    """What writing the page took: whether the last one was kept, and what the cache saved."""
+
+    reused: bool = False
+    """The page was current (same step tables, same renderer): kept, nothing written."""
+    reason: str = ""
+    """Why the page was kept, or why it was rebuilt."""
+    files_written: int = 0
+    """The page and the cache's two files on a rebuild; 0 when the page was kept."""
+    sections_rendered: int = 0
+    sections_cached: int = 0
+    """Products whose section was drawn, or taken from the cache (their rows unchanged)."""
+    thumbnails_made: int = 0
+    thumbnails_cached: int = 0
+    """Thumbnails made from the image, or taken from the cache (by the image's sha256)."""
+
+
+@dataclass(frozen=True)
 class AuditReport:
     """What :func:`write_audit_report` wrote, and the batch's totals."""
 
@@ -101,6 +119,48 @@ class AuditReport:
     size_bytes: int
     product_summaries: tuple[ProductSummary, ...] = ()
     """Every product of the batch, in the page's order."""
+    work: ReportWork = field(default_factory=ReportWork)
+
+    def plain(self) -> dict[str, Any]:
+        """The batch's totals as JSON-ready data (where the page is, and ``work``, left out)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_PLAIN}
+        data["steps"] = [dict(vars(step)) for step in self.steps]
+        data["product_summaries"] = [
+            {**vars(p), "steps": [dict(vars(step)) for step in p.steps]}
+            for p in self.product_summaries
+        ]
+        return data
+
+    @classmethod
+    def from_plain(
+        cls, data: Mapping[str, Any], *, path: str | None, url: str | None, work: ReportWork
+    ) -> AuditReport:
+        """:meth:`plain`'s data back as a report of the page at ``path``."""
+        steps = tuple(
+            StepSummary(
+                **{
+                    **step,
+                    "unit_prices_usd": tuple(step["unit_prices_usd"]),
+                    "backends": tuple(step["backends"]),
+                    "endpoints": tuple(step["endpoints"]),
+                }
+            )
+            for step in data["steps"]
+        )
+        products = tuple(
+            ProductSummary(
+                **{
+                    **p,
+                    "steps": tuple(
+                        ProductStep(**{**s, "images": tuple(tuple(i) for i in s["images"])})
+                        for s in p["steps"]
+                    ),
+                }
+            )
+            for p in data["product_summaries"]
+        )
+        plain = {k: v for k, v in data.items() if k not in _NOT_PLAIN}
+        return cls(path=path, url=url, **plain, steps=steps, product_summaries=products, work=work)
 
     def http_url(self, url_base: str | None) -> str | None:
         """Where the page is over http: ``url`` when it is already, else
@@ -111,6 +171,9 @@ class AuditReport:
         if url_base:
             return f"{url_base.rstrip('/')}/{quote(self.pipeline)}/{quote(self.batch)}.html"
         return None
+
+
+_NOT_PLAIN = ("path", "url", "work", "steps", "product_summaries")
 
 
 @dataclass
@@ -148,12 +211,16 @@ class ReportBatch:
         self.generated_at = datetime.now(UTC)
 
     @classmethod
-    def load(cls, base: str, batch: str, pipeline: str) -> ReportBatch:
-        tables = StepTables(base, pipeline)
-        found = tables.of_batch(batch)
-        found.sort(key=lambda entry: (_known_step_rank(entry[0]), entry[0]))
+    def load(
+        cls, base: str, batch: str, pipeline: str, found: list[tuple[str, str]] | None = None
+    ) -> ReportBatch:
+        """The rows of ``batch``'s step tables (``found``: their ``(asset, path)``, when
+        already listed)."""
+        if found is None:
+            found = StepTables(base, pipeline).of_batch(batch)
+        found = sorted(found, key=lambda entry: (_known_step_rank(entry[0]), entry[0]))
         with ThreadPoolExecutor(max_workers=min(8, len(found))) as pool:
-            read = list(pool.map(lambda entry: tables.read(entry[1]), found))
+            read = list(pool.map(lambda entry: StepTables.read(entry[1]), found))
         named = [(asset, rows) for (asset, _), rows in zip(found, read, strict=True)]
         return cls(base, batch, pipeline, named)
 
@@ -303,10 +370,12 @@ class ReportBatch:
         )
 
     def _product_summary(self, product: ProductChain) -> ProductSummary:
-        rows = sorted(product.rows, key=lambda i: self._row_key(i, self.rank))
+        by_asset: dict[str, list[dict[str, Any]]] = {}
+        for i in sorted(product.rows, key=lambda i: self._row_key(i, self.rank)):
+            by_asset.setdefault(self.rows[i]["_asset"], []).append(self.rows[i])
         steps = []
         for asset in self.assets:
-            mine = [self.rows[i] for i in rows if self.rows[i]["_asset"] == asset]
+            mine = by_asset.get(asset)
             if not mine:
                 continue
             failed = [row for row in mine if row["status"] == FAILED]
@@ -327,7 +396,7 @@ class ReportBatch:
             sku=product.sku,
             images=sum(len(step.images) for step in steps),
             failures=sum(step.failed for step in steps),
-            cost_usd=round(sum(self.rows[i]["cost_usd"] or 0.0 for i in rows), 6),
+            cost_usd=round(sum(self.rows[i]["cost_usd"] or 0.0 for i in product.rows), 6),
             steps=tuple(steps),
         )
 

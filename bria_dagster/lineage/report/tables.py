@@ -55,7 +55,8 @@ class StepTables:
                 hint += " (run the pipeline first, or check the storage base)"
         raise UnknownBatchError(f"no batch {batch!r} in {where}; {hint}", batch=batch, known=known)
 
-    def read(self, path: str) -> list[dict[str, Any]]:
+    @staticmethod
+    def read(path: str) -> list[dict[str, Any]]:
         """The rows of the table at ``path``, the columns the report shows."""
         table = read_records(path, REPORT_COLUMNS)
         return [] if table is None else table.to_pylist()

@@ -1,75 +1,43 @@
 """Thumbnails for the audit report, as ``data:`` URIs so the page fetches nothing.
 
 A JPEG, or a palette PNG that keeps transparency (shown over a checkerboard), made once
-per distinct image sha256 and dropped after its last use on the page.
+per distinct image sha256 (and kept in the report's cache by it).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fsspec
 from PIL import Image
 
 from ...errors import StorageAccessError, storage_access
 from ...records.store import ImageStore
-
-if TYPE_CHECKING:
-    from .model import ProductChain
+from .cache import Thumb
 
 THUMBNAIL_PX = 160
 JPEG_QUALITY = 75
 
 
 class Thumbnails:
-    """Thumbnails as data URIs, made once per sha256 and dropped after their last use."""
+    """Makes thumbnails of the images rows name, reading each image from its store."""
 
-    def __init__(
-        self,
-        rows: list[dict[str, Any]],
-        products: list[ProductChain],
-        has_image: Callable[[int], bool],
-        px: int,
-    ) -> None:
-        self.rows = rows
-        self.has_image = has_image
+    def __init__(self, px: int) -> None:
         self.px = px
-        self.uses: Counter[str] = Counter(
-            rows[i]["image_sha256"] for p in products for i in p.rows if has_image(i)
-        )
-        self.ready: dict[str, tuple[str, int, int, bool] | None] = {}
-        self.made = 0
-        self.missing = 0
         self._stores: dict[str, ImageStore] = {}
 
-    def prepare(self, products: Iterable[ProductChain], pool: ThreadPoolExecutor) -> None:
-        wanted: dict[str, dict[str, Any]] = {}
-        for product in products:
-            for i in product.rows:
-                sha = self.rows[i]["image_sha256"]
-                if self.has_image(i) and sha not in self.ready and sha not in wanted:
-                    wanted[sha] = self.rows[i]
-        for sha, thumb in zip(wanted, pool.map(self._make, wanted.values()), strict=True):
-            self.ready[sha] = thumb
-            if thumb is None:
-                self.missing += 1
-            else:
-                self.made += 1
+    def make(
+        self, wanted: Mapping[str, Mapping[str, Any]], pool: ThreadPoolExecutor
+    ) -> dict[str, Thumb | None]:
+        """The thumbnail of each sha256 in ``wanted`` (made from its row's image, in
+        ``pool``); ``None`` for an image the store could not give back."""
+        return dict(zip(wanted, pool.map(self._make, wanted.values()), strict=True))
 
-    def take(self, sha: str) -> tuple[str, int, int, bool] | None:
-        thumb = self.ready.get(sha)
-        self.uses[sha] -= 1
-        if self.uses[sha] <= 0:
-            self.ready.pop(sha, None)
-            del self.uses[sha]
-        return thumb
-
-    def _make(self, row: Mapping[str, Any]) -> tuple[str, int, int, bool] | None:
+    def _make(self, row: Mapping[str, Any]) -> Thumb | None:
         data = self._read(row)
         if data is None:
             return None
@@ -105,7 +73,7 @@ class Thumbnails:
             return None
 
 
-def thumbnail_data_uri(data: bytes, px: int = THUMBNAIL_PX) -> tuple[str, int, int, bool]:
+def thumbnail_data_uri(data: bytes, px: int = THUMBNAIL_PX) -> Thumb:
     """``(data URI, width, height, has_alpha)`` of a thumbnail of ``data`` (longest side ``px``).
 
     A JPEG decodes at a reduced scale (``Image.draft``); an image with transparency
