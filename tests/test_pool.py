@@ -10,8 +10,12 @@ import time
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.execution.plan.instance_concurrency_context import (
+    _calculate_timeout_interval,
+)
 
 from bria_dagster import PipelineSettings, build_definitions
+from bria_dagster.orchestration.pool_wait import MAX_CLAIM_CHECK_INTERVAL_S
 from tests.test_pipeline import product, write_catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,3 +134,6 @@ def test_a_run_waiting_for_a_pool_slot_sleeps_between_claim_checks(tmp_path):
         instance.dispose()
     assert results and results[0].success  # it took the slot once freed
     assert spent < 0.15, f"{spent:.2f} s of CPU in 3 s of waiting for a pool slot"
+    # A run that has waited long (25 checks, over a minute) still asks every 2 s, not
+    # every 15 s: a freed slot does not sit idle while a warm run sleeps.
+    assert _calculate_timeout_interval(None, 25) == MAX_CLAIM_CHECK_INTERVAL_S == 2
