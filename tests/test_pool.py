@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.execution.plan.instance_concurrency_context import (
+    _calculate_timeout_interval,
+)
 
+from bria_dagster import PipelineSettings, build_definitions
+from bria_dagster.orchestration.pool_wait import MAX_CLAIM_CHECK_INTERVAL_S
 from tests.test_pipeline import product, write_catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,3 +93,47 @@ def test_two_partitions_at_once_never_exceed_one_steps_worth_of_requests(tmp_pat
         instance.dispose()
     (_, first_end), (second_start, _) = sorted(spans)
     assert first_end <= second_start, f"the fal steps overlapped: {spans}"
+
+
+def test_a_run_waiting_for_a_pool_slot_sleeps_between_claim_checks(tmp_path):
+    # A code location with a pipeline: its runs that wait for a slot of a full pool (the
+    # warm runs of op_granularity_run_buffer) sleep until their next claim check; Dagster's
+    # in-process executor loop alone spins, a CPU core per waiting run.
+    build_definitions(
+        PipelineSettings(catalog_dir=str(tmp_path)), storage=str(tmp_path), operations=False
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    granularity: op\n")
+    instance = dg.DagsterInstance.from_config(str(home))
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots("bria", 1)
+    assert storage.claim_concurrency_slot("bria", "another-run", "its-step").is_claimed
+
+    @dg.asset(pool="bria")
+    def pooled() -> int:
+        return 1
+
+    results = []
+    waiting = threading.Thread(
+        target=lambda: results.append(dg.materialize([pooled], instance=instance))
+    )
+    waiting.start()
+    try:
+        deadline = time.monotonic() + 60
+        while storage.get_concurrency_info("bria").pending_step_count == 0:
+            assert time.monotonic() < deadline, "the run never asked for the slot"
+            time.sleep(0.05)
+        clock = time.pthread_getcpuclockid(waiting.ident)
+        before = time.clock_gettime(clock)
+        time.sleep(3)
+        spent = time.clock_gettime(clock) - before
+    finally:
+        storage.free_concurrency_slot_for_step("another-run", "its-step")
+        waiting.join(timeout=60)
+        instance.dispose()
+    assert results and results[0].success  # it took the slot once freed
+    assert spent < 0.15, f"{spent:.2f} s of CPU in 3 s of waiting for a pool slot"
+    # A run that has waited long (25 checks, over a minute) still asks every 2 s, not
+    # every 15 s: a freed slot does not sit idle while a warm run sleeps.
+    assert _calculate_timeout_interval(None, 25) == MAX_CLAIM_CHECK_INTERVAL_S == 2

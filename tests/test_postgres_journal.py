@@ -54,6 +54,39 @@ def test_postgres_journal_has_the_sqlite_journals_interface(database):
     other.close()
 
 
+def _open_at_once(url: str, count: int) -> tuple[list[PostgresRequestJournal], list[Exception]]:
+    """``count`` journals at ``url`` opened by as many threads at the same instant."""
+    start = threading.Barrier(count)
+    opened, errors = [], []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(open_journal(url))
+        except Exception as exc:  # what a run's step would fail with
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    for thread in threads:
+        thread.join(timeout=max(0.1, deadline - time.monotonic()))
+    return opened, errors
+
+
+def test_runs_opening_a_new_databases_journal_at_once_all_open_it(postgres_server):
+    # The first runs of a deployment start together: each creates the journal's table if
+    # it is missing, and none may fail because another one just created it.
+    for attempt in range(3):
+        database = postgres_server.create_database(f"journal_race_{os.getpid()}_{attempt}")
+        opened, errors = _open_at_once(database, 6)
+        for journal in opened:
+            journal.close()
+        assert not errors, errors
+        assert len(opened) == 6  # none left waiting for a lock a failed one kept
+
+
 def test_postgres_restarted_mid_run_loses_no_rows(postgres_server, database):
     journal = PostgresRequestJournal(database)
     writers, per_writer = 4, 40

@@ -222,13 +222,15 @@ class PostgresRequestJournal(RequestJournal):
                 f"reached (setting: {setting} = {redact_url(self.url)!r}): {first_line}"
             ) from None
         self._execute(
-            # An advisory lock serialises concurrent first runs creating the table.
-            "SELECT pg_advisory_lock(7236115046);"
+            # An advisory lock serialises concurrent first runs creating the table. The
+            # statements run as one transaction, so a transaction-level lock: released at
+            # its commit, when the next run can see the table (a session lock, released
+            # before the commit, let it create the table a second time and fail).
+            "SELECT pg_advisory_xact_lock(7236115046);"
             f" CREATE TABLE IF NOT EXISTS {TABLE} ("
             " fingerprint TEXT PRIMARY KEY, endpoint_id TEXT NOT NULL,"
             " request_id TEXT NOT NULL, state TEXT NOT NULL,"
-            " submitted_at DOUBLE PRECISION NOT NULL);"
-            " SELECT pg_advisory_unlock(7236115046);",
+            " submitted_at DOUBLE PRECISION NOT NULL);",
             (),
         )
 

@@ -39,6 +39,7 @@ from .checks import (
     evaluate_checks,
 )
 from .metadata import definition_metadata, materialization_metadata
+from .pool_wait import sleep_between_claim_checks
 from .report_metadata import audit_report_metadata
 from .resource import BriaResource
 from .storage_access import guarded, resolve_journal_url
@@ -66,6 +67,8 @@ def build_product_image_assets(
     settings = pipeline.settings
     storage = pipeline.store
     specs = {step: pipeline.asset_spec(step) for step in ["source", *settings.steps]}
+    if pool is not None:
+        sleep_between_claim_checks()  # a run waiting for a slot of `pool` must not spin
 
     def step_context(
         context: AssetExecutionContext, step: str, key: dg.AssetKey | None = None
