@@ -49,7 +49,8 @@ async def test_an_always_failing_operation_gets_max_attempts_http_attempts(
 
         undo = point_fal_client_at(fal_server)  # the upload hosts have no env var
         kwargs["inline_max_bytes"] = 100
-    fal_server.configure(fault_ops=operation, **ALWAYS_FAILING)
+    # status: a server without the status stream, so the client polls.
+    fal_server.configure(fault_ops=operation, status_stream=operation != "status", **ALWAYS_FAILING)
     fal = backend(max_attempts, **kwargs)
     try:
         with pytest.raises(RetriesExhaustedError, match=f"after {max_attempts} attempts"):
@@ -70,9 +71,24 @@ async def test_an_always_failing_operation_gets_max_attempts_http_attempts(
         assert stats["submissions"] == 1
 
 
+@pytest.mark.parametrize("max_attempts", [1, 3])
+async def test_an_always_failing_status_stream_is_tried_once_then_polled(fal_server, max_attempts):
+    """A stream is one attempt, never retried: polls (retried per policy) take over."""
+    fal_server.configure(fault_ops="stream", **ALWAYS_FAILING)
+    fal = backend(max_attempts)
+    try:
+        result = await fal.run(RemoveBackgroundRequest(image_url=photo()))
+    finally:
+        await fal.aclose()
+    stats = fal_server.stats()
+    assert stats["requests_by_op"]["stream"] == 1 and stats["requests_by_op"]["status"] >= 1
+    assert result.attempts == sum(stats["requests_by_op"].values())
+    assert [r.split(":")[0] for r in result.retries] == ["status stream"]
+
+
 async def test_attempts_are_counted_per_operation_not_per_request(fal_server):
     """Transient faults on every operation: each attempt the server saw is one we counted."""
-    fal_server.configure(fault_ops="submit,status,result,file", rate_5xx=0.3, seed=7)
+    fal_server.configure(fault_ops="submit,status,stream,result,file", rate_5xx=0.3, seed=7)
     fal = backend(max_attempts=6)
     try:
         results = [await fal.run(RemoveBackgroundRequest(image_url=photo(i))) for i in range(8)]

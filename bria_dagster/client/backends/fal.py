@@ -1,10 +1,11 @@
 """FalBackend: Bria on fal.ai through fal's queue protocol, with one retry layer.
 
-One request = submit -> journal the request id -> poll status -> fetch the
-result -> download and verify every output file. Each network operation is
-retried per :class:`~bria_dagster.client.retry.RetryPolicy`; a timeout or task
-cancellation cancels the fal request so nothing keeps running (and billing)
-unobserved.
+One request = submit -> journal the request id -> follow fal's status stream until
+COMPLETED (polling the status where the server has no stream, or it broke) -> fetch
+the result -> download and verify every output file: four HTTP requests in all. Each
+network operation is retried per :class:`~bria_dagster.client.retry.RetryPolicy`; a
+timeout or task cancellation cancels the fal request so nothing keeps running (and
+billing) unobserved.
 
 The protocol calls (and why they are ours, not fal-client's) are
 :class:`~bria_dagster.client.backends.fal_queue.FalQueueClient`'s; this module is what a
@@ -322,7 +323,30 @@ class FalBackend:
         accepted: float | None,
         on_service_done: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until COMPLETED, then fetch the result.
+        """Wait for COMPLETED on fal's status stream (polls where there is none, or it
+        broke), then fetch the result."""
+        status = await self._queue.watch(queued, log)
+        if status is None:
+            status = await self._poll(queued, log, endpoint_id, accepted)
+        if status.get("error"):
+            error = redact(str(status["error"]), self._queue.secrets)
+            raise FalServiceError(
+                f"fal request {queued.request_id} failed: "
+                f"{status.get('error_type') or 'error'}: {error}",
+                request_id=queued.request_id,
+            )
+        if on_service_done is not None:
+            on_service_done()
+        if accepted is not None:
+            took = time.monotonic() - accepted
+            self._latency[endpoint_id].observe(took)
+            self._latency_any.observe(took)
+        return await self._queue.result(queued, log)
+
+    async def _poll(
+        self, queued: Queued, log: RetryLog, endpoint_id: str, accepted: float | None
+    ) -> dict[str, Any]:
+        """Poll the status until COMPLETED; that status.
 
         Polls aim at the time this endpoint's requests typically took to complete
         (learned from earlier ones, queue wait included), so most requests need a single
@@ -354,16 +378,7 @@ class FalBackend:
             status = await self._queue.status(queued, log)
             state = status.get("status")
             if state == "COMPLETED":
-                if status.get("error"):
-                    error = redact(str(status["error"]), self._queue.secrets)
-                    raise FalServiceError(
-                        f"fal request {queued.request_id} failed: "
-                        f"{status.get('error_type') or 'error'}: {error}",
-                        request_id=queued.request_id,
-                    )
-                if on_service_done is not None:
-                    on_service_done()
-                break
+                return status
             if state not in ("IN_QUEUE", "IN_PROGRESS"):
                 raise FalServiceError(
                     f"fal request {queued.request_id} has an unknown status {state!r}",
@@ -372,11 +387,6 @@ class FalBackend:
             await asyncio.sleep(next_wait())
             if time.monotonic() > steady_until:  # a long job: poll less and less often
                 delay = min(delay * 1.5, self.max_poll_interval_s)
-        if accepted is not None:
-            took = time.monotonic() - accepted
-            self._latency[endpoint_id].observe(took)
-            self._latency_any.observe(took)
-        return await self._queue.result(queued, log)
 
     # -- outputs ------------------------------------------------------------------------
 
