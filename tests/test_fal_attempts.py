@@ -158,3 +158,24 @@ def test_the_package_references_no_private_fal_client_name():
             line = text.count("\n", 0, match.start()) + 1
             hits.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {match.group(0)!r}")
     assert hits == []
+
+
+async def test_the_pool_raises_httpx_errors_the_retry_layer_knows(fal_server):
+    """The pool runs on asyncio's sockets; its failures still arrive as httpx's classes."""
+    import httpx
+
+    from bria_dagster.client.backends.http_pool import ShardedPool
+    from bria_dagster.client.retry import retry_reason
+    from bria_dagster.testing import reserve_port
+
+    async with httpx.AsyncClient(transport=ShardedPool(2)) as http:
+        with pytest.raises(httpx.ConnectError) as refused:
+            await http.get(f"https://127.0.0.1:{reserve_port()}/")
+        fal_server.configure(rate_drop=1.0, fault_ops="file")
+        with pytest.raises(httpx.RemoteProtocolError) as dropped:
+            await http.get(f"{fal_server.base_url}/files/none")
+        fal_server.configure(rate_drop=0.0)
+        answered = await http.get(f"{fal_server.base_url}/files/none")  # the pool recovered
+    assert retry_reason(refused.value) == "connection error (ConnectError)"
+    assert retry_reason(dropped.value) == "connection error (RemoteProtocolError)"
+    assert answered.status_code == 404
