@@ -315,7 +315,16 @@ async def test_the_journal_given_to_run_is_the_one_used(fal_server, tmp_path):
     assert given.get(fingerprint).request_id == result.request_id
     assert fal.journal.get(fingerprint) is None
     assert again.reattached and again.request_id == result.request_id
-    assert fal_server.stats()["submissions"] == 1
+    stats = fal_server.stats()
+    assert stats["submissions"] == 1
+    # The re-attach found it finished: one status call, no stream, then the result.
+    assert stats["requests_by_op"] == {
+        "submit": 1,
+        "stream": 1,
+        "status": 1,
+        "result": 2,
+        "file": 2,
+    }
 
 
 def test_sigkill_mid_batch_then_rerun_never_resubmits(fal_server, tmp_path):

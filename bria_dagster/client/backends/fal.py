@@ -191,12 +191,13 @@ class FalBackend:
         log = RetryLog()
         started = time.perf_counter()
         fingerprint = request_fingerprint(request)
-        queued, reattached = await self._attach_or_submit(request, fingerprint, journal, log)
+        queued, known = await self._attach_or_submit(request, fingerprint, journal, log)
+        reattached = known is not None
         accepted = None if reattached else time.monotonic()
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 payload = await self._await_result(
-                    queued, log, request.endpoint_id, accepted, on_service_done
+                    queued, log, request.endpoint_id, accepted, on_service_done, known
                 )
         except TimeoutError:
             await self._queue.cancel(queued)
@@ -232,7 +233,9 @@ class FalBackend:
 
     async def _attach_or_submit(
         self, request: BriaRequest, fingerprint: str, journal: RequestJournal, log: RetryLog
-    ) -> tuple[Queued, bool]:
+    ) -> tuple[Queued, dict[str, Any] | None]:
+        """The request fal works on: a journaled one re-attached to (with the status it
+        was found in), else a new submit (status None)."""
         entry = journal.get(fingerprint)
         if entry is not None:
             known = self._queue.known(entry.endpoint_id, entry.request_id)
@@ -256,7 +259,7 @@ class FalBackend:
                     journal.forget(fingerprint)
                 else:
                     logger.info("re-attached to journaled request %s", entry.request_id)
-                    return known, True
+                    return known, status
         arguments = await self._arguments(request, log)
         # The submit and its journal write run as one task that a cancellation of this one
         # does not interrupt: an accepted id is always journaled, and nothing else (no
@@ -280,7 +283,7 @@ class FalBackend:
             else:
                 await self._wind_down(accepted, fingerprint, journal)
             raise
-        return queued, False
+        return queued, None
 
     async def _submit_and_journal(
         self,
@@ -322,10 +325,14 @@ class FalBackend:
         endpoint_id: str,
         accepted: float | None,
         on_service_done: Callable[[], None] | None = None,
+        known: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Wait for COMPLETED on fal's status stream (polls where there is none, or it
-        broke), then fetch the result."""
-        status = await self._queue.watch(queued, log)
+        broke), then fetch the result. A ``known`` COMPLETED status (a re-attached
+        request found finished) needs no wait."""
+        status = known if known is not None and known.get("status") == "COMPLETED" else None
+        if status is None:
+            status = await self._queue.watch(queued, log)
         if status is None:
             status = await self._poll(queued, log, endpoint_id, accepted)
         if status.get("error"):
