@@ -181,15 +181,17 @@ class JobQueue:
             headers={"x-fal-request-id": request_id},
         )
 
-    def _admit(self, request: web.Request, op: str) -> str | web.StreamResponse:
-        """Count a ``status`` or ``result`` call; its API key, or the answer that ends it
-        (401, or an injected fault)."""
+    def _admit(
+        self, request: web.Request, op: str, prefix: list[str], request_id: str
+    ) -> _Job | web.StreamResponse:
+        """Count a ``status``, ``stream`` or ``result`` call; the job it asks about, or the
+        answer that ends it (401, or an injected fault; a 404 is raised)."""
         self._state.count(f"{op}_calls")
         key = auth_key(request)
         if key is None:
             return self._state.unauthorized(op)
         fault = self._state.fault(request, op)
-        return key if fault is None else fault
+        return self._find(prefix, request_id, key) if fault is None else fault
 
     def _find(self, prefix: list[str], request_id: str, key: str) -> _Job:
         job = self._jobs.get(request_id)
@@ -221,10 +223,9 @@ class JobQueue:
         return body
 
     async def status(self, request: web.Request, prefix: list[str], rid: str) -> web.StreamResponse:
-        key = self._admit(request, "status")
-        if not isinstance(key, str):
-            return key
-        job = self._find(prefix, rid, key)
+        job = self._admit(request, "status", prefix, rid)
+        if not isinstance(job, _Job):
+            return job
         body = self._status_body(job, _with_logs(request))
         return json_response(body, headers={"x-fal-request-id": rid})
 
@@ -234,14 +235,13 @@ class JobQueue:
         """fal's status stream: server-sent events, one ``data:`` line with the status
         object at the start and at every change of state, a comment line every
         :data:`KEEPALIVE_S` seconds, and the end of the stream after COMPLETED."""
-        key = self._admit(request, "stream")
-        if not isinstance(key, str):
-            return key
+        job = self._admit(request, "stream", prefix, rid)
+        if not isinstance(job, _Job):
+            return job
         with self._state.lock:
             served = self._state.knobs.status_stream
         if not served:
             return json_response({"detail": f"Not found: GET {request.path}"}, 404)
-        job = self._find(prefix, rid, key)
         with_logs = _with_logs(request)
         response = web.StreamResponse(
             headers={
@@ -272,10 +272,9 @@ class JobQueue:
         return response
 
     async def result(self, request: web.Request, prefix: list[str], rid: str) -> web.StreamResponse:
-        key = self._admit(request, "result")
-        if not isinstance(key, str):
-            return key
-        job = self._find(prefix, rid, key)
+        job = self._admit(request, "result", prefix, rid)
+        if not isinstance(job, _Job):
+            return job
         headers = {"x-fal-request-id": rid}
         if job.state != "COMPLETED":
             return json_response({"detail": "Request is still in progress"}, 400, headers=headers)
