@@ -110,6 +110,21 @@ async def test_without_a_status_stream_the_client_polls(fal_server):
     assert sum(r.attempts for r in results) == sum(requests.values())
 
 
+async def test_status_streams_beyond_the_cap_poll(fal_server):
+    """Streams hold a connection each for the whole wait: past max_status_streams, poll."""
+    fal_server.configure(latency=0.4)
+    fal = backend(max_connections=8, max_status_streams=2)
+    items = [(i, RemoveBackgroundRequest(image_url=photo(i))) for i in range(6)]
+    try:
+        outcomes = [o async for o in run_batch(fal, items, max_concurrency=6)]
+    finally:
+        await fal.aclose()
+    assert all(o.ok for o in outcomes)
+    requests = fal_server.stats()["requests_by_op"]
+    assert requests["stream"] == 2 and requests["status"] >= 4
+    assert FalBackend(KEY, max_connections=10)._queue.max_status_streams == 8  # a fifth free
+
+
 async def test_a_stream_broken_mid_way_falls_back_to_polls(fal_server):
     fal_server.configure(latency=0.3, rate_stream_cut=1.0)  # cut after the first event
     fal = backend()

@@ -62,8 +62,13 @@ class FalBackend:
             ones through fal storage upload.
         max_output_bytes: refuse result files larger than this.
         max_connections: the most HTTPS connections open at once, to fal and its file
-            CDN together (set it to the number of requests run at once); all of them
-            stay alive between requests, so a long batch pays each TLS handshake once.
+            CDN together (a quarter more than the requests run at once: each request
+            awaited holds one for its status stream); all of them stay alive between
+            requests, so a long batch pays each TLS handshake once.
+        max_status_streams: the most status streams open at once (each holds one of
+            those connections for its whole wait; a request beyond it polls its status);
+            by default all but a fifth of ``max_connections``, which stay free for
+            submits, results and downloads.
         prices: what a completed request costs (``BackendResult.cost_usd``).
         on_terminate: what happens to a request fal accepted when its task is cancelled
             (a run terminated, a batch ended early): ``"cancel_queued"`` asks fal to cancel
@@ -97,6 +102,7 @@ class FalBackend:
         max_output_bytes: int = 100 * 1024 * 1024,
         max_pixels: int = 50_000_000,
         max_connections: int = 64,
+        max_status_streams: int | None = None,
         prices: PriceTable = LIST_PRICES,
         on_terminate: Literal["cancel_queued", "keep"] = "cancel_queued",
         max_unjournaled_submits: int = 4,
@@ -122,6 +128,7 @@ class FalBackend:
             retry=retry or RetryPolicy(),
             max_connections=max_connections,
             max_output_bytes=max_output_bytes,
+            max_status_streams=max_status_streams,
         )
         self._latency: collections.defaultdict[str, _LatencyModel] = collections.defaultdict(
             _LatencyModel

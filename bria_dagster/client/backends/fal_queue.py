@@ -73,6 +73,10 @@ class FalQueueClient:
         retry: ``max_attempts`` is the number of HTTP attempts per operation, all told.
         max_connections: the most HTTPS connections open at once, to fal and its file
             CDN together; all of them stay alive between requests.
+        max_status_streams: the most status streams open at once (each holds a
+            connection for its whole wait; a request beyond it polls); by default all
+            but a fifth of ``max_connections``, which stays free for submits, results
+            and downloads.
         max_output_bytes: refuse result files larger than this.
     """
 
@@ -83,6 +87,7 @@ class FalQueueClient:
         retry: RetryPolicy,
         max_connections: int,
         max_output_bytes: int,
+        max_status_streams: int | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
@@ -95,6 +100,10 @@ class FalQueueClient:
         self._cdn_token_lock = asyncio.Lock()
         self.streams_status = True
         """Whether status streams are tried (off once the server answers one with 404/405)."""
+        if max_status_streams is None:
+            max_status_streams = max_connections - max(1, max_connections // 5)
+        self.max_status_streams = max_status_streams
+        self._open_streams = 0
         # The key goes on queue and storage calls only, never to a result file's host.
         self._http = httpx.AsyncClient(
             timeout=_FILE_TIMEOUT,
@@ -179,12 +188,14 @@ class FalQueueClient:
         instead of a poll every few hundred milliseconds. It is one attempt, counted in
         ``log``, and never retried: polls, retried per ``retry``, take over from a failed
         or broken stream. A 404 or 405 means the server has no stream endpoint, and this
-        client polls from then on.
+        client polls from then on. So does a request that would open more than
+        ``max_status_streams`` at once.
         """
-        if not self.streams_status:
+        if not self.streams_status or self._open_streams >= self.max_status_streams:
             return None
         log.attempts += 1
         completed: dict[str, Any] | None = None
+        self._open_streams += 1
         try:
             headers = {
                 "Authorization": await self._fal_authorization(),
@@ -217,6 +228,8 @@ class FalQueueClient:
                 queued.request_id,
                 reason,
             )
+        finally:
+            self._open_streams -= 1
         return completed
 
     async def result(self, queued: Queued, log: RetryLog) -> dict[str, Any]:
