@@ -170,7 +170,10 @@ def main() -> int:
                 )
                 stats = server.stats()
                 res["server_cpu_s"] = server.cpu_seconds() - server_cpu0
-                res["calls"] = {k: stats[k] for k in ("status_calls", "result_calls", "file_gets")}
+                res["calls"] = {
+                    k: stats.get(k, 0)  # stream_calls: absent on a server from before streams
+                    for k in ("status_calls", "stream_calls", "result_calls", "file_gets")
+                }
                 res["max_in_progress"] = stats["max_in_progress_by_key"].get(key, 0)
                 runs.append(res)
                 print(
@@ -178,6 +181,7 @@ def main() -> int:
                     f"= {res['wall_s'] / ideal:.3f}x ideal, {n / res['wall_s']:.1f} jobs/s, "
                     f"client CPU {1000 * res['cpu_s'] / n:.2f} ms/request; per job: "
                     f"{res['calls']['status_calls'] / n:.2f} status, "
+                    f"{res['calls']['stream_calls'] / n:.2f} status streams, "
                     f"{res['calls']['result_calls'] / n:.2f} result, "
                     f"{res['calls']['file_gets'] / n:.2f} file GETs; "
                     f"peak in progress {res['max_in_progress']}; "

@@ -97,6 +97,8 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureR
 DEFAULT_KNOBS = dict(
     latency=0.0, max_in_progress=0, rate_429=0.0, rate_5xx=0.0, rate_drop=0.0,
     rate_missing_once=0.0, retry_after=0.05, seed=1234,
+    rate_stream_cut=0.0, status_stream=True, cpu_per_request_ms=0.0,
+    fault_ops="submit,status,stream,result,file",
 )  # fmt: skip
 
 

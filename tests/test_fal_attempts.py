@@ -49,7 +49,8 @@ async def test_an_always_failing_operation_gets_max_attempts_http_attempts(
 
         undo = point_fal_client_at(fal_server)  # the upload hosts have no env var
         kwargs["inline_max_bytes"] = 100
-    fal_server.configure(fault_ops=operation, **ALWAYS_FAILING)
+    # status: a server without the status stream, so the client polls.
+    fal_server.configure(fault_ops=operation, status_stream=operation != "status", **ALWAYS_FAILING)
     fal = backend(max_attempts, **kwargs)
     try:
         with pytest.raises(RetriesExhaustedError, match=f"after {max_attempts} attempts"):
@@ -70,9 +71,24 @@ async def test_an_always_failing_operation_gets_max_attempts_http_attempts(
         assert stats["submissions"] == 1
 
 
+@pytest.mark.parametrize("max_attempts", [1, 3])
+async def test_an_always_failing_status_stream_is_tried_once_then_polled(fal_server, max_attempts):
+    """A stream is one attempt, never retried: polls (retried per policy) take over."""
+    fal_server.configure(fault_ops="stream", **ALWAYS_FAILING)
+    fal = backend(max_attempts)
+    try:
+        result = await fal.run(RemoveBackgroundRequest(image_url=photo()))
+    finally:
+        await fal.aclose()
+    stats = fal_server.stats()
+    assert stats["requests_by_op"]["stream"] == 1 and stats["requests_by_op"]["status"] >= 1
+    assert result.attempts == sum(stats["requests_by_op"].values())
+    assert [r.split(":")[0] for r in result.retries] == ["status stream"]
+
+
 async def test_attempts_are_counted_per_operation_not_per_request(fal_server):
     """Transient faults on every operation: each attempt the server saw is one we counted."""
-    fal_server.configure(fault_ops="submit,status,result,file", rate_5xx=0.3, seed=7)
+    fal_server.configure(fault_ops="submit,status,stream,result,file", rate_5xx=0.3, seed=7)
     fal = backend(max_attempts=6)
     try:
         results = [await fal.run(RemoveBackgroundRequest(image_url=photo(i))) for i in range(8)]
@@ -142,3 +158,24 @@ def test_the_package_references_no_private_fal_client_name():
             line = text.count("\n", 0, match.start()) + 1
             hits.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {match.group(0)!r}")
     assert hits == []
+
+
+async def test_the_pool_raises_httpx_errors_the_retry_layer_knows(fal_server):
+    """The pool runs on asyncio's sockets; its failures still arrive as httpx's classes."""
+    import httpx
+
+    from bria_dagster.client.backends.http_pool import ShardedPool
+    from bria_dagster.client.retry import retry_reason
+    from bria_dagster.testing import reserve_port
+
+    async with httpx.AsyncClient(transport=ShardedPool(2)) as http:
+        with pytest.raises(httpx.ConnectError) as refused:
+            await http.get(f"https://127.0.0.1:{reserve_port()}/")
+        fal_server.configure(rate_drop=1.0, fault_ops="file")
+        with pytest.raises(httpx.RemoteProtocolError) as dropped:
+            await http.get(f"{fal_server.base_url}/files/none")
+        fal_server.configure(rate_drop=0.0)
+        answered = await http.get(f"{fal_server.base_url}/files/none")  # the pool recovered
+    assert retry_reason(refused.value) == "connection error (ConnectError)"
+    assert retry_reason(dropped.value) == "connection error (RemoteProtocolError)"
+    assert answered.status_code == 404

@@ -77,6 +77,68 @@ async def test_sync_mode_outputs_are_decoded_data_uris(fal_server):
     assert fal_server.stats()["file_gets"] == 0
 
 
+async def test_a_call_is_four_requests_on_the_status_stream(fal_server):
+    """submit, one status stream for the whole wait, result, download; sync_mode: three."""
+    fal_server.configure(latency=0.3)
+    fal = backend()
+    try:
+        for i in range(3):
+            await fal.run(RemoveBackgroundRequest(image_url=photo(i)))
+        inline = await fal.run(RemoveBackgroundRequest(image_url=photo(9), sync_mode=True))
+    finally:
+        await fal.aclose()
+    assert fal_server.stats()["requests_by_op"] == {
+        "submit": 4,
+        "stream": 4,
+        "result": 4,
+        "file": 3,
+    }
+    assert inline.attempts == 3 and inline.retries == []
+
+
+async def test_without_a_status_stream_the_client_polls(fal_server):
+    fal_server.configure(latency=0.3, status_stream=False)
+    fal = backend()
+    try:
+        results = [await fal.run(RemoveBackgroundRequest(image_url=photo(i))) for i in range(3)]
+    finally:
+        await fal.aclose()
+    assert all(r.images for r in results)
+    requests = fal_server.stats()["requests_by_op"]
+    assert requests["stream"] == 1  # learnt once: this backend polls from then on
+    assert requests["status"] >= 3 and requests["submit"] == 3
+    assert sum(r.attempts for r in results) == sum(requests.values())
+
+
+async def test_status_streams_beyond_the_cap_poll(fal_server):
+    """Streams hold a connection each for the whole wait: past max_status_streams, poll."""
+    fal_server.configure(latency=0.4)
+    fal = backend(max_connections=8, max_status_streams=2)
+    items = [(i, RemoveBackgroundRequest(image_url=photo(i))) for i in range(6)]
+    try:
+        outcomes = [o async for o in run_batch(fal, items, max_concurrency=6)]
+    finally:
+        await fal.aclose()
+    assert all(o.ok for o in outcomes)
+    requests = fal_server.stats()["requests_by_op"]
+    assert requests["stream"] == 2 and requests["status"] >= 4
+    assert FalBackend(KEY, max_connections=10)._queue.max_status_streams == 8  # a fifth free
+
+
+async def test_a_stream_broken_mid_way_falls_back_to_polls(fal_server):
+    fal_server.configure(latency=0.3, rate_stream_cut=1.0)  # cut after the first event
+    fal = backend()
+    try:
+        results = [await fal.run(RemoveBackgroundRequest(image_url=photo(i))) for i in range(2)]
+    finally:
+        await fal.aclose()
+    stats = fal_server.stats()
+    assert all(r.images for r in results) and stats["duplicate_submissions"] == 0
+    assert stats["requests_by_op"]["stream"] == 2  # a broken stream is tried again next time
+    assert stats["requests_by_op"]["status"] >= 2
+    assert all(r.retries[0].startswith("status stream: connection error") for r in results)
+
+
 async def test_large_local_inputs_go_through_fal_upload(fal_server):
     from bria_dagster.testing import point_fal_client_at
 
@@ -247,7 +309,10 @@ async def test_journal_reattaches_instead_of_resubmitting(fal_server, tmp_path):
         await first.aclose()
         await second.aclose()
     assert result.reattached
-    assert fal_server.stats()["submissions"] == 1
+    stats = fal_server.stats()
+    assert stats["submissions"] == 1
+    # Both followed the request on its status stream; the re-attach checked its status first.
+    assert stats["requests_by_op"]["stream"] == 2 and stats["requests_by_op"]["status"] == 1
 
 
 async def test_the_journal_given_to_run_is_the_one_used(fal_server, tmp_path):
@@ -265,7 +330,16 @@ async def test_the_journal_given_to_run_is_the_one_used(fal_server, tmp_path):
     assert given.get(fingerprint).request_id == result.request_id
     assert fal.journal.get(fingerprint) is None
     assert again.reattached and again.request_id == result.request_id
-    assert fal_server.stats()["submissions"] == 1
+    stats = fal_server.stats()
+    assert stats["submissions"] == 1
+    # The re-attach found it finished: one status call, no stream, then the result.
+    assert stats["requests_by_op"] == {
+        "submit": 1,
+        "stream": 1,
+        "status": 1,
+        "result": 2,
+        "file": 2,
+    }
 
 
 def test_sigkill_mid_batch_then_rerun_never_resubmits(fal_server, tmp_path):

@@ -454,3 +454,97 @@ def test_standalone_process_prints_env_and_serves_the_real_client(tmp_path: Path
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+async def _stream_events(server: FalTestServer, status_url: str, key: str) -> list[dict]:
+    """Every status event of a request's status stream, read to its end."""
+    from httpx_sse import aconnect_sse
+
+    async with httpx.AsyncClient(verify=server.client_ssl_context()) as http:
+        headers = {"Authorization": f"Key {key}"}
+        async with aconnect_sse(http, "GET", status_url + "/stream", headers=headers) as source:
+            assert source.response.headers["content-type"] == "text/event-stream"
+            return [json.loads(event.data) async for event in source.aiter_sse()]
+
+
+async def _status(server: FalTestServer, status_url: str, key: str) -> dict:
+    async with httpx.AsyncClient(verify=server.client_ssl_context()) as http:
+        response = await http.get(status_url, headers={"Authorization": f"Key {key}"})
+    response.raise_for_status()
+    return response.json()
+
+
+async def test_status_stream_sends_each_status_and_ends_after_completed(
+    fal: FalTestServer,
+) -> None:
+    fal.configure(max_in_progress=1, latency=0.3)
+    client = fal_client.AsyncClient(key="key-a")
+    first = await client.submit(REMOVE, {"image_url": _data_uri(1)})
+    second = await client.submit(REMOVE, {"image_url": _data_uri(2)})
+    events = await _stream_events(fal, second.status_url, "key-a")  # returns: the stream ended
+    assert [e["status"] for e in events] == ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    assert events[0]["queue_position"] == 0 and events[0]["request_id"] == second.request_id
+    polled = await _status(fal, second.status_url, "key-a")
+    assert events[-1] == polled  # the same status object as the status call's
+    assert "inference_time" in events[-1]["metrics"]
+    assert await _stream_events(fal, first.status_url, "key-a") == [
+        await _status(fal, first.status_url, "key-a")
+    ]  # a finished request: one COMPLETED event
+    assert fal.stats()["requests_by_op"]["stream"] == 2
+
+
+async def test_status_stream_keeps_an_idle_connection_alive_with_comments(
+    fal: FalTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bria_dagster.testing.fal_server import queue
+
+    monkeypatch.setattr(queue, "KEEPALIVE_S", 0.05)
+    fal.configure(latency=0.4)
+    handle = await fal_client.AsyncClient(key="key-a").submit(REMOVE, {"image_url": _data_uri()})
+    async with httpx.AsyncClient(verify=fal.client_ssl_context()) as http:
+        headers = {"Authorization": "Key key-a"}
+        async with http.stream("GET", handle.status_url + "/stream", headers=headers) as response:
+            lines = [line async for line in response.aiter_lines()]
+    assert lines.count(": keep-alive") >= 3
+    data = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert [d["status"] for d in data] == ["IN_PROGRESS", "COMPLETED"]
+
+
+async def test_status_stream_can_be_absent_or_cut(fal: FalTestServer) -> None:
+    handle = await fal_client.AsyncClient(key="key-a").submit(REMOVE, {"image_url": _data_uri()})
+    fal.configure(status_stream=False)  # a server without the endpoint
+    async with httpx.AsyncClient(verify=fal.client_ssl_context()) as http:
+        missing = await http.get(
+            handle.status_url + "/stream", headers={"Authorization": "Key key-a"}
+        )
+    assert missing.status_code == 404
+    fal.configure(status_stream=True, rate_stream_cut=1.0, latency=0.3)
+    cut = await fal_client.AsyncClient(key="key-a").submit(REMOVE, {"image_url": _data_uri(2)})
+    with pytest.raises(httpx.RemoteProtocolError):
+        await _stream_events(fal, cut.status_url, "key-a")
+    assert fal.stats()["faults_by_op"] == {"stream:stream_cut": 1}
+
+
+def test_cpu_per_request_ms_spends_that_cpu_time_on_each_request(tmp_path: Path) -> None:
+    """Measured in the server's own process: 40 requests at 25 ms cost about 1 s more CPU
+    than 40 at 0 ms."""
+    from bria_dagster.testing import FalServerProcess
+
+    server = FalServerProcess(tmp_path, cpu_per_request_ms=25)
+    try:
+        context = ssl.create_default_context(cafile=str(server.ca))
+
+        def spent(ms: float) -> float:
+            server.configure(cpu_per_request_ms=ms)
+            with httpx.Client(verify=context) as http:
+                before = server.cpu_seconds()
+                for _ in range(40):
+                    http.get(f"{server.base}/files/none")
+                return server.cpu_seconds() - before
+
+        extra = spent(25) - spent(0)
+    finally:
+        server.stop()
+    assert 0.85 <= extra <= 1.3, extra
+    with pytest.raises(ValueError, match="cpu_per_request_ms"):
+        Knobs().update(cpu_per_request_ms=-1)

@@ -241,7 +241,10 @@ class BriaClient:
                 max_poll_interval_s=self.max_poll_interval_s,
                 inline_max_bytes=self.inline_max_bytes,
                 max_pixels=self.max_pixels,
-                max_connections=self.max_concurrency,
+                # Each request in flight holds a connection for its status stream; a
+                # quarter more (at least one) carry the submits, results and downloads.
+                max_connections=self.max_concurrency + max(1, self.max_concurrency // 4),
+                max_status_streams=self.max_concurrency,
                 prices=self.prices,
                 on_terminate=self.on_terminate,
                 max_unjournaled_submits=self.max_unjournaled_submits,

@@ -1,10 +1,11 @@
 """FalBackend: Bria on fal.ai through fal's queue protocol, with one retry layer.
 
-One request = submit -> journal the request id -> poll status -> fetch the
-result -> download and verify every output file. Each network operation is
-retried per :class:`~bria_dagster.client.retry.RetryPolicy`; a timeout or task
-cancellation cancels the fal request so nothing keeps running (and billing)
-unobserved.
+One request = submit -> journal the request id -> follow fal's status stream until
+COMPLETED (polling the status where the server has no stream, or it broke) -> fetch
+the result -> download and verify every output file: four HTTP requests in all. Each
+network operation is retried per :class:`~bria_dagster.client.retry.RetryPolicy`; a
+timeout or task cancellation cancels the fal request so nothing keeps running (and
+billing) unobserved.
 
 The protocol calls (and why they are ours, not fal-client's) are
 :class:`~bria_dagster.client.backends.fal_queue.FalQueueClient`'s; this module is what a
@@ -61,8 +62,13 @@ class FalBackend:
             ones through fal storage upload.
         max_output_bytes: refuse result files larger than this.
         max_connections: the most HTTPS connections open at once, to fal and its file
-            CDN together (set it to the number of requests run at once); all of them
-            stay alive between requests, so a long batch pays each TLS handshake once.
+            CDN together (a quarter more than the requests run at once: each request
+            awaited holds one for its status stream); all of them stay alive between
+            requests, so a long batch pays each TLS handshake once.
+        max_status_streams: the most status streams open at once (each holds one of
+            those connections for its whole wait; a request beyond it polls its status);
+            by default all but a fifth of ``max_connections``, which stay free for
+            submits, results and downloads.
         prices: what a completed request costs (``BackendResult.cost_usd``).
         on_terminate: what happens to a request fal accepted when its task is cancelled
             (a run terminated, a batch ended early): ``"cancel_queued"`` asks fal to cancel
@@ -96,6 +102,7 @@ class FalBackend:
         max_output_bytes: int = 100 * 1024 * 1024,
         max_pixels: int = 50_000_000,
         max_connections: int = 64,
+        max_status_streams: int | None = None,
         prices: PriceTable = LIST_PRICES,
         on_terminate: Literal["cancel_queued", "keep"] = "cancel_queued",
         max_unjournaled_submits: int = 4,
@@ -121,6 +128,7 @@ class FalBackend:
             retry=retry or RetryPolicy(),
             max_connections=max_connections,
             max_output_bytes=max_output_bytes,
+            max_status_streams=max_status_streams,
         )
         self._latency: collections.defaultdict[str, _LatencyModel] = collections.defaultdict(
             _LatencyModel
@@ -190,12 +198,13 @@ class FalBackend:
         log = RetryLog()
         started = time.perf_counter()
         fingerprint = request_fingerprint(request)
-        queued, reattached = await self._attach_or_submit(request, fingerprint, journal, log)
+        queued, known = await self._attach_or_submit(request, fingerprint, journal, log)
+        reattached = known is not None
         accepted = None if reattached else time.monotonic()
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 payload = await self._await_result(
-                    queued, log, request.endpoint_id, accepted, on_service_done
+                    queued, log, request.endpoint_id, accepted, on_service_done, known
                 )
         except TimeoutError:
             await self._queue.cancel(queued)
@@ -231,7 +240,9 @@ class FalBackend:
 
     async def _attach_or_submit(
         self, request: BriaRequest, fingerprint: str, journal: RequestJournal, log: RetryLog
-    ) -> tuple[Queued, bool]:
+    ) -> tuple[Queued, dict[str, Any] | None]:
+        """The request fal works on: a journaled one re-attached to (with the status it
+        was found in), else a new submit (status None)."""
         entry = journal.get(fingerprint)
         if entry is not None:
             known = self._queue.known(entry.endpoint_id, entry.request_id)
@@ -255,7 +266,7 @@ class FalBackend:
                     journal.forget(fingerprint)
                 else:
                     logger.info("re-attached to journaled request %s", entry.request_id)
-                    return known, True
+                    return known, status
         arguments = await self._arguments(request, log)
         # The submit and its journal write run as one task that a cancellation of this one
         # does not interrupt: an accepted id is always journaled, and nothing else (no
@@ -279,7 +290,7 @@ class FalBackend:
             else:
                 await self._wind_down(accepted, fingerprint, journal)
             raise
-        return queued, False
+        return queued, None
 
     async def _submit_and_journal(
         self,
@@ -321,8 +332,35 @@ class FalBackend:
         endpoint_id: str,
         accepted: float | None,
         on_service_done: Callable[[], None] | None = None,
+        known: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Poll until COMPLETED, then fetch the result.
+        """Wait for COMPLETED on fal's status stream (polls where there is none, or it
+        broke), then fetch the result. A ``known`` COMPLETED status (a re-attached
+        request found finished) needs no wait."""
+        status = known if known is not None and known.get("status") == "COMPLETED" else None
+        if status is None:
+            status = await self._queue.watch(queued, log)
+        if status is None:
+            status = await self._poll(queued, log, endpoint_id, accepted)
+        if status.get("error"):
+            error = redact(str(status["error"]), self._queue.secrets)
+            raise FalServiceError(
+                f"fal request {queued.request_id} failed: "
+                f"{status.get('error_type') or 'error'}: {error}",
+                request_id=queued.request_id,
+            )
+        if on_service_done is not None:
+            on_service_done()
+        if accepted is not None:
+            took = time.monotonic() - accepted
+            self._latency[endpoint_id].observe(took)
+            self._latency_any.observe(took)
+        return await self._queue.result(queued, log)
+
+    async def _poll(
+        self, queued: Queued, log: RetryLog, endpoint_id: str, accepted: float | None
+    ) -> dict[str, Any]:
+        """Poll the status until COMPLETED; that status.
 
         Polls aim at the time this endpoint's requests typically took to complete
         (learned from earlier ones, queue wait included), so most requests need a single
@@ -354,16 +392,7 @@ class FalBackend:
             status = await self._queue.status(queued, log)
             state = status.get("status")
             if state == "COMPLETED":
-                if status.get("error"):
-                    error = redact(str(status["error"]), self._queue.secrets)
-                    raise FalServiceError(
-                        f"fal request {queued.request_id} failed: "
-                        f"{status.get('error_type') or 'error'}: {error}",
-                        request_id=queued.request_id,
-                    )
-                if on_service_done is not None:
-                    on_service_done()
-                break
+                return status
             if state not in ("IN_QUEUE", "IN_PROGRESS"):
                 raise FalServiceError(
                     f"fal request {queued.request_id} has an unknown status {state!r}",
@@ -372,11 +401,6 @@ class FalBackend:
             await asyncio.sleep(next_wait())
             if time.monotonic() > steady_until:  # a long job: poll less and less often
                 delay = min(delay * 1.5, self.max_poll_interval_s)
-        if accepted is not None:
-            took = time.monotonic() - accepted
-            self._latency[endpoint_id].observe(took)
-            self._latency_any.observe(took)
-        return await self._queue.result(queued, log)
 
     # -- outputs ------------------------------------------------------------------------
 

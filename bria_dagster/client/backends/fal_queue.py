@@ -11,7 +11,8 @@ fal-client would retry goes through ONE httpx client of ours, retried by
 number of HTTP attempts per operation, and the client's pool
 (``max_connections``) bounds every connection it opens. The calls are fal's
 documented queue protocol (POST ``{queue}/{endpoint}``; GET the status and the
-response URLs it returns; PUT the cancel URL) and its CDN upload (a token from
+response URLs it returns, or follow the status as server-sent events at
+``{status_url}/stream``; PUT the cancel URL) and its CDN upload (a token from
 ``{rest}/storage/auth/token``, then POST ``{cdn}/files/upload``), plus plain GETs of
 the result files.
 
@@ -25,6 +26,7 @@ known request's URLs for re-attaching (``AsyncRequestHandle.from_request_id``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,10 +37,11 @@ from typing import Any, TypeVar
 import fal_client.client
 import httpx
 from fal_client.auth import MissingCredentialsError, fetch_auth_credentials_async
+from httpx_sse import EventSource, SSEError
 
 from ..._version import __version__
 from ...errors import ConfigurationError, OutputVerificationError, redact
-from ..retry import RetryLog, RetryPolicy, with_retries
+from ..retry import RetryLog, RetryPolicy, retry_reason, with_retries
 from .http_pool import ShardedPool
 
 __all__ = ["FalQueueClient", "Queued"]
@@ -70,6 +73,10 @@ class FalQueueClient:
         retry: ``max_attempts`` is the number of HTTP attempts per operation, all told.
         max_connections: the most HTTPS connections open at once, to fal and its file
             CDN together; all of them stay alive between requests.
+        max_status_streams: the most status streams open at once (each holds a
+            connection for its whole wait; a request beyond it polls); by default all
+            but a fifth of ``max_connections``, which stays free for submits, results
+            and downloads.
         max_output_bytes: refuse result files larger than this.
     """
 
@@ -80,6 +87,7 @@ class FalQueueClient:
         retry: RetryPolicy,
         max_connections: int,
         max_output_bytes: int,
+        max_status_streams: int | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
@@ -90,6 +98,12 @@ class FalQueueClient:
         self._authorization: str | None = f"Key {key}" if key else None
         self._cdn_token: tuple[str, float] | None = None  # (Authorization value, expiry)
         self._cdn_token_lock = asyncio.Lock()
+        self.streams_status = True
+        """Whether status streams are tried (off once the server answers one with 404/405)."""
+        if max_status_streams is None:
+            max_status_streams = max_connections - max(1, max_connections // 5)
+        self.max_status_streams = max_status_streams
+        self._open_streams = 0
         # The key goes on queue and storage calls only, never to a result file's host.
         self._http = httpx.AsyncClient(
             timeout=_FILE_TIMEOUT,
@@ -164,6 +178,59 @@ class FalQueueClient:
         )
         body: dict[str, Any] = response.json()
         return body
+
+    async def watch(self, queued: Queued, log: RetryLog) -> dict[str, Any] | None:
+        """Follow the request's status stream until COMPLETED; that status, or None when
+        there is no stream or it ended early (the caller then polls :meth:`status`).
+
+        fal's ``{status_url}/stream`` sends the status object as a server-sent event at
+        every change and closes after COMPLETED: one HTTP request for the whole wait
+        instead of a poll every few hundred milliseconds. It is one attempt, counted in
+        ``log``, and never retried: polls, retried per ``retry``, take over from a failed
+        or broken stream. A 404 or 405 means the server has no stream endpoint, and this
+        client polls from then on. So does a request that would open more than
+        ``max_status_streams`` at once.
+        """
+        if not self.streams_status or self._open_streams >= self.max_status_streams:
+            return None
+        log.attempts += 1
+        completed: dict[str, Any] | None = None
+        self._open_streams += 1
+        try:
+            headers = {
+                "Authorization": await self._fal_authorization(),
+                "Accept": "text/event-stream",
+                "Cache-Control": "no-store",
+            }
+            async with self._http.stream(
+                "GET",
+                queued.status_url + "/stream",
+                params={"logs": "0"},
+                headers=headers,
+                timeout=_QUEUE_TIMEOUT,
+            ) as response:
+                if response.status_code in (404, 405):
+                    self.streams_status = False
+                    logger.info("fal has no status stream here; polling the status instead")
+                    return None
+                response.raise_for_status()
+                # Read to the end (fal closes right after COMPLETED), so the connection
+                # goes back to the pool instead of being closed with the body unread.
+                async for event in EventSource(response).aiter_sse():
+                    status = json.loads(event.data)
+                    if status.get("status") == "COMPLETED":
+                        completed = status
+        except (httpx.HTTPError, SSEError, ValueError) as exc:
+            reason = retry_reason(exc) or type(exc).__name__
+            log.reasons.append(f"status stream: {reason}")
+            logger.info(
+                "status stream of fal request %s failed (%s); polling instead",
+                queued.request_id,
+                reason,
+            )
+        finally:
+            self._open_streams -= 1
+        return completed
 
     async def result(self, queued: Queued, log: RetryLog) -> dict[str, Any]:
         response = await self.retried(

@@ -2,8 +2,9 @@
 
 It speaks HTTPS with a throwaway CA (``trustme``, :mod:`.tls`) and implements what
 fal-client 1.0.x sends and parses: queue submit, status, result and cancel
-(:mod:`.queue`), the CDN upload and the older storage upload (:mod:`.files`). The three
-Bria endpoints produce real images (:mod:`.apps`): remove, replace and expand.
+(:mod:`.queue`), the CDN upload and the older storage upload (:mod:`.files`), and fal's
+status stream (server-sent events at ``.../status/stream``). The three Bria endpoints
+produce real images (:mod:`.apps`): remove, replace and expand.
 
 Knobs (constructor, :meth:`FalTestServer.configure`, ``POST /_test/configure``, or the
 command line; :mod:`.faults`) add latency, a per-key concurrency limit (excess waits
@@ -15,13 +16,17 @@ decided before any state changes, so a faulted submit never creates a job: a cor
 client can reach zero duplicate submissions, which :meth:`FalTestServer.stats` counts.
 The one exception is opt-in: ``rate_drop_after_submit`` creates the job and then drops
 the reply (the lost response that makes a blind re-submit a duplicate, paid job).
+``rate_stream_cut`` cuts status streams after their first event, ``status_stream=False``
+answers them with a 404 (a server without the endpoint), and ``cpu_per_request_ms``
+spends that much CPU on every HTTP request, as TLS and JSON handling do on a real server
+(so a benchmark whose server shares the client's cores sees a real server's load).
 
 In-process: ``with FalTestServer(...) as server: undo = point_fal_client_at(server)``.
 Standalone (:mod:`.process`)::
 
     python -m bria_dagster.testing.fal_server --port 8443 --latency 0.5 \\
         --max-in-progress 32 --rate-429 0.1 --rate-5xx 0.05 --rate-drop 0.02 \\
-        --rate-missing-once 0.01 --ca-out ca.pem
+        --rate-missing-once 0.01 --cpu-per-request-ms 3 --ca-out ca.pem
 
 prints one JSON line (the env dict) when ready and serves until killed.
 """

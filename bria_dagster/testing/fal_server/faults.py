@@ -18,8 +18,8 @@ from .http import json_response
 
 __all__ = ["FAULT_KINDS", "FAULT_OPS", "Dropped", "Knobs", "drop", "fault_response", "roll"]
 
-FAULT_KINDS = ("429", "5xx", "drop", "missing_once", "drop_after_submit")
-FAULT_OPS = ("submit", "status", "result", "file", "upload")
+FAULT_KINDS = ("429", "5xx", "drop", "missing_once", "drop_after_submit", "stream_cut")
+FAULT_OPS = ("submit", "status", "stream", "result", "file", "upload")
 
 _NGINX_502 = (
     "<html><head><title>502 Bad Gateway</title></head><body>"
@@ -38,11 +38,14 @@ class Knobs:
     rate_drop: float = 0.0
     rate_missing_once: float = 0.0  # per result file: first GET is a 404
     rate_drop_after_submit: float = 0.0  # job created, then the connection drops (lost reply)
+    rate_stream_cut: float = 0.0  # per status stream: cut after its first event
     retry_after: float = 0.2  # Retry-After seconds on 429
     seed: int | None = None  # for the fault dice and default seeds
     validate_at_submit: bool = True  # schema errors: 422 at submit, else a failed job
     max_files: int = 20_000  # files kept (oldest evicted first); 0 = unlimited
-    fault_ops: str = "submit,status,result,file"  # where the rates apply (FAULT_OPS, comma-sep)
+    fault_ops: str = "submit,status,stream,result,file"  # where rates apply (FAULT_OPS, comma-sep)
+    status_stream: bool = True  # serve .../status/stream; False answers 404 as a server without it
+    cpu_per_request_ms: float = 0.0  # CPU time spent on each HTTP request, as TLS and JSON cost
 
     def update(self, **changes: Any) -> None:
         """Apply ``changes`` after checking all of them (nothing changes if one is wrong)."""
@@ -52,7 +55,7 @@ class Knobs:
                 raise ValueError(f"unknown knob {name!r}; known: {', '.join(fields)}")
             if name.startswith("rate_") and not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be a probability in 0..1, got {value!r}")
-            if name in ("latency", "retry_after") and float(value) < 0:
+            if name in ("latency", "retry_after", "cpu_per_request_ms") and float(value) < 0:
                 raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
             if name in ("max_in_progress", "max_files") and int(value) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = unlimited), got {value!r}")

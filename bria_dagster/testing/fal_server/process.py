@@ -47,8 +47,11 @@ class FalServerProcess:
         self.ca = Path(workdir) / "fal-ca.pem"
         cmd = [sys.executable, "-m", _MODULE, "--port", "0", "--key", key]
         for name, value in knobs.items():
-            if value is not None:
-                cmd += ["--" + name.replace("_", "-"), str(value)]
+            flag = name.replace("_", "-")
+            if isinstance(value, bool):  # --flag / --no-flag
+                cmd += ["--" + ("" if value else "no-") + flag]
+            elif value is not None:
+                cmd += ["--" + flag, str(value)]
         cmd += ["--ca-out", str(self.ca)]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, text=True, env=_same_package_env()
@@ -76,11 +79,18 @@ class FalServerProcess:
         self._call("POST", "/_test/configure", knobs)
 
     def run_client(
-        self, script: str, key: str, args: list[str], *, timeout: float = 3600
+        self,
+        script: str,
+        key: str,
+        args: list[str],
+        *,
+        timeout: float = 3600,
+        env: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """``script --client <args>`` in a fresh process pointed at this server (its env set
-        before fal_client is imported) with ``FAL_KEY=key``; its last stdout line, as JSON."""
-        env = {**_same_package_env(), **self.env, "FAL_KEY": key}
+        before fal_client is imported) with ``FAL_KEY=key`` and ``env`` (e.g. a
+        ``PYTHONPATH`` naming another checkout to measure); its last stdout line, as JSON."""
+        env = {**_same_package_env(), **self.env, "FAL_KEY": key, **(env or {})}
         proc = subprocess.run(
             [sys.executable, script, "--client", *args],
             env=env,
@@ -127,9 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-drop", type=float, default=0.0)
     parser.add_argument("--rate-missing-once", type=float, default=0.0)
     parser.add_argument("--rate-drop-after-submit", type=float, default=0.0)
+    parser.add_argument("--rate-stream-cut", type=float, default=0.0)
     parser.add_argument("--retry-after", type=float, default=0.2)
     parser.add_argument("--max-files", type=int, default=20_000, help="0 = keep every file")
     parser.add_argument("--fault-ops", default=Knobs.fault_ops, help="ops the rates apply to")
+    parser.add_argument(
+        "--status-stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve .../status/stream (--no-status-stream: a 404, as a server without it)",
+    )
+    parser.add_argument(
+        "--cpu-per-request-ms",
+        type=float,
+        default=0.0,
+        help="CPU time spent on every HTTP request (busy, not asleep), as TLS and JSON cost",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--key", default="test-key-0", help="FAL_KEY printed in the env")
     parser.add_argument("--ca-out", default=None, help="where to write the CA PEM")
@@ -144,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         rate_drop=args.rate_drop,
         rate_missing_once=args.rate_missing_once,
         rate_drop_after_submit=args.rate_drop_after_submit,
+        rate_stream_cut=args.rate_stream_cut,
         retry_after=args.retry_after,
         max_files=args.max_files,
         fault_ops=args.fault_ops,
+        status_stream=args.status_stream,
+        cpu_per_request_ms=args.cpu_per_request_ms,
         seed=args.seed,
     )
     server.start()

@@ -1,5 +1,6 @@
-"""fal's queue protocol: submit, status, result and cancel, jobs per API key with an
-optional cap on how many run at once (the excess waits ``IN_QUEUE``), and billing.
+"""fal's queue protocol: submit, status (polled, or streamed as server-sent events),
+result and cancel, jobs per API key with an optional cap on how many run at once (the
+excess waits ``IN_QUEUE``), and billing.
 
 Cancelling a queued job removes it (never run, never billed); cancelling a running job
 answers 202 but the job still finishes and is billed, as a real app may do. A finished
@@ -45,6 +46,13 @@ class _Job:
     cancelled: bool = False
     started: float = 0.0
     inference_time: float = 0.0
+    # Set (and replaced by a fresh one) at every change of state: what a stream waits on.
+    changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def set_state(self, state: str) -> None:
+        self.state = state
+        self.changed.set()
+        self.changed = asyncio.Event()
 
     def fail(self, exc: JobFailed) -> None:
         self.error = exc.message or (exc.detail if isinstance(exc.detail, str) else "failed")
@@ -60,6 +68,14 @@ class _Job:
 def _canonical(endpoint: str, arguments: Any) -> str:
     blob = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
     return endpoint + " " + hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+KEEPALIVE_S = 15.0
+"""How often a status stream sends a comment line while nothing changes (as fal does)."""
+
+
+def _with_logs(request: web.Request) -> bool:
+    return request.query.get("logs", "").lower() in ("true", "1")
 
 
 def _app_prefix(endpoint: str) -> str:
@@ -165,15 +181,17 @@ class JobQueue:
             headers={"x-fal-request-id": request_id},
         )
 
-    def _admit(self, request: web.Request, op: str) -> str | web.StreamResponse:
-        """Count a ``status`` or ``result`` call; its API key, or the answer that ends it
-        (401, or an injected fault)."""
+    def _admit(
+        self, request: web.Request, op: str, prefix: list[str], request_id: str
+    ) -> _Job | web.StreamResponse:
+        """Count a ``status``, ``stream`` or ``result`` call; the job it asks about, or the
+        answer that ends it (401, or an injected fault; a 404 is raised)."""
         self._state.count(f"{op}_calls")
         key = auth_key(request)
         if key is None:
             return self._state.unauthorized(op)
         fault = self._state.fault(request, op)
-        return key if fault is None else fault
+        return self._find(prefix, request_id, key) if fault is None else fault
 
     def _find(self, prefix: list[str], request_id: str, key: str) -> _Job:
         job = self._jobs.get(request_id)
@@ -185,12 +203,9 @@ class JobQueue:
             )
         return job
 
-    async def status(self, request: web.Request, prefix: list[str], rid: str) -> web.StreamResponse:
-        key = self._admit(request, "status")
-        if not isinstance(key, str):
-            return key
-        job = self._find(prefix, rid, key)
-        with_logs = request.query.get("logs", "").lower() in ("true", "1")
+    def _status_body(self, job: _Job, with_logs: bool) -> dict[str, Any]:
+        """The status object of fal's status call (and of each status stream event)."""
+        rid = job.request_id
         logs: list[dict[str, Any]] | None = [] if with_logs else None
         base = f"{self._state.base_url}/{_app_prefix(job.endpoint)}/requests/{rid}"
         body: dict[str, Any] = {"status": job.state, "request_id": rid, "response_url": base}
@@ -205,13 +220,61 @@ class JobQueue:
             if job.error is not None:
                 body["error"] = job.error
                 body["error_type"] = job.error_type
+        return body
+
+    async def status(self, request: web.Request, prefix: list[str], rid: str) -> web.StreamResponse:
+        job = self._admit(request, "status", prefix, rid)
+        if not isinstance(job, _Job):
+            return job
+        body = self._status_body(job, _with_logs(request))
         return json_response(body, headers={"x-fal-request-id": rid})
 
+    async def status_stream(
+        self, request: web.Request, prefix: list[str], rid: str
+    ) -> web.StreamResponse:
+        """fal's status stream: server-sent events, one ``data:`` line with the status
+        object at the start and at every change of state, a comment line every
+        :data:`KEEPALIVE_S` seconds, and the end of the stream after COMPLETED."""
+        job = self._admit(request, "stream", prefix, rid)
+        if not isinstance(job, _Job):
+            return job
+        with self._state.lock:
+            served = self._state.knobs.status_stream
+        if not served:
+            return json_response({"detail": f"Not found: GET {request.path}"}, 404)
+        with_logs = _with_logs(request)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "x-fal-request-id": rid,
+            }
+        )
+        await response.prepare(request)
+        sent = 0
+        while True:
+            changed = job.changed  # taken before the state is read: no change is missed
+            event = json.dumps(self._status_body(job, with_logs))
+            await response.write(f"data: {event}\n\n".encode())
+            sent += 1
+            if job.state == "COMPLETED":
+                break
+            if sent == 1 and self._state.chance("rate_stream_cut"):
+                self._state.record_fault("stream", "stream_cut")
+                drop(request)
+            while True:
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
+                    break
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+        await response.write_eof()
+        return response
+
     async def result(self, request: web.Request, prefix: list[str], rid: str) -> web.StreamResponse:
-        key = self._admit(request, "result")
-        if not isinstance(key, str):
-            return key
-        job = self._find(prefix, rid, key)
+        job = self._admit(request, "result", prefix, rid)
+        if not isinstance(job, _Job):
+            return job
         headers = {"x-fal-request-id": rid}
         if job.state != "COMPLETED":
             return json_response({"detail": "Request is still in progress"}, 400, headers=headers)
@@ -235,8 +298,8 @@ class JobQueue:
                 queue.remove(rid)
                 self._count_outstanding(job.key, -1)
             job.cancelled = True
-            job.state = "COMPLETED"
             job.fail(JobFailed(400, "Request was cancelled", "request_cancelled", ""))
+            job.set_state("COMPLETED")
             self._state.count("cancelled")
         # IN_PROGRESS: the cancellation is requested but the app finishes the job (and it
         # is billed): the worst case a client must handle.
@@ -264,7 +327,7 @@ class JobQueue:
             limit = state.knobs.max_in_progress
         while queue and (limit <= 0 or self._running.get(key, 0) < limit):
             job = self._jobs[queue.popleft()]
-            job.state = "IN_PROGRESS"
+            job.set_state("IN_PROGRESS")
             job.started = time.monotonic()
             with state.lock:
                 running = self._running[key] = self._running.get(key, 0) + 1
@@ -292,7 +355,7 @@ class JobQueue:
                 job.fail(JobFailed(500, f"Internal error: {exc}", "internal_error", ""))
             job.inference_time = round(time.monotonic() - job.started, 4)
             job.arguments = {}
-            job.state = "COMPLETED"
+            job.set_state("COMPLETED")
             with state.lock:
                 state.stats.completed += 1
                 if job.error is None:

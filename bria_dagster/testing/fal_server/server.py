@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ from .state import ServerState, Stats
 from .tls import ServerCertificate, client_env
 
 __all__ = ["FalTestServer"]
+
+
+def _spend_cpu(seconds: float) -> None:
+    """Busy-loop until this thread has used ``seconds`` of CPU time (not wall time: on a
+    loaded machine it takes longer, as real work would)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 class FalTestServer:
@@ -196,7 +205,8 @@ class FalTestServer:
         ``max_in_progress`` makes the excess wait in the queue.
         ``faults`` counts injected faults by kind (``faults_by_op`` by ``op:kind``).
         ``requests_by_op`` counts every HTTP attempt at ``submit``, ``status``,
-        ``result``, ``file`` (GET of a result file) and ``upload`` (CDN upload),
+        ``stream`` (a status stream), ``result``, ``file`` (GET of a result file) and
+        ``upload`` (CDN upload),
         faulted ones included. ``max_requests_in_flight`` is the peak of HTTP requests
         being served at once and ``max_open_connections`` the peak of client TCP
         connections open at once (admin calls aside).
@@ -221,6 +231,7 @@ class FalTestServer:
                 "in_progress": sum(self._queue.running_by_key().values()),
                 "in_queue": self._queue.in_queue(),
                 "status_calls": s.status_calls,
+                "stream_calls": s.stream_calls,
                 "result_calls": s.result_calls,
                 "cancel_calls": s.cancel_calls,
                 "file_gets": s.file_gets,
@@ -241,11 +252,17 @@ class FalTestServer:
         at once (``max_requests_in_flight``, ``max_open_connections``; admin calls aside).
 
         A connection counts as open from its first request until its transport closes.
+        Each request first spends ``cpu_per_request_ms`` of CPU time in the server's
+        event loop, as TLS and JSON handling do on a real server.
         """
         parts = [p for p in request.path.split("/") if p]
         if parts[:1] == ["_test"]:
             return await self._admin(request, parts[1:])
         state = self._state
+        with state.lock:
+            cpu_s = state.knobs.cpu_per_request_ms / 1000
+        if cpu_s:
+            _spend_cpu(cpu_s)
         with state.lock:
             s = state.stats
             s.requests_in_flight += 1
@@ -278,6 +295,8 @@ class FalTestServer:
                 return await self._queue.result(request, parts[:i], rest[0])
             if len(rest) == 2 and rest[1] == "status" and method == "GET":
                 return await self._queue.status(request, parts[:i], rest[0])
+            if rest[1:] == ["status", "stream"] and method == "GET":
+                return await self._queue.status_stream(request, parts[:i], rest[0])
             if len(rest) == 2 and rest[1] == "cancel" and method == "PUT":
                 return await self._queue.cancel(request, parts[:i], rest[0])
         elif method == "POST" and len(parts) >= 2:

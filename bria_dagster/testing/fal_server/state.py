@@ -31,6 +31,7 @@ class Stats:
     max_in_progress_by_key: dict[str, int] = field(default_factory=dict)
     max_outstanding_by_key: dict[str, int] = field(default_factory=dict)
     status_calls: int = 0
+    stream_calls: int = 0  # status streams opened
     result_calls: int = 0
     cancel_calls: int = 0
     file_gets: int = 0
