@@ -21,11 +21,12 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RecordTableError, storage_access, storage_access_error
 from .listing import is_local, scan_tables, tables_location
-from .schema import COLUMNS, RECORD_COLUMNS
+from .schema import COLUMNS, OK, RECORD_COLUMNS, REUSE_MARKS, REUSED
 from .storage import AssetName, PipelineStorage
 from .store import write_bytes
 
@@ -39,6 +40,7 @@ __all__ = [
     "records_to_frame",
     "table_files",
     "table_path",
+    "update_table",
     "write_table",
 ]
 
@@ -144,13 +146,46 @@ def read_table(path: str, columns: Sequence[str] | None = None) -> pd.DataFrame 
     return None if table is None else table.to_pandas()
 
 
-def write_table(path: str, frame: pd.DataFrame) -> None:
+def write_table(path: str, frame: pd.DataFrame | pa.Table) -> None:
     """Write ``frame`` (checked against the schema) to ``path`` atomically."""
     fs, root = fsspec.core.url_to_fs(path)
+    table = frame if isinstance(frame, pa.Table) else frame_to_table(frame)
     buf = io.BytesIO()
-    pq.write_table(frame_to_table(frame), buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd")
     with storage_access(path, "write record table"):
         write_bytes(fs, root, buf.getvalue())
+
+
+def update_table(path: str, frame: pd.DataFrame) -> bool:
+    """Write ``frame`` to ``path`` (atomically) unless the table stored there already says
+    everything it says; whether it was written.
+
+    An unchanged re-run answers every request from earlier records: its rows are
+    ``reused`` restatements of the stored ones (:func:`restates`). Rewriting the table
+    would only swap in this run's ``reused_in_run_id``, so it is kept, and nothing of the
+    pipeline's storage (table, reuse index) is written: the run's own record is its
+    materialization. Any other row (made, failed, a new or a dropped one) writes the table.
+    """
+    table = frame_to_table(frame)
+    if len(table) and pc.all(pc.equal(table["status"], REUSED)).as_py():
+        stored = read_records(path)
+        if stored is not None and restates(table, stored):
+            return False
+    write_table(path, table)
+    return True
+
+
+def restates(table: pa.Table, stored: pa.Table) -> bool:
+    """Whether ``table`` holds ``stored``'s rows, in order, each one either as stored or
+    reused as it is: every column equal but the ones a reuse sets
+    (:data:`~bria_dagster.records.schema.REUSE_MARKS`: status, the reusing run, cost).
+    So the images, their producers and where each row belongs are what ``stored`` says."""
+    if len(table) != len(stored):
+        return False
+    usable = pc.is_in(stored["status"], pa.array([OK, REUSED]))
+    if not pc.all(usable).as_py():
+        return False
+    return all(table[name].equals(stored[name]) for name in COLUMNS if name not in REUSE_MARKS)
 
 
 def table_files(base: str | os.PathLike[str]) -> list[str]:
