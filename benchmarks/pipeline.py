@@ -156,7 +156,7 @@ def _materialize(job: Any, instance: Any, batch: str) -> tuple[float, dict[str, 
     return wall, meta
 
 
-def _files(folder: str) -> dict[str, tuple[int, int]]:
+def _storage_listing(folder: str) -> dict[str, tuple[int, int]]:
     """Every file under ``folder``: (modification time in ns, size)."""
     found = {}
     for parent, _dirs, names in os.walk(folder):
@@ -169,7 +169,8 @@ def _files(folder: str) -> dict[str, tuple[int, int]]:
 
 
 def _written(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
-    """What changed between two :func:`_files` listings: written, new (``+``), removed (``-``)."""
+    """What changed between two :func:`_storage_listing` listings: written, new (``+``),
+    removed (``-``)."""
     changed = [p for p in after if p in before and after[p] != before[p]]
     return (
         changed
@@ -194,12 +195,9 @@ def _setup(
     steps: tuple[str, ...],
     bria_kwargs: dict[str, Any],
     batch: str,
-    *,
-    report: bool = False,
+    report: bool = False,  # the steps' figures; section (a) adds the report's
     storage_name: str = "bria_data",
 ):
-    """The job, instance and storage folder; ``report``: the audit report too (section
-    (a); the others measure the steps)."""
     import dagster as dg
 
     from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline
@@ -208,7 +206,10 @@ def _setup(
     pipeline = ProductImagePipeline(
         name=PIPELINE,
         settings=PipelineSettings(
-            catalog_dir=str(workdir / "catalogs"), steps=steps, aspect_ratios=RATIOS, report=report
+            catalog_dir=str(workdir / "catalogs"),
+            steps=steps,
+            aspect_ratios=RATIOS,
+            report=report,
         ),
         storage=storage,
     )
@@ -285,9 +286,9 @@ def worker_offline(workdir: Path, batch: str, storage_name: str) -> dict[str, An
     first_status = _statuses(storage, batch, ("catalog_batch", *STEP_ASSETS))
     reruns = []
     for _ in range(RERUNS):
-        before = _files(storage)
+        before = _storage_listing(storage)
         rerun_s, rerun_meta = _materialize(job, instance, batch)
-        written = _written(before, _files(storage))
+        written = _written(before, _storage_listing(storage))
         rerun_status = _statuses(storage, batch, ("catalog_batch", *STEP_ASSETS))
         reruns.append(
             {"s": rerun_s, "meta": rerun_meta, "status": rerun_status, "written": written}
