@@ -20,6 +20,7 @@ from bria_dagster.records.reuse import ReuseIndex, rebuild
 from bria_dagster.records.schema import FAILED, OK, REUSED, canonical_json, reused_record
 from bria_dagster.records.tables import (
     IMAGE_RECORD_SCHEMA,
+    read_records,
     records_to_frame,
     update_table,
     write_table,
@@ -236,6 +237,8 @@ def test_a_table_that_only_restates_the_stored_one_is_not_written(tmp_path):
         assert update_table(path, frame(*rows)) is not kept
         assert (Path(path).stat().st_mtime_ns == stamp) is kept
     assert update_table(f"{tmp_path}/new.parquet", frame(*restated))  # nothing stored yet
+    Path(path).write_bytes(b"not parquet")  # an unreadable table is written anew
+    assert update_table(path, frame(*restated)) and len(read_records(path)) == 2
 
 
 def test_memory_storage(tmp_path):

@@ -168,7 +168,10 @@ def update_table(path: str, frame: pd.DataFrame) -> bool:
     """
     table = frame_to_table(frame)
     if len(table) and pc.all(pc.equal(table["status"], REUSED)).as_py():
-        stored = read_records(path)
+        try:
+            stored = read_records(path)
+        except RecordTableError:  # unreadable: written anew
+            stored = None
         if stored is not None and restates(table, stored):
             return False
     write_table(path, table)
