@@ -441,13 +441,16 @@ def section_offline(
         f"{', '.join(str(len(w)) for w in written)}"
         + "".join(f"\n      {p}" for p in next((w for w in written if w), [])[:8])
     )
-    expected = {a: sum(r["first_status"][a].values()) for a in ("catalog_batch", *STEP_ASSETS)}
+    assets = ("catalog_batch", *STEP_ASSETS)
+    failed = {a: r["first_status"][a].get("failed", 0) for a in assets}
+    made = {a: sum(r["first_status"][a].values()) - failed[a] for a in assets}
     calls = [x["meta"].get(a, {}).get("backend_calls") for x in reruns for a in STEP_ASSETS]
     total_calls = sum(int(c or 0) for c in calls)
     all_reused = all(
-        x["meta"].get(a, {}).get("rows_reused") == expected[a]
+        x["meta"].get(a, {}).get("rows_reused") == made[a]
+        and x["meta"].get(a, {}).get("rows_failed") == failed[a]
         for x in reruns
-        for a in ("catalog_batch", *STEP_ASSETS)
+        for a in assets
     )
     kept = all(x["status"] == r["first_status"] for x in reruns)
     if earlier is not None:
@@ -483,8 +486,9 @@ def section_offline(
         f"{sum(len(w) for w in written)} (pipeline storage, before/after listings)"
     )
     print(
-        f"    {verdict(all_reused and kept)} every row of every re-run reused (metadata "
-        "rows_reused), the record tables left as the first run wrote them (status column)"
+        f"    {verdict(all_reused and kept)} every row the first run made reused by every "
+        f"re-run, its {sum(failed.values())} failed rows failed again (retried: metadata "
+        "rows_reused, rows_failed), the record tables left as the first run wrote them"
     )
     if not judged:
         return ok2 and ok3 and all_reused and kept

@@ -218,19 +218,23 @@ def test_a_partitions_own_table_answers_first_and_the_index_the_rest(tmp_path, m
 
 
 def test_a_table_that_only_restates_the_stored_one_is_not_written(tmp_path):
+    """Reused rows as they were made, failures met again: the stored table is kept."""
     path = f"{tmp_path}/tables/{ASSET}/b1.parquet"
     made = [record(fingerprint(sku), sku=sku, record_id=sku) for sku in ("A", "B")]
     restated = [reused_record(row, "run-2") for row in made]
     other = {**restated[1], "image_sha256": "f" * 64}
     failed = {**made[1], "status": FAILED, "run_id": "run-2", "image_sha256": None}
+    again = {**failed, "run_id": "run-3", "created_at": datetime(2026, 12, 1, tzinfo=UTC)}
     for stored, rows, kept in [
         (made, restated, True),  # every row reused as made: nothing to write
         (restated, [reused_record(row, "run-3") for row in made], True),
         (made, [restated[0], other], False),  # another image
         (made, restated[:1], False),  # a row dropped
         (made, restated[::-1], False),  # another order
-        (made, [restated[0], failed], False),  # a failure: this run tried again
+        (made, [restated[0], failed], False),  # a failure where there was an image
         ([made[0], failed], restated, False),  # made where it had failed
+        ([made[0], failed], [restated[0], again], True),  # the same failure met again
+        ([made[0], failed], [restated[0], {**again, "error_message": "other"}], False),
     ]:
         write_table(path, frame(*stored))
         stamp = Path(path).stat().st_mtime_ns

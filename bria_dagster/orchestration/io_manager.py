@@ -5,7 +5,8 @@ Each asset partition is one Parquet file at
 ``__``), read and written by :mod:`bria_dagster.records.tables`. The base is a local
 folder by default or any fsspec URL. Local writes are atomic. Every table written is
 added to its asset's reuse index (:mod:`bria_dagster.records.reuse`). A table that only
-restates the stored one (an unchanged re-run: every row reused as it was) is not written
+restates the stored one (an unchanged re-run: every row reused as it was, every failure
+met again) is not written
 (:func:`~bria_dagster.records.tables.update_table`): the output's ``table_written``
 metadata says which.
 """

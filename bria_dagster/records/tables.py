@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from ..errors import RecordTableError, storage_access, storage_access_error
 from .listing import is_local, scan_tables, tables_location
-from .schema import COLUMNS, OK, RECORD_COLUMNS, REUSE_MARKS, REUSED
+from .schema import COLUMNS, FAILED, OK, RECORD_COLUMNS, REUSE_MARKS, REUSED
 from .storage import AssetName, PipelineStorage
 from .store import write_bytes
 
@@ -160,14 +160,15 @@ def update_table(path: str, frame: pd.DataFrame) -> bool:
     """Write ``frame`` to ``path`` (atomically) unless the table stored there already says
     everything it says; whether it was written.
 
-    An unchanged re-run answers every request from earlier records: its rows are
-    ``reused`` restatements of the stored ones (:func:`restates`). Rewriting the table
-    would only swap in this run's ``reused_in_run_id``, so it is kept, and nothing of the
-    pipeline's storage (table, reuse index) is written: the run's own record is its
-    materialization. Any other row (made, failed, a new or a dropped one) writes the table.
+    An unchanged re-run answers every request from earlier records and meets its
+    failures again (it retries them): its rows restate the stored ones (:func:`restates`).
+    Rewriting the table would only swap in this run's id, so it is kept and nothing of
+    the pipeline's storage (table, reuse index) is written: the run's own record is its
+    materialization. A row made by this run, a new, dropped or other failure, a changed
+    product writes the table.
     """
     table = frame_to_table(frame)
-    if len(table) and pc.all(pc.equal(table["status"], REUSED)).as_py():
+    if len(table) and pc.all(pc.is_in(table["status"], pa.array([REUSED, FAILED]))).as_py():
         try:
             stored = read_records(path)
         except RecordTableError:  # unreadable: written anew
@@ -178,17 +179,35 @@ def update_table(path: str, frame: pd.DataFrame) -> bool:
     return True
 
 
+_RUN_OWN = ("run_id", "created_at")
+"""What a failed row takes from the run that met the failure."""
+
+
 def restates(table: pa.Table, stored: pa.Table) -> bool:
-    """Whether ``table`` holds ``stored``'s rows, in order, each one either as stored or
-    reused as it is: every column equal but the ones a reuse sets
-    (:data:`~bria_dagster.records.schema.REUSE_MARKS`: status, the reusing run, cost).
-    So the images, their producers and where each row belongs are what ``stored`` says."""
+    """Whether ``table`` holds ``stored``'s rows, in order, each one reused as it is or
+    failed as it was: a ``reused`` row equal to a stored ok or reused one in every column
+    but those a reuse sets (:data:`~bria_dagster.records.schema.REUSE_MARKS`), a failed
+    row equal to a stored failed one but for the run that met it and when. So the images,
+    their producers, the failures and where each row belongs are what ``stored`` says."""
     if len(table) != len(stored):
         return False
-    usable = pc.is_in(stored["status"], pa.array([OK, REUSED]))
-    if not pc.all(usable).as_py():
+    reused = pc.equal(table["status"], REUSED)
+    failed = pc.equal(table["status"], FAILED)
+    as_stored = pc.or_(
+        pc.and_(reused, pc.is_in(stored["status"], pa.array([OK, REUSED]))),
+        pc.and_(failed, pc.equal(stored["status"], FAILED)),
+    )
+    if not pc.all(as_stored).as_py():
         return False
-    return all(table[name].equals(stored[name]) for name in COLUMNS if name not in REUSE_MARKS)
+    marks = (*REUSE_MARKS, *_RUN_OWN)
+    if not all(table[name].equals(stored[name]) for name in COLUMNS if name not in marks):
+        return False
+    # The run's own columns: the producer's on reused rows; a reuse's marks on failed ones.
+    return all(
+        table.filter(rows)[name].equals(stored.filter(rows)[name])
+        for rows, names in ((reused, _RUN_OWN), (failed, REUSE_MARKS[1:]))
+        for name in names
+    )
 
 
 def table_files(base: str | os.PathLike[str]) -> list[str]:
