@@ -205,9 +205,10 @@ def test_unchanged_rerun_makes_zero_calls_and_a_changed_prompt_reruns_one_sku(ca
     assert counter.calls == []
     storage = str(catalog / "data")
     for asset in ("product_cutouts", "product_scenes", "product_expansions"):
-        t = table(storage, asset)
-        assert set(t[t.sku == "A1"].status) == {"reused"}
-        assert meta(result, asset)["backend_calls"] == 0
+        t = table(storage, asset)  # kept: A1's images reused, A3-A5's failures met again
+        assert set(t[t.sku == "A1"].status) == {"ok"}
+        m = meta(result, asset)
+        assert m["backend_calls"] == 0 and m["rows_reused"] and m["table_written"] is False
     assert first_calls == 12
 
     # Change A1's prompt only: its scene and expansions re-run, nothing else.
@@ -281,8 +282,10 @@ def test_an_unchanged_rerun_writes_no_file_and_a_changed_product_writes_its_reco
     assert any("/reuse/" in p for p in written)  # the new scene's index entry
 
 
-def test_a_fully_reused_rerun_keeps_the_producing_run_in_the_records(catalog):
+def test_a_reused_row_keeps_the_producing_run_in_the_records(catalog):
     first, instance = materialize(catalog)
+    path = catalog / "catalogs" / f"{BATCH}.csv"  # A2 changes: every table is written again
+    path.write_text(path.read_text().replace("on oak wood", "on slate"))
     second, _ = materialize(catalog, instance=instance)
     assert first.run_id != second.run_id
     storage = str(catalog / "data")
