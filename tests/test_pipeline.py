@@ -205,9 +205,10 @@ def test_unchanged_rerun_makes_zero_calls_and_a_changed_prompt_reruns_one_sku(ca
     assert counter.calls == []
     storage = str(catalog / "data")
     for asset in ("product_cutouts", "product_scenes", "product_expansions"):
-        t = table(storage, asset)
-        assert set(t[t.sku == "A1"].status) == {"reused"}
-        assert meta(result, asset)["backend_calls"] == 0
+        t = table(storage, asset)  # kept: A1's images reused, A3-A5's failures met again
+        assert set(t[t.sku == "A1"].status) == {"ok"}
+        m = meta(result, asset)
+        assert m["backend_calls"] == 0 and m["rows_reused"] and m["table_written"] is False
     assert first_calls == 12
 
     # Change A1's prompt only: its scene and expansions re-run, nothing else.
@@ -223,8 +224,68 @@ def test_unchanged_rerun_makes_zero_calls_and_a_changed_prompt_reruns_one_sku(ca
     assert set(scenes[scenes.sku == "A2"].status) == {"reused"}
 
 
-def test_a_fully_reused_rerun_keeps_the_producing_run_in_the_records(catalog):
+def storage_files(storage: str) -> dict[str, tuple[int, int]]:
+    """Every file under ``storage``: (modification time in ns, size)."""
+    return {
+        str(path): (path.stat().st_mtime_ns, path.stat().st_size)
+        for path in Path(storage).rglob("*")
+        if path.is_file()
+    }
+
+
+def test_an_unchanged_rerun_writes_no_file_and_a_changed_product_writes_its_records(
+    tmp_path, monkeypatch
+):
+    rows = [
+        {"sku": "A1", "image_url": product(tmp_path, "A1", 1), "prompt": ""},
+        {"sku": "A2", "image_url": product(tmp_path, "A2", 2, "colored"), "prompt": "on oak"},
+    ]
+    write_catalog(tmp_path, rows)
+    settings = PipelineSettings(
+        catalog_dir=str(tmp_path / "catalogs"), aspect_ratios=("1:1", "4:5"), report=False
+    )
+    storage = str(tmp_path / "data")
+    counter = CountingBackends(monkeypatch)
+    first, instance = materialize(tmp_path, settings=settings)
+    assert len(counter.calls) == 8  # 2 x (remove, replace, expand x 2)
+    assets = ("catalog_batch", "product_cutouts", "product_scenes", "product_expansions")
+    assert all(meta(first, asset)["table_written"] is True for asset in assets)
+
+    before = storage_files(storage)
+    counter.calls.clear()
+    second, _ = materialize(tmp_path, settings=settings, instance=instance)
+    assert counter.calls == []
+    assert storage_files(storage) == before  # no table, index entry, mark or image written
+    for asset in assets:
+        m = meta(second, asset)
+        assert m["table_written"] is False and m["rows_reused"] == len(table(storage, asset))
+        assert m.get("backend_calls", 0) == 0
+        # The tables stay as the run that made the images wrote them.
+        assert set(table(storage, asset).run_id) == {first.run_id}, asset
+
+    # A1's prompt changes: its scene and expansions are made again, and the tables that
+    # changed are written, the unchanged rows now reused by this run.
+    path = tmp_path / "catalogs" / f"{BATCH}.csv"
+    path.write_text(path.read_text().replace("A1.jpg,", "A1.jpg,on slate"))
+    third, _ = materialize(tmp_path, settings=settings, instance=instance)
+    assert sorted(counter.calls) == ["fal-ai/bria/background/replace"] + ["fal-ai/bria/expand"] * 2
+    written = {p for p, stamp in storage_files(storage).items() if before.get(p) != stamp}
+    for asset in assets:  # A1's catalog row changed: every table records it
+        assert meta(third, asset)["table_written"] is True
+        assert f"{storage}/tables/product_images__{asset}/{BATCH}.parquet" in written
+    scenes = table(storage, "product_scenes")
+    made = scenes[scenes.sku == "A1"]
+    assert made.status.tolist() == ["ok"] and set(made.run_id) == {third.run_id}
+    assert json.loads(made.parameters.item())["prompt"] == "on slate"
+    kept = scenes[scenes.sku == "A2"]
+    assert kept.status.tolist() == ["reused"] and set(kept.reused_in_run_id) == {third.run_id}
+    assert any("/reuse/" in p for p in written)  # the new scene's index entry
+
+
+def test_a_reused_row_keeps_the_producing_run_in_the_records(catalog):
     first, instance = materialize(catalog)
+    path = catalog / "catalogs" / f"{BATCH}.csv"  # A2 changes: every table is written again
+    path.write_text(path.read_text().replace("on oak wood", "on slate"))
     second, _ = materialize(catalog, instance=instance)
     assert first.run_id != second.run_id
     storage = str(catalog / "data")
@@ -420,13 +481,27 @@ def test_an_expansion_to_the_ratio_the_scene_has_is_recorded_not_sent(square_cat
     page = Path(report.path).read_text()
     assert "<dt>not sent</dt>" in page and row.noop_reason in page
 
-    # An unchanged re-run makes no call and reuses the no-op with its reason.
+    # An unchanged re-run makes no call and leaves the table as it was, the no-op recorded.
     counter.calls.clear()
     second, _ = materialize(square_catalog, instance=instance)
     assert counter.calls == []
+    m = meta(second, "product_expansions")
+    assert (m["rows_reused"], m["rows_noop"], m["table_written"]) == (4, 0, False)
+    assert noop_expansion(storage)[0].equals(row)
+
+    # A run that writes the table again (WD's prompt changed) reuses the no-op, its reason kept.
+    write_catalog(
+        square_catalog,
+        [
+            {"sku": "SQ", "image_url": "../images/SQ.jpg", "prompt": ""},
+            {"sku": "WD", "image_url": "../images/WD.jpg", "prompt": "on slate"},
+        ],
+    )
+    third, _ = materialize(square_catalog, instance=instance)
+    assert sorted(counter.calls) == ["fal-ai/bria/background/replace", EXPAND, EXPAND]
     again, _ = noop_expansion(storage)
     assert again.status == "reused" and again.backend == NOOP_BACKEND
-    assert again.noop_reason == row.noop_reason and again.reused_in_run_id == second.run_id
+    assert again.noop_reason == row.noop_reason and again.reused_in_run_id == third.run_id
     assert again.image_sha256 == row.image_sha256 and again.cost_usd == 0.0
     assert list(trace(again.image_sha256, storage).step) == [
         "expand",

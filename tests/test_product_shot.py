@@ -80,9 +80,12 @@ def test_offline_product_shots_trace_to_their_source_and_are_reused(folder, monk
 
     assert calls.calls.count(ENDPOINT) == 2
     calls.calls.clear()
-    materialize(folder, settings=settings_for(folder), instance=instance)
+    again, _ = materialize(folder, settings=settings_for(folder), instance=instance)
     assert calls.calls == []  # an unchanged re-run: every image reused, nothing called
-    assert list(shots(folder)["status"]) == ["reused", "reused"]
+    meta = again.asset_materializations_for_node("product_images_image_steps")
+    shot_meta = next(m for m in meta if m.asset_key.to_user_string() == SHOTS).metadata
+    assert shot_meta["rows_reused"].value == 2 and not shot_meta["table_written"].value
+    assert shots(folder).equals(rows)  # the table as the run that made the shots wrote it
 
 
 def test_automatic_placement_costs_ten_shots_per_result_before_any_call(folder):

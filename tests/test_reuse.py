@@ -17,8 +17,14 @@ import pytest
 
 from bria_dagster import BriaResource, PipelineSettings, ProductImagePipeline, cli
 from bria_dagster.records.reuse import ReuseIndex, rebuild
-from bria_dagster.records.schema import FAILED, OK, REUSED, canonical_json
-from bria_dagster.records.tables import IMAGE_RECORD_SCHEMA, records_to_frame, write_table
+from bria_dagster.records.schema import FAILED, OK, REUSED, canonical_json, reused_record
+from bria_dagster.records.tables import (
+    IMAGE_RECORD_SCHEMA,
+    read_records,
+    records_to_frame,
+    update_table,
+    write_table,
+)
 from tests.test_pipeline import CountingBackends, product, write_catalog
 
 ASSET = "product_images__product_scenes"
@@ -185,6 +191,60 @@ def test_tables_without_index_entries_are_indexed_before_a_lookup(tmp_path):
     assert index.get(fingerprint("never")) is None
 
 
+def test_a_partitions_own_table_answers_first_and_the_index_the_rest(tmp_path, monkeypatch):
+    base = str(tmp_path)
+    mine, elsewhere = fingerprint("mine"), fingerprint("elsewhere")
+    write_table(
+        f"{base}/tables/{ASSET}/b1.parquet",
+        frame(record(mine, "scene#1"), record(mine, "scene#0"), record(None, "source")),
+    )
+    ReuseIndex(base, ASSET).add(frame(record(elsewhere, run_id="run-0")))
+    shards: list[str] = []
+    read = ReuseIndex._read_shard
+    monkeypatch.setattr(
+        ReuseIndex,
+        "_read_shard",
+        lambda self, shard, wanted: shards.append(shard) or read(self, shard, wanted),
+    )
+    index = ReuseIndex(base, ASSET, partition="b1")
+    found = index.lookup([mine])
+    assert [r["output"] for r in found[mine]] == ["0", "1"] and shards == []  # one table read
+    assert "sku" not in found[mine][0]  # the same entries as the index's
+    found = index.lookup([mine, elsewhere, fingerprint("never")])
+    assert set(found) == {mine, elsewhere} and found[elsewhere][0]["run_id"] == "run-0"
+    assert sorted(shards) == sorted({elsewhere[:2], fingerprint("never")[:2]})
+    # Another batch finds b1's request through the index (b1's table indexed at a lookup).
+    assert len(ReuseIndex(base, ASSET, partition="b2").get(mine)) == 2
+
+
+def test_a_table_that_only_restates_the_stored_one_is_not_written(tmp_path):
+    """Reused rows as they were made, failures met again: the stored table is kept."""
+    path = f"{tmp_path}/tables/{ASSET}/b1.parquet"
+    made = [record(fingerprint(sku), sku=sku, record_id=sku) for sku in ("A", "B")]
+    restated = [reused_record(row, "run-2") for row in made]
+    other = {**restated[1], "image_sha256": "f" * 64}
+    failed = {**made[1], "status": FAILED, "run_id": "run-2", "image_sha256": None}
+    again = {**failed, "run_id": "run-3", "created_at": datetime(2026, 12, 1, tzinfo=UTC)}
+    for stored, rows, kept in [
+        (made, restated, True),  # every row reused as made: nothing to write
+        (restated, [reused_record(row, "run-3") for row in made], True),
+        (made, [restated[0], other], False),  # another image
+        (made, restated[:1], False),  # a row dropped
+        (made, restated[::-1], False),  # another order
+        (made, [restated[0], failed], False),  # a failure where there was an image
+        ([made[0], failed], restated, False),  # made where it had failed
+        ([made[0], failed], [restated[0], again], True),  # the same failure met again
+        ([made[0], failed], [restated[0], {**again, "error_message": "other"}], False),
+    ]:
+        write_table(path, frame(*stored))
+        stamp = Path(path).stat().st_mtime_ns
+        assert update_table(path, frame(*rows)) is not kept
+        assert (Path(path).stat().st_mtime_ns == stamp) is kept
+    assert update_table(f"{tmp_path}/new.parquet", frame(*restated))  # nothing stored yet
+    Path(path).write_bytes(b"not parquet")  # an unreadable table is written anew
+    assert update_table(path, frame(*restated)) and len(read_records(path)) == 2
+
+
 def test_memory_storage(tmp_path):
     base = f"memory://reuse-test-{uuid.uuid4().hex}"
     path = f"{base}/tables/{ASSET}/b1.parquet"
@@ -287,9 +347,10 @@ def test_a_lost_index_heals_from_the_tables_and_lost_images_are_made_again(
     assert not (two_batches / "data" / "reuse" / "v1" / "product_images__product_scenes").exists()
 
     counter.calls.clear()
-    run_batch(two_batches, "b1", instance, storage)  # unmarked tables indexed at lookup
-    assert counter.calls == []
+    run_batch(two_batches, "b2", instance, storage)  # b1's unmarked tables indexed at lookup
+    assert len(counter.calls) == 3  # only Z: X and Y are b1's images, found in the index
 
+    # A re-run of a batch answers from the batch's own tables: no index needed.
     fsspec.filesystem("file").rm(str(two_batches / "data" / "reuse"), recursive=True)
     counter.calls.clear()
     run_batch(two_batches, "b1", instance, storage)

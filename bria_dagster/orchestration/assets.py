@@ -219,7 +219,7 @@ def _packshot_assets(
             frame_rows(cutouts),
             presets,
             store,
-            ReuseIndex(storage, key).lookup,
+            ReuseIndex(storage, key, partition=context.partition_key).lookup,
             workers=options.workers,
         )
         context.log.info(
@@ -351,7 +351,9 @@ def _image_steps(
                     ChainStep(
                         ctx=step_context(context, step, specs[step].key),
                         plan=StepPlanner(settings, step).jobs,
-                        reuse=ReuseIndex(storage, specs[step].key).lookup,
+                        reuse=ReuseIndex(
+                            storage, specs[step].key, partition=context.partition_key
+                        ).lookup,
                     )
                     for step in group
                 ],

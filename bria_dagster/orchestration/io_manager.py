@@ -4,7 +4,11 @@ Each asset partition is one Parquet file at
 ``<base>/tables/<asset name>/<partition>.parquet`` (asset key path joined by
 ``__``), read and written by :mod:`bria_dagster.records.tables`. The base is a local
 folder by default or any fsspec URL. Local writes are atomic. Every table written is
-added to its asset's reuse index (:mod:`bria_dagster.records.reuse`).
+added to its asset's reuse index (:mod:`bria_dagster.records.reuse`). A table that only
+restates the stored one (an unchanged re-run: every row reused as it was, every failure
+met again) is not written
+(:func:`~bria_dagster.records.tables.update_table`): the output's ``table_written``
+metadata says which.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pydantic import Field
 
 from ..records.reuse import ReuseIndex
 from ..records.storage import PipelineStorage
-from ..records.tables import read_table, records_to_frame, table_path, write_table
+from ..records.tables import read_table, records_to_frame, table_path, update_table
 from .storage_access import storage_failures
 
 __all__ = ["ImageRecordIOManager"]
@@ -32,7 +36,14 @@ class ImageRecordIOManager(dg.ConfigurableIOManager):
         partition = context.partition_key if context.has_partition_key else None
         path = table_path(self.base_dir, context.asset_key, partition)
         with storage_failures(PipelineStorage(self.base_dir)):
-            write_table(path, obj)
+            written = update_table(path, obj)
+        if written:
+            self._index(context, path, obj)
+        context.add_output_metadata(
+            {"table": dg.MetadataValue.path(path), "table_written": written}
+        )
+
+    def _index(self, context: dg.OutputContext, path: str, obj: pd.DataFrame) -> None:
         try:  # derived data: without these entries the table is indexed before the next lookup
             ReuseIndex(self.base_dir, context.asset_key).add_table(path, obj)
         except Exception as exc:
@@ -40,7 +51,6 @@ class ImageRecordIOManager(dg.ConfigurableIOManager):
                 f"reuse index not updated for {path} ({type(exc).__name__}: {exc}); "
                 "the next lookup indexes the table"
             )
-        context.add_output_metadata({"table": dg.MetadataValue.path(path)})
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         partition = context.partition_key if context.has_partition_key else None

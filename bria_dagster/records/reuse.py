@@ -21,6 +21,10 @@ them into one file of the next level: it writes the merged file first, then dele
 what it replaced, so a concurrent reader sees either set, both complete (a reader
 that lists a file then finds it gone reads the shard again).
 
+An index object made for one partition (``partition=``) first answers from that
+partition's own table, read once: a re-run of a batch finds its earlier requests there in
+one read, and reads the index's shards only for the requests the table does not hold.
+
 The tables stay the source of truth; the index is derived data. Every table the IO
 manager writes is indexed at once (:meth:`ReuseIndex.add_table`) and marked by its
 size and modification stamp. Before its first lookup, an index object lists the
@@ -91,6 +95,8 @@ class ReuseIndex:
         storage: the pipeline's storage (or its base folder / URL).
         asset_key: the asset whose tables are indexed.
         compact_at: merge a shard's files of one level once there are this many.
+        partition: the partition a step run writes: its own table (an earlier run's) is
+            looked in first.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class ReuseIndex:
         asset_key: AssetName,
         *,
         compact_at: int = 8,
+        partition: str | None = None,
     ) -> None:
         self.storage = PipelineStorage.of(storage)
         self.name = asset_name(asset_key)
@@ -114,6 +121,9 @@ class ReuseIndex:
         self._synced = False
         self._shards: dict[str, pa.Table | list[str]] = {}
         self._footers: dict[str, tuple[pq.FileMetaData, list[tuple[str, str]]]] = {}
+        own = None if partition is None else self.storage.table_path(self.name, partition)
+        self._own_table = own
+        self._own: dict[str, list[dict[str, Any]]] | None = None
 
     def __repr__(self) -> str:
         return f"ReuseIndex({self.storage.base!r}, {self.name!r})"
@@ -127,15 +137,40 @@ class ReuseIndex:
         The first lookup of an index object indexes unmarked tables (:meth:`sync`). Reads
         only the shards of ``fingerprints``; a shard read once is kept by this object (make
         one per step run). Whether the images are still in the store is the caller's check.
+        With a ``partition``, the partition's own table answers first (read once).
         """
+        wanted = {fingerprint for fingerprint in fingerprints if fingerprint}
+        found: dict[str, list[dict[str, Any]]] = {}
+        if self._own_table is not None:
+            own = self._own_entries()
+            found = {fingerprint: own[fingerprint] for fingerprint in wanted if fingerprint in own}
+            wanted.difference_update(found)
+        if wanted:
+            found.update(self._lookup_index(wanted))
+        return found
+
+    def _own_entries(self) -> dict[str, list[dict[str, Any]]]:
+        """The entries of the partition's own table, by fingerprint (read once)."""
+        assert self._own_table is not None
+        with self._lock:
+            if self._own is None:
+                try:
+                    table = read_records(self._own_table, READ_COLUMNS)
+                except RecordTableError as exc:  # derived use: the index still answers
+                    logger.warning("reuse: cannot read %s (%s)", self._own_table, exc)
+                    table = None
+                entries = INDEX_SCHEMA.empty_table() if table is None else entries_of(table)
+                self._own = _by_fingerprint([newest([entries])])
+            return self._own
+
+    def _lookup_index(self, wanted: set[str]) -> dict[str, list[dict[str, Any]]]:
         with storage_access(self.url, "read the reuse index"), self._lock:
             if not self._synced:
                 self.sync()
                 self._synced = True
         shards: dict[str, set[str]] = defaultdict(set)
-        for fingerprint in fingerprints:
-            if fingerprint:
-                shards[fingerprint[:2]].add(fingerprint)
+        for fingerprint in wanted:
+            shards[fingerprint[:2]].add(fingerprint)
         jobs = [(shard, sorted(wanted)) for shard, wanted in sorted(shards.items())]
         with storage_access(self.url, "read the reuse index"):
             if self._local or len(jobs) < 2:
@@ -143,11 +178,7 @@ class ReuseIndex:
             else:  # object stores: a few GETs per shard, several shards at once
                 with ThreadPoolExecutor(8) as pool:
                     tables = list(pool.map(lambda job: self._read_shard(*job), jobs))
-        found: dict[str, list[dict[str, Any]]] = {}
-        for table in tables:
-            for row in table.to_pylist():
-                found.setdefault(row[FINGERPRINT], []).append(row)
-        return found
+        return _by_fingerprint(tables)
 
     def get(self, fingerprint: str) -> list[dict[str, Any]] | None:
         """:meth:`lookup` of one fingerprint (``None``: no earlier request has it)."""
@@ -454,6 +485,15 @@ def rebuild(
         done[name] = index.sync(level=REBUILT_LEVEL)
         index.compact()
     return done
+
+
+def _by_fingerprint(tables: Iterable[pa.Table]) -> dict[str, list[dict[str, Any]]]:
+    """Entries (each table sorted by fingerprint and output) as fingerprint -> rows."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for table in tables:
+        for row in table.to_pylist():
+            found.setdefault(row[FINGERPRINT], []).append(row)
+    return found
 
 
 def _parse(path: str) -> tuple[int, int] | None:

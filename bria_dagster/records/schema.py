@@ -46,6 +46,7 @@ __all__ = [
     "RECORD_COLUMNS",
     "REPORT_COLUMNS",
     "REUSED",
+    "REUSE_MARKS",
     "TRACE_COLUMNS",
     "UPSTREAM_FAILED",
     "Column",
@@ -225,7 +226,10 @@ def make_record_id(partition: str, step: str, sku: str, variant: str, fingerprin
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-_REUSE_FIXED = frozenset(("status", "run_id", "reused_in_run_id", "cost_usd"))
+REUSE_MARKS = ("status", "reused_in_run_id", "cost_usd")
+"""The columns :func:`reused_record` sets: reused in the place it was made, a row differs
+from its earlier self only in these (see :func:`bria_dagster.records.tables.restates`)."""
+_REUSE_FIXED = frozenset(("run_id", *REUSE_MARKS))
 
 
 def reused_record(earlier: Mapping[str, Any], run_id: str, /, **placement: Any) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RecordTableError, storage_access, storage_access_error
 from .listing import is_local, scan_tables, tables_location
-from .schema import COLUMNS, RECORD_COLUMNS
+from .schema import COLUMNS, FAILED, OK, RECORD_COLUMNS, REUSE_MARKS, REUSED
 from .storage import AssetName, PipelineStorage
 from .store import write_bytes
 
@@ -39,6 +40,7 @@ __all__ = [
     "records_to_frame",
     "table_files",
     "table_path",
+    "update_table",
     "write_table",
 ]
 
@@ -144,13 +146,68 @@ def read_table(path: str, columns: Sequence[str] | None = None) -> pd.DataFrame 
     return None if table is None else table.to_pandas()
 
 
-def write_table(path: str, frame: pd.DataFrame) -> None:
+def write_table(path: str, frame: pd.DataFrame | pa.Table) -> None:
     """Write ``frame`` (checked against the schema) to ``path`` atomically."""
     fs, root = fsspec.core.url_to_fs(path)
+    table = frame if isinstance(frame, pa.Table) else frame_to_table(frame)
     buf = io.BytesIO()
-    pq.write_table(frame_to_table(frame), buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd")
     with storage_access(path, "write record table"):
         write_bytes(fs, root, buf.getvalue())
+
+
+def update_table(path: str, frame: pd.DataFrame) -> bool:
+    """Write ``frame`` to ``path`` (atomically) unless the table stored there already says
+    everything it says; whether it was written.
+
+    An unchanged re-run answers every request from earlier records and meets its
+    failures again (it retries them): its rows restate the stored ones (:func:`restates`).
+    Rewriting the table would only swap in this run's id, so it is kept and nothing of
+    the pipeline's storage (table, reuse index) is written: the run's own record is its
+    materialization. A row made by this run, a new, dropped or other failure, a changed
+    product writes the table.
+    """
+    table = frame_to_table(frame)
+    if len(table) and pc.all(pc.is_in(table["status"], pa.array([REUSED, FAILED]))).as_py():
+        try:
+            stored = read_records(path)
+        except RecordTableError:  # unreadable: written anew
+            stored = None
+        if stored is not None and restates(table, stored):
+            return False
+    write_table(path, table)
+    return True
+
+
+_RUN_OWN = ("run_id", "created_at")
+"""What a failed row takes from the run that met the failure."""
+
+
+def restates(table: pa.Table, stored: pa.Table) -> bool:
+    """Whether ``table`` holds ``stored``'s rows, in order, each one reused as it is or
+    failed as it was: a ``reused`` row equal to a stored ok or reused one in every column
+    but those a reuse sets (:data:`~bria_dagster.records.schema.REUSE_MARKS`), a failed
+    row equal to a stored failed one but for the run that met it and when. So the images,
+    their producers, the failures and where each row belongs are what ``stored`` says."""
+    if len(table) != len(stored):
+        return False
+    reused = pc.equal(table["status"], REUSED)
+    failed = pc.equal(table["status"], FAILED)
+    as_stored = pc.or_(
+        pc.and_(reused, pc.is_in(stored["status"], pa.array([OK, REUSED]))),
+        pc.and_(failed, pc.equal(stored["status"], FAILED)),
+    )
+    if not pc.all(as_stored).as_py():
+        return False
+    marks = (*REUSE_MARKS, *_RUN_OWN)
+    if not all(table[name].equals(stored[name]) for name in COLUMNS if name not in marks):
+        return False
+    # The run's own columns: the producer's on reused rows; a reuse's marks on failed ones.
+    return all(
+        table.filter(rows)[name].equals(stored.filter(rows)[name])
+        for rows, names in ((reused, _RUN_OWN), (failed, REUSE_MARKS[1:]))
+        for name in names
+    )
 
 
 def table_files(base: str | os.PathLike[str]) -> list[str]:
