@@ -550,6 +550,16 @@ def dagster_cpu_line(cpu: dict[str, Any]) -> str:
     )
 
 
+def bytecode_compiled() -> bool:
+    """Whether the Dagster the run workers import has its ``.pyc`` files (a process that
+    may not write them compiles every module from source at each start)."""
+    import importlib.util
+
+    import dagster
+
+    return Path(importlib.util.cache_from_source(dagster.__file__)).exists()
+
+
 def scale_out_line(r: dict[str, Any]) -> str:
     return (
         f"SCALE-OUT batches={r['batches']} rows={r['rows']} runs_at_once={r['runs_at_once']} "
@@ -604,6 +614,12 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     print(scale_out_line(result))
     print(dagster_cpu_line(result["dagster_cpu"]))
+    if not bytecode_compiled():
+        print(
+            "NOTE: Dagster's bytecode is not compiled here (pip --no-compile and "
+            "PYTHONDONTWRITEBYTECODE=1): every run worker and code server compiled it from "
+            "source, which the CPU above includes; see README, Deploying"
+        )
     checks = {
         "every row ok": result["ok_rows"] == result["rows"] and not result["failed_runs"],
         "runs at once == max_concurrent_runs": result["runs_at_once"] == args.runs_at_once,
