@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import logging
 import os
 import ssl
 import subprocess
@@ -523,6 +524,30 @@ async def test_status_stream_can_be_absent_or_cut(fal: FalTestServer) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         await _stream_events(fal, cut.status_url, "key-a")
     assert fal.stats()["faults_by_op"] == {"stream:stream_cut": 1}
+
+
+async def test_a_client_leaving_a_status_stream_is_not_a_server_error(
+    fal: FalTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A killed run drops its streams: the job carries on, and the server logs no error
+    for the writes it can no longer make (nor for a stream it cut itself)."""
+    fal.configure(latency=0.3)
+    handle = await fal_client.AsyncClient(key="key-a").submit(REMOVE, {"image_url": _data_uri()})
+    async with httpx.AsyncClient(verify=fal.client_ssl_context()) as http:
+        headers = {"Authorization": "Key key-a"}
+        async with http.stream("GET", handle.status_url + "/stream", headers=headers) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    break  # leave after the first event, the job still running
+    fal.configure(rate_stream_cut=1.0)
+    cut = await fal_client.AsyncClient(key="key-a").submit(REMOVE, {"image_url": _data_uri(2)})
+    with pytest.raises(httpx.RemoteProtocolError):
+        await _stream_events(fal, cut.status_url, "key-a")
+    for job in (handle, cut):  # the jobs go on: their last status is written to no one
+        await _wait_done(job)
+    await asyncio.sleep(0.1)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
 
 
 def test_cpu_per_request_ms_spends_that_cpu_time_on_each_request(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -251,6 +252,15 @@ class JobQueue:
             }
         )
         await response.prepare(request)
+        # A client that went away (killed, or done with the stream) or a stream cut on
+        # purpose is no server error: fal carries on with the job, and so do we.
+        with contextlib.suppress(ConnectionResetError):
+            await self._stream_events(request, response, job, with_logs)
+        return response
+
+    async def _stream_events(
+        self, request: web.Request, response: web.StreamResponse, job: _Job, with_logs: bool
+    ) -> None:
         sent = 0
         while True:
             changed = job.changed  # taken before the state is read: no change is missed
@@ -269,7 +279,6 @@ class JobQueue:
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
         await response.write_eof()
-        return response
 
     async def result(self, request: web.Request, prefix: list[str], rid: str) -> web.StreamResponse:
         job = self._admit(request, "result", prefix, rid)
